@@ -1,0 +1,16 @@
+"""sparcl_kernels: block-sparse training for PyTorch that computes only the stored weight blocks.
+
+Public API::
+
+    layout = BlockLayout.from_dense(weight, block_size=(32, 32), sparsity=0.9)
+    values = layout.to_blocks(weight)
+    y = block_sparse_linear(x, values, layout, bias=None, grad_block_mask=None, backend=None)
+    backend_info()
+"""
+
+from sparcl_kernels.backends import BackendUnavailableError, backend_info
+from sparcl_kernels.layout import BlockLayout
+from sparcl_kernels.ops import block_sparse_linear
+
+__all__ = ["BackendUnavailableError", "BlockLayout", "backend_info", "block_sparse_linear"]
+__version__ = "0.1.0"

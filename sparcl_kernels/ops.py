@@ -1,0 +1,278 @@
+"""Autograd-aware block-sparse ops, registered with ``torch.library``.
+
+Three custom ops carry the three passes (forward, input gradient, weight gradient); autograd
+is registered on the forward op and calls the other two, so ``torch.compile`` sees opaque ops
+with fake implementations and traces through forward and backward without graph breaks.
+Argument checks live here, at the public boundary; kernels receive checked, contiguous 2-D
+operands and a :class:`~sparcl_kernels.layout.BlockLayout`.
+"""
+
+from __future__ import annotations
+
+from typing import NoReturn
+
+import torch
+from torch import Tensor
+
+from sparcl_kernels.backends import get_backend, resolve_backend
+from sparcl_kernels.layout import BlockLayout
+
+__all__ = ["block_sparse_linear"]
+
+
+def _layout_from_tensors(
+    bm: int,
+    bk: int,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+) -> BlockLayout:
+    shape = ((row_offsets.numel() - 1) * bm, (transpose_offsets.numel() - 1) * bk)
+    return BlockLayout(
+        shape,
+        (bm, bk),
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+
+
+@torch.library.custom_op("sparcl_kernels::bsl_forward", mutates_args=())
+def _forward_op(
+    x: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    bias: Tensor | None,
+    grad_block_mask: Tensor | None,
+    backend: str,
+) -> Tensor:
+    # grad_block_mask is unused here; it is an input so that autograd can save it.
+    layout = _layout_from_tensors(
+        values.shape[1],
+        values.shape[2],
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).forward(x.contiguous(), values.contiguous(), layout, bias)
+
+
+@_forward_op.register_fake
+def _(x, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, bias, mask, backend):
+    return x.new_empty(x.shape[0], (row_offsets.shape[0] - 1) * values.shape[1])
+
+
+@torch.library.custom_op("sparcl_kernels::bsl_grad_input", mutates_args=())
+def _grad_input_op(
+    grad_out: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    backend: str,
+) -> Tensor:
+    layout = _layout_from_tensors(
+        values.shape[1],
+        values.shape[2],
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).grad_input(grad_out.contiguous(), values.contiguous(), layout)
+
+
+@_grad_input_op.register_fake
+def _(grad_out, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, backend):
+    return grad_out.new_empty(grad_out.shape[0], (tr_offsets.shape[0] - 1) * values.shape[2])
+
+
+@torch.library.custom_op("sparcl_kernels::bsl_grad_weight", mutates_args=())
+def _grad_weight_op(
+    grad_out: Tensor,
+    x: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    grad_block_mask: Tensor | None,
+    block_rows: int,
+    block_cols: int,
+    backend: str,
+) -> Tensor:
+    layout = _layout_from_tensors(
+        block_rows,
+        block_cols,
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).grad_weight(
+        grad_out.contiguous(), x.contiguous(), layout, grad_block_mask
+    )
+
+
+@_grad_weight_op.register_fake
+def _(grad_out, x, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, mask, bm, bk, be):
+    return x.new_empty(col_indices.shape[0], bm, bk)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, values, *index, bias, grad_block_mask, backend = inputs
+    ctx.save_for_backward(x, values, *index, grad_block_mask)
+    ctx.block_size = (values.shape[1], values.shape[2])
+    ctx.has_bias = bias is not None
+    ctx.backend = backend
+
+
+def _backward(ctx, grad_out: Tensor):
+    x, values, *index, grad_block_mask = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _grad_input_op(grad_out, values, *index, ctx.backend)
+    if ctx.needs_input_grad[1]:
+        grad_values = _grad_weight_op(
+            grad_out, x, *index, grad_block_mask, *ctx.block_size, ctx.backend
+        )
+    if ctx.has_bias and ctx.needs_input_grad[7]:
+        grad_bias = grad_out.sum(dim=0)
+    return grad_x, grad_values, None, None, None, None, None, grad_bias, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def block_sparse_linear(
+    x: Tensor,
+    values: Tensor,
+    layout: BlockLayout,
+    bias: Tensor | None = None,
+    grad_block_mask: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """``y = x @ W.T + bias`` where ``W = layout.to_dense(values)``, computing only stored blocks.
+
+    Args:
+        x: input ``[..., K]``; any leading dims, need not be contiguous.
+        values: the stored blocks ``[nnz, bm, bk]``, same dtype and device as ``x``.
+        layout: the :class:`BlockLayout` of ``W`` (shape ``[M, K]``), on ``x``'s device.
+        bias: optional ``[M]``.
+        grad_block_mask: optional bool ``[nnz]``. Blocks where it is False get an exactly-zero
+            weight gradient and their weight-gradient work is skipped. The input and bias
+            gradients are never masked.
+        backend: ``None`` (``$SPARCL_BACKEND``, else the device default), ``"reference"``,
+            ``"cpu"``, ``"triton"`` or ``"cuda"``.
+
+    Returns:
+        ``[..., M]``. Gradients flow to ``x``, ``values`` and ``bias``.
+    """
+    _check_arguments(x, values, layout, bias, grad_block_mask)
+    name = _select_backend(backend, x.device, x.dtype)
+    m, k = layout.shape
+    leading = x.shape[:-1]
+    x2d = x.reshape(-1, k).contiguous()
+    y = _forward_op(x2d, values.contiguous(), *layout.tensors(), bias, grad_block_mask, name)
+    return y.view(*leading, m)
+
+
+@torch.compiler.assume_constant_result
+def _select_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
+    # A compiled graph bakes the choice in (it loads modules and reads the environment, which
+    # dynamo must not trace); eager calls resolve every time, so $SPARCL_BACKEND is honoured.
+    name = resolve_backend(requested, device)
+    dtypes = get_backend(name).SUPPORTED_DTYPES
+    if dtype not in dtypes:
+        raise TypeError(
+            f"block_sparse_linear: backend {name!r} supports dtypes {dtypes}, x has {dtype}"
+        )
+    return name
+
+
+def _check_arguments(
+    x: object,
+    values: object,
+    layout: object,
+    bias: object,
+    grad_block_mask: object,
+) -> None:
+    def fail(exc: type[Exception], message: str) -> NoReturn:
+        raise exc(f"block_sparse_linear: {message}")
+
+    if not isinstance(layout, BlockLayout):
+        fail(TypeError, f"layout must be a BlockLayout, got {type(layout).__name__}")
+    for name, t in (("x", x), ("values", values)):
+        if not isinstance(t, Tensor):
+            fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if not t.is_floating_point():
+            fail(TypeError, f"{name} must be a floating-point tensor, got {t.dtype}")
+    m, k = layout.shape
+    if x.dim() < 1 or x.shape[-1] != k:
+        fail(
+            ValueError,
+            f"x must have last dimension K = {k} (the layout's in-features), "
+            f"got shape {tuple(x.shape)}",
+        )
+    if tuple(values.shape) != layout.values_shape:
+        fail(
+            ValueError,
+            f"values must have shape (nnz, bm, bk) = {layout.values_shape} to match the layout, "
+            f"got {tuple(values.shape)}",
+        )
+    if values.dtype != x.dtype:
+        fail(TypeError, f"values dtype {values.dtype} must equal x dtype {x.dtype}")
+    if values.device != x.device:
+        fail(ValueError, f"values is on {values.device} but x is on {x.device}")
+    if layout.device != x.device:
+        fail(
+            ValueError,
+            f"layout is on {layout.device} but x is on {x.device}; "
+            f"use layout.to({str(x.device)!r})",
+        )
+    if bias is not None:
+        if not isinstance(bias, Tensor):
+            fail(TypeError, f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+        if tuple(bias.shape) != (m,):
+            fail(ValueError, f"bias must have shape ({m},), got {tuple(bias.shape)}")
+        if bias.dtype != x.dtype:
+            fail(TypeError, f"bias dtype {bias.dtype} must equal x dtype {x.dtype}")
+        if bias.device != x.device:
+            fail(ValueError, f"bias is on {bias.device} but x is on {x.device}")
+    if grad_block_mask is not None:
+        if not isinstance(grad_block_mask, Tensor):
+            fail(
+                TypeError,
+                "grad_block_mask must be a bool tensor or None, "
+                f"got {type(grad_block_mask).__name__}",
+            )
+        if grad_block_mask.dtype != torch.bool:
+            fail(
+                TypeError,
+                f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}",
+            )
+        if tuple(grad_block_mask.shape) != (layout.nnz,):
+            fail(
+                ValueError,
+                f"grad_block_mask must have shape (nnz,) = ({layout.nnz},), "
+                f"got {tuple(grad_block_mask.shape)}",
+            )
+        if grad_block_mask.device != x.device:
+            fail(
+                ValueError, f"grad_block_mask is on {grad_block_mask.device} but x is on {x.device}"
+            )

@@ -1,0 +1,79 @@
+"""Shared helpers: the dense masked oracle and the backends under test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import sparcl_kernels as sk
+
+# Backends every CPU test runs against. "cpu" is listed whenever the package ships its source:
+# a missing extension must fail the suite, not skip it.
+CPU_BACKENDS = ["reference"]
+
+
+def random_block_mask(
+    grid: tuple[int, int], density: float, generator: torch.Generator
+) -> torch.Tensor:
+    return torch.rand(grid, generator=generator) < density
+
+
+def dense_masked_grads(x, values, layout, bias, grad_block_mask, grad_out):
+    """Output and gradients of a dense layer whose weight is zero outside the stored blocks.
+
+    The weight gradient is the dense gradient restricted to stored blocks (``to_dense`` is
+    differentiable) and multiplied by the gradient mask.
+    """
+    x = x.detach().clone().requires_grad_()
+    values = values.detach().clone().requires_grad_()
+    bias = None if bias is None else bias.detach().clone().requires_grad_()
+    weight = layout.to_dense(values)
+    y = torch.nn.functional.linear(x, weight, bias)
+    y.backward(grad_out)
+    grad_values = values.grad
+    if grad_block_mask is not None:
+        grad_values = grad_values * grad_block_mask.view(-1, 1, 1)
+    return y.detach(), x.grad, grad_values, None if bias is None else bias.grad
+
+
+def op_grads(x, values, layout, bias, grad_block_mask, grad_out, backend):
+    """Output and gradients of ``block_sparse_linear`` on the given backend."""
+    x = x.detach().clone().requires_grad_()
+    values = values.detach().clone().requires_grad_()
+    bias = None if bias is None else bias.detach().clone().requires_grad_()
+    y = sk.block_sparse_linear(x, values, layout, bias, grad_block_mask, backend=backend)
+    y.backward(grad_out)
+    return y.detach(), x.grad, values.grad, None if bias is None else bias.grad
+
+
+def tolerances(dtype: torch.dtype, reduction: int) -> dict[str, float]:
+    """Absolute/relative tolerance for a sum of ``reduction`` products of O(1) numbers."""
+    if dtype == torch.float64:
+        return {"atol": 1e-10 * reduction**0.5, "rtol": 1e-10}
+    return {"atol": 2e-5 * reduction**0.5, "rtol": 1e-4}
+
+
+def assert_matches_dense(x, values, layout, bias, grad_block_mask, backend, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    m = layout.shape[0]
+    grad_out = torch.randn(*x.shape[:-1], m, generator=generator, dtype=x.dtype)
+    expected = dense_masked_grads(x, values, layout, bias, grad_block_mask, grad_out)
+    actual = op_grads(x, values, layout, bias, grad_block_mask, grad_out, backend)
+    reduction = max(layout.shape[1], x.numel() // max(layout.shape[1], 1), 1)
+    names = ("y", "grad_x", "grad_values", "grad_bias")
+    for name, a, e in zip(names, actual, expected, strict=True):
+        if e is None:
+            assert a is None, name
+            continue
+        assert a.shape == e.shape, name
+        torch.testing.assert_close(
+            a, e, **tolerances(x.dtype, reduction), msg=lambda m, name=name: f"{name}: {m}"
+        )
+    if grad_block_mask is not None:
+        # Switched-off blocks must be exactly zero, not merely small.
+        assert torch.all(actual[2][~grad_block_mask] == 0)
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def backend(request):
+    return request.param
