@@ -9,7 +9,7 @@ import sparcl_kernels as sk
 
 # Backends every CPU test runs against. "cpu" is listed whenever the package ships its source:
 # a missing extension must fail the suite, not skip it.
-CPU_BACKENDS = ["reference"]
+CPU_BACKENDS = ["reference", "cpu"]
 
 
 def random_block_mask(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import assert_matches_dense, random_block_mask
+from conftest import CPU_BACKENDS, assert_matches_dense, random_block_mask
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -173,7 +173,7 @@ def test_property_random_layouts(case):
     values = torch.randn(layout.values_shape, generator=generator, dtype=torch.float64)
     bias = torch.randn(m, generator=generator, dtype=torch.float64) if with_bias else None
     grad_mask = torch.rand(layout.nnz, generator=generator) < 0.5 if with_grad_mask else None
-    for backend in ("reference",):
+    for backend in CPU_BACKENDS:
         assert_matches_dense(x, values, layout, bias, grad_mask, backend, seed)
 
 

@@ -1,0 +1,122 @@
+// Thin torch binding of the CPU kernels: checks, output allocation, thread count.
+// The op layer (sparcl_kernels/ops.py) has already validated arguments for users; these
+// checks guard direct calls.
+#include <ATen/Parallel.h>
+#include <torch/extension.h>
+
+#include "block_sparse.h"
+
+namespace {
+
+using torch::Tensor;
+
+void check_index(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kInt32 && t.is_contiguous() &&
+                  t.dim() == 1,
+              name, " must be a contiguous 1-D int32 CPU tensor");
+}
+
+void check_operand(const Tensor& t, const Tensor& like, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim &&
+                  t.scalar_type() == like.scalar_type(),
+              name, " must be a contiguous ", dim, "-D CPU tensor of dtype ", like.scalar_type());
+}
+
+sparcl::BlockLayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offsets,
+                                  const Tensor& col_indices, const Tensor& row_indices,
+                                  const Tensor& transpose_offsets,
+                                  const Tensor& transpose_block_ids) {
+  check_index(row_offsets, "row_offsets");
+  check_index(col_indices, "col_indices");
+  check_index(row_indices, "row_indices");
+  check_index(transpose_offsets, "transpose_offsets");
+  check_index(transpose_block_ids, "transpose_block_ids");
+  TORCH_CHECK(bm > 0 && bk > 0, "block sizes must be positive");
+  return {row_offsets.numel() - 1,
+          transpose_offsets.numel() - 1,
+          bm,
+          bk,
+          col_indices.numel(),
+          row_offsets.data_ptr<int32_t>(),
+          col_indices.data_ptr<int32_t>(),
+          row_indices.data_ptr<int32_t>(),
+          transpose_offsets.data_ptr<int32_t>(),
+          transpose_block_ids.data_ptr<int32_t>()};
+}
+
+Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
+               const Tensor& col_indices, const Tensor& row_indices,
+               const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+               const std::optional<Tensor>& bias) {
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
+              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
+                              row_indices, transpose_offsets, transpose_block_ids);
+  check_operand(x, values, "x", 2);
+  TORCH_CHECK(x.size(1) == view.cols(), "x must have ", view.cols(), " columns");
+  if (bias) {
+    check_operand(*bias, values, "bias", 1);
+    TORCH_CHECK(bias->numel() == view.rows(), "bias must have ", view.rows(), " entries");
+  }
+  Tensor y = torch::empty({x.size(0), view.rows()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_forward", [&] {
+    sparcl::block_sparse_forward<scalar_t>(
+        x.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+        bias ? bias->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), x.size(0), view,
+        at::get_num_threads());
+  });
+  return y;
+}
+
+Tensor grad_input(const Tensor& grad_out, const Tensor& values, const Tensor& row_offsets,
+                  const Tensor& col_indices, const Tensor& row_indices,
+                  const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
+              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
+                              row_indices, transpose_offsets, transpose_block_ids);
+  check_operand(grad_out, values, "grad_out", 2);
+  TORCH_CHECK(grad_out.size(1) == view.rows(), "grad_out must have ", view.rows(), " columns");
+  Tensor grad_x = torch::empty({grad_out.size(0), view.cols()}, grad_out.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparcl_cpu_grad_input", [&] {
+    sparcl::block_sparse_grad_input<scalar_t>(
+        grad_out.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), grad_x.data_ptr<scalar_t>(),
+        grad_out.size(0), view, at::get_num_threads());
+  });
+  return grad_x;
+}
+
+Tensor grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t bk,
+                   const Tensor& row_offsets, const Tensor& col_indices, const Tensor& row_indices,
+                   const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+                   const std::optional<Tensor>& grad_block_mask) {
+  const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
+                              transpose_block_ids);
+  check_operand(x, grad_out, "x", 2);
+  TORCH_CHECK(x.size(1) == view.cols() && grad_out.size(1) == view.rows() &&
+                  x.size(0) == grad_out.size(0),
+              "x and grad_out shapes do not match the layout");
+  if (grad_block_mask) {
+    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool && grad_block_mask->is_contiguous() &&
+                    grad_block_mask->numel() == view.nnz,
+                "grad_block_mask must be a contiguous bool tensor of nnz entries");
+  }
+  Tensor grad_values = torch::empty({view.nnz, view.bm, view.bk}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_grad_weight", [&] {
+    sparcl::block_sparse_grad_weight<scalar_t>(
+        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+        grad_block_mask ? grad_block_mask->data_ptr<bool>() : nullptr,
+        grad_values.data_ptr<scalar_t>(), x.size(0), view, at::get_num_threads());
+  });
+  return grad_values;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "sparcl_kernels CPU kernels (C++/OpenMP/AVX2)";
+  m.def("forward", &forward, "y = x @ W.T + bias");
+  m.def("grad_input", &grad_input, "grad_x = grad_out @ W");
+  m.def("grad_weight", &grad_weight, "grad of the stored blocks, skipping masked-off ones");
+  m.def("simd", &sparcl::simd_name, "instruction set of the fp32 micro-kernels");
+}

@@ -1,0 +1,49 @@
+// Torch-free CPU kernels for y = x @ W.T with W block-sparse (see sparcl_kernels/layout.py).
+//
+// All operands are dense row-major and contiguous: x [n, K], y / grad_out [n, M],
+// values [nnz, bm, bk] in row-major (block_row, block_col) order. Index arrays are int32.
+// Each kernel writes every element of its output, so outputs need no initialisation.
+#pragma once
+
+#include <cstdint>
+
+namespace sparcl {
+
+struct BlockLayoutView {
+  int64_t block_rows;                  // M / bm
+  int64_t block_cols;                  // K / bk
+  int64_t bm;
+  int64_t bk;
+  int64_t nnz;
+  const int32_t* row_offsets;          // [block_rows + 1], CSR over block rows
+  const int32_t* col_indices;          // [nnz]
+  const int32_t* row_indices;          // [nnz]
+  const int32_t* transpose_offsets;    // [block_cols + 1], CSC over block columns
+  const int32_t* transpose_block_ids;  // [nnz], block ids per block column, by block row
+
+  int64_t rows() const { return block_rows * bm; }
+  int64_t cols() const { return block_cols * bk; }
+};
+
+// y[n, M] = x[n, K] @ W.T (+ bias[M] when bias is not null).
+template <typename T>
+void block_sparse_forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
+                          const BlockLayoutView& layout, int threads);
+
+// grad_x[n, K] = grad_out[n, M] @ W, through the stored blocks only.
+template <typename T>
+void block_sparse_grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
+                             const BlockLayoutView& layout, int threads);
+
+// grad_values[b] = grad_out[:, rows(b)].T @ x[:, cols(b)] for stored blocks b with
+// grad_block_mask[b] true (all blocks when the mask is null); exact zeros for the others,
+// whose products are never computed.
+template <typename T>
+void block_sparse_grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask,
+                              T* grad_values, int64_t n, const BlockLayoutView& layout,
+                              int threads);
+
+// Name of the instruction set the fp32 micro-kernels were compiled for.
+const char* simd_name();
+
+}  // namespace sparcl
