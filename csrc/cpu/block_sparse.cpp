@@ -17,11 +17,16 @@
 
 #include <algorithm>
 #include <type_traits>
+#include <vector>
 
 #include "partition.h"
 
 namespace sparcl {
 namespace {
+
+// Fixed-trip loops over tile dimensions must be fully unrolled before GCC's scalar
+// replacement runs, or the accumulator arrays live on the stack instead of in registers.
+#define SPARCL_UNROLL _Pragma("GCC unroll 16")
 
 constexpr int64_t kBatchChunk = 48;  // batch rows per work item (a multiple of the tile height)
 constexpr int kTile = 6;             // tile height of every micro-kernel
@@ -41,108 +46,97 @@ void run_parallel(int threads, const Body& body) {
 
 // ------------------------------------------------------------------ AVX2 micro-kernels (fp32)
 
-inline float hsum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-// out[i * ldo + t] = bias[t] + sum over the row's blocks of dot(x row i, W row m + t).
-template <int TN, int TM>
-void forward_tile(const float* x, int64_t ldx, const float* values, int64_t bm, int64_t bk,
-                  const int32_t* cols, int32_t jb, int32_t je, int64_t m, const float* bias,
-                  float* out, int64_t ldo) {
-  __m256 acc[TN][TM];
-  for (int i = 0; i < TN; ++i)
-    for (int t = 0; t < TM; ++t) acc[i][t] = _mm256_setzero_ps();
-  for (int32_t j = jb; j < je; ++j) {
-    const float* xb = x + static_cast<int64_t>(cols[j]) * bk;
-    const float* wb = values + (static_cast<int64_t>(j) * bm + m) * bk;
-    for (int64_t kk = 0; kk < bk; kk += 8) {
-      __m256 w[TM];
-      for (int t = 0; t < TM; ++t) w[t] = _mm256_loadu_ps(wb + t * bk + kk);
-      for (int i = 0; i < TN; ++i) {
-        const __m256 xv = _mm256_loadu_ps(xb + i * ldx + kk);
-        for (int t = 0; t < TM; ++t) acc[i][t] = _mm256_fmadd_ps(xv, w[t], acc[i][t]);
-      }
-    }
-  }
-  for (int i = 0; i < TN; ++i)
-    for (int t = 0; t < TM; ++t)
-      out[i * ldo + t] = hsum(acc[i][t]) + (bias ? bias[t] : 0.0f);
-}
-
-template <int TM>
-void forward_tile_rows(int tn, const float* x, int64_t ldx, const float* values, int64_t bm,
-                       int64_t bk, const int32_t* cols, int32_t jb, int32_t je, int64_t m,
-                       const float* bias, float* out, int64_t ldo) {
-  switch (tn) {
-#define SPARCL_CASE(TN)                                                                      \
-  case TN:                                                                                   \
-    forward_tile<TN, TM>(x, ldx, values, bm, bk, cols, jb, je, m, bias, out, ldo);           \
-    break;
-    SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
-#undef SPARCL_CASE
-  }
-}
-
-// out[i * ldo + 8q ...] = sum over blocks j of the column, rows m of
-//   grad_out[i, row(j) * bm + m] * W_j[m, kk + 8q ...].
+// One register tile of the two "stream the blocks of a group" passes:
+//   out[i, o0 + 8q ...] = init[o0 + 8q ...]
+//       + sum over s in [sb, se), p < P of a[i, group[j] * P + p] * b_j[p, o0 + 8q ...]
+// with j = ids[s] (or s when ids is null) and b_j = b + j * P * O, a [P x O] row-major block.
+//   forward:     a = x,        P = bk, O = bm, group = col_indices, b = values transposed;
+//   input grad:  a = grad_out, P = bm, O = bk, group = row_indices, b = values,
+//                ids = transpose_block_ids.
+// Each step broadcasts TN scalars of `a` and loads KV vectors of `b`: 12 FMAs per 8 loads
+// at TN = 6, KV = 2, all accumulators in registers.
 template <int TN, int KV>
-void grad_input_tile(const float* dy, int64_t lddy, const float* values, int64_t bm,
-                     int64_t bk, const int32_t* block_ids, const int32_t* rows, int32_t tb,
-                     int32_t te, int64_t kk, float* out, int64_t ldo) {
+void accumulate_tile(const float* a, int64_t lda, const float* b, int64_t P, int64_t O,
+                     const int32_t* ids, const int32_t* group, int32_t sb, int32_t se,
+                     int64_t o0, const float* init, float* out, int64_t ldo) {
   __m256 acc[TN][KV];
-  for (int i = 0; i < TN; ++i)
-    for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_setzero_ps();
-  for (int32_t s = tb; s < te; ++s) {
-    const int64_t j = block_ids[s];
-    const float* dyb = dy + static_cast<int64_t>(rows[j]) * bm;
-    const float* wb = values + j * bm * bk + kk;
-    for (int64_t m = 0; m < bm; ++m) {
-      __m256 w[KV];
-      for (int q = 0; q < KV; ++q) w[q] = _mm256_loadu_ps(wb + m * bk + 8 * q);
+  SPARCL_UNROLL
+  for (int q = 0; q < KV; ++q) {
+    const __m256 start = init ? _mm256_loadu_ps(init + o0 + 8 * q) : _mm256_setzero_ps();
+    SPARCL_UNROLL
+    for (int i = 0; i < TN; ++i) acc[i][q] = start;
+  }
+  for (int32_t s = sb; s < se; ++s) {
+    const int64_t j = ids ? ids[s] : s;
+    const float* ab = a + static_cast<int64_t>(group[j]) * P;
+    const float* bb = b + j * P * O + o0;
+    for (int64_t p = 0; p < P; ++p) {
+      __m256 bv[KV];
+      SPARCL_UNROLL
+      for (int q = 0; q < KV; ++q) bv[q] = _mm256_loadu_ps(bb + p * O + 8 * q);
+      SPARCL_UNROLL
       for (int i = 0; i < TN; ++i) {
-        const __m256 d = _mm256_broadcast_ss(dyb + i * lddy + m);
-        for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(d, w[q], acc[i][q]);
+        const __m256 av = _mm256_broadcast_ss(ab + i * lda + p);
+        SPARCL_UNROLL
+        for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(av, bv[q], acc[i][q]);
       }
     }
   }
-  for (int i = 0; i < TN; ++i)
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) {
+    SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) _mm256_storeu_ps(out + i * ldo + 8 * q, acc[i][q]);
-}
-
-template <int KV>
-void grad_input_tile_rows(int tn, const float* dy, int64_t lddy, const float* values,
-                          int64_t bm, int64_t bk, const int32_t* block_ids, const int32_t* rows,
-                          int32_t tb, int32_t te, int64_t kk, float* out, int64_t ldo) {
-  switch (tn) {
-#define SPARCL_CASE(TN)                                                                      \
-  case TN:                                                                                   \
-    grad_input_tile<TN, KV>(dy, lddy, values, bm, bk, block_ids, rows, tb, te, kk, out, ldo); \
-    break;
-    SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
-#undef SPARCL_CASE
   }
 }
 
-// out[i * bk + 8q ...] = sum over batch rows r of dy[r, i] * x[r, 8q ...] (one block tile).
+// Batch rows [0, rows) of one group's output slab [rows, O] (O a multiple of 8).
+void accumulate_group(int64_t rows, const float* a, int64_t lda, const float* b, int64_t P,
+                      int64_t O, const int32_t* ids, const int32_t* group, int32_t sb, int32_t se,
+                      const float* init, float* out, int64_t ldo) {
+  for (int64_t n = 0; n < rows; n += kTile) {
+    const int tn = static_cast<int>(std::min<int64_t>(kTile, rows - n));
+    for (int64_t o = 0; o < O; o += 16) {
+      const bool wide = o + 16 <= O;
+      switch (tn * 2 + wide) {
+#define SPARCL_CASE(TN)                                                                       \
+  case 2 * TN:                                                                                \
+    accumulate_tile<TN, 1>(a + n * lda, lda, b, P, O, ids, group, sb, se, o, init,            \
+                           out + n * ldo + o, ldo);                                           \
+    break;                                                                                    \
+  case 2 * TN + 1:                                                                            \
+    accumulate_tile<TN, 2>(a + n * lda, lda, b, P, O, ids, group, sb, se, o, init,            \
+                           out + n * ldo + o, ldo);                                           \
+    break;
+        SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
+#undef SPARCL_CASE
+      }
+    }
+  }
+}
+
 template <int TM, int KV>
 void grad_weight_tile(const float* dy, int64_t lddy, const float* x, int64_t ldx, int64_t n,
                       float* out, int64_t ldo) {
   __m256 acc[TM][KV];
+  SPARCL_UNROLL
   for (int i = 0; i < TM; ++i)
-    for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_setzero_ps();
+    SPARCL_UNROLL
+    for (int q = 0; q < KV; ++q)
+      acc[i][q] = _mm256_setzero_ps();
   for (int64_t r = 0; r < n; ++r) {
     __m256 xv[KV];
+    SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) xv[q] = _mm256_loadu_ps(x + r * ldx + 8 * q);
+    SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
       const __m256 d = _mm256_broadcast_ss(dy + r * lddy + i);
+      SPARCL_UNROLL
       for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(d, xv[q], acc[i][q]);
     }
   }
+  SPARCL_UNROLL
   for (int i = 0; i < TM; ++i)
+    SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) _mm256_storeu_ps(out + i * ldo + 8 * q, acc[i][q]);
 }
 
@@ -161,27 +155,32 @@ void grad_weight_tile_rows(int tm, const float* dy, int64_t lddy, const float* x
 
 // ------------------------------------------------------------------ per-item bodies
 
-bool use_simd(const float*, int64_t bk) { return bk % 8 == 0; }
+// The fp32 micro-kernels store 8-wide vectors along the output's contiguous dimension.
+bool use_simd(const float*, int64_t contiguous_width) { return contiguous_width % 8 == 0; }
 bool use_simd(const double*, int64_t) { return false; }
 
-// Forward for block row r and batch rows [n0, n1).
-void forward_item(const float* x, const float* values, const float* bias, float* y,
+// A buffer owned by the calling thread, grown on demand and reused by later calls, so that
+// steady-state training allocates nothing but outputs.
+float* transpose_workspace(int64_t count) {
+  static thread_local std::vector<float> buffer;
+  if (buffer.size() < static_cast<size_t>(count)) buffer.resize(count);
+  return buffer.data();
+}
+
+void transpose_block(const float* values, float* values_t, int64_t j, int64_t bm, int64_t bk) {
+  const float* src = values + j * bm * bk;
+  float* dst = values_t + j * bm * bk;
+  for (int64_t m = 0; m < bm; ++m)
+    for (int64_t k = 0; k < bk; ++k) dst[k * bm + m] = src[m * bk + k];
+}
+
+// Forward for block row r and batch rows [n0, n1), from transposed blocks [nnz, bk, bm].
+void forward_item(const float* x, const float* values_t, const float* bias, float* y,
                   int64_t n0, int64_t n1, int64_t r, const BlockLayoutView& L) {
-  const int64_t K = L.cols(), M = L.rows(), bm = L.bm, bk = L.bk;
-  const int32_t jb = L.row_offsets[r], je = L.row_offsets[r + 1];
-  const float* bias_r = bias ? bias + r * bm : nullptr;
-  for (int64_t n = n0; n < n1; n += kTile) {
-    const int tn = static_cast<int>(std::min<int64_t>(kTile, n1 - n));
-    const float* xn = x + n * K;
-    float* out = y + n * M + r * bm;
-    int64_t m = 0;
-    for (; m + 2 <= bm; m += 2)
-      forward_tile_rows<2>(tn, xn, K, values, bm, bk, L.col_indices, jb, je, m,
-                           bias_r ? bias_r + m : nullptr, out + m, M);
-    if (m < bm)
-      forward_tile_rows<1>(tn, xn, K, values, bm, bk, L.col_indices, jb, je, m,
-                           bias_r ? bias_r + m : nullptr, out + m, M);
-  }
+  const int64_t K = L.cols(), M = L.rows();
+  accumulate_group(n1 - n0, x + n0 * K, K, values_t, L.bk, L.bm, nullptr, L.col_indices,
+                   L.row_offsets[r], L.row_offsets[r + 1], bias ? bias + r * L.bm : nullptr,
+                   y + n0 * M + r * L.bm, M);
 }
 
 template <typename T>
@@ -203,20 +202,10 @@ void forward_item(const T* x, const T* values, const T* bias, T* y, int64_t n0, 
 // Input gradient for block column c and batch rows [n0, n1).
 void grad_input_item(const float* dy, const float* values, float* dx, int64_t n0, int64_t n1,
                      int64_t c, const BlockLayoutView& L) {
-  const int64_t K = L.cols(), M = L.rows(), bm = L.bm, bk = L.bk;
-  const int32_t tb = L.transpose_offsets[c], te = L.transpose_offsets[c + 1];
-  for (int64_t n = n0; n < n1; n += kTile) {
-    const int tn = static_cast<int>(std::min<int64_t>(kTile, n1 - n));
-    const float* dyn = dy + n * M;
-    float* out = dx + n * K + c * bk;
-    int64_t kk = 0;
-    for (; kk + 16 <= bk; kk += 16)
-      grad_input_tile_rows<2>(tn, dyn, M, values, bm, bk, L.transpose_block_ids,
-                              L.row_indices, tb, te, kk, out + kk, K);
-    if (kk < bk)
-      grad_input_tile_rows<1>(tn, dyn, M, values, bm, bk, L.transpose_block_ids,
-                              L.row_indices, tb, te, kk, out + kk, K);
-  }
+  const int64_t K = L.cols(), M = L.rows();
+  accumulate_group(n1 - n0, dy + n0 * M, M, values, L.bm, L.bk, L.transpose_block_ids,
+                   L.row_indices, L.transpose_offsets[c], L.transpose_offsets[c + 1], nullptr,
+                   dx + n0 * K + c * L.bk, K);
 }
 
 template <typename T>
@@ -285,12 +274,25 @@ void block_sparse_forward(const T* x, const T* values, const T* bias, T* y, int6
                           const BlockLayoutView& L, int threads) {
   if (n == 0 || L.block_rows == 0) return;
   const ItemGrid grid{L.row_offsets, L.block_rows, batch_chunks(n)};
-  const bool simd = use_simd(x, L.bk);
+  if constexpr (std::is_same_v<T, float>) {
+    if (L.bm % 8 == 0) {
+      // The forward streams W transposed (outputs contiguous), so the blocks are transposed
+      // once per call into a reused buffer: O(nnz) work next to O(n * nnz) multiply-adds.
+      float* values_t = transpose_workspace(L.nnz * L.bm * L.bk);
+      run_parallel(threads, [&](int t, int nt) {
+        int64_t begin, end;
+        even_share(L.nnz, t, nt, &begin, &end);
+        for (int64_t j = begin; j < end; ++j) transpose_block(values, values_t, j, L.bm, L.bk);
+#pragma omp barrier
+        for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
+          forward_item(x, values_t, bias, y, n0, n1, r, L);
+        });
+      });
+      return;
+    }
+  }
   run_parallel(threads, [&](int t, int nt) {
     for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
-      if constexpr (std::is_same_v<T, float>) {
-        if (simd) return forward_item(x, values, bias, y, n0, n1, r, L);
-      }
       forward_item<T>(x, values, bias, y, n0, n1, r, L);
     });
   });
