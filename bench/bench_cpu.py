@@ -1,0 +1,180 @@
+"""CPU kernel benchmark: dense torch vs block-sparse (ours) vs torch BSR, one table per pass.
+
+Every configuration times all contenders interleaved in one process and reports medians, so
+the ratios are side by side; absolute times drift between runs on shared machines.
+
+    python bench/bench_cpu.py                       # the full grid (a few minutes on 2 cores)
+    python bench/bench_cpu.py --shapes 2048x2048 --batches 256 --blocks 32 --markdown out.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import platform
+import warnings
+from dataclasses import dataclass
+
+import torch
+from timing import interleaved_medians
+from tqdm import tqdm
+
+import sparcl_kernels as sk
+from sparcl_kernels.backends import get_backend
+
+PASSES = ("forward", "input grad", "weight grad", "all three")
+
+
+@dataclass
+class Row:
+    in_features: int
+    out_features: int
+    batch: int
+    block: int
+    sparsity: float
+    dense_ms: dict[str, float]
+    ours_ms: dict[str, float]
+    bsr_forward_ms: float | None
+    masked_weight_grad_ms: float  # weight grad with a grad mask keeping 20% of stored blocks
+
+
+def measure(in_f: int, out_f: int, batch: int, block: int, sparsity: float, repeats: int) -> Row:
+    generator = torch.Generator().manual_seed(0)
+    dense = torch.nn.Linear(in_f, out_f)
+    layout = sk.BlockLayout.from_dense(dense.weight, block, sparsity)
+    weight = layout.to_dense(layout.to_blocks(dense.weight.detach()))
+    values = torch.nn.Parameter(layout.to_blocks(weight))
+    bias = torch.nn.Parameter(dense.bias.detach().clone())
+    x = torch.randn(batch, in_f, generator=generator)
+    x_t = x.t().contiguous()
+    grad_out = torch.randn(batch, out_f, generator=generator)
+    grad_mask = torch.rand(layout.nnz, generator=generator) < 0.2
+    cpu = get_backend("cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch warns that sparse BSR support is in beta
+        bsr = weight.to_sparse_bsr((block, block))
+
+    def dense_step():
+        dense.zero_grad(set_to_none=True)
+        dense(x).backward(grad_out)
+
+    def ours_step():
+        values.grad = bias.grad = None
+        sk.block_sparse_linear(x, values, layout, bias, backend="cpu").backward(grad_out)
+
+    fns = {
+        "dense forward": lambda: torch.nn.functional.linear(x, weight, bias),
+        "dense input grad": lambda: grad_out @ weight,
+        "dense weight grad": lambda: grad_out.t() @ x,
+        "dense all three": dense_step,
+        "ours forward": lambda: cpu.forward(x, values.detach(), layout, bias.detach()),
+        "ours input grad": lambda: cpu.grad_input(grad_out, values.detach(), layout),
+        "ours weight grad": lambda: cpu.grad_weight(grad_out, x, layout, None),
+        "ours all three": ours_step,
+        "ours masked": lambda: cpu.grad_weight(grad_out, x, layout, grad_mask),
+    }
+    if layout.nnz:
+        # Favours BSR: x is transposed outside the timed region.
+        fns["bsr forward"] = lambda: bsr @ x_t
+    times = interleaved_medians(fns, repeats=repeats, warmup=2)
+    return Row(
+        in_f,
+        out_f,
+        batch,
+        block,
+        sparsity,
+        {p: times[f"dense {p}"] * 1e3 for p in PASSES},
+        {p: times[f"ours {p}"] * 1e3 for p in PASSES},
+        times["bsr forward"] * 1e3 if "bsr forward" in times else None,
+        times["ours masked"] * 1e3,
+    )
+
+
+def break_even(rows: list[Row], pass_name: str) -> dict[tuple, str]:
+    """Lowest measured sparsity at which ours is at least as fast as dense, per problem."""
+    result: dict[tuple, str] = {}
+    for row in sorted(rows, key=lambda r: r.sparsity):
+        key = (row.in_features, row.out_features, row.batch, row.block)
+        if key not in result and row.ours_ms[pass_name] <= row.dense_ms[pass_name]:
+            result[key] = f"{row.sparsity:g}"
+    return result
+
+
+def tables(rows: list[Row]) -> str:
+    lines = []
+    for pass_name in PASSES:
+        even = break_even(rows, pass_name)
+        lines += [
+            f"\n### {pass_name}\n",
+            "| in x out | N | block | sparsity | dense ms | ours ms | BSR fwd ms "
+            "| ours vs dense | of ideal 1/(1-s) | break-even s |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in rows:
+            dense_ms, ours_ms = r.dense_ms[pass_name], r.ours_ms[pass_name]
+            speedup = dense_ms / ours_ms
+            ideal = 1 / (1 - r.sparsity)
+            bsr = f"{r.bsr_forward_ms:.3f}" if pass_name == "forward" and r.bsr_forward_ms else "-"
+            key = (r.in_features, r.out_features, r.batch, r.block)
+            lines.append(
+                f"| {r.in_features}x{r.out_features} | {r.batch} | {r.block} | {r.sparsity:g} "
+                f"| {dense_ms:.3f} | {ours_ms:.3f} | {bsr} | {speedup:.2f}x "
+                f"| {speedup / ideal:.0%} | {even.get(key, '> max')} |"
+            )
+    lines += [
+        "\n### weight grad with a grad mask keeping 20% of stored blocks\n",
+        "| in x out | N | block | sparsity | unmasked ms | masked ms | masked / unmasked |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        full, masked = r.ours_ms["weight grad"], r.masked_weight_grad_ms
+        lines.append(
+            f"| {r.in_features}x{r.out_features} | {r.batch} | {r.block} | {r.sparsity:g} "
+            f"| {full:.3f} | {masked:.3f} | {masked / full:.0%} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_shape(text: str) -> tuple[int, int]:
+    in_f, out_f = (int(v) for v in text.lower().split("x"))
+    return in_f, out_f
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--shapes",
+        nargs="+",
+        type=parse_shape,
+        default=["1024x1024", "2048x2048", "768x3072", "4096x1024"],
+    )
+    parser.add_argument("--batches", nargs="+", type=int, default=[32, 256])
+    parser.add_argument("--blocks", nargs="+", type=int, default=[16, 32, 64])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9, 0.95, 0.98])
+    parser.add_argument("--repeats", type=int, default=9)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]
+    torch.set_num_threads(args.threads)
+
+    grid = list(itertools.product(shapes, args.batches, args.blocks, args.sparsities))
+    rows = [
+        measure(in_f, out_f, batch, block, sparsity, args.repeats)
+        for (in_f, out_f), batch, block, sparsity in tqdm(grid, desc="configurations")
+    ]
+    header = (
+        f"{datetime.date.today()} · torch {torch.__version__} · {args.threads} threads · "
+        f"{platform.machine()} · cpu backend {sk.backend_info()['backends']['cpu']}"
+        f" · medians of {args.repeats} interleaved repeats · fp32"
+    )
+    text = header + "\n" + tables(rows)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
