@@ -6,11 +6,22 @@ Public API::
     values = layout.to_blocks(weight)
     y = block_sparse_linear(x, values, layout, bias=None, grad_block_mask=None, backend=None)
     backend_info()
+
+    model = sparsify(model, sparsity=0.9, block_size=(32, 32))   # swap Linear/Conv2d layers
 """
 
+from sparcl_kernels import nn
 from sparcl_kernels.backends import BackendUnavailableError, backend_info
 from sparcl_kernels.layout import BlockLayout
+from sparcl_kernels.nn import sparsify
 from sparcl_kernels.ops import block_sparse_linear
 
-__all__ = ["BackendUnavailableError", "BlockLayout", "backend_info", "block_sparse_linear"]
+__all__ = [
+    "BackendUnavailableError",
+    "BlockLayout",
+    "backend_info",
+    "block_sparse_linear",
+    "nn",
+    "sparsify",
+]
 __version__ = "0.1.0"

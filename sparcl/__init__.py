@@ -1,0 +1,1 @@
+"""sparcl: SparCL continual learning on top of sparcl_kernels."""

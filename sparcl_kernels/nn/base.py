@@ -1,0 +1,184 @@
+"""What every block-sparse layer shares: compressed weight, layout buffers, layout updates.
+
+A layer's only weight Parameter is ``values [nnz, bm, bk]``. Its layout lives in buffers: the
+persistent ``block_mask`` (fixed shape, so ``state_dict`` round-trips even after nnz changes)
+and non-persistent index tensors derived from it, which ``module.to(device)`` moves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from sparcl_kernels.layout import BlockLayout
+
+_INDEX_BUFFERS = (
+    "row_offsets",
+    "col_indices",
+    "row_indices",
+    "transpose_offsets",
+    "transpose_block_ids",
+)
+
+
+class BlockSparseWeight(nn.Module):
+    """Base of the sparse layers: holds ``values`` and the layout of a 2-D ``[M, K]`` weight."""
+
+    values: nn.Parameter
+    block_mask: Tensor
+
+    def _init_block_sparse(
+        self,
+        weight_2d: Tensor,
+        block_size: int | Sequence[int],
+        sparsity: float | None = None,
+        layout: BlockLayout | None = None,
+    ) -> None:
+        if layout is None:
+            layout = BlockLayout.from_dense(weight_2d, block_size, sparsity)
+        self.weight_shape = layout.shape
+        self.block_size = layout.block_size
+        self.values = nn.Parameter(layout.to_blocks(weight_2d.detach()).clone())
+        self._store_layout(layout)
+        self.grad_block_mask: Tensor | None = None
+
+    def _store_layout(self, layout: BlockLayout) -> None:
+        self.register_buffer("block_mask", layout.block_mask())
+        for name, tensor in zip(_INDEX_BUFFERS, layout.tensors(), strict=True):
+            self.register_buffer(name, tensor, persistent=False)
+
+    @property
+    def layout(self) -> BlockLayout:
+        """The current :class:`BlockLayout` (a view of this module's buffers)."""
+        return BlockLayout(
+            self.weight_shape,
+            self.block_size,
+            *(getattr(self, name) for name in _INDEX_BUFFERS),
+        )
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of weight blocks not stored."""
+        return self.layout.sparsity
+
+    def dense_weight_2d(self) -> Tensor:
+        """The ``[M, K]`` GEMM-view weight, zeros outside stored blocks (differentiable)."""
+        return self.layout.to_dense(self.values)
+
+    def set_grad_block_mask(self, grad_block_mask: Tensor | None) -> None:
+        """Restrict the weight gradient to stored blocks where ``grad_block_mask`` is True.
+
+        ``None`` computes the gradient of every stored block. Blocks switched off get an exact
+        zero gradient and cost no weight-gradient work. Reset by every layout change.
+        """
+        if grad_block_mask is not None:
+            if grad_block_mask.dtype != torch.bool:
+                raise TypeError(
+                    f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}"
+                )
+            if tuple(grad_block_mask.shape) != (self.values.shape[0],):
+                raise ValueError(
+                    f"grad_block_mask must have shape (nnz,) = ({self.values.shape[0]},), "
+                    f"got {tuple(grad_block_mask.shape)}"
+                )
+            grad_block_mask = grad_block_mask.to(self.values.device)
+        self.grad_block_mask = grad_block_mask
+
+    # ------------------------------------------------------------------ layout updates
+
+    @torch.no_grad()
+    def set_block_mask(
+        self, block_mask: Tensor, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
+        """Switch to a new set of stored blocks, in place.
+
+        Blocks stored before and after keep their values and, if ``optimizer`` is given, their
+        optimizer state (any per-parameter state tensor shaped like ``values``: SGD momentum,
+        Adam moments) bit for bit. Newly stored blocks start at zero with zeroed state. When
+        the number of stored blocks is unchanged, ``values`` and the state tensors keep their
+        storage (no re-allocation). The gradient and the grad block mask are cleared.
+        """
+        if not isinstance(block_mask, Tensor) or block_mask.dtype != torch.bool:
+            raise TypeError("block_mask must be a bool tensor")
+        old = self.layout
+        if tuple(block_mask.shape) != old.block_grid:
+            raise ValueError(
+                f"block_mask must have shape {old.block_grid}, got {tuple(block_mask.shape)}"
+            )
+        new = BlockLayout.from_block_mask(block_mask.to(old.device), self.block_size)
+        old_ids = torch.full(old.block_grid, -1, dtype=torch.long, device=old.device)
+        old_ids[old.row_indices.long(), old.col_indices.long()] = torch.arange(
+            old.nnz, device=old.device
+        )
+        source = old_ids[new.row_indices.long(), new.col_indices.long()]
+        kept = source >= 0
+
+        def remap(tensor: Tensor) -> Tensor:
+            moved = tensor.new_zeros((new.nnz, *tensor.shape[1:]))
+            moved[kept] = tensor[source[kept]]
+            if moved.shape == tensor.shape:
+                return tensor.copy_(moved)
+            return moved
+
+        if optimizer is not None and self.values in optimizer.state:
+            state = optimizer.state[self.values]
+            for key, value in state.items():
+                if isinstance(value, Tensor) and value.shape == self.values.shape:
+                    state[key] = remap(value)
+        self.values.data = remap(self.values.data)
+        self.values.grad = None
+        self.grad_block_mask = None
+        self._store_layout(new)
+
+    def update_blocks(
+        self,
+        prune: Tensor | None = None,
+        grow: Tensor | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+    ) -> None:
+        """Prune stored blocks and grow new ones in one layout change.
+
+        Args:
+            prune: stored-block ids (int tensor) or a bool mask over the ``nnz`` stored blocks.
+            grow: bool ``[M/bm, K/bk]`` mask of block positions to add (must be unstored) or
+                an int tensor ``[g, 2]`` of (block row, block col) positions.
+            optimizer: whose state for ``values`` is remapped (see :meth:`set_block_mask`).
+        """
+        layout = self.layout
+        mask = layout.block_mask()
+        if prune is not None:
+            ids = prune.nonzero().squeeze(1) if prune.dtype == torch.bool else prune.long()
+            if prune.dtype == torch.bool and prune.shape != (layout.nnz,):
+                raise ValueError(f"prune mask must have shape ({layout.nnz},)")
+            if ids.numel() and (ids.min() < 0 or ids.max() >= layout.nnz):
+                raise ValueError(f"prune ids must lie in [0, nnz = {layout.nnz})")
+            mask[layout.row_indices[ids].long(), layout.col_indices[ids].long()] = False
+        if grow is not None:
+            positions = grow.nonzero() if grow.dtype == torch.bool else grow.long().view(-1, 2)
+            positions = positions.to(mask.device)
+            if positions.numel() and layout.block_mask()[positions[:, 0], positions[:, 1]].any():
+                raise ValueError("grow names block positions that are already stored")
+            mask[positions[:, 0], positions[:, 1]] = True
+        self.set_block_mask(mask, optimizer)
+
+    # ------------------------------------------------------------------ state dict
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # The saved layout may store a different number of blocks: adopt it before the
+        # default loader copies `values` (whose shape follows nnz).
+        mask = state_dict.get(prefix + "block_mask")
+        if isinstance(mask, Tensor) and tuple(mask.shape) == self.layout.block_grid:
+            layout = BlockLayout.from_block_mask(mask.to(self.block_mask.device), self.block_size)
+            self._store_layout(layout)
+            if self.values.shape != layout.values_shape:
+                self.values.data = self.values.data.new_empty(layout.values_shape)
+            self.grad_block_mask = None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _sparse_repr(self) -> str:
+        return (
+            f"block_size={self.block_size}, sparsity={self.sparsity:.3f}, "
+            f"nnz_blocks={self.values.shape[0]}"
+        )

@@ -1,0 +1,146 @@
+"""SparseConv2d: a drop-in ``nn.Conv2d`` whose weight is block-sparse.
+
+The convolution runs as a GEMM over input patches in channels-last order: the weight is
+viewed as ``[out_channels, kh * kw * in_channels]`` (column = (tap, input channel)), and a
+block is ``bm`` output channels x ``bk`` input channels at one kernel tap. That is the finest
+granularity the block kernels can exploit and the one that keeps most accuracy at a given
+sparsity; README.md records the measured trade-off.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from sparcl_kernels.nn.base import BlockSparseWeight
+from sparcl_kernels.ops import block_sparse_linear
+
+
+def conv_weight_to_gemm(weight: Tensor) -> Tensor:
+    """``[Cout, Cin, kh, kw]`` -> ``[Cout, kh * kw * Cin]`` with columns ordered (tap, channel)."""
+    return weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)
+
+
+def gemm_to_conv_weight(
+    weight_2d: Tensor, in_channels: int, kernel_size: tuple[int, int]
+) -> Tensor:
+    """Inverse of :func:`conv_weight_to_gemm`."""
+    kh, kw = kernel_size
+    return weight_2d.reshape(weight_2d.shape[0], kh, kw, in_channels).permute(0, 3, 1, 2)
+
+
+class SparseConv2d(BlockSparseWeight):
+    """2-D convolution (groups=1, zero padding) computing only stored weight blocks.
+
+    Accepts and returns NCHW tensors; the output is NCHW-shaped with channels-last strides
+    (no copy), which the following BatchNorm / ReLU / next convolution accept as they are.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int | Sequence[int],
+        stride: int | Sequence[int] = 1,
+        padding: int | Sequence[int] = 0,
+        dilation: int | Sequence[int] = 1,
+        bias: bool = True,
+        block_size: int | Sequence[int] = (32, 32),
+        sparsity: float = 0.9,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        dense = nn.Conv2d(
+            in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias,
+            device=device, dtype=dtype,
+        )  # fmt: skip
+        self._init_from_conv(dense, block_size, sparsity)
+
+    def _init_from_conv(
+        self, conv: nn.Conv2d, block_size: int | Sequence[int], sparsity: float
+    ) -> None:
+        if conv.groups != 1:
+            raise ValueError(f"SparseConv2d supports groups=1 only, got groups={conv.groups}")
+        if conv.padding_mode != "zeros":
+            raise ValueError(
+                f"SparseConv2d supports padding_mode='zeros', got {conv.padding_mode!r}"
+            )
+        if isinstance(conv.padding, str):
+            raise ValueError("SparseConv2d needs explicit integer padding, not 'same'/'valid'")
+        self.in_channels, self.out_channels = conv.in_channels, conv.out_channels
+        self.kernel_size = _pair(conv.kernel_size)
+        self.stride, self.padding = _pair(conv.stride), _pair(conv.padding)
+        self.dilation = _pair(conv.dilation)
+        block = _pair(block_size)
+        if self.in_channels % block[1]:
+            raise ValueError(
+                f"block_size {block} must have bk dividing in_channels={self.in_channels} "
+                "(a block covers bk input channels at one kernel tap)"
+            )
+        self._init_block_sparse(conv_weight_to_gemm(conv.weight), block, sparsity)
+        bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
+        self.register_parameter("bias", bias)
+
+    @classmethod
+    def from_dense(
+        cls,
+        conv: nn.Conv2d,
+        sparsity: float = 0.9,
+        block_size: int | Sequence[int] = (32, 32),
+    ) -> SparseConv2d:
+        """Keep the largest-norm (tap, channel-block) blocks of ``conv.weight``; copies bias."""
+        if not isinstance(conv, nn.Conv2d):
+            raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
+        module = cls.__new__(cls)
+        BlockSparseWeight.__init__(module)
+        module._init_from_conv(conv, block_size, sparsity)
+        return module
+
+    def to_dense(self) -> nn.Conv2d:
+        """The equivalent ``nn.Conv2d`` (zeros outside stored blocks)."""
+        dense = nn.Conv2d(
+            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+            self.dilation, bias=self.bias is not None, device=self.values.device,
+            dtype=self.values.dtype,
+        )  # fmt: skip
+        with torch.no_grad():
+            weight = gemm_to_conv_weight(self.dense_weight_2d(), self.in_channels, self.kernel_size)
+            dense.weight.copy_(weight)
+            if self.bias is not None:
+                dense.bias.copy_(self.bias)
+        return dense
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        sizes = []
+        for size, k, s, p, d in zip(
+            (height, width), self.kernel_size, self.stride, self.padding, self.dilation, strict=True
+        ):
+            sizes.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
+        return sizes[0], sizes[1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"SparseConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}"
+            )
+        n = x.shape[0]
+        out_h, out_w = self.output_size(x.shape[2], x.shape[3])
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
+        # [N, C * T, L] -> [N * L, T * C]: one row per output pixel, columns (tap, channel).
+        patches = patches.view(n, self.in_channels, taps, -1).permute(0, 3, 2, 1)
+        rows = patches.reshape(-1, taps * self.in_channels)
+        out = block_sparse_linear(rows, self.values, self.layout, self.bias, self.grad_block_mask)
+        return out.view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
+            f"bias={self.bias is not None}, {self._sparse_repr()}"
+        )

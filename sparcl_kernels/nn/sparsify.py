@@ -1,0 +1,116 @@
+"""sparsify(): swap a model's eligible Linear / Conv2d layers for block-sparse ones."""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from torch import nn
+from torch.nn.modules.utils import _pair
+
+from sparcl_kernels.nn.conv import SparseConv2d
+from sparcl_kernels.nn.linear import SparseLinear
+
+logger = logging.getLogger("sparcl_kernels")
+
+Selector = Iterable[str] | Callable[[str, nn.Module], bool] | None
+
+
+@dataclass(frozen=True)
+class SparsifyDecision:
+    """What :func:`sparsify` does with one Linear/Conv2d module, and why."""
+
+    name: str
+    kind: str
+    sparse: bool
+    reason: str
+
+
+def _selected(selector: Selector, name: str, module: nn.Module) -> bool:
+    if callable(selector):
+        return bool(selector(name, module))
+    return any(fnmatch.fnmatchcase(name, pattern) for pattern in selector)
+
+
+def _ineligibility(module: nn.Module, block_size: tuple[int, int]) -> str | None:
+    bm, bk = block_size
+    if isinstance(module, nn.Linear):
+        rows, cols = module.out_features, module.in_features
+    else:
+        if module.groups != 1:
+            return f"groups={module.groups} (only groups=1 is supported)"
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+            return "padding must be explicit zero padding"
+        rows, cols = module.out_channels, module.in_channels
+    if rows % bm or cols % bk:
+        return f"shape ({rows} out, {cols} in) not divisible by block size {block_size}"
+    return None
+
+
+def plan_sparsify(
+    model: nn.Module,
+    block_size: int | Sequence[int] = (32, 32),
+    include: Selector = None,
+    exclude: Selector = None,
+) -> list[SparsifyDecision]:
+    """The decision :func:`sparsify` would take for every Linear and Conv2d in ``model``.
+
+    ``include`` / ``exclude`` are glob patterns over qualified module names (``"layer*.conv*"``)
+    or a callable ``(name, module) -> bool``. A module is swapped if it is included (everything
+    is when ``include`` is None), not excluded, and its shape fits the block size.
+    """
+    block = _pair(block_size)
+    decisions = []
+    for name, module in model.named_modules():
+        if not isinstance(module, nn.Linear | nn.Conv2d) or isinstance(
+            module, SparseLinear | SparseConv2d
+        ):
+            continue
+        kind = type(module).__name__
+        if include is not None and not _selected(include, name, module):
+            decisions.append(SparsifyDecision(name, kind, False, "not included"))
+        elif exclude is not None and _selected(exclude, name, module):
+            decisions.append(SparsifyDecision(name, kind, False, "excluded"))
+        elif (problem := _ineligibility(module, block)) is not None:
+            decisions.append(SparsifyDecision(name, kind, False, problem))
+        else:
+            decisions.append(SparsifyDecision(name, kind, True, "sparse"))
+    return decisions
+
+
+def sparsify(
+    model: nn.Module,
+    sparsity: float = 0.9,
+    block_size: int | Sequence[int] = (32, 32),
+    include: Selector = None,
+    exclude: Selector = None,
+    inplace: bool = True,
+) -> nn.Module:
+    """Replace eligible ``nn.Linear`` / ``nn.Conv2d`` modules with block-sparse equivalents.
+
+    Each swapped layer keeps the largest-norm blocks of its current weight. Modules left dense
+    are logged with the reason (``plan_sparsify`` returns the same decisions as data).
+    Returns the model (a modified deep copy when ``inplace`` is False).
+    """
+    if not inplace:
+        model = copy.deepcopy(model)
+    decisions = plan_sparsify(model, block_size, include, exclude)
+    modules = dict(model.named_modules())
+    for decision in decisions:
+        if not decision.sparse:
+            logger.info(
+                "sparsify: %s (%s) stays dense: %s", decision.name, decision.kind, decision.reason
+            )
+            continue
+        module = modules[decision.name]
+        if isinstance(module, nn.Linear):
+            replacement = SparseLinear.from_dense(module, sparsity, block_size)
+        else:
+            replacement = SparseConv2d.from_dense(module, sparsity, block_size)
+        parent_name, _, child_name = decision.name.rpartition(".")
+        setattr(modules[parent_name] if parent_name else model, child_name, replacement)
+        logger.info("sparsify: %s (%s) -> block-sparse", decision.name, decision.kind)
+    return model
