@@ -17,7 +17,7 @@ from torch import Tensor
 from sparcl_kernels.backends import get_backend, resolve_backend
 from sparcl_kernels.layout import BlockLayout
 
-__all__ = ["block_sparse_linear"]
+__all__ = ["block_sparse_conv2d", "block_sparse_linear"]
 
 
 def _layout_from_tensors(
@@ -193,16 +193,222 @@ def block_sparse_linear(
 
 
 @torch.compiler.assume_constant_result
-def _select_backend(requested: str | None, device: torch.device, dtype: torch.dtype) -> str:
+def _select_backend(
+    requested: str | None, device: torch.device, dtype: torch.dtype, op: str = "block_sparse_linear"
+) -> str:
     # A compiled graph bakes the choice in (it loads modules and reads the environment, which
     # dynamo must not trace); eager calls resolve every time, so $SPARCL_BACKEND is honoured.
     name = resolve_backend(requested, device)
     dtypes = get_backend(name).SUPPORTED_DTYPES
     if dtype not in dtypes:
-        raise TypeError(
-            f"block_sparse_linear: backend {name!r} supports dtypes {dtypes}, x has {dtype}"
-        )
+        raise TypeError(f"{op}: backend {name!r} supports dtypes {dtypes}, x has {dtype}")
     return name
+
+
+# ---------------------------------------------------------------- convolution
+
+
+@torch.library.custom_op("sparcl_kernels::bsc_forward", mutates_args=())
+def _conv_forward_op(
+    x: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    bias: Tensor | None,
+    grad_block_mask: Tensor | None,
+    geometry: list[int],
+    backend: str,
+) -> Tensor:
+    # x is channels-last [N, H, W, C]; grad_block_mask is only saved for the backward.
+    layout = _layout_from_tensors(
+        values.shape[1],
+        values.shape[2],
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).conv_forward(
+        x.contiguous(), values.contiguous(), layout, bias, list(geometry)
+    )
+
+
+@_conv_forward_op.register_fake
+def _(
+    x, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, bias, mask, geometry, be
+):
+    out_h, out_w = conv_output_size((x.shape[1], x.shape[2]), geometry)
+    return x.new_empty(x.shape[0], out_h, out_w, (row_offsets.shape[0] - 1) * values.shape[1])
+
+
+@torch.library.custom_op("sparcl_kernels::bsc_grad_input", mutates_args=())
+def _conv_grad_input_op(
+    grad_out: Tensor,
+    values: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    geometry: list[int],
+    in_h: int,
+    in_w: int,
+    backend: str,
+) -> Tensor:
+    layout = _layout_from_tensors(
+        values.shape[1],
+        values.shape[2],
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).conv_grad_input(
+        grad_out.contiguous(), values.contiguous(), layout, list(geometry), (in_h, in_w)
+    )
+
+
+@_conv_grad_input_op.register_fake
+def _(
+    grad_out, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, geometry, h, w, be
+):
+    channels = (tr_offsets.shape[0] - 1) * values.shape[2] // (geometry[0] * geometry[1])
+    return grad_out.new_empty(grad_out.shape[0], h, w, channels)
+
+
+@torch.library.custom_op("sparcl_kernels::bsc_grad_weight", mutates_args=())
+def _conv_grad_weight_op(
+    grad_out: Tensor,
+    x: Tensor,
+    row_offsets: Tensor,
+    col_indices: Tensor,
+    row_indices: Tensor,
+    transpose_offsets: Tensor,
+    transpose_block_ids: Tensor,
+    grad_block_mask: Tensor | None,
+    block_rows: int,
+    block_cols: int,
+    geometry: list[int],
+    backend: str,
+) -> Tensor:
+    layout = _layout_from_tensors(
+        block_rows,
+        block_cols,
+        row_offsets,
+        col_indices,
+        row_indices,
+        transpose_offsets,
+        transpose_block_ids,
+    )
+    return get_backend(backend).conv_grad_weight(
+        grad_out.contiguous(), x.contiguous(), layout, grad_block_mask, list(geometry)
+    )
+
+
+@_conv_grad_weight_op.register_fake
+def _(grad_out, x, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, mask, bm, bk, g, be):
+    return x.new_empty(col_indices.shape[0], bm, bk)
+
+
+def _conv_setup_context(ctx, inputs, output) -> None:
+    x, values, *index, bias, grad_block_mask, geometry, backend = inputs
+    ctx.save_for_backward(x, values, *index, grad_block_mask)
+    ctx.block_size = (values.shape[1], values.shape[2])
+    ctx.has_bias = bias is not None
+    ctx.geometry = list(geometry)
+    ctx.backend = backend
+
+
+def _conv_backward(ctx, grad_out: Tensor):
+    x, values, *index, grad_block_mask = ctx.saved_tensors
+    grad_out = grad_out.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = _conv_grad_input_op(
+            grad_out, values, *index, ctx.geometry, x.shape[1], x.shape[2], ctx.backend
+        )
+    if ctx.needs_input_grad[1]:
+        grad_values = _conv_grad_weight_op(
+            grad_out, x, *index, grad_block_mask, *ctx.block_size, ctx.geometry, ctx.backend
+        )
+    if ctx.has_bias and ctx.needs_input_grad[7]:
+        grad_bias = grad_out.sum(dim=(0, 1, 2))
+    return grad_x, grad_values, None, None, None, None, None, grad_bias, None, None, None
+
+
+_conv_forward_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
+
+
+def conv_output_size(in_hw: tuple[int, int], geometry: list[int]) -> tuple[int, int]:
+    """Output height and width of a convolution with ``geometry`` (see block_sparse_conv2d)."""
+    kh, kw, sh, sw, ph, pw, dh, dw = geometry
+    return (
+        (in_hw[0] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
+        (in_hw[1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
+    )
+
+
+def block_sparse_conv2d(
+    x: Tensor,
+    values: Tensor,
+    layout: BlockLayout,
+    kernel_size: tuple[int, int],
+    stride: tuple[int, int] = (1, 1),
+    padding: tuple[int, int] = (0, 0),
+    dilation: tuple[int, int] = (1, 1),
+    bias: Tensor | None = None,
+    grad_block_mask: Tensor | None = None,
+    backend: str | None = None,
+) -> Tensor:
+    """2-D convolution (groups=1, zero padding) with a block-sparse weight, as an implicit GEMM.
+
+    The layout describes the GEMM-view weight ``[C_out, kh * kw * C_in]`` with columns ordered
+    (tap, input channel): a block is ``bm`` output channels x ``bk`` input channels at one
+    kernel tap, and ``bk`` must divide ``C_in``. No patch matrix is materialised on the ``cpu``
+    backend. ``x`` is ``[N, C_in, H, W]`` in any memory format (channels-last avoids a copy);
+    the result is ``[N, C_out, OH, OW]`` with channels-last strides. Gradients as in
+    :func:`block_sparse_linear`.
+    """
+    op = "block_sparse_conv2d"
+    _check_arguments(x, values, layout, bias, grad_block_mask, op=op)
+    if x.dim() != 4:
+        _fail(ValueError, op, f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
+    geometry = [*kernel_size, *stride, *padding, *dilation]
+    if len(geometry) != 8 or min(geometry) < 0 or min(geometry[:4] + geometry[6:]) < 1:
+        _fail(ValueError, op, "kernel_size, stride, dilation must be positive pairs, padding >= 0")
+    taps = kernel_size[0] * kernel_size[1]
+    channels = x.shape[1]
+    if layout.shape[1] != taps * channels or channels % layout.block_size[1]:
+        _fail(
+            ValueError,
+            op,
+            f"layout shape {layout.shape} with block size {layout.block_size} does not fit "
+            f"{channels} input channels x {taps} taps (needs K = taps * C_in, bk | C_in)",
+        )
+    out_h, out_w = conv_output_size((x.shape[2], x.shape[3]), geometry)
+    if out_h < 1 or out_w < 1:
+        _fail(ValueError, op, f"input {tuple(x.shape)} is too small for this convolution")
+    name = _select_backend(backend, x.device, x.dtype, op)
+    x_channels_last = x.permute(0, 2, 3, 1).contiguous()
+    y = _conv_forward_op(
+        x_channels_last,
+        values.contiguous(),
+        *layout.tensors(),
+        bias,
+        grad_block_mask,
+        geometry,
+        name,
+    )
+    return y.permute(0, 3, 1, 2)
+
+
+def _fail(exc: type[Exception], op: str, message: str) -> NoReturn:
+    raise exc(f"{op}: {message}")
 
 
 def _check_arguments(
@@ -211,68 +417,75 @@ def _check_arguments(
     layout: object,
     bias: object,
     grad_block_mask: object,
+    op: str = "block_sparse_linear",
+    x_features_dim: int = -1,
 ) -> None:
-    def fail(exc: type[Exception], message: str) -> NoReturn:
-        raise exc(f"block_sparse_linear: {message}")
-
     if not isinstance(layout, BlockLayout):
-        fail(TypeError, f"layout must be a BlockLayout, got {type(layout).__name__}")
+        _fail(TypeError, op, f"layout must be a BlockLayout, got {type(layout).__name__}")
     for name, t in (("x", x), ("values", values)):
         if not isinstance(t, Tensor):
-            fail(TypeError, f"{name} must be a torch.Tensor, got {type(t).__name__}")
+            _fail(TypeError, op, f"{name} must be a torch.Tensor, got {type(t).__name__}")
         if not t.is_floating_point():
-            fail(TypeError, f"{name} must be a floating-point tensor, got {t.dtype}")
+            _fail(TypeError, op, f"{name} must be a floating-point tensor, got {t.dtype}")
     m, k = layout.shape
-    if x.dim() < 1 or x.shape[-1] != k:
-        fail(
+    if op == "block_sparse_linear" and (x.dim() < 1 or x.shape[-1] != k):
+        _fail(
             ValueError,
+            op,
             f"x must have last dimension K = {k} (the layout's in-features), "
             f"got shape {tuple(x.shape)}",
         )
     if tuple(values.shape) != layout.values_shape:
-        fail(
+        _fail(
             ValueError,
+            op,
             f"values must have shape (nnz, bm, bk) = {layout.values_shape} to match the layout, "
             f"got {tuple(values.shape)}",
         )
     if values.dtype != x.dtype:
-        fail(TypeError, f"values dtype {values.dtype} must equal x dtype {x.dtype}")
+        _fail(TypeError, op, f"values dtype {values.dtype} must equal x dtype {x.dtype}")
     if values.device != x.device:
-        fail(ValueError, f"values is on {values.device} but x is on {x.device}")
+        _fail(ValueError, op, f"values is on {values.device} but x is on {x.device}")
     if layout.device != x.device:
-        fail(
+        _fail(
             ValueError,
+            op,
             f"layout is on {layout.device} but x is on {x.device}; "
             f"use layout.to({str(x.device)!r})",
         )
     if bias is not None:
         if not isinstance(bias, Tensor):
-            fail(TypeError, f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
+            _fail(TypeError, op, f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if tuple(bias.shape) != (m,):
-            fail(ValueError, f"bias must have shape ({m},), got {tuple(bias.shape)}")
+            _fail(ValueError, op, f"bias must have shape ({m},), got {tuple(bias.shape)}")
         if bias.dtype != x.dtype:
-            fail(TypeError, f"bias dtype {bias.dtype} must equal x dtype {x.dtype}")
+            _fail(TypeError, op, f"bias dtype {bias.dtype} must equal x dtype {x.dtype}")
         if bias.device != x.device:
-            fail(ValueError, f"bias is on {bias.device} but x is on {x.device}")
+            _fail(ValueError, op, f"bias is on {bias.device} but x is on {x.device}")
     if grad_block_mask is not None:
         if not isinstance(grad_block_mask, Tensor):
-            fail(
+            _fail(
                 TypeError,
+                op,
                 "grad_block_mask must be a bool tensor or None, "
                 f"got {type(grad_block_mask).__name__}",
             )
         if grad_block_mask.dtype != torch.bool:
-            fail(
+            _fail(
                 TypeError,
+                op,
                 f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}",
             )
         if tuple(grad_block_mask.shape) != (layout.nnz,):
-            fail(
+            _fail(
                 ValueError,
+                op,
                 f"grad_block_mask must have shape (nnz,) = ({layout.nnz},), "
                 f"got {tuple(grad_block_mask.shape)}",
             )
         if grad_block_mask.device != x.device:
-            fail(
-                ValueError, f"grad_block_mask is on {grad_block_mask.device} but x is on {x.device}"
+            _fail(
+                ValueError,
+                op,
+                f"grad_block_mask is on {grad_block_mask.device} but x is on {x.device}",
             )

@@ -5,6 +5,7 @@
 #include <torch/extension.h>
 
 #include "block_sparse.h"
+#include "block_sparse_conv.h"
 
 namespace {
 
@@ -111,6 +112,108 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t 
   return grad_values;
 }
 
+// geometry = [kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, dilation_h, dilation_w]
+sparcl::ConvGeometry make_geometry(const std::vector<int64_t>& geometry, int64_t batch,
+                                   int64_t in_h, int64_t in_w, int64_t channels) {
+  TORCH_CHECK(geometry.size() == 8, "geometry must have 8 entries");
+  sparcl::ConvGeometry g{batch, in_h, in_w, channels, 0, 0, geometry[0], geometry[1],
+                         geometry[2], geometry[3], geometry[4], geometry[5], geometry[6],
+                         geometry[7]};
+  TORCH_CHECK(g.kernel_h > 0 && g.kernel_w > 0 && g.stride_h > 0 && g.stride_w > 0 &&
+                  g.pad_h >= 0 && g.pad_w >= 0 && g.dilation_h > 0 && g.dilation_w > 0,
+              "invalid convolution geometry");
+  g.out_h = (in_h + 2 * g.pad_h - g.dilation_h * (g.kernel_h - 1) - 1) / g.stride_h + 1;
+  g.out_w = (in_w + 2 * g.pad_w - g.dilation_w * (g.kernel_w - 1) - 1) / g.stride_w + 1;
+  TORCH_CHECK(g.out_h > 0 && g.out_w > 0, "convolution output would be empty");
+  return g;
+}
+
+void check_conv_layout(const sparcl::BlockLayoutView& view, const sparcl::ConvGeometry& g) {
+  TORCH_CHECK(g.channels % view.bk == 0, "bk must divide the input channels");
+  TORCH_CHECK(view.cols() == g.kernel_h * g.kernel_w * g.channels,
+              "layout columns must equal kernel_h * kernel_w * channels");
+}
+
+Tensor conv_forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
+                    const Tensor& col_indices, const Tensor& row_indices,
+                    const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+                    const std::optional<Tensor>& bias, const std::vector<int64_t>& geometry) {
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
+              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
+                              row_indices, transpose_offsets, transpose_block_ids);
+  check_operand(x, values, "x", 4);
+  const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
+  check_conv_layout(view, g);
+  if (bias) {
+    check_operand(*bias, values, "bias", 1);
+    TORCH_CHECK(bias->numel() == view.rows(), "bias must have ", view.rows(), " entries");
+  }
+  Tensor y = torch::empty({g.batch, g.out_h, g.out_w, view.rows()}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_conv_forward", [&] {
+    sparcl::block_sparse_conv_forward<scalar_t>(
+        x.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+        bias ? bias->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), view, g,
+        at::get_num_threads());
+  });
+  return y;
+}
+
+Tensor conv_grad_input(const Tensor& grad_out, const Tensor& values, const Tensor& row_offsets,
+                       const Tensor& col_indices, const Tensor& row_indices,
+                       const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+                       const std::vector<int64_t>& geometry, int64_t in_h, int64_t in_w) {
+  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
+              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
+                              row_indices, transpose_offsets, transpose_block_ids);
+  check_operand(grad_out, values, "grad_out", 4);
+  const int64_t taps = geometry.size() == 8 ? geometry[0] * geometry[1] : 1;
+  const auto g = make_geometry(geometry, grad_out.size(0), in_h, in_w, view.cols() / taps);
+  check_conv_layout(view, g);
+  TORCH_CHECK(grad_out.size(1) == g.out_h && grad_out.size(2) == g.out_w &&
+                  grad_out.size(3) == view.rows(),
+              "grad_out shape does not match the convolution");
+  Tensor grad_x = torch::empty({g.batch, in_h, in_w, g.channels}, grad_out.options());
+  AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparcl_cpu_conv_grad_input", [&] {
+    sparcl::block_sparse_conv_grad_input<scalar_t>(grad_out.data_ptr<scalar_t>(),
+                                                   values.data_ptr<scalar_t>(),
+                                                   grad_x.data_ptr<scalar_t>(), view, g,
+                                                   at::get_num_threads());
+  });
+  return grad_x;
+}
+
+Tensor conv_grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t bk,
+                        const Tensor& row_offsets, const Tensor& col_indices,
+                        const Tensor& row_indices, const Tensor& transpose_offsets,
+                        const Tensor& transpose_block_ids,
+                        const std::optional<Tensor>& grad_block_mask,
+                        const std::vector<int64_t>& geometry) {
+  const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
+                              transpose_block_ids);
+  check_operand(x, grad_out, "x", 4);
+  check_operand(grad_out, x, "grad_out", 4);
+  const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
+  check_conv_layout(view, g);
+  TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
+                  grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
+              "grad_out shape does not match the convolution");
+  if (grad_block_mask) {
+    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool &&
+                    grad_block_mask->is_contiguous() && grad_block_mask->numel() == view.nnz,
+                "grad_block_mask must be a contiguous bool tensor of nnz entries");
+  }
+  Tensor grad_values = torch::empty({view.nnz, view.bm, view.bk}, x.options());
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_conv_grad_weight", [&] {
+    sparcl::block_sparse_conv_grad_weight<scalar_t>(
+        grad_out.data_ptr<scalar_t>(), x.data_ptr<scalar_t>(),
+        grad_block_mask ? grad_block_mask->data_ptr<bool>() : nullptr,
+        grad_values.data_ptr<scalar_t>(), view, g, at::get_num_threads());
+  });
+  return grad_values;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -118,5 +221,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "y = x @ W.T + bias");
   m.def("grad_input", &grad_input, "grad_x = grad_out @ W");
   m.def("grad_weight", &grad_weight, "grad of the stored blocks, skipping masked-off ones");
+  m.def("conv_forward", &conv_forward, "channels-last implicit-GEMM convolution");
+  m.def("conv_grad_input", &conv_grad_input, "input gradient of conv_forward");
+  m.def("conv_grad_weight", &conv_grad_weight, "stored-block weight gradient of conv_forward");
   m.def("simd", &sparcl::simd_name, "instruction set of the fp32 micro-kernels");
 }

@@ -43,3 +43,35 @@ def grad_weight(
 ) -> torch.Tensor:
     mask = None if grad_block_mask is None else grad_block_mask.contiguous()
     return _cpu.grad_weight(grad_out, x, *layout.block_size, *layout.tensors(), mask)
+
+
+def conv_forward(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    bias: torch.Tensor | None,
+    geometry: list[int],
+) -> torch.Tensor:
+    bias = None if bias is None else bias.contiguous()
+    return _cpu.conv_forward(x, values, *layout.tensors(), bias, geometry)
+
+
+def conv_grad_input(
+    grad_out: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    geometry: list[int],
+    in_hw: tuple[int, int],
+) -> torch.Tensor:
+    return _cpu.conv_grad_input(grad_out, values, *layout.tensors(), geometry, *in_hw)
+
+
+def conv_grad_weight(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    layout: BlockLayout,
+    grad_block_mask: torch.Tensor | None,
+    geometry: list[int],
+) -> torch.Tensor:
+    mask = None if grad_block_mask is None else grad_block_mask.contiguous()
+    return _cpu.conv_grad_weight(grad_out, x, *layout.block_size, *layout.tensors(), mask, geometry)

@@ -1,8 +1,9 @@
 """SparseConv2d: a drop-in ``nn.Conv2d`` whose weight is block-sparse.
 
-The convolution runs as a GEMM over input patches in channels-last order: the weight is
-viewed as ``[out_channels, kh * kw * in_channels]`` (column = (tap, input channel)), and a
-block is ``bm`` output channels x ``bk`` input channels at one kernel tap. That is the finest
+The convolution runs as an implicit GEMM over input patches in channels-last order (no patch
+matrix is built on the CPU fast path): the weight is viewed as
+``[out_channels, kh * kw * in_channels]`` (column = (tap, input channel)), and a block is ``bm``
+output channels x ``bk`` input channels at one kernel tap. That is the finest
 granularity the block kernels can exploit and the one that keeps most accuracy at a given
 sparsity; README.md records the measured trade-off.
 """
@@ -12,12 +13,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from sparcl_kernels.nn.base import BlockSparseWeight
-from sparcl_kernels.ops import block_sparse_linear
+from sparcl_kernels.ops import block_sparse_conv2d
 
 
 def conv_weight_to_gemm(weight: Tensor) -> Tensor:
@@ -115,28 +115,22 @@ class SparseConv2d(BlockSparseWeight):
                 dense.bias.copy_(self.bias)
         return dense
 
-    def output_size(self, height: int, width: int) -> tuple[int, int]:
-        sizes = []
-        for size, k, s, p, d in zip(
-            (height, width), self.kernel_size, self.stride, self.padding, self.dilation, strict=True
-        ):
-            sizes.append((size + 2 * p - d * (k - 1) - 1) // s + 1)
-        return sizes[0], sizes[1]
-
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(
                 f"SparseConv2d expects input [N, {self.in_channels}, H, W], got {tuple(x.shape)}"
             )
-        n = x.shape[0]
-        out_h, out_w = self.output_size(x.shape[2], x.shape[3])
-        taps = self.kernel_size[0] * self.kernel_size[1]
-        patches = F.unfold(x, self.kernel_size, self.dilation, self.padding, self.stride)
-        # [N, C * T, L] -> [N * L, T * C]: one row per output pixel, columns (tap, channel).
-        patches = patches.view(n, self.in_channels, taps, -1).permute(0, 3, 2, 1)
-        rows = patches.reshape(-1, taps * self.in_channels)
-        out = block_sparse_linear(rows, self.values, self.layout, self.bias, self.grad_block_mask)
-        return out.view(n, out_h, out_w, self.out_channels).permute(0, 3, 1, 2)
+        return block_sparse_conv2d(
+            x,
+            self.values,
+            self.layout,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            self.bias,
+            self.grad_block_mask,
+        )
 
     def extra_repr(self) -> str:
         return (

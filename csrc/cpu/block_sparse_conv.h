@@ -1,0 +1,40 @@
+// Torch-free CPU kernels for a 2-D convolution with a block-sparse weight (implicit GEMM).
+//
+// Channels-last operands: x / grad_x [batch, in_h, in_w, channels], y / grad_out
+// [batch, out_h, out_w, out_channels]. The layout describes the GEMM-view weight
+// [out_channels, kernel_h * kernel_w * channels] (column = tap * channels + channel) with
+// blocks of bm output channels x bk input channels at one tap; bk must divide channels.
+#pragma once
+
+#include <cstdint>
+
+#include "block_sparse.h"
+
+namespace sparcl {
+
+struct ConvGeometry {
+  int64_t batch, in_h, in_w, channels;
+  int64_t out_h, out_w;
+  int64_t kernel_h, kernel_w;
+  int64_t stride_h, stride_w;
+  int64_t pad_h, pad_w;
+  int64_t dilation_h, dilation_w;
+};
+
+template <typename T>
+void block_sparse_conv_forward(const T* x, const T* values, const T* bias, T* y,
+                               const BlockLayoutView& layout, const ConvGeometry& geometry,
+                               int threads);
+
+template <typename T>
+void block_sparse_conv_grad_input(const T* grad_out, const T* values, T* grad_x,
+                                  const BlockLayoutView& layout, const ConvGeometry& geometry,
+                                  int threads);
+
+// Stored blocks with grad_block_mask false (when not null) get exact zeros and no work.
+template <typename T>
+void block_sparse_conv_grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask,
+                                   T* grad_values, const BlockLayoutView& layout,
+                                   const ConvGeometry& geometry, int threads);
+
+}  // namespace sparcl
