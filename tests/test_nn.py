@@ -1,0 +1,321 @@
+"""SparseLinear / SparseConv2d / sparsify: dense equivalence, state, layout updates, compile."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+from conftest import CPU_BACKENDS, tolerances
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+import sparcl_kernels as sk
+from sparcl_kernels.nn import SparseConv2d, SparseLinear, plan_sparsify
+from sparcl_kernels.nn.conv import conv_weight_to_gemm
+
+
+@pytest.fixture(params=CPU_BACKENDS)
+def forced_backend(request, monkeypatch):
+    monkeypatch.setenv("SPARCL_BACKEND", request.param)
+    return request.param
+
+
+def _compare_with_dense(sparse: nn.Module, x: torch.Tensor, to_gemm=lambda w: w):
+    """Outputs and all gradients of a sparse layer equal those of its masked dense twin."""
+    dense = sparse.to_dense()
+    x_sparse = x.detach().clone().requires_grad_()
+    x_dense = x.detach().clone().requires_grad_()
+    y_sparse, y_dense = sparse(x_sparse), dense(x_dense)
+    grad_out = torch.randn_like(y_dense)
+    y_sparse.backward(grad_out)
+    y_dense.backward(grad_out)
+    tol = tolerances(x.dtype, 2048)
+    torch.testing.assert_close(y_sparse, y_dense, **tol)
+    torch.testing.assert_close(x_sparse.grad, x_dense.grad, **tol)
+    expected_values_grad = sparse.layout.to_blocks(to_gemm(dense.weight.grad))
+    if sparse.grad_block_mask is not None:
+        expected_values_grad = expected_values_grad * sparse.grad_block_mask.view(-1, 1, 1)
+    torch.testing.assert_close(sparse.values.grad, expected_values_grad, **tol)
+    if sparse.bias is not None:
+        torch.testing.assert_close(sparse.bias.grad, dense.bias.grad, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_sparse_linear_equals_dense(forced_backend, dtype, bias):
+    torch.manual_seed(0)
+    layer = SparseLinear(64, 96, bias=bias, block_size=(16, 32), sparsity=0.6, dtype=dtype)
+    layer.set_grad_block_mask(torch.rand(layer.values.shape[0]) < 0.5)
+    _compare_with_dense(layer, torch.randn(3, 5, 64, dtype=dtype))
+
+
+CONV_CASES = [
+    # in, out, kernel, stride, padding, dilation, H, W
+    (32, 32, 3, 1, 1, 1, 8, 8),
+    (16, 32, 3, 2, 1, 1, 9, 7),
+    (16, 16, (3, 1), (1, 2), (2, 0), (2, 1), 7, 6),
+    (32, 16, 1, 1, 0, 1, 5, 5),
+    (16, 16, 5, 3, 2, 1, 11, 4),
+]
+
+
+@pytest.mark.parametrize("case", CONV_CASES, ids=str)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_sparse_conv_equals_dense(forced_backend, case, dtype):
+    cin, cout, kernel, stride, padding, dilation, h, w = case
+    torch.manual_seed(1)
+    conv = nn.Conv2d(cin, cout, kernel, stride, padding, dilation, bias=True).to(dtype)
+    layer = SparseConv2d.from_dense(conv, sparsity=0.5, block_size=(8, 8))
+    layer.set_grad_block_mask(torch.rand(layer.values.shape[0]) < 0.7)
+    _compare_with_dense(layer, torch.randn(3, cin, h, w, dtype=dtype), conv_weight_to_gemm)
+
+
+def test_sparse_conv_accepts_channels_last_and_returns_channels_last_strides():
+    conv = nn.Conv2d(16, 16, 3, padding=1)
+    layer = SparseConv2d.from_dense(conv, 0.5, 8)
+    x = torch.randn(2, 16, 6, 6).to(memory_format=torch.channels_last)
+    y = layer(x)
+    assert y.shape == (2, 16, 6, 6)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, layer.to_dense()(x), atol=1e-5, rtol=1e-4)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    cin=st.sampled_from([8, 16]),
+    cout=st.sampled_from([8, 16, 24]),
+    kernel=st.integers(1, 3),
+    stride=st.integers(1, 2),
+    padding=st.integers(0, 2),
+    size=st.integers(3, 7),
+    batch=st.integers(1, 3),
+    density=st.floats(0.0, 1.0),
+    backend=st.sampled_from(CPU_BACKENDS),
+)
+def test_property_conv_op(cin, cout, kernel, stride, padding, size, batch, density, backend):
+    generator = torch.Generator().manual_seed(cin * cout + size)
+    mask = torch.rand(cout // 8, kernel * kernel * cin // 8, generator=generator) < density
+    layout = sk.BlockLayout.from_block_mask(mask, 8)
+    values = torch.randn(layout.values_shape, generator=generator, dtype=torch.float64)
+    x = torch.randn(batch, cin, size, size, generator=generator, dtype=torch.float64)
+    weight = layout.to_dense(values).view(cout, kernel, kernel, cin).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
+    actual = sk.ops.block_sparse_conv2d(
+        x, values, layout, (kernel, kernel), (stride, stride), (padding, padding), backend=backend
+    )
+    torch.testing.assert_close(actual, expected)
+
+
+def test_conv_gradcheck_cpu_native_fp64():
+    torch.manual_seed(2)
+    layout = sk.BlockLayout.from_block_mask(torch.rand(2, 9) < 0.6, (4, 4))
+    values = torch.randn(layout.values_shape, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(8, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, values, bias):
+        return sk.ops.block_sparse_conv2d(
+            x, values, layout, (3, 3), (2, 2), (1, 1), bias=bias, backend="cpu"
+        )
+
+    assert torch.autograd.gradcheck(fn, (x, values, bias))
+
+
+def test_conv_rejects_mismatched_layout():
+    layout = sk.BlockLayout.from_dense(torch.randn(16, 9 * 16), 8, 0.5)
+    values = torch.randn(layout.values_shape)
+    with pytest.raises(ValueError, match="block_sparse_conv2d: layout shape"):
+        sk.ops.block_sparse_conv2d(torch.randn(1, 8, 5, 5), values, layout, (3, 3))
+
+
+def test_conv_requires_bk_dividing_channels():
+    with pytest.raises(ValueError, match="bk dividing in_channels"):
+        SparseConv2d(24, 32, 3, block_size=(16, 16))
+
+
+# ---------------------------------------------------------------- state and representation
+
+
+LAYER_FACTORIES = [
+    lambda: SparseLinear(64, 32, block_size=16, sparsity=0.5),
+    lambda: SparseConv2d(16, 32, 3, padding=1, block_size=8, sparsity=0.7),
+]
+
+
+@pytest.mark.parametrize("make", LAYER_FACTORIES, ids=["linear", "conv"])
+def test_state_dict_round_trip_including_layout(make):
+    torch.manual_seed(3)
+    source, target = make(), make()
+    grid = source.layout.block_grid
+    source.set_block_mask(torch.rand(grid) < 0.3)  # a different nnz than target's
+    buffer = io.BytesIO()
+    torch.save(source.state_dict(), buffer)
+    buffer.seek(0)
+    target.load_state_dict(torch.load(buffer))
+    assert target.layout == source.layout
+    assert torch.equal(target.values, source.values)
+    x = torch.randn(2, 64) if isinstance(source, SparseLinear) else torch.randn(2, 16, 5, 5)
+    assert torch.equal(target(x), source(x))
+
+
+def test_extra_repr_shows_sparsity_and_block_size():
+    text = repr(SparseLinear(64, 64, block_size=(16, 32), sparsity=0.75))
+    assert "block_size=(16, 32)" in text and "sparsity=0.750" in text
+
+
+def test_module_to_moves_layout():
+    layer = SparseLinear(32, 32, block_size=8, sparsity=0.5).to(torch.float64)
+    assert layer.values.dtype == torch.float64
+    meta = SparseLinear(32, 32, block_size=8, sparsity=0.5).to("meta")
+    assert meta.layout.device.type == "meta"
+
+
+# ---------------------------------------------------------------- layout updates
+
+
+def _train_step(layer, optimizer, x):
+    optimizer.zero_grad()
+    layer(x).square().sum().backward()
+    optimizer.step()
+
+
+@pytest.mark.parametrize(
+    "make_optimizer",
+    [lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9), lambda p: torch.optim.Adam(p, lr=0.01)],
+    ids=["sgd-momentum", "adam"],
+)
+def test_layout_update_keeps_untouched_blocks_and_optimizer_state(make_optimizer):
+    torch.manual_seed(4)
+    layer = SparseLinear(64, 64, block_size=16, sparsity=0.5)
+    optimizer = make_optimizer(layer.parameters())
+    x = torch.randn(8, 64)
+    _train_step(layer, optimizer, x)
+    old = layer.layout
+    old_values = layer.values.detach().clone()
+    old_state = {k: v.clone() for k, v in optimizer.state[layer.values].items()}
+    storage = layer.values.data_ptr()
+
+    prune = torch.zeros(old.nnz, dtype=torch.bool)
+    prune[[0, 3]] = True
+    free = (~old.block_mask()).nonzero()[:2]
+    layer.update_blocks(prune=prune, grow=free, optimizer=optimizer)
+
+    new = layer.layout
+    assert new.nnz == old.nnz
+    assert layer.values.data_ptr() == storage  # constant nnz: no re-allocation
+    old_positions = zip(old.row_indices.tolist(), old.col_indices.tolist(), strict=True)
+    old_ids = {position: i for i, position in enumerate(old_positions)}
+    grown = {tuple(p) for p in free.tolist()}
+    state = optimizer.state[layer.values]
+    for j, (r, c) in enumerate(
+        zip(new.row_indices.tolist(), new.col_indices.tolist(), strict=True)
+    ):
+        if (r, c) in grown:
+            assert torch.all(layer.values[j] == 0)
+            for key, value in state.items():
+                if value.shape == layer.values.shape:
+                    assert torch.all(value[j] == 0), key
+        else:
+            i = old_ids[(r, c)]
+            assert torch.equal(layer.values[j], old_values[i])
+            for key, value in state.items():
+                if value.shape == layer.values.shape:
+                    assert torch.equal(value[j], old_state[key][i]), key
+    _train_step(layer, optimizer, x)  # training continues with the remapped state
+
+
+def test_update_blocks_rejects_growing_stored_positions():
+    layer = SparseLinear(32, 32, block_size=8, sparsity=0.5)
+    stored = layer.layout.block_mask().nonzero()[:1]
+    with pytest.raises(ValueError, match="already stored"):
+        layer.update_blocks(grow=stored)
+
+
+def test_set_block_mask_changing_nnz():
+    layer = SparseLinear(32, 32, block_size=8, sparsity=0.5)
+    mask = torch.ones(4, 4, dtype=torch.bool)
+    layer.set_block_mask(mask)
+    assert layer.values.shape == (16, 8, 8)
+    assert layer.sparsity == 0.0
+
+
+# ---------------------------------------------------------------- sparsify
+
+
+class _SmallNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.body = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 1))
+        self.odd = nn.Conv2d(32, 30, 3, padding=1)
+        self.grouped = nn.Conv2d(30, 30, 3, padding=1, groups=3)
+        self.head = nn.Linear(30, 16)
+
+    def forward(self, x):
+        x = self.grouped(self.odd(self.body(self.stem(x))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def test_sparsify_swaps_eligible_layers_and_reports_the_rest():
+    torch.manual_seed(5)
+    model = _SmallNet()
+    x = torch.randn(2, 3, 8, 8)
+    reference = model(x)
+    plan = {d.name: d for d in plan_sparsify(model, block_size=8, exclude=["stem"])}
+    assert plan["stem"].reason == "excluded"
+    assert not plan["odd"].sparse and "not divisible" in plan["odd"].reason
+    assert not plan["grouped"].sparse and "groups=3" in plan["grouped"].reason
+    assert plan["body.0"].sparse and plan["body.2"].sparse
+    sparse_model = sk.sparsify(model, sparsity=0.0, block_size=8, exclude=["stem"], inplace=False)
+    assert isinstance(sparse_model.body[0], SparseConv2d)
+    assert isinstance(sparse_model.body[2], SparseConv2d)
+    assert isinstance(sparse_model.stem, nn.Conv2d) and not isinstance(model.body[0], SparseConv2d)
+    # Density 1.0 (sparsity 0): the swapped model computes the same function.
+    torch.testing.assert_close(sparse_model(x), reference, atol=1e-5, rtol=1e-4)
+
+
+def test_sparsify_mlp_in_place_with_include_patterns():
+    mlp = nn.Sequential(nn.Linear(64, 128), nn.ReLU(), nn.Linear(128, 10))
+    sk.sparsify(mlp, sparsity=0.75, block_size=16, include=["0"])
+    assert isinstance(mlp[0], SparseLinear) and isinstance(mlp[2], nn.Linear)
+    assert mlp[0].sparsity == 0.75
+    mlp(torch.randn(4, 64)).sum().backward()
+    assert mlp[0].values.grad is not None
+
+
+def test_sparsify_resnet18_block_convs():
+    from sparcl.models.resnet import BLOCK_CONV_PATTERNS, resnet18
+
+    model = resnet18(10, nf=16)
+    sk.sparsify(model, sparsity=0.9, block_size=8, include=BLOCK_CONV_PATTERNS)
+    sparse = [n for n, m in model.named_modules() if isinstance(m, SparseConv2d)]
+    assert len(sparse) == 16
+    out = model(torch.randn(2, 3, 16, 16))
+    out.sum().backward()
+
+
+# ---------------------------------------------------------------- torch.compile
+
+
+def test_compiled_model_with_sparse_layers_matches_eager():
+    torch._dynamo.reset()
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        SparseConv2d(8, 16, 3, padding=1, block_size=8, sparsity=0.5),
+        nn.ReLU(),
+        nn.Flatten(),
+        SparseLinear(16 * 4 * 4, 16, block_size=16, sparsity=0.5),
+    )
+    x = torch.randn(2, 8, 4, 4)
+    compiled = torch.compile(model, fullgraph=True)
+    eager_out = model(x)
+    eager_out.sum().backward()
+    eager_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    compiled_out = compiled(x)
+    compiled_out.sum().backward()
+    torch.testing.assert_close(compiled_out, eager_out)
+    for p, g in zip(model.parameters(), eager_grads, strict=True):
+        torch.testing.assert_close(p.grad, g)
