@@ -1,0 +1,173 @@
+"""The 16 block 3x3 convolutions of a CIFAR ResNet-18: dense nn.Conv2d vs SparseConv2d.
+
+Forward + backward (input and weight gradients) of all 16 convolutions at batch 32, timed
+interleaved in one process (medians), at several sparsities and both block granularities,
+plus the peak resident memory of a whole ResNet-18 training step, dense vs sparse, each
+measured in a fresh process.
+
+    python bench/bench_conv.py                 # 32x32 and 28x28 inputs, ~3 minutes on 2 cores
+    python bench/bench_conv.py --sizes 32 --sparsities 0.9 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import multiprocessing
+
+import torch
+from timing import interleaved_medians
+from torch import nn
+from tqdm import tqdm
+
+import sparcl_kernels as sk
+from sparcl.models.resnet import BLOCK_CONV_PATTERNS, resnet18
+from sparcl_kernels.nn import SparseConv2d
+
+
+def block_convs(model: nn.Module, image_size: int) -> list[tuple[str, nn.Conv2d, torch.Size]]:
+    """The residual-block 3x3 convs of ``model`` with the input shape each one sees."""
+    shapes: dict[str, torch.Size] = {}
+    convs = [
+        (name, module)
+        for name, module in model.named_modules()
+        if isinstance(module, nn.Conv2d) and name.startswith("layer") and ".conv" in name
+    ]
+    hooks = [
+        module.register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, i[0].shape)
+        )
+        for name, module in convs
+    ]
+    with torch.no_grad():
+        model(torch.randn(1, 3, image_size, image_size))
+    for hook in hooks:
+        hook.remove()
+    return [(name, module, shapes[name]) for name, module in convs]
+
+
+def all_taps_mask(conv: nn.Conv2d, block: int, sparsity: float) -> torch.Tensor:
+    """Coarse granularity: one (out-block, in-block) decision shared by all kernel taps."""
+    weight = conv.weight.detach()  # [Cout, Cin, kh, kw]
+    cout, cin, kh, kw = weight.shape
+    norms = weight.view(cout // block, block, cin // block, block, kh * kw).pow(2).sum((1, 3, 4))
+    keep = round((1 - sparsity) * norms.numel())
+    flat = torch.zeros(norms.numel(), dtype=torch.bool)
+    flat[torch.sort(norms.flatten(), descending=True, stable=True).indices[:keep]] = True
+    return flat.view_as(norms).repeat(1, kh * kw)  # columns ordered (tap, channel block)
+
+
+def step_fn(layers: list[tuple[nn.Module, torch.Tensor]]):
+    def step():
+        for layer, x in layers:
+            x.grad = None
+            for p in layer.parameters():
+                p.grad = None
+            out = layer(x)
+            out.backward(torch.ones_like(out))
+
+    return step
+
+
+def conv_table(image_size: int, sparsities: list[float], block: int, repeats: int) -> list[str]:
+    torch.manual_seed(0)
+    convs = block_convs(resnet18(10), image_size)
+    inputs = [torch.randn(32, *shape[1:], requires_grad=True) for _, _, shape in convs]
+    fns = {"dense": step_fn([(conv, x) for (_, conv, _), x in zip(convs, inputs, strict=True)])}
+    for sparsity in sparsities:
+        per_tap, all_taps = [], []
+        for (_, conv, _), x in zip(convs, inputs, strict=True):
+            per_tap.append((SparseConv2d.from_dense(conv, sparsity, block), x))
+            coarse = SparseConv2d.from_dense(conv, sparsity, block)
+            coarse.set_block_mask(all_taps_mask(conv, block, sparsity))
+            all_taps.append((coarse, x))
+        fns[f"per-tap {sparsity:g}"] = step_fn(per_tap)
+        fns[f"all-taps {sparsity:g}"] = step_fn(all_taps)
+    times = interleaved_medians(fns, repeats=repeats, warmup=1)
+    lines = [
+        f"\n#### {image_size}x{image_size} input, batch 32, blocks {block}x{block}\n",
+        "| variant | sparsity | ms per fwd+bwd of the 16 convs | vs dense |",
+        "|---|---|---|---|",
+        f"| dense nn.Conv2d | 0 | {times['dense'] * 1e3:.0f} | 1.00x |",
+    ]
+    for name, seconds in times.items():
+        if name == "dense":
+            continue
+        variant, sparsity = name.split()
+        lines.append(
+            f"| {variant} blocks | {sparsity} | {seconds * 1e3:.0f} | "
+            f"{times['dense'] / seconds:.2f}x |"
+        )
+    return lines
+
+
+def _peak_rss_of_training_steps(kind: str, sparsity: float, block: int, queue) -> None:
+    torch.manual_seed(0)
+    model = resnet18(10)
+    if kind == "sparse":
+        sk.sparsify(model, sparsity, block, include=BLOCK_CONV_PATTERNS)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
+    x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
+    for _ in range(3):
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+    queue.put(_peak_rss_mb())
+
+
+def _peak_rss_mb() -> float:
+    # VmHWM belongs to this process's address space; ru_maxrss would carry over the parent's
+    # peak across fork + exec on Linux.
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
+
+
+def memory_table(sparsity: float, block: int) -> list[str]:
+    context = multiprocessing.get_context("spawn")
+    peaks = {}
+    for kind in ("dense", "sparse"):
+        queue = context.Queue()
+        process = context.Process(
+            target=_peak_rss_of_training_steps, args=(kind, sparsity, block, queue)
+        )
+        process.start()
+        peaks[kind] = queue.get()
+        process.join()
+    return [
+        "\n#### Peak RSS of ResNet-18 (nf=64) training steps, batch 32, 32x32, SGD "
+        "(fresh process each, torch runtime included)\n",
+        "| model | peak RSS MB |",
+        "|---|---|",
+        f"| dense | {peaks['dense']:.0f} |",
+        f"| block convs sparse at {sparsity:g} ({block}x{block}) | {peaks['sparse']:.0f} "
+        f"({peaks['sparse'] / peaks['dense']:.0%} of dense) |",
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[32, 28])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.75, 0.9, 0.95])
+    parser.add_argument("--block", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    lines = [
+        f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
+        f" · medians of {args.repeats} interleaved repeats · fp32"
+    ]
+    for size in tqdm(args.sizes, desc="input sizes"):
+        lines += conv_table(size, args.sparsities, args.block, args.repeats)
+    lines += memory_table(0.9, args.block)
+    text = "\n".join(lines)
+    print(text)
+    if args.markdown:
+        with open(args.markdown, "w") as handle:
+            handle.write(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
