@@ -8,8 +8,7 @@
 //   forward      6 batch rows x 16 outputs, broadcast x, stream W blocks transposed once
 //                per call into a reused buffer (outputs contiguous);
 //   input grad   6 batch rows x 16 inputs, broadcast grad_out, stream W rows;
-//   weight grad  6 block rows x 16 block columns, broadcast grad_out, stream x rows, over
-//                64-row batch slices that stay in L1.
+//   weight grad  6 block rows x 16 block columns, broadcast grad_out, stream x rows.
 #include "block_sparse.h"
 
 #include <algorithm>
@@ -25,7 +24,6 @@ using detail::kTile;
 using detail::run_parallel;
 
 constexpr int64_t kBatchChunk = 48;  // batch rows per work item (a multiple of the tile height)
-constexpr int64_t kSliceRows = 64;   // batch rows per weight-gradient slice (L1-resident)
 
 int64_t batch_chunks(int64_t n) { return (n + kBatchChunk - 1) / kBatchChunk; }
 
@@ -105,22 +103,12 @@ void grad_input_item(const T* dy, const T* values, T* dx, int64_t n0, int64_t n1
   }
 }
 
-// Weight gradient of stored block j over the whole batch, in L1-sized batch slices.
+// Weight gradient of stored block j over the whole batch (strided rows: no pointer lists).
 void grad_weight_block(const float* dy, const float* x, float* dw, int64_t n, int64_t j,
                        const BlockLayoutView& L) {
-  const int64_t K = L.cols(), M = L.rows();
-  const float* dyb = dy + static_cast<int64_t>(L.row_indices[j]) * L.bm;
-  const float* xb = x + static_cast<int64_t>(L.col_indices[j]) * L.bk;
-  const float* dy_rows[kSliceRows];
-  const float* x_rows[kSliceRows];
-  for (int64_t r0 = 0; r0 < n; r0 += kSliceRows) {
-    const int64_t count = std::min(kSliceRows, n - r0);
-    for (int64_t r = 0; r < count; ++r) {
-      dy_rows[r] = dyb + (r0 + r) * M;
-      x_rows[r] = xb + (r0 + r) * K;
-    }
-    detail::outer_product_block(dy_rows, x_rows, count, L.bm, L.bk, r0 > 0, dw + j * L.bm * L.bk);
-  }
+  const detail::StridedRows rows{dy + static_cast<int64_t>(L.row_indices[j]) * L.bm, L.rows(),
+                                 x + static_cast<int64_t>(L.col_indices[j]) * L.bk, L.cols()};
+  detail::outer_product_block(rows, n, L.bm, L.bk, false, dw + j * L.bm * L.bk);
 }
 
 template <typename T>

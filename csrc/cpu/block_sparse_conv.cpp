@@ -172,7 +172,8 @@ void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t 
   bool written = false;
   int64_t count = 0;
   const auto flush = [&] {
-    detail::outer_product_block(dy_rows, x_rows, count, L.bm, L.bk, written, out);
+    detail::outer_product_block(detail::GatheredRows{dy_rows, x_rows}, count, L.bm, L.bk,
+                                written, out);
     written = true;
     count = 0;
   };

@@ -118,11 +118,29 @@ void accumulate_slab(int64_t count, const TileRows& tile_rows, const float* b, i
   }
 }
 
-// out[i, 8q ...] (+)= sum over r < count of dy_rows[r][i] * x_rows[r][8q ...] for one
-// TM x 8KV tile of a weight-gradient block (rows given as pointer lists).
-template <int TM, int KV>
-void outer_product_tile(const float* const* dy_rows, const float* const* x_rows, int64_t count,
-                        int64_t m0, int64_t k0, bool accumulate, float* out, int64_t ldo) {
+// Row pairs of a weight-gradient block: r-th grad_out row and r-th input row, by stride.
+struct StridedRows {
+  const float* dy;
+  int64_t lddy;
+  const float* x;
+  int64_t ldx;
+  const float* dy_row(int64_t r) const { return dy + r * lddy; }
+  const float* x_row(int64_t r) const { return x + r * ldx; }
+};
+
+// Row pairs given as pointer lists (gathered rows, e.g. one kernel tap of a convolution).
+struct GatheredRows {
+  const float* const* dy;
+  const float* const* x;
+  const float* dy_row(int64_t r) const { return dy[r]; }
+  const float* x_row(int64_t r) const { return x[r]; }
+};
+
+// out[i, 8q ...] (+)= sum over r < count of dy_row(r)[m0 + i] * x_row(r)[k0 + 8q ...] for one
+// TM x 8KV tile of a weight-gradient block.
+template <int TM, int KV, typename Rows>
+void outer_product_tile(const Rows& rows, int64_t count, int64_t m0, int64_t k0, bool accumulate,
+                        float* out, int64_t ldo) {
   __m256 acc[TM][KV];
   SPARCL_UNROLL
   for (int i = 0; i < TM; ++i) {
@@ -131,12 +149,14 @@ void outer_product_tile(const float* const* dy_rows, const float* const* x_rows,
       acc[i][q] = accumulate ? _mm256_loadu_ps(out + i * ldo + 8 * q) : _mm256_setzero_ps();
   }
   for (int64_t r = 0; r < count; ++r) {
+    const float* x_row = rows.x_row(r) + k0;
+    const float* dy_row = rows.dy_row(r) + m0;
     __m256 xv[KV];
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) xv[q] = _mm256_loadu_ps(x_rows[r] + k0 + 8 * q);
+    for (int q = 0; q < KV; ++q) xv[q] = _mm256_loadu_ps(x_row + 8 * q);
     SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
-      const __m256 d = _mm256_broadcast_ss(dy_rows[r] + m0 + i);
+      const __m256 d = _mm256_broadcast_ss(dy_row + i);
       SPARCL_UNROLL
       for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(d, xv[q], acc[i][q]);
     }
@@ -149,9 +169,9 @@ void outer_product_tile(const float* const* dy_rows, const float* const* x_rows,
 }
 
 // A whole bm x bk weight-gradient block (bk a multiple of 8) from `count` row pairs.
-inline void outer_product_block(const float* const* dy_rows, const float* const* x_rows,
-                                int64_t count, int64_t bm, int64_t bk, bool accumulate,
-                                float* out) {
+template <typename Rows>
+void outer_product_block(const Rows& rows, int64_t count, int64_t bm, int64_t bk,
+                         bool accumulate, float* out) {
   for (int64_t m = 0; m < bm; m += kTile) {
     const int tm = static_cast<int>(std::min<int64_t>(kTile, bm - m));
     for (int64_t k = 0; k < bk; k += 16) {
@@ -160,10 +180,10 @@ inline void outer_product_block(const float* const* dy_rows, const float* const*
       switch (tm * 2 + wide) {
 #define SPARCL_CASE(TM)                                                                     \
   case 2 * TM:                                                                              \
-    outer_product_tile<TM, 1>(dy_rows, x_rows, count, m, k, accumulate, tile_out, bk);      \
+    outer_product_tile<TM, 1>(rows, count, m, k, accumulate, tile_out, bk);                 \
     break;                                                                                  \
   case 2 * TM + 1:                                                                          \
-    outer_product_tile<TM, 2>(dy_rows, x_rows, count, m, k, accumulate, tile_out, bk);      \
+    outer_product_tile<TM, 2>(rows, count, m, k, accumulate, tile_out, bk);                 \
     break;
         SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
 #undef SPARCL_CASE
