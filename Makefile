@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/cuda/*.cpp)
 
-.PHONY: test lint format run bench clean
+.PHONY: test lint format run demo clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,21 @@ format: $(VENV)/.deps
 test: lint $(VENV)/.built
 	$(PY) -m pytest
 
-run: $(VENV)/.built
+# The main job: a short SparCL-style DER++ run on Split Fashion-MNIST (Debian's package) with
+# the block convs of a ResNet-18 at 90% block sparsity on the CPU fast path.
+FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+
+$(FMNIST):
+	$(SUDO) apt-get update -qq
+	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
+
+run: $(VENV)/.built $(FMNIST)
+	$(VENV)/bin/sparcl train --model derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
+		--block_size 32 --n_epochs 1 --max_train_per_task 640 --buffer_size 500 \
+		--alpha 0.1 --beta 0.5 --mask_current_logits --output_dir runs
+
+demo: $(VENV)/.built
 	$(PY) bench/demo.py
 
 clean:

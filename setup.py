@@ -52,9 +52,11 @@ setup(
     install_requires=["torch>=2.5,<2.15", "numpy>=1.24"],
     extras_require={
         "triton": ["triton>=3.2"],
-        "cl": ["tqdm>=4.60", "pyyaml>=6.0"],
+        "cl": ["tqdm>=4.60", "pyyaml>=6.0", "matplotlib>=3.7"],
         "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "ruff>=0.6"],
     },
+    package_data={"sparcl": ["configs/*.yaml"]},
+    entry_points={"console_scripts": ["sparcl = sparcl.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -56,9 +56,16 @@ class SparseConv2d(BlockSparseWeight):
     ) -> None:
         super().__init__()
         dense = nn.Conv2d(
-            in_channels, out_channels, kernel_size, stride, padding, dilation, bias=bias,
-            device=device, dtype=dtype,
-        )  # fmt: skip
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride,
+            padding,
+            dilation,
+            bias=bias,
+            device=device,
+            dtype=dtype,
+        )
         self._init_from_conv(dense, block_size, sparsity)
 
     def _init_from_conv(
@@ -104,10 +111,16 @@ class SparseConv2d(BlockSparseWeight):
     def to_dense(self) -> nn.Conv2d:
         """The equivalent ``nn.Conv2d`` (zeros outside stored blocks)."""
         dense = nn.Conv2d(
-            self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
-            self.dilation, bias=self.bias is not None, device=self.values.device,
+            self.in_channels,
+            self.out_channels,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.dilation,
+            bias=self.bias is not None,
+            device=self.values.device,
             dtype=self.values.dtype,
-        )  # fmt: skip
+        )
         with torch.no_grad():
             weight = gemm_to_conv_weight(self.dense_weight_2d(), self.in_channels, self.kernel_size)
             dense.weight.copy_(weight)

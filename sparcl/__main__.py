@@ -1,0 +1,5 @@
+import sys
+
+from sparcl.cli import main
+
+sys.exit(main())

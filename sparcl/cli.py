@@ -1,0 +1,88 @@
+"""``sparcl train`` / ``sparcl eval``: mammoth-shaped command line."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import sys
+from pathlib import Path
+
+import torch
+import yaml
+
+from sparcl.config import TrainConfig, add_config_arguments, resolve_config
+from sparcl.data import MissingDataError, load_dataset
+from sparcl.evaluate import evaluate
+from sparcl.rundir import RunDir
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sparcl", description="SparCL continual learning")
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="train a continual-learning run")
+    add_config_arguments(train)
+    train.add_argument("--resume", metavar="RUN_DIR", help="continue after its last complete task")
+    evaluation = commands.add_parser("eval", help="re-evaluate a saved checkpoint")
+    evaluation.add_argument("--checkpoint", required=True, help="a checkpoints/task_<t>.pt file")
+    evaluation.add_argument("--data_dir", "--data-dir", dest="data_dir")
+    return parser
+
+
+def _train(arguments: argparse.Namespace) -> None:
+    from sparcl.train import train  # the heavy imports only when training
+
+    if arguments.resume:
+        config = TrainConfig(**RunDir.read_config_of(arguments.resume))
+        config.validate()
+        run_path = Path(arguments.resume)
+    else:
+        config = resolve_config(arguments)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        run_path = (
+            Path(config.output_dir) / f"{config.model}-{config.dataset}-s{config.seed}-{stamp}"
+        )
+    print("Configuration:\n" + yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+    data = load_dataset(config.dataset, config.data_dir)  # missing data fails now, not mid-run
+    run_dir = RunDir(run_path)
+    print(f"Run directory: {run_dir.path}")
+    results = train(config, run_dir, resume=bool(arguments.resume), data=data)
+    rate = sum(results["task_samples_per_second"]) / len(results["task_samples_per_second"])
+    print(
+        f"Final: Class-IL {results['average_class_il']:.2f} %, Task-IL "
+        f"{results['average_task_il']:.2f} %, forgetting {results['forgetting_class_il']:.2f}, "
+        f"{rate:.1f} samples/s on backend '{results['backend']['default']['cpu']}' "
+        f"({torch.get_num_threads()} threads). Results: {run_dir.path / 'results.json'}"
+    )
+
+
+def _evaluate(arguments: argparse.Namespace) -> None:
+    from sparcl.train import build_network
+
+    checkpoint = Path(arguments.checkpoint)
+    config = TrainConfig(**RunDir.read_config_of(checkpoint.parent.parent))
+    if arguments.data_dir:
+        config.data_dir = arguments.data_dir
+    data = load_dataset(config.dataset, config.data_dir)
+    torch.manual_seed(config.seed)
+    net = build_network(config, data)
+    state = torch.load(checkpoint, weights_only=True)
+    net.load_state_dict(state["net"])
+    seen = state["progress"]["next_task"]
+    class_il, task_il = evaluate(net, data, seen)
+    print(
+        f"Accuracy for {seen} task(s): [Class-IL]: {sum(class_il) / seen:.2f} % "
+        f"[Task-IL]: {sum(task_il) / seen:.2f} %"
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = _parser().parse_args(argv)
+    try:
+        if arguments.command == "train":
+            _train(arguments)
+        else:
+            _evaluate(arguments)
+    except (ValueError, MissingDataError) as error:
+        print(f"sparcl {arguments.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0

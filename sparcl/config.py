@@ -1,0 +1,133 @@
+"""Run configuration: defaults < YAML file < command line, validated before anything runs."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import yaml
+
+from sparcl.data.datasets import PROTOCOLS
+from sparcl.methods import METHODS
+
+BACKBONES = ("resnet18", "mlp")
+BEST_CONFIGS = Path(__file__).parent / "configs" / "best.yaml"
+
+
+@dataclass
+class TrainConfig:
+    model: str = "derpp"
+    dataset: str = "seq-fmnist"
+    backbone: str = "resnet18"
+    nf: int = 64
+    buffer_size: int = 500
+    lr: float = 0.03
+    alpha: float = 0.1
+    beta: float = 0.5
+    n_epochs: int = 50
+    batch_size: int = 32
+    minibatch_size: int = 32
+    seed: int = 0
+    data_dir: str | None = None
+    output_dir: str = "runs"
+    sparsity: float = 0.0
+    block_size: int = 32
+    dense: bool = False
+    mask_current_logits: bool = False
+    max_train_per_task: int = 0
+    debug_mode: int = 0
+    deterministic: bool = False
+    quiet: bool = False
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first invalid setting."""
+        checks = [
+            (
+                self.model in METHODS,
+                f"unknown --model {self.model!r}; choose from {sorted(METHODS)}",
+            ),
+            (
+                self.dataset in PROTOCOLS,
+                f"unknown --dataset {self.dataset!r}; choose from {sorted(PROTOCOLS)}",
+            ),
+            (
+                self.backbone in BACKBONES,
+                f"unknown --backbone {self.backbone!r}; choose from {BACKBONES}",
+            ),
+            (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
+            (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
+            (self.block_size > 0, f"--block_size must be > 0, got {self.block_size}"),
+            (self.n_epochs > 0, f"--n_epochs must be > 0, got {self.n_epochs}"),
+            (self.batch_size > 0, f"--batch_size must be > 0, got {self.batch_size}"),
+            (self.minibatch_size > 0, f"--minibatch_size must be > 0, got {self.minibatch_size}"),
+            (self.buffer_size >= 0, f"--buffer_size must be >= 0, got {self.buffer_size}"),
+            (self.nf > 0, f"--nf must be > 0, got {self.nf}"),
+            (self.max_train_per_task >= 0, "--max_train_per_task must be >= 0"),
+            (self.alpha >= 0 and self.beta >= 0, "--alpha and --beta must be >= 0"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+        if METHODS[self.model].uses_buffer and self.buffer_size == 0:
+            raise ValueError(f"--model {self.model} needs --buffer_size > 0")
+
+    @property
+    def sparse(self) -> bool:
+        return self.sparsity > 0 and not self.dense
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _option_names(name: str) -> list[str]:
+    names = [f"--{name}"]
+    if "_" in name:
+        names.append(f"--{name.replace('_', '-')}")
+    return names
+
+
+def add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per config field, spelled with underscores or dashes; unset flags stay unset."""
+    parser.add_argument("--config", help="YAML file of settings, or 'best' for shipped ones")
+    for field in fields(TrainConfig):
+        if field.type in ("bool",):
+            parser.add_argument(
+                *_option_names(field.name),
+                dest=field.name,
+                type=lambda text: text.lower() in ("1", "true", "yes", "on"),
+                nargs="?",
+                const=True,
+                default=argparse.SUPPRESS,
+            )
+        else:
+            kind = {"int": int, "float": float}.get(str(field.type), str)
+            parser.add_argument(
+                *_option_names(field.name), dest=field.name, type=kind, default=argparse.SUPPRESS
+            )
+
+
+def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
+    """Merge defaults, the --config file and explicit flags (in that order), then validate."""
+    given = {k: v for k, v in vars(arguments).items() if k in {f.name for f in fields(TrainConfig)}}
+    values: dict = {}
+    source = getattr(arguments, "config", None)
+    if source == "best":
+        table = yaml.safe_load(BEST_CONFIGS.read_text())
+        model = given.get("model", TrainConfig.model)
+        dataset = given.get("dataset", TrainConfig.dataset)
+        values.update(table.get(model, {}).get(dataset, {}))
+    elif source:
+        path = Path(source)
+        if not path.is_file():
+            raise ValueError(f"--config file {source!r} does not exist")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        unknown = set(loaded) - {f.name for f in fields(TrainConfig)}
+        if unknown:
+            raise ValueError(f"--config {source}: unknown settings {sorted(unknown)}")
+        values.update(loaded)
+    values.update(given)
+    config = TrainConfig(**values)
+    config.validate()
+    return config

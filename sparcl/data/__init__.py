@@ -1,0 +1,15 @@
+"""Class-incremental benchmarks read from standard on-disk formats."""
+
+from sparcl.data.augment import augment, normalize
+from sparcl.data.datasets import PROTOCOLS, load_dataset
+from sparcl.data.protocol import MissingDataError, Protocol, SplitData
+
+__all__ = [
+    "PROTOCOLS",
+    "MissingDataError",
+    "Protocol",
+    "SplitData",
+    "augment",
+    "load_dataset",
+    "normalize",
+]

@@ -1,0 +1,84 @@
+"""The benchmarks: each a protocol (data) plus where its files live."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from sparcl.data.protocol import Protocol, SplitData
+from sparcl.data.readers import find_first, read_cifar10_batches, read_idx, read_tiny_imagenet
+
+PROTOCOLS = {
+    "seq-fmnist": Protocol(
+        "seq-fmnist", 5, 2, 1, 28, (0.2860,), (0.3530,), crop_padding=4, horizontal_flip=True
+    ),
+    "seq-cifar10": Protocol(
+        "seq-cifar10", 5, 2, 3, 32, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2615)
+    ),
+    "seq-tinyimg": Protocol(
+        "seq-tinyimg", 10, 20, 3, 64, (0.4802, 0.4480, 0.3975), (0.2770, 0.2691, 0.2821)
+    ),
+}
+
+DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
+
+
+def load_fmnist(data_dir: Path | None) -> SplitData:
+    roots = ([data_dir, data_dir / "fashion-mnist"] if data_dir else []) + [DEBIAN_FMNIST]
+    how = (
+        "Install Debian's package (`apt-get install dataset-fashion-mnist`) or put the four "
+        "idx files (train-images-idx3-ubyte[.gz], ...) in --data_dir."
+    )
+    files = {}
+    for stem in (
+        "train-images-idx3-ubyte",
+        "train-labels-idx1-ubyte",
+        "t10k-images-idx3-ubyte",
+        "t10k-labels-idx1-ubyte",
+    ):
+        candidates = [root / f"{stem}{suffix}" for root in roots for suffix in (".gz", "")]
+        files[stem] = read_idx(find_first(candidates, f"Fashion-MNIST file {stem}", how))
+    return SplitData(
+        PROTOCOLS["seq-fmnist"],
+        files["train-images-idx3-ubyte"].unsqueeze(1),
+        files["train-labels-idx1-ubyte"].long(),
+        files["t10k-images-idx3-ubyte"].unsqueeze(1),
+        files["t10k-labels-idx1-ubyte"].long(),
+    )
+
+
+def load_cifar10(data_dir: Path | None) -> SplitData:
+    roots = [data_dir / "cifar-10-batches-py", data_dir] if data_dir else []
+    how = (
+        "Put the CIFAR-10 python version (the folder cifar-10-batches-py with data_batch_1..5 "
+        "and test_batch) in --data_dir; nothing is downloaded."
+    )
+    marker = find_first([root / "test_batch" for root in roots], "CIFAR-10 batches", how)
+    return SplitData(PROTOCOLS["seq-cifar10"], *read_cifar10_batches(marker.parent))
+
+
+def load_tiny_imagenet(data_dir: Path | None) -> SplitData:
+    roots = [data_dir / "tiny-imagenet-200", data_dir] if data_dir else []
+    how = (
+        "Put Tiny-ImageNet-200 (wnids.txt, train/<wnid>/images/*.JPEG, val/images and "
+        "val/val_annotations.txt) in --data_dir; nothing is downloaded."
+    )
+    marker = find_first([root / "wnids.txt" for root in roots], "Tiny-ImageNet", how)
+    return SplitData(PROTOCOLS["seq-tinyimg"], *read_tiny_imagenet(marker.parent))
+
+
+LOADERS = {
+    "seq-fmnist": load_fmnist,
+    "seq-cifar10": load_cifar10,
+    "seq-tinyimg": load_tiny_imagenet,
+}
+
+
+def load_dataset(name: str, data_dir: str | Path | None = None) -> SplitData:
+    """Load benchmark ``name`` (see ``PROTOCOLS``) from disk."""
+    if name not in LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; choose from {sorted(LOADERS)}")
+    data = LOADERS[name](Path(data_dir) if data_dir else None)
+    assert data.train_images.dtype == torch.uint8
+    return data

@@ -1,0 +1,78 @@
+"""Readers of the standard on-disk formats (no downloads, ever)."""
+
+from __future__ import annotations
+
+import gzip
+import pickle
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparcl.data.protocol import MissingDataError
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """An IDX file (MNIST / Fashion-MNIST format), gzipped or not, as a uint8 tensor."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as handle:
+        data = handle.read()
+    zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
+    if zero != 0 or dtype_code != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+    array = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+    return torch.from_numpy(array.reshape(shape).copy())
+
+
+def find_first(candidates: list[Path], what: str, how_to_get: str) -> Path:
+    for path in candidates:
+        if path.exists():
+            return path
+    listed = "\n  ".join(str(p) for p in candidates)
+    raise MissingDataError(f"{what} not found; looked in:\n  {listed}\n{how_to_get}")
+
+
+def read_cifar10_batches(root: Path) -> tuple[torch.Tensor, ...]:
+    """The CIFAR-10 "python version" pickles: (train images, labels, test images, labels)."""
+
+    def load(names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = [], []
+        for name in names:
+            with open(root / name, "rb") as handle:
+                batch = pickle.load(handle, encoding="bytes")
+            images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            labels.extend(batch[b"labels"])
+        return torch.from_numpy(np.concatenate(images)), torch.tensor(labels, dtype=torch.long)
+
+    train = load([f"data_batch_{i}" for i in range(1, 6)])
+    test = load(["test_batch"])
+    return (*train, *test)
+
+
+def read_tiny_imagenet(root: Path) -> tuple[torch.Tensor, ...]:
+    """The Tiny-ImageNet-200 folder layout: classes in ``wnids.txt`` order, val as the test set."""
+    from PIL import Image  # Pillow arrives with matplotlib; only this reader needs it
+
+    wnids = (root / "wnids.txt").read_text().split()
+    index = {wnid: i for i, wnid in enumerate(wnids)}
+
+    def load(paths_and_labels: list[tuple[Path, int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        images = np.empty((len(paths_and_labels), 3, 64, 64), dtype=np.uint8)
+        for i, (path, _) in enumerate(paths_and_labels):
+            with Image.open(path) as image:
+                images[i] = np.asarray(image.convert("RGB"), dtype=np.uint8).transpose(2, 0, 1)
+        labels = torch.tensor([label for _, label in paths_and_labels], dtype=torch.long)
+        return torch.from_numpy(images), labels
+
+    train = [
+        (path, index[wnid])
+        for wnid in wnids
+        for path in sorted((root / "train" / wnid / "images").glob("*.JPEG"))
+    ]
+    val = []
+    for line in (root / "val" / "val_annotations.txt").read_text().splitlines():
+        name, wnid = line.split("\t")[:2]
+        val.append((root / "val" / "images" / name, index[wnid]))
+    return (*load(train), *load(val))

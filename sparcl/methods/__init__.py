@@ -1,0 +1,11 @@
+"""Rehearsal methods, one file each, selected by name."""
+
+from sparcl.methods.base import ContinualMethod
+from sparcl.methods.derpp import Derpp
+from sparcl.methods.er import Er
+from sparcl.methods.joint import Joint
+from sparcl.methods.sgd import Sgd
+
+METHODS: dict[str, type[ContinualMethod]] = {m.name: m for m in (Sgd, Er, Derpp, Joint)}
+
+__all__ = ["METHODS", "ContinualMethod", "Derpp", "Er", "Joint", "Sgd"]

@@ -1,0 +1,74 @@
+"""What every rehearsal method shares: the network, its optimizer, the buffer, the losses."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sparcl.buffer import ReservoirBuffer
+from sparcl.data.protocol import Protocol, SplitData
+
+
+class ContinualMethod:
+    """A continual-learning method: ``observe()`` takes one training step on one batch.
+
+    Subclasses set ``name`` and implement :meth:`observe`. ``transform`` turns stored uint8
+    inputs into augmented network inputs (used for buffer replays).
+    """
+
+    name = "base"
+    uses_buffer = False
+
+    def __init__(
+        self,
+        net: nn.Module,
+        protocol: Protocol,
+        transform: Callable[[torch.Tensor], torch.Tensor],
+        lr: float,
+        buffer_size: int = 0,
+        minibatch_size: int = 32,
+        alpha: float = 0.0,
+        beta: float = 0.0,
+        mask_current_logits: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.net = net
+        self.protocol = protocol
+        self.transform = transform
+        self.lr = lr
+        self.minibatch_size = minibatch_size
+        self.alpha, self.beta = alpha, beta
+        self.mask_current_logits = mask_current_logits
+        self.buffer = ReservoirBuffer(buffer_size if self.uses_buffer else 0, seed)
+        self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+
+    def begin_task(self, task: int) -> None:
+        """SparCL protocol: plain SGD, re-created for every task."""
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=self.lr)
+
+    def training_indices(self, data: SplitData, task: int) -> torch.Tensor:
+        """Which training examples this method trains on during ``task``."""
+        return data.task_indices(task)
+
+    def current_loss(self, logits: torch.Tensor, labels: torch.Tensor, task: int) -> torch.Tensor:
+        """Cross-entropy on the current batch, optionally over the current task's classes only."""
+        if self.mask_current_logits:
+            classes = self.protocol.task_classes(task)
+            outside = torch.ones(logits.shape[1], dtype=torch.bool)
+            outside[classes.start : classes.stop] = False
+            logits = logits.masked_fill(outside, float("-inf"))
+        return F.cross_entropy(logits, labels)
+
+    def observe(
+        self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
+    ) -> float:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        return {"buffer": self.buffer.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.buffer.load_state_dict(state["buffer"])

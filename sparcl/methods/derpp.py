@@ -1,0 +1,36 @@
+"""DER++: CE(current) + alpha * MSE(logits, stored logits) + beta * CE(replayed labels).
+
+Two independent buffer batches, each through its own forward pass (mammoth semantics).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from sparcl.methods.base import ContinualMethod
+
+
+class Derpp(ContinualMethod):
+    name = "derpp"
+    uses_buffer = True
+
+    def observe(
+        self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
+    ) -> float:
+        self.optimizer.zero_grad()
+        logits = self.net(inputs)
+        loss = self.current_loss(logits, labels, task)
+        if not self.buffer.is_empty():
+            replay_inputs, _, replay_logits = self.buffer.sample(self.minibatch_size)
+            loss = loss + self.alpha * F.mse_loss(
+                self.net(self.transform(replay_inputs)), replay_logits
+            )
+            replay_inputs, replay_labels, _ = self.buffer.sample(self.minibatch_size)
+            loss = loss + self.beta * F.cross_entropy(
+                self.net(self.transform(replay_inputs)), replay_labels
+            )
+        loss.backward()
+        self.optimizer.step()
+        self.buffer.add(raw_inputs, labels, logits.detach(), task)
+        return loss.item()

@@ -1,0 +1,20 @@
+"""SGD: fine-tune on each task in turn (the lower bound)."""
+
+from __future__ import annotations
+
+import torch
+
+from sparcl.methods.base import ContinualMethod
+
+
+class Sgd(ContinualMethod):
+    name = "sgd"
+
+    def observe(
+        self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
+    ) -> float:
+        self.optimizer.zero_grad()
+        loss = self.current_loss(self.net(inputs), labels, task)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item()

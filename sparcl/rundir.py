@@ -1,0 +1,97 @@
+"""The run directory: config, per-epoch metrics, results, plots and atomic checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+METRIC_FIELDS = ("task", "epoch", "loss", "seconds", "samples_per_second", "examples")
+
+
+class RunDir:
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def write_config(self, config: dict) -> None:
+        _atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
+
+    @staticmethod
+    def read_config_of(path: str | Path) -> dict:
+        """The saved config.yaml of an existing run directory."""
+        config = Path(path) / "config.yaml"
+        if not config.is_file():
+            raise ValueError(f"{path} is not a run directory (no config.yaml)")
+        return yaml.safe_load(config.read_text())
+
+    def write_metrics(self, rows: list[dict]) -> None:
+        """Rewrite metrics.csv from all rows so far (a resumed run keeps the earlier ones)."""
+        temporary = self.path / "metrics.csv.tmp"
+        with open(temporary, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(temporary, self.path / "metrics.csv")
+
+    def write_results(self, results: dict) -> None:
+        _atomic_write_text(self.path / "results.json", json.dumps(results, indent=2) + "\n")
+
+    def save_checkpoint(self, task: int, state: dict) -> Path:
+        """Write ``task_<t>.pt`` atomically, then point ``latest.txt`` at it."""
+        target = self.path / "checkpoints" / f"task_{task}.pt"
+        temporary = target.with_suffix(".pt.tmp")
+        torch.save(state, temporary)
+        os.replace(temporary, target)
+        _atomic_write_text(self.path / "checkpoints" / "latest.txt", target.name + "\n")
+        return target
+
+    def latest_checkpoint(self) -> Path | None:
+        pointer = self.path / "checkpoints" / "latest.txt"
+        if not pointer.exists():
+            return None
+        return self.path / "checkpoints" / pointer.read_text().strip()
+
+    def write_plots(self, class_il: list[list[float]], task_il: list[list[float]]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        n = len(class_il)
+        figure, axes = plt.subplots(1, 2, figsize=(9, 4))
+        for axis, matrix, title in zip(
+            axes, (class_il, task_il), ("Class-IL", "Task-IL"), strict=True
+        ):
+            padded = [row + [float("nan")] * (n - len(row)) for row in matrix]
+            image = axis.imshow(padded, vmin=0, vmax=100, cmap="viridis")
+            axis.set(title=f"{title} accuracy (%)", xlabel="evaluated task", ylabel="after task")
+            for i, row in enumerate(matrix):
+                for j, value in enumerate(row):
+                    axis.text(j, i, f"{value:.0f}", ha="center", va="center", color="white")
+        figure.colorbar(image, ax=axes)
+        figure.savefig(self.path / "acc_matrix.png", dpi=100)
+        plt.close(figure)
+
+        figure, axis = plt.subplots(figsize=(6, 4))
+        for task in range(n):
+            axis.plot(
+                range(task, n),
+                [class_il[i][task] for i in range(task, n)],
+                marker="o",
+                label=f"task {task}",
+            )
+        axis.set(xlabel="after training task", ylabel="Class-IL accuracy (%)", ylim=(0, 100))
+        axis.legend()
+        figure.savefig(self.path / "task_accuracy.png", dpi=100)
+        plt.close(figure)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)

@@ -1,0 +1,226 @@
+"""The training loop: tasks in order, epochs of batched steps, evaluation and checkpoints."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+import sparcl_kernels as sk
+from sparcl.config import TrainConfig
+from sparcl.data import SplitData, augment, load_dataset
+from sparcl.evaluate import evaluate
+from sparcl.methods import METHODS, ContinualMethod
+from sparcl.metrics import average_accuracy, backward_transfer, forgetting
+from sparcl.models import BLOCK_CONV_PATTERNS, MLP, resnet18
+from sparcl.rundir import RunDir
+
+DEBUG_BATCHES = 3  # batches per epoch in --debug_mode
+DEBUG_EVAL_EXAMPLES = 100  # test examples per task in --debug_mode
+
+
+def build_network(config: TrainConfig, data: SplitData) -> nn.Module:
+    """The backbone, with its SparCL layers made block-sparse when the config asks for it."""
+    protocol = data.protocol
+    if config.backbone == "resnet18":
+        net = resnet18(protocol.n_classes, config.nf, protocol.channels)
+        sparse_layers = BLOCK_CONV_PATTERNS
+    else:
+        net = MLP(protocol.channels * protocol.image_size**2, protocol.n_classes)
+        sparse_layers = ("body.*",)
+    if config.sparse:
+        sk.sparsify(net, config.sparsity, config.block_size, include=sparse_layers)
+    return net
+
+
+def layer_sparsity(net: nn.Module) -> dict[str, float]:
+    return {
+        name: round(module.sparsity, 6)
+        for name, module in net.named_modules()
+        if isinstance(module, sk.nn.BlockSparseWeight)
+    }
+
+
+@dataclass
+class Progress:
+    """Everything a run accumulates, and what a checkpoint must restore."""
+
+    next_task: int = 0
+    class_il: list[list[float]] = field(default_factory=list)
+    task_il: list[list[float]] = field(default_factory=list)
+    metrics_rows: list[dict] = field(default_factory=list)
+    task_seconds: list[float] = field(default_factory=list)
+    task_samples_per_second: list[float] = field(default_factory=list)
+
+
+def train_task(
+    method: ContinualMethod,
+    data: SplitData,
+    task: int,
+    config: TrainConfig,
+    generator: torch.Generator,
+    progress: Progress,
+) -> tuple[float, int]:
+    """All epochs of one task; returns (seconds, examples stepped on)."""
+    method.begin_task(task)
+    indices = method.training_indices(data, task)
+    if config.max_train_per_task:
+        indices = indices[torch.randperm(len(indices), generator=generator)][
+            : config.max_train_per_task
+        ]
+    total_seconds, total_examples = 0.0, 0
+    for epoch in range(config.n_epochs):
+        order = indices[torch.randperm(len(indices), generator=generator)]
+        batches = list(order.split(config.batch_size))
+        if config.debug_mode:
+            batches = batches[:DEBUG_BATCHES]
+        bar = tqdm(
+            batches,
+            desc=f"task {task + 1} epoch {epoch + 1}",
+            leave=False,
+            disable=True if config.quiet else None,
+        )
+        losses, examples, start = [], 0, time.perf_counter()
+        for batch in bar:
+            raw = data.train_images[batch]
+            loss = method.observe(
+                augment(raw, data.protocol, generator), data.train_labels[batch], raw, task
+            )
+            losses.append(loss)
+            examples += len(batch)
+            bar.set_postfix(
+                loss=f"{loss:.3f}", samples_per_s=f"{examples / (time.perf_counter() - start):.0f}"
+            )
+        seconds = time.perf_counter() - start
+        total_seconds += seconds
+        total_examples += examples
+        progress.metrics_rows.append(
+            {
+                "task": task + 1,
+                "epoch": epoch + 1,
+                "loss": sum(losses) / max(len(losses), 1),
+                "seconds": round(seconds, 4),
+                "samples_per_second": round(examples / seconds, 2),
+                "examples": examples,
+            }
+        )
+    return total_seconds, total_examples
+
+
+def _git_revision() -> str | None:
+    try:
+        root = Path(__file__).resolve().parent.parent
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> dict:
+    return {
+        "config": config.to_dict(),
+        "class_il": progress.class_il,
+        "task_il": progress.task_il,
+        "average_class_il": average_accuracy(progress.class_il),
+        "average_task_il": average_accuracy(progress.task_il),
+        "forgetting_class_il": forgetting(progress.class_il),
+        "forgetting_task_il": forgetting(progress.task_il),
+        "bwt_class_il": backward_transfer(progress.class_il),
+        "bwt_task_il": backward_transfer(progress.task_il),
+        "task_seconds": progress.task_seconds,
+        "task_samples_per_second": progress.task_samples_per_second,
+        "layer_sparsity": layer_sparsity(net),
+        "backend": sk.backend_info(),
+        "current_logit_masking": config.mask_current_logits,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "sparcl_kernels": sk.__version__,
+        },
+        "seed": config.seed,
+        "git_revision": _git_revision(),
+        "host": socket.gethostname(),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def checkpoint_state(net, method, generator, progress: Progress) -> dict:
+    return {
+        "net": net.state_dict(),
+        "method": method.state_dict(),
+        "generator": generator.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "progress": progress.__dict__,
+    }
+
+
+def restore(state: dict, net, method, generator) -> Progress:
+    net.load_state_dict(state["net"])
+    method.load_state_dict(state["method"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    return Progress(**state["progress"])
+
+
+def train(
+    config: TrainConfig, run_dir: RunDir, resume: bool = False, data: SplitData | None = None
+) -> dict:
+    """Run (or resume) the whole class-incremental protocol; returns the results dict."""
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir)
+    net = build_network(config, data)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    method = METHODS[config.model](
+        net,
+        data.protocol,
+        lambda raw: augment(raw, data.protocol, generator),
+        config.lr,
+        config.buffer_size,
+        config.minibatch_size,
+        config.alpha,
+        config.beta,
+        config.mask_current_logits,
+        config.seed,
+    )
+    progress = Progress()
+    latest = run_dir.latest_checkpoint() if resume else None
+    if latest is not None:
+        progress = restore(torch.load(latest, weights_only=True), net, method, generator)
+        print(f"Resuming {run_dir.path} after task {progress.next_task}", file=sys.stderr)
+    run_dir.write_config(config.to_dict())
+    n_tasks = data.protocol.n_tasks
+    for task in range(progress.next_task, n_tasks):
+        seconds, examples = train_task(method, data, task, config, generator, progress)
+        limit = DEBUG_EVAL_EXAMPLES if config.debug_mode else 0
+        class_il, task_il = evaluate(net, data, task + 1, limit=limit)
+        progress.class_il.append(class_il)
+        progress.task_il.append(task_il)
+        progress.task_seconds.append(round(seconds, 4))
+        progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
+        progress.next_task = task + 1
+        print(
+            f"Accuracy for {task + 1} task(s): [Class-IL]: {sum(class_il) / len(class_il):.2f} % "
+            f"[Task-IL]: {sum(task_il) / len(task_il):.2f} %  "
+            f"({progress.task_samples_per_second[-1]:.1f} samples/s)"
+        )
+        run_dir.write_metrics(progress.metrics_rows)
+        run_dir.save_checkpoint(task + 1, checkpoint_state(net, method, generator, progress))
+    results = build_results(config, net, progress)
+    run_dir.write_results(results)
+    run_dir.write_plots(progress.class_il, progress.task_il)
+    return results

@@ -1,0 +1,277 @@
+"""The continual-learning layer: data formats, buffer, metrics, methods, CLI, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from cl_data import write_cifar10, write_fmnist, write_tiny_imagenet
+
+from sparcl.buffer import ReservoirBuffer
+from sparcl.cli import main
+from sparcl.data import PROTOCOLS, MissingDataError, augment, load_dataset, normalize
+from sparcl.metrics import average_accuracy, backward_transfer, forgetting
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+# ---------------------------------------------------------------- data
+
+
+def test_fmnist_idx_reader_and_task_split(fmnist_dir):
+    data = load_dataset("seq-fmnist", fmnist_dir)
+    assert data.train_images.shape == (120, 1, 28, 28) and data.train_images.dtype == torch.uint8
+    assert data.test_labels.shape == (60,)
+    for task in range(5):
+        labels = data.train_labels[data.task_indices(task)]
+        assert set(labels.tolist()) == {2 * task, 2 * task + 1}
+
+
+def test_cifar10_pickle_reader(tmp_path):
+    data = load_dataset("seq-cifar10", write_cifar10(tmp_path))
+    assert data.train_images.shape == (100, 3, 32, 32)
+    assert data.test_images.shape == (20, 3, 32, 32)
+    assert data.protocol.n_tasks == 5
+
+
+def test_tiny_imagenet_folder_reader(tmp_path):
+    data = load_dataset("seq-tinyimg", write_tiny_imagenet(tmp_path))
+    assert data.train_images.shape == (200, 3, 64, 64)
+    assert data.protocol.n_tasks == 10 and data.protocol.classes_per_task == 20
+    assert sorted(data.test_labels.tolist()) == list(range(200))
+
+
+@pytest.mark.parametrize("name", ["seq-cifar10", "seq-tinyimg"])
+def test_missing_data_says_where_to_put_it(tmp_path, name):
+    with pytest.raises(MissingDataError, match="nothing is downloaded"):
+        load_dataset(name, tmp_path)
+
+
+def test_augment_is_a_seeded_batched_crop_and_flip():
+    protocol = PROTOCOLS["seq-cifar10"]
+    images = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8)
+    first = augment(images, protocol, torch.Generator().manual_seed(0))
+    again = augment(images, protocol, torch.Generator().manual_seed(0))
+    assert first.shape == (16, 3, 32, 32) and torch.equal(first, again)
+    # Every output is a shifted (possibly flipped) window of its zero-padded input.
+    padded = normalize(torch.nn.functional.pad(images, (4, 4, 4, 4)), protocol)
+    for i in range(16):
+        found = any(
+            torch.allclose(first[i], view[:, dy : dy + 32, dx : dx + 32])
+            for view in (padded[i], padded[i].flip(2))
+            for dy in range(9)
+            for dx in range(9)
+        )
+        assert found, i
+
+
+# ---------------------------------------------------------------- buffer
+
+
+def test_reservoir_fills_then_samples_uniformly():
+    size, total, trials = 10, 100, 300
+    counts = torch.zeros(total)
+    for seed in range(trials):
+        buffer = ReservoirBuffer(size, seed)
+        for start in range(0, total, 7):
+            items = torch.arange(start, min(start + 7, total))
+            buffer.add(items.view(-1, 1).float(), items, torch.zeros(len(items), 2), task=0)
+        assert len(buffer) == size and buffer.seen == total
+        stored = buffer.inputs.view(-1).long()
+        assert len(set(stored.tolist())) == size  # no duplicates
+        counts[stored] += 1
+    expected = trials * size / total  # 30 per item
+    # Binomial(300, 0.1): sd ~5.2; a 5-sd band keeps the test from flaking while catching bias.
+    assert counts.sub(expected).abs().max() < 5 * (trials * 0.1 * 0.9) ** 0.5
+    # The first and second halves are kept equally often (a sequential-bias check).
+    assert abs(counts[:50].sum() - counts[50:].sum()) < 0.1 * counts.sum()
+
+
+def test_reservoir_first_items_fill_in_order():
+    buffer = ReservoirBuffer(5, 0)
+    buffer.add(torch.arange(3).view(-1, 1).float(), torch.arange(3), torch.zeros(3, 1), 0)
+    assert len(buffer) == 3 and buffer.inputs[:3].view(-1).tolist() == [0, 1, 2]
+
+
+# ---------------------------------------------------------------- metrics
+
+
+def test_metrics_on_a_hand_made_matrix():
+    acc = [[90.0], [70.0, 80.0], [60.0, 75.0, 85.0]]
+    assert average_accuracy(acc) == pytest.approx((60 + 75 + 85) / 3)
+    assert average_accuracy(acc, after_task=1) == pytest.approx(75.0)
+    # Forgetting: task 0 best 90 -> 60 (30), task 1 best 80 -> 75 (5).
+    assert forgetting(acc) == pytest.approx(17.5)
+    # BWT: (60 - 90 + 75 - 80) / 2.
+    assert backward_transfer(acc) == pytest.approx(-17.5)
+    assert forgetting([[50.0]]) == 0.0 and backward_transfer([[50.0]]) == 0.0
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _train(args: list[str], tmp_path, data_dir) -> dict:
+    code = main(
+        [
+            "train",
+            "--dataset",
+            "seq-fmnist",
+            "--data_dir",
+            str(data_dir),
+            "--output_dir",
+            str(tmp_path),
+            "--quiet",
+            "--seed",
+            "3",
+            *args,
+        ]
+    )
+    assert code == 0
+    (run,) = [p for p in tmp_path.iterdir() if p.is_dir()]
+    return json.loads((run / "results.json").read_text()) | {"run_dir": str(run)}
+
+
+@pytest.mark.parametrize("model", ["sgd", "er", "derpp", "joint"])
+def test_every_method_runs_end_to_end(tmp_path, fmnist_dir, model):
+    results = _train(
+        [
+            "--model",
+            model,
+            "--backbone",
+            "mlp",
+            "--n_epochs",
+            "2",
+            "--debug_mode",
+            "1",
+            "--buffer_size",
+            "20",
+            "--batch_size",
+            "8",
+            "--minibatch_size",
+            "8",
+        ],
+        tmp_path,
+        fmnist_dir,
+    )
+    assert len(results["class_il"]) == 5 and len(results["class_il"][-1]) == 5
+    for name in ("config.yaml", "metrics.csv", "acc_matrix.png", "task_accuracy.png"):
+        assert (tmp_path / results["run_dir"] / name).exists(), name
+    rows = (tmp_path / results["run_dir"] / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 1 + 5 * 2  # header + one row per task and epoch
+    assert results["backend"]["backends"]["reference"]["available"]
+
+
+def test_sparse_resnet_run_uses_the_fast_path(tmp_path, fmnist_dir):
+    results = _train(
+        [
+            "--model",
+            "derpp",
+            "--nf",
+            "8",
+            "--sparsity",
+            "0.5",
+            "--block_size",
+            "8",
+            "--n_epochs",
+            "1",
+            "--debug_mode",
+            "1",
+            "--buffer_size",
+            "16",
+            "--batch_size",
+            "4",
+            "--minibatch_size",
+            "4",
+            "--mask_current_logits",
+        ],
+        tmp_path,
+        fmnist_dir,
+    )
+    assert len(results["layer_sparsity"]) == 16
+    assert all(0.4 < s < 0.6 for s in results["layer_sparsity"].values())
+    assert results["backend"]["default"]["cpu"] == "cpu"
+    assert results["current_logit_masking"] is True
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, fmnist_dir):
+    args = [
+        "--model",
+        "derpp",
+        "--backbone",
+        "mlp",
+        "--n_epochs",
+        "2",
+        "--debug_mode",
+        "1",
+        "--buffer_size",
+        "20",
+        "--batch_size",
+        "8",
+        "--deterministic",
+    ]
+    full = _train(args, tmp_path / "full", fmnist_dir)
+    run = tmp_path / "full" / full["run_dir"]
+    final_weights = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    # Simulate a kill after task 2: later checkpoints and results never got written.
+    for task in (3, 4, 5):
+        (run / "checkpoints" / f"task_{task}.pt").unlink()
+    (run / "checkpoints" / "latest.txt").write_text("task_2.pt\n")
+    (run / "results.json").unlink()
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["class_il"] == full["class_il"] and resumed["task_il"] == full["task_il"]
+    resumed_weights = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    for name, tensor in final_weights.items():
+        assert torch.equal(resumed_weights[name], tensor), name
+
+
+def test_eval_command_re_evaluates_a_checkpoint(tmp_path, fmnist_dir, capsys):
+    results = _train(
+        ["--model", "sgd", "--backbone", "mlp", "--n_epochs", "1", "--debug_mode", "1"],
+        tmp_path,
+        fmnist_dir,
+    )
+    checkpoint = tmp_path / results["run_dir"] / "checkpoints" / "task_5.pt"
+    assert main(["eval", "--checkpoint", str(checkpoint), "--data_dir", str(fmnist_dir)]) == 0
+    assert "Accuracy for 5 task(s): [Class-IL]:" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- configuration
+
+
+def test_config_precedence_defaults_file_cli(tmp_path, fmnist_dir):
+    from sparcl.cli import _parser
+    from sparcl.config import resolve_config
+
+    config_file = tmp_path / "c.yaml"
+    config_file.write_text("lr: 0.1\nbuffer_size: 200\nalpha: 0.3\n")
+    arguments = _parser().parse_args(["train", "--config", str(config_file), "--buffer-size", "50"])
+    config = resolve_config(arguments)
+    assert config.lr == 0.1 and config.alpha == 0.3  # from the file
+    assert config.buffer_size == 50  # the CLI wins, dashes accepted
+    assert config.n_epochs == 50  # default
+    best = resolve_config(_parser().parse_args(["train", "--config", "best", "--model", "derpp"]))
+    assert best.alpha == 0.2 and best.buffer_size == 500
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--lr", "0"], "--lr must be > 0"),
+        (["--sparsity", "1.0"], "--sparsity must be in [0, 1)"),
+        (["--sparsity", "-0.1"], "--sparsity must be in [0, 1)"),
+        (["--dataset", "seq-mnist"], "unknown --dataset"),
+        (["--model", "icarl"], "unknown --model"),
+        (["--model", "er", "--buffer_size", "0"], "needs --buffer_size > 0"),
+        (["--config", "/nonexistent.yaml"], "does not exist"),
+        (["--dataset", "seq-cifar10", "--data_dir", "/nonexistent"], "CIFAR-10 batches not found"),
+    ],
+)
+def test_invalid_settings_are_rejected_at_start(tmp_path, capsys, args, message):
+    assert main(["train", "--output_dir", str(tmp_path), *args]) == 2
+    assert message in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # nothing was started
