@@ -55,15 +55,8 @@ def _forward_op(
     backend: str,
 ) -> Tensor:
     # grad_block_mask is unused here; it is an input so that autograd can save it.
-    layout = _layout_from_tensors(
-        values.shape[1],
-        values.shape[2],
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
     return get_backend(backend).forward(x.contiguous(), values.contiguous(), layout, bias)
 
 
@@ -83,15 +76,8 @@ def _grad_input_op(
     transpose_block_ids: Tensor,
     backend: str,
 ) -> Tensor:
-    layout = _layout_from_tensors(
-        values.shape[1],
-        values.shape[2],
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
     return get_backend(backend).grad_input(grad_out.contiguous(), values.contiguous(), layout)
 
 
@@ -114,15 +100,8 @@ def _grad_weight_op(
     block_cols: int,
     backend: str,
 ) -> Tensor:
-    layout = _layout_from_tensors(
-        block_rows,
-        block_cols,
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(block_rows, block_cols, *index)
     return get_backend(backend).grad_weight(
         grad_out.contiguous(), x.contiguous(), layout, grad_block_mask
     )
@@ -223,15 +202,8 @@ def _conv_forward_op(
     backend: str,
 ) -> Tensor:
     # x is channels-last [N, H, W, C]; grad_block_mask is only saved for the backward.
-    layout = _layout_from_tensors(
-        values.shape[1],
-        values.shape[2],
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
     return get_backend(backend).conv_forward(
         x.contiguous(), values.contiguous(), layout, bias, list(geometry)
     )
@@ -259,15 +231,8 @@ def _conv_grad_input_op(
     in_w: int,
     backend: str,
 ) -> Tensor:
-    layout = _layout_from_tensors(
-        values.shape[1],
-        values.shape[2],
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
     return get_backend(backend).conv_grad_input(
         grad_out.contiguous(), values.contiguous(), layout, list(geometry), (in_h, in_w)
     )
@@ -296,15 +261,8 @@ def _conv_grad_weight_op(
     geometry: list[int],
     backend: str,
 ) -> Tensor:
-    layout = _layout_from_tensors(
-        block_rows,
-        block_cols,
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
+    layout = _layout_from_tensors(block_rows, block_cols, *index)
     return get_backend(backend).conv_grad_weight(
         grad_out.contiguous(), x.contiguous(), layout, grad_block_mask, list(geometry)
     )

@@ -188,33 +188,17 @@ template <typename T>
 void block_sparse_grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask,
                               T* grad_values, int64_t n, const BlockLayoutView& L,
                               int threads) {
-  const int64_t block_elems = L.bm * L.bk;
+  // With an empty batch every block computes to zero through the same kernels.
   const bool simd = use_simd(x, L.bk);
-  int64_t active = L.nnz;
-  if (grad_block_mask) active = std::count(grad_block_mask, grad_block_mask + L.nnz, true);
+  const int64_t active = count_active(grad_block_mask, L.nnz);
   run_parallel(threads, [&](int t, int nt) {
-    // Masked-off blocks: this thread's share of them is zero-filled, nothing is multiplied.
-    int64_t begin, end;
-    even_share(L.nnz, t, nt, &begin, &end);
-    for (int64_t j = begin; j < end; ++j)
-      if ((grad_block_mask && !grad_block_mask[j]) || n == 0)
-        std::fill(grad_values + j * block_elems, grad_values + (j + 1) * block_elems, T(0));
-    if (n == 0) return;
-    // Active blocks: an equal count per thread, in storage order (shared rows stay cached).
-    int64_t first, last;
-    even_share(active, t, nt, &first, &last);
-    int64_t rank = 0;
-    for (int64_t j = 0; j < L.nnz && rank < last; ++j) {
-      if (grad_block_mask && !grad_block_mask[j]) continue;
-      if (rank++ < first) continue;
-      if constexpr (std::is_same_v<T, float>) {
-        if (simd) {
-          grad_weight_block(grad_out, x, grad_values, n, j, L);
-          continue;
-        }
-      }
-      grad_weight_block<T>(grad_out, x, grad_values, n, j, L);
-    }
+    weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
+                          [&](int64_t j) {
+                            if constexpr (std::is_same_v<T, float>) {
+                              if (simd) return grad_weight_block(grad_out, x, grad_values, n, j, L);
+                            }
+                            grad_weight_block<T>(grad_out, x, grad_values, n, j, L);
+                          });
   });
 }
 

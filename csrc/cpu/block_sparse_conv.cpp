@@ -289,30 +289,17 @@ template <typename T>
 void block_sparse_conv_grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask,
                                    T* grad_values, const BlockLayoutView& L,
                                    const ConvGeometry& g, int threads) {
-  const int64_t block_elems = L.bm * L.bk;
-  int64_t active = L.nnz;
-  if (grad_block_mask) active = std::count(grad_block_mask, grad_block_mask + L.nnz, true);
   const bool simd = use_simd(x, L);
+  const int64_t active = count_active(grad_block_mask, L.nnz);
   run_parallel(threads, [&](int t, int nt) {
-    int64_t begin, end;
-    even_share(L.nnz, t, nt, &begin, &end);
-    for (int64_t j = begin; j < end; ++j)
-      if (grad_block_mask && !grad_block_mask[j])
-        std::fill_n(grad_values + j * block_elems, block_elems, T(0));
-    int64_t first, last;
-    even_share(active, t, nt, &first, &last);
-    int64_t rank = 0;
-    for (int64_t j = 0; j < L.nnz && rank < last; ++j) {
-      if (grad_block_mask && !grad_block_mask[j]) continue;
-      if (rank++ < first) continue;
-      if constexpr (std::is_same_v<T, float>) {
-        if (simd) {
-          grad_weight_block_simd(grad_out, x, grad_values, j, L, g);
-          continue;
-        }
-      }
-      grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g);
-    }
+    weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
+                          [&](int64_t j) {
+                            if constexpr (std::is_same_v<T, float>) {
+                              if (simd)
+                                return grad_weight_block_simd(grad_out, x, grad_values, j, L, g);
+                            }
+                            grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g);
+                          });
   });
 }
 

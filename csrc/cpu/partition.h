@@ -45,4 +45,30 @@ inline void even_share(int64_t count, int t, int threads, int64_t* begin, int64_
   *end = count * (t + 1) / threads;
 }
 
+// Number of blocks the weight gradient computes: all nnz without a mask.
+inline int64_t count_active(const bool* grad_block_mask, int64_t nnz) {
+  return grad_block_mask ? std::count(grad_block_mask, grad_block_mask + nnz, true) : nnz;
+}
+
+// Thread t's share of a weight-gradient pass: zero-fills its even share of the blocks the mask
+// switches off (no products for them), and calls compute(j) for an equal share of the
+// `active` blocks, in storage order so that blocks sharing rows stay cached.
+template <typename T, typename Compute>
+void weight_gradient_share(const bool* grad_block_mask, int64_t nnz, int64_t active,
+                           int64_t block_elems, T* grad_values, int t, int threads,
+                           const Compute& compute) {
+  int64_t begin, end;
+  even_share(nnz, t, threads, &begin, &end);
+  for (int64_t j = begin; j < end; ++j)
+    if (grad_block_mask && !grad_block_mask[j])
+      std::fill_n(grad_values + j * block_elems, block_elems, T(0));
+  int64_t first, last;
+  even_share(active, t, threads, &first, &last);
+  int64_t rank = 0;
+  for (int64_t j = 0; j < nnz && rank < last; ++j) {
+    if (grad_block_mask && !grad_block_mask[j]) continue;
+    if (rank++ >= first) compute(j);
+  }
+}
+
 }  // namespace sparcl
