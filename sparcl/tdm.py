@@ -1,0 +1,89 @@
+"""TDM, task-aware dynamic masking: one block mask for the whole run, grown and pruned.
+
+Schedule within every task (SparCL defaults; percentages of each layer's block count):
+epoch 0 grows ``p_inter`` (zero-initialised blocks at random inactive positions); every
+``delta_k`` epochs after that, up to ``frozen_epoch``, prunes the least important stored
+blocks and regrows ``p_intra`` at random -- ``p_inter + p_intra`` at the first of these (so
+the density returns to its target) and ``p_intra`` later. Importance of a stored block is
+``sum(|w| + lam * |g|)`` over its entries, with ``g`` the layer's latest weight gradient.
+Changes go through the layers' layout-update API: nnz stays constant where the schedule
+allows, optimizer state of untouched blocks is kept, the model is never re-allocated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sparcl_kernels.nn import BlockSparseWeight
+
+
+@dataclass(frozen=True)
+class TdmSchedule:
+    p_inter: float = 0.01
+    p_intra: float = 0.01
+    delta_k: int = 5
+    lam: float = 0.5
+    frozen_epoch: int = 45
+
+    def action(self, epoch: int) -> tuple[float, float]:
+        """(prune fraction, grow fraction) of the layer's blocks at the start of ``epoch``."""
+        if epoch == 0:
+            return 0.0, self.p_inter
+        if epoch % self.delta_k or epoch >= self.frozen_epoch:
+            return 0.0, 0.0
+        if epoch == self.delta_k:
+            return self.p_inter + self.p_intra, self.p_intra
+        return self.p_intra, self.p_intra
+
+
+class TaskAwareMasking:
+    def __init__(self, model: nn.Module, schedule: TdmSchedule, seed: int = 0) -> None:
+        self.layers = [m for m in model.modules() if isinstance(m, BlockSparseWeight)]
+        self.schedule = schedule
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @staticmethod
+    def importance(layer: BlockSparseWeight, lam: float) -> torch.Tensor:
+        """``sum |w| + lam * |g|`` per stored block."""
+        score = layer.values.detach().abs().flatten(1).sum(1)
+        if layer.values.grad is not None:
+            score = score + lam * layer.values.grad.abs().flatten(1).sum(1)
+        return score
+
+    @torch.no_grad()
+    def begin_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
+        """Apply the schedule's layout change for ``epoch`` (task-relative); True if any."""
+        prune_fraction, grow_fraction = self.schedule.action(epoch)
+        if not prune_fraction and not grow_fraction:
+            return False
+        for layer in self.layers:
+            self._update(layer, prune_fraction, grow_fraction, optimizer)
+        return True
+
+    def _update(self, layer, prune_fraction, grow_fraction, optimizer) -> None:
+        layout = layer.layout
+        n_prune = min(round(prune_fraction * layout.n_blocks), layout.nnz)
+        n_grow = round(grow_fraction * layout.n_blocks)
+        prune = None
+        pruned_positions = torch.zeros(layout.block_grid, dtype=torch.bool)
+        if n_prune:
+            scores = self.importance(layer, self.schedule.lam)
+            prune = torch.sort(scores, stable=True).indices[:n_prune]
+            pruned_positions[layout.row_indices[prune].long(), layout.col_indices[prune].long()] = (
+                True
+            )
+        # Regrow at random among blocks that are neither stored nor just pruned.
+        candidates = (~layout.block_mask().cpu() & ~pruned_positions).flatten().nonzero().squeeze(1)
+        chosen = candidates[torch.randperm(len(candidates), generator=self.generator)[:n_grow]]
+        grow = torch.zeros(layout.n_blocks, dtype=torch.bool)
+        grow[chosen] = True
+        layer.update_blocks(prune=prune, grow=grow.view(layout.block_grid), optimizer=optimizer)
+
+    def state_dict(self) -> dict:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.generator.set_state(state["generator"])

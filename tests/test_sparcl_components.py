@@ -1,0 +1,145 @@
+"""SparCL's three mechanisms in isolation: TDM schedule, DDR bookkeeping, DGM masks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from sparcl.ddr import DataRemoval
+from sparcl.dgm import GradientMasking
+from sparcl.tdm import TaskAwareMasking, TdmSchedule
+from sparcl_kernels.nn import SparseLinear
+
+# ---------------------------------------------------------------- TDM
+
+
+def test_tdm_schedule_table():
+    schedule = TdmSchedule(p_inter=0.01, p_intra=0.01, delta_k=5, frozen_epoch=45)
+    assert schedule.action(0) == (0.0, 0.01)
+    assert schedule.action(5) == pytest.approx((0.02, 0.01))
+    for epoch in range(10, 45, 5):
+        assert schedule.action(epoch) == (0.01, 0.01)
+    for epoch in (1, 4, 7, 45, 50):
+        assert schedule.action(epoch) == (0.0, 0.0)
+
+
+def test_tdm_grows_then_prunes_least_important_blocks():
+    torch.manual_seed(0)
+    layer = SparseLinear(64, 64, block_size=8, sparsity=0.5)  # 64 blocks, 32 stored
+    model = nn.Sequential(layer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdm = TaskAwareMasking(model, TdmSchedule(p_inter=2 / 64, p_intra=1 / 64, lam=0.5), seed=1)
+
+    before = layer.layout.block_mask()
+    assert tdm.begin_epoch(0, optimizer)
+    after_grow = layer.layout.block_mask()
+    grown = after_grow & ~before
+    assert int(grown.sum()) == 2 and torch.equal(after_grow & before, before)
+    positions = {tuple(p) for p in grown.nonzero().tolist()}
+    layout = layer.layout
+    for j, (r, c) in enumerate(
+        zip(layout.row_indices.tolist(), layout.col_indices.tolist(), strict=True)
+    ):
+        if (r, c) in positions:
+            assert torch.all(layer.values[j] == 0)  # grown blocks start at zero
+
+    assert not tdm.begin_epoch(3, optimizer)  # nothing between delta_k epochs
+    layer(torch.randn(16, 64)).square().sum().backward()
+    scores = TaskAwareMasking.importance(layer, 0.5)
+    expected_pruned_ids = torch.sort(scores, stable=True).indices[:3]
+    layout = layer.layout
+    expected_pruned = {
+        (layout.row_indices[j].item(), layout.col_indices[j].item()) for j in expected_pruned_ids
+    }
+    mask_before = layout.block_mask()
+    assert tdm.begin_epoch(5, optimizer)  # prune p_inter + p_intra = 3, regrow 1
+    mask_after = layer.layout.block_mask()
+    assert int(mask_after.sum()) == 32
+    removed = {tuple(p) for p in (mask_before & ~mask_after).nonzero().tolist()}
+    added = {tuple(p) for p in (mask_after & ~mask_before).nonzero().tolist()}
+    assert removed == expected_pruned
+    assert len(added) == 1 and not added & expected_pruned
+
+
+def test_tdm_is_seeded():
+    masks = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        layer = SparseLinear(64, 64, block_size=8, sparsity=0.5)
+        TaskAwareMasking(nn.Sequential(layer), TdmSchedule(p_inter=4 / 64), seed=7).begin_epoch(0)
+        masks.append(layer.layout.block_mask())
+    assert torch.equal(masks[0], masks[1])
+
+
+# ---------------------------------------------------------------- DDR
+
+
+def test_ddr_counts_forgetting_events_on_hand_made_sequences():
+    ddr = DataRemoval(4, remove_fraction=0.25, removal_epochs=(1,), seed=0)
+    # Example 0: T F T F -> 2 events; 1: T T T T -> 0; 2: F F F F -> never learned; 3: F T F T -> 1.
+    sequences = [
+        [True, True, False, False],
+        [False, True, False, True],
+        [True, True, False, False],
+        [False, True, False, True],
+    ]
+    for step in sequences:
+        ddr.record(torch.arange(4), torch.tensor(step))
+    assert ddr.forgetting_events.tolist() == [2, 0, 0, 1]
+    assert ddr.ever_learned.tolist() == [True, True, False, True]
+    assert ddr.begin_epoch(0) == 0  # not a removal epoch
+    assert ddr.begin_epoch(1) == 1
+    assert ddr.active_positions().tolist() == [0, 2, 3]  # the unforgettable example 1 goes
+
+
+def test_ddr_removal_schedule_and_seeded_tie_break():
+    removed = []
+    for _ in range(2):
+        ddr = DataRemoval(40, remove_fraction=0.075, removal_epochs=(5, 10, 15, 20), seed=3)
+        ddr.record(torch.arange(40), torch.ones(40, dtype=torch.bool))  # all learned, 0 events
+        counts = [ddr.begin_epoch(epoch) for epoch in range(25)]
+        assert sum(counts) == 12 and counts[5] == counts[10] == counts[15] == counts[20] == 3
+        removed.append(ddr.active.clone())
+    assert torch.equal(removed[0], removed[1])
+    other = DataRemoval(40, seed=4)
+    other.record(torch.arange(40), torch.ones(40, dtype=torch.bool))
+    other.begin_epoch(5)
+    assert int(other.active.sum()) == 37
+
+
+# ---------------------------------------------------------------- DGM
+
+
+def test_dgm_keeps_a_fraction_of_stored_blocks_and_masked_weights_do_not_move():
+    torch.manual_seed(0)
+    layer = SparseLinear(64, 64, block_size=8, sparsity=0.75)  # 16 stored blocks
+    model = nn.Sequential(layer)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    dgm = GradientMasking(model, keep_fraction=0.25, interval=3)
+    x = torch.randn(32, 64)
+    for iteration in range(6):
+        optimizer.zero_grad()
+        dgm.before_backward()
+        mask = layer.grad_block_mask
+        before = layer.values.detach().clone()
+        layer(x).square().sum().backward()
+        dgm.after_backward()
+        optimizer.step()
+        if iteration % 3 == 0:
+            assert mask is None  # refresh: full gradient
+            assert int(layer.grad_block_mask.sum()) == 4  # 25% of the 16 stored blocks
+        else:
+            assert torch.equal(layer.values[~mask], before[~mask])
+            assert not torch.equal(layer.values[mask], before[mask])
+    # 2 full iterations of 16 blocks + 4 masked of 4 blocks, over 6 x 16 stored.
+    assert dgm.gradient_density == pytest.approx((2 * 16 + 4 * 4) / (6 * 16))
+
+
+def test_dgm_picks_the_largest_gradient_blocks():
+    layer = SparseLinear(16, 16, block_size=8, sparsity=0.0)  # 4 blocks
+    dgm = GradientMasking(nn.Sequential(layer), keep_fraction=0.5, interval=10)
+    dgm.before_backward()
+    layer.values.grad = torch.stack([torch.full((8, 8), v) for v in (1.0, 4.0, 2.0, 3.0)])
+    dgm.after_backward()
+    assert layer.grad_block_mask.tolist() == [False, True, False, True]
