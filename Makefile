@@ -30,8 +30,8 @@ format: $(VENV)/.deps
 test: lint $(VENV)/.built
 	$(PY) -m pytest
 
-# The main job: a short SparCL-style DER++ run on Split Fashion-MNIST (Debian's package) with
-# the block convs of a ResNet-18 at 90% block sparsity on the CPU fast path.
+# The main job: a short SparCL-DER++ run (TDM + DDR + DGM) on Split Fashion-MNIST (Debian's
+# package) with the block convs of a ResNet-18 at 90% block sparsity on the CPU fast path.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
@@ -40,9 +40,9 @@ $(FMNIST):
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
 run: $(VENV)/.built $(FMNIST)
-	$(VENV)/bin/sparcl train --model derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
-		--block_size 32 --n_epochs 1 --max_train_per_task 640 --buffer_size 500 \
-		--alpha 0.1 --beta 0.5 --mask_current_logits --output_dir runs
+	$(VENV)/bin/sparcl train --model sparcl-derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
+		--block_size 32 --n_epochs 6 --max_train_per_task 160 --buffer_size 500 \
+		--alpha 0.1 --beta 0.5 --mask_current_logits --dgm_interval 10 --output_dir runs
 
 demo: $(VENV)/.built
 	$(PY) bench/demo.py

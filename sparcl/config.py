@@ -40,6 +40,16 @@ class TrainConfig:
     debug_mode: int = 0
     deterministic: bool = False
     quiet: bool = False
+    # SparCL (sparcl-er / sparcl-derpp): TDM, DDR, DGM; defaults from the paper.
+    tdm_p_inter: float = 0.01
+    tdm_p_intra: float = 0.01
+    tdm_delta_k: int = 5
+    tdm_lambda: float = 0.5
+    tdm_frozen_epoch: int = 45
+    ddr_fraction: float = 0.075
+    ddr_epochs: str = "5,10,15,20"
+    dgm_keep: float = 0.8
+    dgm_interval: int = 30
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid setting."""
@@ -72,6 +82,44 @@ class TrainConfig:
                 raise ValueError(message)
         if METHODS[self.model].uses_buffer and self.buffer_size == 0:
             raise ValueError(f"--model {self.model} needs --buffer_size > 0")
+        if METHODS[self.model].needs_sparsity and not self.sparse:
+            raise ValueError(f"--model {self.model} needs --sparsity > 0 (and no --dense)")
+        sparcl_checks = [
+            (
+                0 <= self.tdm_p_inter < 1 and 0 <= self.tdm_p_intra < 1,
+                "--tdm_p_* must be in [0, 1)",
+            ),
+            (self.tdm_delta_k > 0, "--tdm_delta_k must be > 0"),
+            (0 <= self.ddr_fraction < 1, "--ddr_fraction must be in [0, 1)"),
+            (0 < self.dgm_keep <= 1, "--dgm_keep must be in (0, 1]"),
+            (self.dgm_interval > 0, "--dgm_interval must be > 0"),
+        ]
+        for ok, message in sparcl_checks:
+            if not ok:
+                raise ValueError(message)
+        try:
+            self.removal_epochs()
+        except ValueError:
+            raise ValueError(
+                f"--ddr_epochs must be comma-separated integers, got {self.ddr_epochs!r}"
+            ) from None
+
+    def removal_epochs(self) -> tuple[int, ...]:
+        return tuple(int(e) for e in str(self.ddr_epochs).split(",") if e.strip())
+
+    def method_options(self) -> dict:
+        """Settings handed to the method's constructor (SparCL's; plain methods ignore them)."""
+        return {
+            "tdm_p_inter": self.tdm_p_inter,
+            "tdm_p_intra": self.tdm_p_intra,
+            "tdm_delta_k": self.tdm_delta_k,
+            "tdm_lambda": self.tdm_lambda,
+            "tdm_frozen_epoch": self.tdm_frozen_epoch,
+            "ddr_fraction": self.ddr_fraction,
+            "ddr_epochs": self.removal_epochs(),
+            "dgm_keep": self.dgm_keep,
+            "dgm_interval": self.dgm_interval,
+        }
 
     @property
     def sparse(self) -> bool:

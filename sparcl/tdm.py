@@ -28,15 +28,19 @@ class TdmSchedule:
     lam: float = 0.5
     frozen_epoch: int = 45
 
-    def action(self, epoch: int) -> tuple[float, float]:
-        """(prune fraction, grow fraction) of the layer's blocks at the start of ``epoch``."""
+    def action(self, epoch: int) -> tuple[tuple[float, ...], float]:
+        """(prune fractions, grow fraction) of the layer's blocks at the start of ``epoch``.
+
+        The prune fractions are rounded to block counts one by one, exactly as the grows they
+        undo, so that a layer's density returns to its target whatever its size.
+        """
         if epoch == 0:
-            return 0.0, self.p_inter
+            return (), self.p_inter
         if epoch % self.delta_k or epoch >= self.frozen_epoch:
-            return 0.0, 0.0
+            return (), 0.0
         if epoch == self.delta_k:
-            return self.p_inter + self.p_intra, self.p_intra
-        return self.p_intra, self.p_intra
+            return (self.p_inter, self.p_intra), self.p_intra
+        return (self.p_intra,), self.p_intra
 
 
 class TaskAwareMasking:
@@ -56,16 +60,16 @@ class TaskAwareMasking:
     @torch.no_grad()
     def begin_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
         """Apply the schedule's layout change for ``epoch`` (task-relative); True if any."""
-        prune_fraction, grow_fraction = self.schedule.action(epoch)
-        if not prune_fraction and not grow_fraction:
+        prune_fractions, grow_fraction = self.schedule.action(epoch)
+        if not any(prune_fractions) and not grow_fraction:
             return False
         for layer in self.layers:
-            self._update(layer, prune_fraction, grow_fraction, optimizer)
+            self._update(layer, prune_fractions, grow_fraction, optimizer)
         return True
 
-    def _update(self, layer, prune_fraction, grow_fraction, optimizer) -> None:
+    def _update(self, layer, prune_fractions, grow_fraction, optimizer) -> None:
         layout = layer.layout
-        n_prune = min(round(prune_fraction * layout.n_blocks), layout.nnz)
+        n_prune = min(sum(round(p * layout.n_blocks) for p in prune_fractions), layout.nnz)
         n_grow = round(grow_fraction * layout.n_blocks)
         prune = None
         pruned_positions = torch.zeros(layout.block_grid, dtype=torch.bool)

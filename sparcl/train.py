@@ -60,6 +60,7 @@ class Progress:
     metrics_rows: list[dict] = field(default_factory=list)
     task_seconds: list[float] = field(default_factory=list)
     task_samples_per_second: list[float] = field(default_factory=list)
+    gradient_density: float | None = None  # DGM: stored weight-gradient blocks computed
 
 
 def train_task(
@@ -74,12 +75,13 @@ def train_task(
     method.begin_task(task)
     indices = method.training_indices(data, task)
     if config.max_train_per_task:
-        indices = indices[torch.randperm(len(indices), generator=generator)][
-            : config.max_train_per_task
-        ]
+        shuffled = torch.randperm(len(indices), generator=generator)
+        indices = indices[shuffled][: config.max_train_per_task]
     total_seconds, total_examples = 0.0, 0
     for epoch in range(config.n_epochs):
-        order = indices[torch.randperm(len(indices), generator=generator)]
+        method.begin_epoch(task, epoch)
+        positions = method.epoch_positions(len(indices))  # DDR may have removed some
+        order = positions[torch.randperm(len(positions), generator=generator)]
         batches = list(order.split(config.batch_size))
         if config.debug_mode:
             batches = batches[:DEBUG_BATCHES]
@@ -90,16 +92,15 @@ def train_task(
             disable=True if config.quiet else None,
         )
         losses, examples, start = [], 0, time.perf_counter()
-        for batch in bar:
-            raw = data.train_images[batch]
-            loss = method.observe(
-                augment(raw, data.protocol, generator), data.train_labels[batch], raw, task
-            )
+        for batch_positions in bar:
+            batch = indices[batch_positions]
+            raw, labels = data.train_images[batch], data.train_labels[batch]
+            loss = method.observe(augment(raw, data.protocol, generator), labels, raw, task)
+            method.after_observe(batch_positions, labels)
             losses.append(loss)
             examples += len(batch)
-            bar.set_postfix(
-                loss=f"{loss:.3f}", samples_per_s=f"{examples / (time.perf_counter() - start):.0f}"
-            )
+            rate = examples / (time.perf_counter() - start)
+            bar.set_postfix(loss=f"{loss:.3f}", samples_per_s=f"{rate:.0f}")
         seconds = time.perf_counter() - start
         total_seconds += seconds
         total_examples += examples
@@ -141,6 +142,7 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "task_seconds": progress.task_seconds,
         "task_samples_per_second": progress.task_samples_per_second,
         "layer_sparsity": layer_sparsity(net),
+        "gradient_density": progress.gradient_density,
         "backend": sk.backend_info(),
         "current_logit_masking": config.mask_current_logits,
         "versions": {
@@ -196,6 +198,7 @@ def train(
         config.beta,
         config.mask_current_logits,
         config.seed,
+        **config.method_options(),
     )
     progress = Progress()
     latest = run_dir.latest_checkpoint() if resume else None
@@ -213,6 +216,8 @@ def train(
         progress.task_seconds.append(round(seconds, 4))
         progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
         progress.next_task = task + 1
+        if hasattr(method, "dgm"):
+            progress.gradient_density = round(method.dgm.gradient_density, 6)
         print(
             f"Accuracy for {task + 1} task(s): [Class-IL]: {sum(class_il) / len(class_il):.2f} % "
             f"[Task-IL]: {sum(task_il) / len(task_il):.2f} %  "

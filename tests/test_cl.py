@@ -8,6 +8,7 @@ import pytest
 import torch
 from cl_data import write_cifar10, write_fmnist, write_tiny_imagenet
 
+import sparcl_kernels as sk
 from sparcl.buffer import ReservoirBuffer
 from sparcl.cli import main
 from sparcl.data import PROTOCOLS, MissingDataError, augment, load_dataset, normalize
@@ -275,3 +276,50 @@ def test_invalid_settings_are_rejected_at_start(tmp_path, capsys, args, message)
     assert main(["train", "--output_dir", str(tmp_path), *args]) == 2
     assert message in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # nothing was started
+
+
+# ---------------------------------------------------------------- SparCL end to end
+
+SPARCL_ARGS = [
+    "--nf", "8", "--sparsity", "0.75", "--block_size", "8", "--n_epochs", "6",
+    "--debug_mode", "1", "--buffer_size", "16", "--batch_size", "4", "--minibatch_size", "4",
+    "--tdm_p_inter", "0.05", "--tdm_p_intra", "0.05", "--dgm_interval", "2",
+    "--dgm_keep", "0.5", "--mask_current_logits",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("model", ["sparcl-er", "sparcl-derpp"])
+def test_sparcl_methods_run_end_to_end(tmp_path, fmnist_dir, model):
+    results = _train(["--model", model, *SPARCL_ARGS], tmp_path, fmnist_dir)
+    assert len(results["class_il"]) == 5
+    # TDM's grow at epoch 0 and prune-and-regrow at epoch 5 bring every layer back to the
+    # density it started with (0.75 up to rounding to whole blocks).
+    from sparcl.models import BLOCK_CONV_PATTERNS, resnet18
+    from sparcl.train import layer_sparsity
+
+    initial = sk.sparsify(resnet18(10, 8, 1), 0.75, 8, include=BLOCK_CONV_PATTERNS)
+    assert results["layer_sparsity"] == layer_sparsity(initial)
+    # DGM skipped half of the stored blocks' weight-gradient work on non-refresh steps.
+    assert 0.5 <= results["gradient_density"] < 1.0
+
+
+def test_sparcl_needs_sparse_layers(tmp_path, capsys):
+    assert main(["train", "--model", "sparcl-derpp", "--output_dir", str(tmp_path)]) == 2
+    assert "needs --sparsity > 0" in capsys.readouterr().err
+
+
+def test_sparcl_resume_matches_uninterrupted_run(tmp_path, fmnist_dir):
+    args = ["--model", "sparcl-derpp", *SPARCL_ARGS, "--deterministic"]
+    full = _train(args, tmp_path / "full", fmnist_dir)
+    run = tmp_path / "full" / full["run_dir"]
+    final = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    for task in (4, 5):
+        (run / "checkpoints" / f"task_{task}.pt").unlink()
+    (run / "checkpoints" / "latest.txt").write_text("task_3.pt\n")
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["class_il"] == full["class_il"]
+    assert resumed["gradient_density"] == full["gradient_density"]
+    again = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    for name, tensor in final.items():
+        assert torch.equal(again[name], tensor), name

@@ -16,12 +16,23 @@ from sparcl_kernels.nn import SparseLinear
 
 def test_tdm_schedule_table():
     schedule = TdmSchedule(p_inter=0.01, p_intra=0.01, delta_k=5, frozen_epoch=45)
-    assert schedule.action(0) == (0.0, 0.01)
-    assert schedule.action(5) == pytest.approx((0.02, 0.01))
+    assert schedule.action(0) == ((), 0.01)
+    assert schedule.action(5) == ((0.01, 0.01), 0.01)
     for epoch in range(10, 45, 5):
-        assert schedule.action(epoch) == (0.01, 0.01)
+        assert schedule.action(epoch) == ((0.01,), 0.01)
     for epoch in (1, 4, 7, 45, 50):
-        assert schedule.action(epoch) == (0.0, 0.0)
+        assert schedule.action(epoch) == ((), 0.0)
+
+
+def test_tdm_keeps_small_layers_at_their_density_over_many_tasks():
+    """1% of 36 blocks rounds to 0 grows; the matching prune must round to 0 too."""
+    torch.manual_seed(0)
+    layer = SparseLinear(32, 288, block_size=16, sparsity=0.9)  # 2 x 18 = 36 blocks, 4 stored
+    tdm = TaskAwareMasking(nn.Sequential(layer), TdmSchedule(), seed=0)
+    for _task in range(10):
+        for epoch in range(50):
+            tdm.begin_epoch(epoch)
+    assert layer.values.shape[0] == 4
 
 
 def test_tdm_grows_then_prunes_least_important_blocks():

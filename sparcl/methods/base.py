@@ -21,6 +21,7 @@ class ContinualMethod:
 
     name = "base"
     uses_buffer = False
+    needs_sparsity = False  # SparCL methods need block-sparse layers to mask
 
     def __init__(
         self,
@@ -34,7 +35,9 @@ class ContinualMethod:
         beta: float = 0.0,
         mask_current_logits: bool = False,
         seed: int = 0,
+        **options: object,
     ) -> None:
+        # `options` carries method-specific settings (e.g. SparCL's); plain methods ignore them.
         self.net = net
         self.protocol = protocol
         self.transform = transform
@@ -43,7 +46,9 @@ class ContinualMethod:
         self.alpha, self.beta = alpha, beta
         self.mask_current_logits = mask_current_logits
         self.buffer = ReservoirBuffer(buffer_size if self.uses_buffer else 0, seed)
+        self.seed = seed
         self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
+        self.last_logits: torch.Tensor | None = None  # current-batch logits of the last step
 
     def begin_task(self, task: int) -> None:
         """SparCL protocol: plain SGD, re-created for every task."""
@@ -52,6 +57,16 @@ class ContinualMethod:
     def training_indices(self, data: SplitData, task: int) -> torch.Tensor:
         """Which training examples this method trains on during ``task``."""
         return data.task_indices(task)
+
+    def begin_epoch(self, task: int, epoch: int) -> None:
+        """Hook at the start of every epoch (task-relative ``epoch``)."""
+
+    def epoch_positions(self, count: int) -> torch.Tensor:
+        """Which of the task's ``count`` training examples this epoch visits (all by default)."""
+        return torch.arange(count)
+
+    def after_observe(self, positions: torch.Tensor, labels: torch.Tensor) -> None:
+        """Hook after each step with the batch's positions in the task's example list."""
 
     def current_loss(self, logits: torch.Tensor, labels: torch.Tensor, task: int) -> torch.Tensor:
         """Cross-entropy on the current batch, optionally over the current task's classes only."""

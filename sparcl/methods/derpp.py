@@ -33,4 +33,5 @@ class Derpp(ContinualMethod):
         loss.backward()
         self.optimizer.step()
         self.buffer.add(raw_inputs, labels, logits.detach(), task)
+        self.last_logits = logits[: len(labels)].detach()
         return loss.item()

@@ -29,4 +29,5 @@ class Er(ContinualMethod):
         loss.backward()
         self.optimizer.step()
         self.buffer.add(raw_inputs, labels, logits[:n].detach(), task)
+        self.last_logits = logits[: len(labels)].detach()
         return loss.item()
