@@ -19,6 +19,7 @@ import sparcl_kernels as sk
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset
 from sparcl.evaluate import evaluate
+from sparcl.flops import count_flops
 from sparcl.methods import METHODS, ContinualMethod
 from sparcl.metrics import average_accuracy, backward_transfer, forgetting
 from sparcl.models import BLOCK_CONV_PATTERNS, MLP, resnet18
@@ -61,6 +62,7 @@ class Progress:
     task_seconds: list[float] = field(default_factory=list)
     task_samples_per_second: list[float] = field(default_factory=list)
     gradient_density: float | None = None  # DGM: stored weight-gradient blocks computed
+    training_flops: dict | None = None
 
 
 def train_task(
@@ -128,6 +130,15 @@ def _git_revision() -> str | None:
         return None
 
 
+def training_flops(net: nn.Module, data: SplitData, method: ContinualMethod, density) -> dict:
+    """Dense-equivalent and actual training FLOPs of the whole run (see sparcl.flops)."""
+    protocol = data.protocol
+    shape = (protocol.channels, protocol.image_size, protocol.image_size)
+    totals = count_flops(net, shape).step(method.samples_forwarded, density or 1.0)
+    totals["reduction"] = totals["dense_equivalent"] / totals["actual"] if totals["actual"] else 1.0
+    return totals
+
+
 def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> dict:
     return {
         "config": config.to_dict(),
@@ -143,6 +154,8 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "task_samples_per_second": progress.task_samples_per_second,
         "layer_sparsity": layer_sparsity(net),
         "gradient_density": progress.gradient_density,
+        "training_flops": progress.training_flops,
+        "training_seconds": round(sum(progress.task_seconds), 4),
         "backend": sk.backend_info(),
         "current_logit_masking": config.mask_current_logits,
         "versions": {
@@ -218,6 +231,7 @@ def train(
         progress.next_task = task + 1
         if hasattr(method, "dgm"):
             progress.gradient_density = round(method.dgm.gradient_density, 6)
+        progress.training_flops = training_flops(net, data, method, progress.gradient_density)
         print(
             f"Accuracy for {task + 1} task(s): [Class-IL]: {sum(class_il) / len(class_il):.2f} % "
             f"[Task-IL]: {sum(task_il) / len(task_il):.2f} %  "

@@ -301,6 +301,8 @@ def test_sparcl_methods_run_end_to_end(tmp_path, fmnist_dir, model):
     assert results["layer_sparsity"] == layer_sparsity(initial)
     # DGM skipped half of the stored blocks' weight-gradient work on non-refresh steps.
     assert 0.5 <= results["gradient_density"] < 1.0
+    flops = results["training_flops"]
+    assert flops["dense_equivalent"] > flops["actual"] > 0 and flops["reduction"] > 1.5
 
 
 def test_sparcl_needs_sparse_layers(tmp_path, capsys):

@@ -154,3 +154,27 @@ def test_dgm_picks_the_largest_gradient_blocks():
     layer.values.grad = torch.stack([torch.full((8, 8), v) for v in (1.0, 4.0, 2.0, 3.0)])
     dgm.after_backward()
     assert layer.grad_block_mask.tolist() == [False, True, False, True]
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def test_flops_of_a_tiny_model_by_hand():
+    from sparcl.flops import count_flops
+    from sparcl_kernels.nn import SparseConv2d
+
+    model = nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),  # 4x4 out: 16 px * 8 * 1 * 9 = 1152 MACs
+        SparseConv2d(8, 16, 3, padding=1, block_size=8, sparsity=0.5),  # 16 * 16 * 8 * 9 = 18432
+        nn.Flatten(),
+        nn.Linear(16 * 16, 10),  # 2560 MACs
+    )
+    flops = count_flops(model, (1, 4, 4))
+    assert flops.dense_part == 2 * (1152 + 2560)
+    assert flops.sparse_part == 2 * 18432
+    assert flops.sparse_density == model[1].layout.density == 0.5
+    step = flops.step(samples=32, gradient_density=0.5)
+    forward = 2 * (1152 + 2560) + 0.5 * 2 * 18432
+    weight_grad = 2 * (1152 + 2560) + 0.5 * 0.5 * 2 * 18432
+    assert step["actual"] == 32 * (2 * forward + weight_grad)
+    assert step["dense_equivalent"] == 32 * 3 * 2 * (1152 + 2560 + 18432)

@@ -49,6 +49,7 @@ class ContinualMethod:
         self.seed = seed
         self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
         self.last_logits: torch.Tensor | None = None  # current-batch logits of the last step
+        self.samples_forwarded = 0  # examples through forward + backward (FLOPs accounting)
 
     def begin_task(self, task: int) -> None:
         """SparCL protocol: plain SGD, re-created for every task."""
@@ -83,7 +84,8 @@ class ContinualMethod:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict()}
+        return {"buffer": self.buffer.state_dict(), "samples_forwarded": self.samples_forwarded}
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
+        self.samples_forwarded = state["samples_forwarded"]

@@ -21,8 +21,10 @@ class Derpp(ContinualMethod):
         self.optimizer.zero_grad()
         logits = self.net(inputs)
         loss = self.current_loss(logits, labels, task)
+        self.samples_forwarded += len(labels)
         if not self.buffer.is_empty():
             replay_inputs, _, replay_logits = self.buffer.sample(self.minibatch_size)
+            self.samples_forwarded += 2 * len(replay_inputs)
             loss = loss + self.alpha * F.mse_loss(
                 self.net(self.transform(replay_inputs)), replay_logits
             )

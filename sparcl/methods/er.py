@@ -27,6 +27,7 @@ class Er(ContinualMethod):
             loss = self.current_loss(logits[:n], labels, task)
             loss = loss + F.cross_entropy(logits[n:], replay_labels)
         loss.backward()
+        self.samples_forwarded += len(logits)
         self.optimizer.step()
         self.buffer.add(raw_inputs, labels, logits[:n].detach(), task)
         self.last_logits = logits[: len(labels)].detach()

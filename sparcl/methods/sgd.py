@@ -16,5 +16,6 @@ class Sgd(ContinualMethod):
         self.optimizer.zero_grad()
         loss = self.current_loss(self.net(inputs), labels, task)
         loss.backward()
+        self.samples_forwarded += len(labels)
         self.optimizer.step()
         return loss.item()
