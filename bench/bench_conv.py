@@ -16,7 +16,7 @@ import datetime
 import multiprocessing
 
 import torch
-from timing import interleaved_medians
+from timing import emit, interleaved_medians
 from torch import nn
 from tqdm import tqdm
 
@@ -163,10 +163,7 @@ def main() -> None:
         lines += conv_table(size, args.sparsities, args.block, args.repeats)
     lines += memory_table(0.9, args.block)
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(text + "\n")
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from timing import interleaved_medians
+from timing import emit, interleaved_medians
 from tqdm import tqdm
 
 import sparcl_kernels as sk
@@ -170,10 +170,7 @@ def main() -> None:
         f" · medians of {args.repeats} interleaved repeats · fp32"
     )
     text = header + "\n" + tables(rows)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(text + "\n")
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ import argparse
 import datetime
 
 import torch
-from timing import interleaved_medians
+from timing import emit, interleaved_medians
 
 import sparcl_kernels as sk
 from sparcl.data import augment, load_dataset
@@ -97,10 +97,7 @@ def main() -> None:
             f"{speedup / reduction:.0%} |"
         )
     text = "\n".join(lines)
-    print(text)
-    if args.markdown:
-        with open(args.markdown, "w") as handle:
-            handle.write(text + "\n")
+    emit(text, args.markdown)
 
 
 if __name__ == "__main__":

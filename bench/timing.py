@@ -33,3 +33,11 @@ def interleaved_medians(
             fn()
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def emit(text: str, markdown: str | None) -> None:
+    """Print a benchmark's tables, and write them to ``markdown`` when a path is given."""
+    print(text)
+    if markdown:
+        with open(markdown, "w") as handle:
+            handle.write(text + "\n")

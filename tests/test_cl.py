@@ -139,22 +139,10 @@ def _train(args: list[str], tmp_path, data_dir) -> dict:
 @pytest.mark.parametrize("model", ["sgd", "er", "derpp", "joint"])
 def test_every_method_runs_end_to_end(tmp_path, fmnist_dir, model):
     results = _train(
-        [
-            "--model",
-            model,
-            "--backbone",
-            "mlp",
-            "--n_epochs",
-            "2",
-            "--debug_mode",
-            "1",
-            "--buffer_size",
-            "20",
-            "--batch_size",
-            "8",
-            "--minibatch_size",
-            "8",
-        ],
+        (
+            f"--model {model} --backbone mlp --n_epochs 2 --debug_mode 1 "
+            f"--buffer_size 20 --batch_size 8 --minibatch_size 8"
+        ).split(),
         tmp_path,
         fmnist_dir,
     )
@@ -168,27 +156,11 @@ def test_every_method_runs_end_to_end(tmp_path, fmnist_dir, model):
 
 def test_sparse_resnet_run_uses_the_fast_path(tmp_path, fmnist_dir):
     results = _train(
-        [
-            "--model",
-            "derpp",
-            "--nf",
-            "8",
-            "--sparsity",
-            "0.5",
-            "--block_size",
-            "8",
-            "--n_epochs",
-            "1",
-            "--debug_mode",
-            "1",
-            "--buffer_size",
-            "16",
-            "--batch_size",
-            "4",
-            "--minibatch_size",
-            "4",
-            "--mask_current_logits",
-        ],
+        (
+            "--model derpp --nf 8 --sparsity 0.5 --block_size 8 --n_epochs 1 "
+            "--debug_mode 1 --buffer_size 16 --batch_size 4 --minibatch_size 4 "
+            "--mask_current_logits"
+        ).split(),
         tmp_path,
         fmnist_dir,
     )
@@ -198,36 +170,28 @@ def test_sparse_resnet_run_uses_the_fast_path(tmp_path, fmnist_dir):
     assert results["current_logit_masking"] is True
 
 
-def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, fmnist_dir):
-    args = [
-        "--model",
-        "derpp",
-        "--backbone",
-        "mlp",
-        "--n_epochs",
-        "2",
-        "--debug_mode",
-        "1",
-        "--buffer_size",
-        "20",
-        "--batch_size",
-        "8",
-        "--deterministic",
-    ]
-    full = _train(args, tmp_path / "full", fmnist_dir)
-    run = tmp_path / "full" / full["run_dir"]
+def _assert_resume_reproduces(args: list[str], kill_after: int, tmp_path, data_dir) -> None:
+    """Train to the end; then cut the run back to task `kill_after`, resume, compare."""
+    full = _train([*args, "--deterministic"], tmp_path, data_dir)
+    run = tmp_path / full["run_dir"]
     final_weights = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
-    # Simulate a kill after task 2: later checkpoints and results never got written.
-    for task in (3, 4, 5):
+    # Simulate a kill: later checkpoints and the results never got written.
+    for task in range(kill_after + 1, 6):
         (run / "checkpoints" / f"task_{task}.pt").unlink()
-    (run / "checkpoints" / "latest.txt").write_text("task_2.pt\n")
+    (run / "checkpoints" / "latest.txt").write_text(f"task_{kill_after}.pt\n")
     (run / "results.json").unlink()
     assert main(["train", "--resume", str(run), "--quiet"]) == 0
     resumed = json.loads((run / "results.json").read_text())
-    assert resumed["class_il"] == full["class_il"] and resumed["task_il"] == full["task_il"]
+    for key in ("class_il", "task_il", "gradient_density", "training_flops"):
+        assert resumed[key] == full[key], key
     resumed_weights = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
     for name, tensor in final_weights.items():
         assert torch.equal(resumed_weights[name], tensor), name
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, fmnist_dir):
+    args = "--model derpp --backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8".split()
+    _assert_resume_reproduces([*args, "--buffer_size", "20"], 2, tmp_path, fmnist_dir)
 
 
 def test_eval_command_re_evaluates_a_checkpoint(tmp_path, fmnist_dir, capsys):
@@ -311,17 +275,4 @@ def test_sparcl_needs_sparse_layers(tmp_path, capsys):
 
 
 def test_sparcl_resume_matches_uninterrupted_run(tmp_path, fmnist_dir):
-    args = ["--model", "sparcl-derpp", *SPARCL_ARGS, "--deterministic"]
-    full = _train(args, tmp_path / "full", fmnist_dir)
-    run = tmp_path / "full" / full["run_dir"]
-    final = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
-    for task in (4, 5):
-        (run / "checkpoints" / f"task_{task}.pt").unlink()
-    (run / "checkpoints" / "latest.txt").write_text("task_3.pt\n")
-    assert main(["train", "--resume", str(run), "--quiet"]) == 0
-    resumed = json.loads((run / "results.json").read_text())
-    assert resumed["class_il"] == full["class_il"]
-    assert resumed["gradient_density"] == full["gradient_density"]
-    again = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
-    for name, tensor in final.items():
-        assert torch.equal(again[name], tensor), name
+    _assert_resume_reproduces(["--model", "sparcl-derpp", *SPARCL_ARGS], 3, tmp_path, fmnist_dir)

@@ -20,6 +20,10 @@ from sparcl.tdm import TaskAwareMasking, TdmSchedule
 class SparclMixin:
     """Adds SparCL's three mechanisms to a rehearsal method's ``observe()``."""
 
+    def __init__(self, *args, **options) -> None:
+        super().__init__(*args, **options)
+        self._init_sparcl(options)
+
     def _init_sparcl(self, options: dict) -> None:
         schedule = TdmSchedule(
             p_inter=options.get("tdm_p_inter", 0.01),
@@ -74,15 +78,7 @@ class SparclDerpp(SparclMixin, Derpp):
     name = "sparcl-derpp"
     needs_sparsity = True
 
-    def __init__(self, *args, **options) -> None:
-        super().__init__(*args, **options)
-        self._init_sparcl(options)
-
 
 class SparclEr(SparclMixin, Er):
     name = "sparcl-er"
     needs_sparsity = True
-
-    def __init__(self, *args, **options) -> None:
-        super().__init__(*args, **options)
-        self._init_sparcl(options)
