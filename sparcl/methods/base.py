@@ -84,8 +84,13 @@ class ContinualMethod:
         raise NotImplementedError
 
     def state_dict(self) -> dict:
-        return {"buffer": self.buffer.state_dict(), "samples_forwarded": self.samples_forwarded}
+        return {
+            "buffer": self.buffer.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "samples_forwarded": self.samples_forwarded,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.buffer.load_state_dict(state["buffer"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.samples_forwarded = state["samples_forwarded"]
