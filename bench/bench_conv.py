@@ -16,7 +16,7 @@ import datetime
 import multiprocessing
 
 import torch
-from timing import emit, interleaved_medians
+from timing import emit, interleaved_medians, peak_rss_mb
 from torch import nn
 from tqdm import tqdm
 
@@ -112,17 +112,7 @@ def _peak_rss_of_training_steps(kind: str, sparsity: float, block: int, queue) -
         optimizer.zero_grad()
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
-    queue.put(_peak_rss_mb())
-
-
-def _peak_rss_mb() -> float:
-    # VmHWM belongs to this process's address space; ru_maxrss would carry over the parent's
-    # peak across fork + exec on Linux.
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    queue.put(peak_rss_mb())
 
 
 def memory_table(sparsity: float, block: int) -> list[str]:

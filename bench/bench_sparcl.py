@@ -4,7 +4,8 @@ Full DER++ steps (current batch + two buffer batches, forward + backward + SGD s
 CIFAR-stem ResNet-18 (nf=64) on Split Fashion-MNIST images, batch 32, with SparCL's TDM/DGM
 machinery active (DGM refreshing every 30 steps, so most timed steps are masked ones, as in
 steady state). Variants are timed interleaved in one process (medians); FLOPs come from
-sparcl.flops, and the realization ratio is measured speedup / FLOP reduction.
+sparcl.flops, and the realization ratio is measured speedup / FLOP reduction. Peak RSS is
+that of a fresh process per variant that loads the data and takes three steps.
 
     python bench/bench_sparcl.py --repeats 6 --markdown /tmp/sparcl.md
 """
@@ -13,9 +14,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import multiprocessing
 
 import torch
-from timing import emit, interleaved_medians
+from timing import emit, interleaved_medians, peak_rss_mb
 
 import sparcl_kernels as sk
 from sparcl.data import augment, load_dataset
@@ -44,6 +46,28 @@ def make_method(kind: str, sparsity: float, data, nf: int):
     raw = data.train_images[:500]
     method.buffer.add(raw, data.train_labels[:500], torch.zeros(500, protocol.n_classes), 0)
     return method
+
+
+def _steps_peak_rss(kind: str, sparsity: float, nf: int, data_dir, queue) -> None:
+    data = load_dataset("seq-fmnist", data_dir)
+    method = make_method(kind, sparsity, data, nf)
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(3):
+        index = torch.randint(0, len(data.train_labels), (32,), generator=generator)
+        raw = data.train_images[index]
+        method.observe(augment(raw, data.protocol, generator), data.train_labels[index], raw, 0)
+    queue.put(peak_rss_mb())
+
+
+def peak_memory(kind: str, sparsity: float, nf: int, data_dir) -> float:
+    """Peak RSS (MB) of a fresh process that loads the data and takes three steps."""
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    process = context.Process(target=_steps_peak_rss, args=(kind, sparsity, nf, data_dir, queue))
+    process.start()
+    peak = queue.get()
+    process.join()
+    return peak
 
 
 def main() -> None:
@@ -83,10 +107,15 @@ def main() -> None:
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
         f" · ResNet-18 nf={args.nf}, 28x28x1, batch 32 + 2 x 32 replay · medians of "
         f"{args.repeats} interleaved steps · fp32\n",
-        "| variant | step ms | speedup vs dense | FLOP reduction | realization ratio |",
-        "|---|---|---|---|---|",
+        "| variant | step ms | speedup vs dense | FLOP reduction | realization ratio "
+        "| peak RSS MB |",
+        "|---|---|---|---|---|---|",
     ]
     dense_time = times["dense DER++"]
+    peaks = {"dense DER++": peak_memory("dense", 0.0, args.nf, args.data_dir)}
+    for sparsity in args.sparsities:
+        peak = peak_memory("sparse", sparsity, args.nf, args.data_dir)
+        peaks[f"SparCL-DER++ block {sparsity:g}"] = peak
     for name, method in variants.items():
         density = method.dgm.gradient_density if hasattr(method, "dgm") else 1.0
         step_flops = count_flops(method.net, shape).step(96, density)
@@ -94,7 +123,8 @@ def main() -> None:
         speedup = dense_time / times[name]
         lines.append(
             f"| {name} | {times[name] * 1e3:.0f} | {speedup:.2f}x | {reduction:.2f}x | "
-            f"{speedup / reduction:.0%} |"
+            f"{speedup / reduction:.0%} | {peaks[name]:.0f} "
+            f"({peaks[name] / peaks['dense DER++']:.0%}) |"
         )
     text = "\n".join(lines)
     emit(text, args.markdown)

@@ -41,3 +41,16 @@ def emit(text: str, markdown: str | None) -> None:
     if markdown:
         with open(markdown, "w") as handle:
             handle.write(text + "\n")
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MB), from /proc/self/status.
+
+    VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
+    peak over fork + exec on Linux, so children started to measure memory read this instead.
+    """
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("VmHWM not found in /proc/self/status")
