@@ -112,6 +112,42 @@ def test_metrics_on_a_hand_made_matrix():
     assert forgetting([[50.0]]) == 0.0 and backward_transfer([[50.0]]) == 0.0
 
 
+# ---------------------------------------------------------------- methods
+
+
+def test_derpp_step_equals_one_backward_over_the_summed_loss():
+    """DER++ back-propagates its three terms one at a time; the step must not change."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from sparcl.methods import Derpp
+    from sparcl.models import MLP
+
+    torch.manual_seed(0)
+    protocol = PROTOCOLS["seq-fmnist"]
+    method = Derpp(MLP(784, 10), protocol, lambda raw: raw.float() / 255, 0.1, 50, 8, 0.3, 0.7)
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (40,))
+    method.buffer.add(images[:32], labels[:32], torch.randn(32, 10), 0)
+    twin = copy.deepcopy(method)
+    batch, batch_labels = images[32:], labels[32:]
+    loss = method.observe(batch.float() / 255, batch_labels, batch, 0)
+
+    net, buffer = twin.net, twin.buffer
+    logits = net(batch.float() / 255)
+    summed = F.cross_entropy(logits, batch_labels)
+    inputs, _, stored_logits = buffer.sample(8)
+    summed = summed + 0.3 * F.mse_loss(net(inputs.float() / 255), stored_logits)
+    inputs, replay_labels, _ = buffer.sample(8)
+    summed = summed + 0.7 * F.cross_entropy(net(inputs.float() / 255), replay_labels)
+    summed.backward()
+    twin.optimizer.step()
+    assert loss == pytest.approx(summed.item(), rel=1e-5)
+    for ours, reference in zip(method.net.parameters(), net.parameters(), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
 # ---------------------------------------------------------------- end to end
 
 
