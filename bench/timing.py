@@ -6,6 +6,10 @@ import statistics
 import time
 from collections.abc import Callable
 
+from sparcl.speedup import interleaved_medians
+
+__all__ = ["emit", "interleaved_medians", "median_seconds", "peak_rss_mb"]
+
 
 def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3) -> float:
     """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
@@ -17,22 +21,6 @@ def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3)
         fn()
         samples.append(time.perf_counter() - start)
     return statistics.median(samples)
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3
-) -> dict[str, float]:
-    """Median seconds of each callable, timed in round-robin so that drift hits all equally."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
 
 
 def emit(text: str, markdown: str | None) -> None:

@@ -47,11 +47,24 @@ def _train(arguments: argparse.Namespace) -> None:
     print(f"Run directory: {run_dir.path}")
     results = train(config, run_dir, resume=bool(arguments.resume), data=data)
     rate = sum(results["task_samples_per_second"]) / len(results["task_samples_per_second"])
+    if not config.sparse:
+        compute = "dense"
+    elif config.granularity == "unstructured":
+        compute = "masked-dense (unstructured masks, dense compute)"
+    else:
+        compute = f"block-sparse on backend '{results['backend']['default']['cpu']}'"
+    speed = results.get("realization")
+    measured = (
+        f"; network step {speed['measured_speedup']:.2f}x dense at "
+        f"{speed['flop_reduction']:.2f}x fewer FLOPs"
+        if speed
+        else ""
+    )
     print(
         f"Final: Class-IL {results['average_class_il']:.2f} %, Task-IL "
         f"{results['average_task_il']:.2f} %, forgetting {results['forgetting_class_il']:.2f}, "
-        f"{rate:.1f} samples/s on backend '{results['backend']['default']['cpu']}' "
-        f"({torch.get_num_threads()} threads). Results: {run_dir.path / 'results.json'}"
+        f"{rate:.1f} samples/s, {compute}, {torch.get_num_threads()} threads{measured}. "
+        f"Results: {run_dir.path / 'results.json'}"
     )
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from sparcl.data.datasets import PROTOCOLS
+from sparcl.masking import GRANULARITIES
 from sparcl.methods import METHODS
 
 BACKBONES = ("resnet18", "mlp")
@@ -34,12 +35,14 @@ class TrainConfig:
     output_dir: str = "runs"
     sparsity: float = 0.0
     block_size: int = 32
+    granularity: str = "block"  # "unstructured": the release's masked-dense training
     dense: bool = False
     mask_current_logits: bool = False
     max_train_per_task: int = 0
     debug_mode: int = 0
     deterministic: bool = False
     quiet: bool = False
+    speedup_repeats: int = 5  # network steps timed vs a dense twin at the end (0: skip)
     # SparCL (sparcl-er / sparcl-derpp): TDM, DDR, DGM; defaults from the paper.
     tdm_p_inter: float = 0.01
     tdm_p_intra: float = 0.01
@@ -69,12 +72,17 @@ class TrainConfig:
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
             (self.block_size > 0, f"--block_size must be > 0, got {self.block_size}"),
+            (
+                self.granularity in GRANULARITIES,
+                f"unknown --granularity {self.granularity!r}; choose from {GRANULARITIES}",
+            ),
             (self.n_epochs > 0, f"--n_epochs must be > 0, got {self.n_epochs}"),
             (self.batch_size > 0, f"--batch_size must be > 0, got {self.batch_size}"),
             (self.minibatch_size > 0, f"--minibatch_size must be > 0, got {self.minibatch_size}"),
             (self.buffer_size >= 0, f"--buffer_size must be >= 0, got {self.buffer_size}"),
             (self.nf > 0, f"--nf must be > 0, got {self.nf}"),
             (self.max_train_per_task >= 0, "--max_train_per_task must be >= 0"),
+            (self.speedup_repeats >= 0, "--speedup_repeats must be >= 0"),
             (self.alpha >= 0 and self.beta >= 0, "--alpha and --beta must be >= 0"),
         ]
         for ok, message in checks:

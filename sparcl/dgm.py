@@ -6,7 +6,9 @@ kept; the other iterations pass that ``grad_block_mask`` to the kernels, which s
 weight-gradient work of the switched-off blocks and give them an exact zero gradient.
 
 The SparCL release defines the fraction over the whole layer, so at 0.9 weight sparsity its
-0.8 setting keeps every stored block and does nothing; here it is over stored blocks.
+0.8 setting keeps every stored block and does nothing; here it is over stored blocks. With
+``--granularity unstructured`` the units are single stored weights and the mask is applied
+to a dense gradient (nothing is skipped; see sparcl.masking).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from sparcl_kernels.nn import BlockSparseWeight
+from sparcl.masking import masked_units
 
 
 class GradientMasking:
@@ -23,7 +25,7 @@ class GradientMasking:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         if interval < 1:
             raise ValueError(f"interval must be >= 1, got {interval}")
-        self.layers = [m for m in model.modules() if isinstance(m, BlockSparseWeight)]
+        self.layers = masked_units(model)
         self.keep_fraction = keep_fraction
         self.interval = interval
         self.iteration = 0
@@ -38,23 +40,23 @@ class GradientMasking:
         """Call before ``loss.backward()``: a refresh iteration computes every stored block."""
         if self.refreshing():
             for layer in self.layers:
-                layer.set_grad_block_mask(None)
+                layer.set_grad_mask(None)
 
     @torch.no_grad()
     def after_backward(self) -> None:
         """Call after ``loss.backward()``: account the work, pick masks on refresh iterations."""
         for layer in self.layers:
-            nnz = layer.values.shape[0]
-            mask = layer.grad_block_mask
+            nnz = layer.n_stored
+            mask = layer.grad_mask
             self.stored_blocks += nnz
             self.computed_blocks += nnz if mask is None else int(mask.sum())
-            if self.refreshing() and layer.values.grad is not None:
-                norms = layer.values.grad.flatten(1).norm(dim=1)
+            norms = layer.gradient_norms() if self.refreshing() else None
+            if norms is not None:
                 keep = max(1, round(self.keep_fraction * nnz)) if nnz else 0
                 order = torch.sort(norms, descending=True, stable=True).indices
                 new_mask = torch.zeros(nnz, dtype=torch.bool, device=norms.device)
                 new_mask[order[:keep]] = True
-                layer.set_grad_block_mask(new_mask)
+                layer.set_grad_mask(new_mask)
         self.iteration += 1
 
     @property
@@ -62,22 +64,31 @@ class GradientMasking:
         """Fraction of stored weight-gradient blocks actually computed so far."""
         return self.computed_blocks / self.stored_blocks if self.stored_blocks else 1.0
 
+    def current_density(self) -> float:
+        """Fraction of stored units the current gradient masks compute."""
+        stored = sum(layer.n_stored for layer in self.layers)
+        kept = sum(
+            layer.n_stored if layer.grad_mask is None else int(layer.grad_mask.sum())
+            for layer in self.layers
+        )
+        return kept / stored if stored else 1.0
+
     def reset(self) -> None:
         """Start a new mask cycle (e.g. after a layout change cleared the masks)."""
         self.iteration = 0
         for layer in self.layers:
-            layer.set_grad_block_mask(None)
+            layer.set_grad_mask(None)
 
     def state_dict(self) -> dict:
         return {
             "iteration": self.iteration,
             "computed_blocks": self.computed_blocks,
             "stored_blocks": self.stored_blocks,
-            "masks": [layer.grad_block_mask for layer in self.layers],
+            "masks": [layer.grad_mask for layer in self.layers],
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.iteration = state["iteration"]
         self.computed_blocks, self.stored_blocks = state["computed_blocks"], state["stored_blocks"]
         for layer, mask in zip(self.layers, state["masks"], strict=True):
-            layer.set_grad_block_mask(mask)
+            layer.set_grad_mask(mask)

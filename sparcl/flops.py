@@ -4,6 +4,8 @@ Per sample, a layer's forward costs ``2 * MACs`` (times its density when block-s
 input-gradient pass costs the same as the forward; the weight-gradient pass costs the dense
 part plus ``g`` times the sparse part, ``g`` the gradient density (DGM). BatchNorm, pooling
 and the loss are ignored (they are a few percent of a ResNet's FLOPs), as in the paper.
+Element-masked dense layers (``--granularity unstructured``) are counted at their mask's
+density too, as the paper counts them, although the masked-dense computation executes all.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparcl_kernels.nn import BlockSparseWeight, SparseConv2d, SparseLinear
+from sparcl.masking import unit_density
+from sparcl_kernels.nn import SparseConv2d, SparseLinear
 
 
 @dataclass(frozen=True)
@@ -62,9 +65,10 @@ def count_flops(model: nn.Module, sample_shape: tuple[int, ...]) -> LayerFlops:
             hook.remove()
     for module, output in records:
         flops = 2 * _macs(module, output)
-        if isinstance(module, BlockSparseWeight):
+        density = unit_density(module)
+        if density is not None:
             sparse += flops
-            stored += flops * module.layout.density
+            stored += flops * density
         else:
             dense += flops
     return LayerFlops(dense, sparse, stored / sparse if sparse else 1.0)

@@ -7,7 +7,9 @@ blocks and regrows ``p_intra`` at random -- ``p_inter + p_intra`` at the first o
 the density returns to its target) and ``p_intra`` later. Importance of a stored block is
 ``sum(|w| + lam * |g|)`` over its entries, with ``g`` the layer's latest weight gradient.
 Changes go through the layers' layout-update API: nnz stays constant where the schedule
-allows, optimizer state of untouched blocks is kept, the model is never re-allocated.
+allows, optimizer state of untouched blocks is kept, the model is never re-allocated. With
+``--granularity unstructured`` the same schedule runs over single weights of masked dense
+layers (see sparcl.masking).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sparcl_kernels.nn import BlockSparseWeight
+from sparcl.masking import masked_units
 
 
 @dataclass(frozen=True)
@@ -45,17 +47,9 @@ class TdmSchedule:
 
 class TaskAwareMasking:
     def __init__(self, model: nn.Module, schedule: TdmSchedule, seed: int = 0) -> None:
-        self.layers = [m for m in model.modules() if isinstance(m, BlockSparseWeight)]
+        self.layers = masked_units(model)
         self.schedule = schedule
         self.generator = torch.Generator().manual_seed(seed)
-
-    @staticmethod
-    def importance(layer: BlockSparseWeight, lam: float) -> torch.Tensor:
-        """``sum |w| + lam * |g|`` per stored block."""
-        score = layer.values.detach().abs().flatten(1).sum(1)
-        if layer.values.grad is not None:
-            score = score + lam * layer.values.grad.abs().flatten(1).sum(1)
-        return score
 
     @torch.no_grad()
     def begin_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
@@ -68,23 +62,22 @@ class TaskAwareMasking:
         return True
 
     def _update(self, layer, prune_fractions, grow_fraction, optimizer) -> None:
-        layout = layer.layout
-        n_prune = min(sum(round(p * layout.n_blocks) for p in prune_fractions), layout.nnz)
-        n_grow = round(grow_fraction * layout.n_blocks)
+        stored = layer.stored_mask()
+        n_units = stored.numel()
+        n_prune = min(sum(round(p * n_units) for p in prune_fractions), layer.n_stored)
+        n_grow = round(grow_fraction * n_units)
         prune = None
-        pruned_positions = torch.zeros(layout.block_grid, dtype=torch.bool)
+        pruned_positions = torch.zeros(n_units, dtype=torch.bool)
         if n_prune:
-            scores = self.importance(layer, self.schedule.lam)
+            scores = layer.importance(self.schedule.lam).cpu()
             prune = torch.sort(scores, stable=True).indices[:n_prune]
-            pruned_positions[layout.row_indices[prune].long(), layout.col_indices[prune].long()] = (
-                True
-            )
-        # Regrow at random among blocks that are neither stored nor just pruned.
-        candidates = (~layout.block_mask().cpu() & ~pruned_positions).flatten().nonzero().squeeze(1)
+            pruned_positions[stored.flatten().nonzero().squeeze(1)[prune]] = True
+        # Regrow at random among units that are neither stored nor just pruned.
+        candidates = (~stored.flatten() & ~pruned_positions).nonzero().squeeze(1)
         chosen = candidates[torch.randperm(len(candidates), generator=self.generator)[:n_grow]]
-        grow = torch.zeros(layout.n_blocks, dtype=torch.bool)
+        grow = torch.zeros(n_units, dtype=torch.bool)
         grow[chosen] = True
-        layer.update_blocks(prune=prune, grow=grow.view(layout.block_grid), optimizer=optimizer)
+        layer.update(prune, grow.view(stored.shape), optimizer)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

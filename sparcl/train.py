@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import platform
 import socket
@@ -20,10 +21,12 @@ from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset
 from sparcl.evaluate import evaluate
 from sparcl.flops import count_flops
+from sparcl.masking import attach_element_masks, unit_density
 from sparcl.methods import METHODS, ContinualMethod
 from sparcl.metrics import average_accuracy, backward_transfer, forgetting
 from sparcl.models import BLOCK_CONV_PATTERNS, MLP, resnet18
 from sparcl.rundir import RunDir
+from sparcl.speedup import realization
 
 DEBUG_BATCHES = 3  # batches per epoch in --debug_mode
 DEBUG_EVAL_EXAMPLES = 100  # test examples per task in --debug_mode
@@ -38,17 +41,16 @@ def build_network(config: TrainConfig, data: SplitData) -> nn.Module:
     else:
         net = MLP(protocol.channels * protocol.image_size**2, protocol.n_classes)
         sparse_layers = ("body.*",)
-    if config.sparse:
+    if config.sparse and config.granularity == "unstructured":
+        attach_element_masks(net, config.sparsity, include=sparse_layers)
+    elif config.sparse:
         sk.sparsify(net, config.sparsity, config.block_size, include=sparse_layers)
     return net
 
 
 def layer_sparsity(net: nn.Module) -> dict[str, float]:
-    return {
-        name: round(module.sparsity, 6)
-        for name, module in net.named_modules()
-        if isinstance(module, sk.nn.BlockSparseWeight)
-    }
+    densities = {name: unit_density(module) for name, module in net.named_modules()}
+    return {name: round(1.0 - d, 6) for name, d in densities.items() if d is not None}
 
 
 @dataclass
@@ -137,6 +139,25 @@ def training_flops(net: nn.Module, data: SplitData, method: ContinualMethod, den
     totals = count_flops(net, shape).step(method.samples_forwarded, density or 1.0)
     totals["reduction"] = totals["dense_equivalent"] / totals["actual"] if totals["actual"] else 1.0
     return totals
+
+
+def measure_realization(
+    config: TrainConfig, net: nn.Module, method: ContinualMethod, data: SplitData
+) -> dict | None:
+    """Measured speedup of the trained network over a dense twin, and its realization ratio."""
+    if not config.sparse or not config.speedup_repeats:
+        return None
+    protocol = data.protocol
+    dense_net = build_network(dataclasses.replace(config, sparsity=0.0), data)
+    dgm = getattr(method, "dgm", None)
+    return realization(
+        net,
+        dense_net,
+        (protocol.channels, protocol.image_size, protocol.image_size),
+        gradient_density=dgm.current_density() if dgm is not None else 1.0,
+        batch_size=config.batch_size,
+        repeats=1 if config.debug_mode else config.speedup_repeats,
+    )
 
 
 def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> dict:
@@ -240,6 +261,7 @@ def train(
         run_dir.write_metrics(progress.metrics_rows)
         run_dir.save_checkpoint(task + 1, checkpoint_state(net, method, generator, progress))
     results = build_results(config, net, progress)
+    results["realization"] = measure_realization(config, net, method, data)
     run_dir.write_results(results)
     run_dir.write_plots(progress.class_il, progress.task_il)
     return results

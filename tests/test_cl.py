@@ -268,6 +268,8 @@ def test_config_precedence_defaults_file_cli(tmp_path, fmnist_dir):
         (["--dataset", "seq-mnist"], "unknown --dataset"),
         (["--model", "icarl"], "unknown --model"),
         (["--model", "er", "--buffer_size", "0"], "needs --buffer_size > 0"),
+        (["--granularity", "channel"], "unknown --granularity 'channel'"),
+        (["--speedup_repeats", "-1"], "--speedup_repeats must be >= 0"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["--dataset", "seq-cifar10", "--data_dir", "/nonexistent"], "CIFAR-10 batches not found"),
     ],
@@ -303,6 +305,34 @@ def test_sparcl_methods_run_end_to_end(tmp_path, fmnist_dir, model):
     assert 0.5 <= results["gradient_density"] < 1.0
     flops = results["training_flops"]
     assert flops["dense_equivalent"] > flops["actual"] > 0 and flops["reduction"] > 1.5
+    speed = results["realization"]
+    assert speed["step_seconds"] > 0 and speed["dense_step_seconds"] > 0
+    assert speed["flop_reduction"] > 1.5
+    ratio = speed["measured_speedup"] / speed["flop_reduction"]
+    assert speed["realization_ratio"] == pytest.approx(ratio, rel=1e-3)
+
+
+def test_unstructured_granularity_trains_masked_dense_layers(tmp_path, fmnist_dir):
+    """The release's way: dense convs with element masks, same TDM/DGM schedule."""
+    results = _train(
+        ["--model", "sparcl-derpp", "--granularity", "unstructured", *SPARCL_ARGS],
+        tmp_path,
+        fmnist_dir,
+    )
+    assert len(results["class_il"]) == 5
+    assert len(results["layer_sparsity"]) == 16
+    # Back at the initial element density after TDM's grow (epoch 0) and prune (epoch 5).
+    assert all(s == pytest.approx(0.75, abs=1e-3) for s in results["layer_sparsity"].values())
+    assert 0.5 <= results["gradient_density"] < 1.0
+    assert results["training_flops"]["reduction"] > 1.5
+    weights = torch.load(
+        tmp_path / results["run_dir"] / "checkpoints" / "task_5.pt", weights_only=True
+    )["net"]
+    assert not any(name.endswith(".values") for name in weights)  # no block-sparse layer
+    for name, mask in weights.items():
+        if name.endswith("weight_mask"):
+            weight = weights[name.removesuffix("_mask")]
+            assert torch.all(weight[~mask] == 0), name  # pruned weights stayed at zero
 
 
 def test_sparcl_needs_sparse_layers(tmp_path, capsys):
@@ -310,5 +340,7 @@ def test_sparcl_needs_sparse_layers(tmp_path, capsys):
     assert "needs --sparsity > 0" in capsys.readouterr().err
 
 
-def test_sparcl_resume_matches_uninterrupted_run(tmp_path, fmnist_dir):
-    _assert_resume_reproduces(["--model", "sparcl-derpp", *SPARCL_ARGS], 3, tmp_path, fmnist_dir)
+@pytest.mark.parametrize("granularity", ["block", "unstructured"])
+def test_sparcl_resume_matches_uninterrupted_run(tmp_path, fmnist_dir, granularity):
+    args = ["--model", "sparcl-derpp", "--granularity", granularity, *SPARCL_ARGS]
+    _assert_resume_reproduces(args, 3, tmp_path, fmnist_dir)

@@ -8,6 +8,7 @@ from torch import nn
 
 from sparcl.ddr import DataRemoval
 from sparcl.dgm import GradientMasking
+from sparcl.masking import BlockUnits, attach_element_masks, masked_units
 from sparcl.tdm import TaskAwareMasking, TdmSchedule
 from sparcl_kernels.nn import SparseLinear
 
@@ -57,7 +58,7 @@ def test_tdm_grows_then_prunes_least_important_blocks():
 
     assert not tdm.begin_epoch(3, optimizer)  # nothing between delta_k epochs
     layer(torch.randn(16, 64)).square().sum().backward()
-    scores = TaskAwareMasking.importance(layer, 0.5)
+    scores = BlockUnits(layer).importance(0.5)
     expected_pruned_ids = torch.sort(scores, stable=True).indices[:3]
     layout = layer.layout
     expected_pruned = {
@@ -154,6 +155,64 @@ def test_dgm_picks_the_largest_gradient_blocks():
     layer.values.grad = torch.stack([torch.full((8, 8), v) for v in (1.0, 4.0, 2.0, 3.0)])
     dgm.after_backward()
     assert layer.grad_block_mask.tolist() == [False, True, False, True]
+
+
+# ---------------------------------------------------------------- unstructured units
+
+
+def test_element_masks_keep_the_largest_weights_and_pruned_weights_stay_zero():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 4))
+    magnitudes = model[0].weight.detach().abs().flatten()
+    assert attach_element_masks(model, 0.75, include=["0"]) == ["0"]
+    mask = model[0].weight_mask
+    assert int(mask.sum()) == 64 and not hasattr(model[2], "weight_mask")
+    assert magnitudes[mask.flatten()].min() >= magnitudes[~mask.flatten()].max()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.9)
+    for _ in range(3):
+        optimizer.zero_grad()
+        model(torch.randn(8, 16)).square().sum().backward()
+        optimizer.step()
+    assert torch.all(model[0].weight[~mask] == 0)
+    assert torch.all(model[0].weight.grad[~mask] == 0)
+
+
+def test_tdm_and_dgm_over_single_weights():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(20, 10))  # 200 weights, 100 stored
+    attach_element_masks(model, 0.5, include=["0"])
+    layer = model[0]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    tdm = TaskAwareMasking(model, TdmSchedule(p_inter=0.05, p_intra=0.02, delta_k=2), seed=0)
+    before = layer.weight_mask.clone()
+    assert tdm.begin_epoch(0, optimizer)  # grows 5% of 200 = 10 weights, at zero
+    grown = layer.weight_mask & ~before
+    assert int(grown.sum()) == 10 and torch.all(layer.weight[grown] == 0)
+    layer(torch.randn(8, 20)).square().sum().backward()
+    units = masked_units(model)[0]
+    scores = units.importance(0.5)
+    assert scores.shape == (110,)
+    assert tdm.begin_epoch(2, optimizer)  # prunes 5% + 2% = 14 least important, regrows 4
+    assert int(layer.weight_mask.sum()) == 100
+    kept = layer.weight_mask.clone()
+
+    dgm = GradientMasking(model, keep_fraction=0.3, interval=2)
+    x = torch.randn(8, 20)
+    for iteration in range(4):
+        optimizer.zero_grad()
+        dgm.before_backward()
+        keep = units.grad_mask
+        previous = layer.weight.detach().clone()
+        layer(x).square().sum().backward()
+        dgm.after_backward()
+        optimizer.step()
+        if iteration % 2:
+            moved = (layer.weight != previous)[kept]
+            assert not moved[~keep].any() and moved[keep].any()
+        else:
+            assert int(units.grad_mask.sum()) == 30
+    assert torch.all(layer.weight[~kept] == 0)
+    assert dgm.gradient_density == pytest.approx((2 * 100 + 2 * 30) / 400)
 
 
 # ---------------------------------------------------------------- FLOPs
