@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
+
+# Without a GPU, the Triton kernels run in Triton's interpreter on CPU tensors. The switch is
+# read when the kernels are decorated, so it must be set before anything imports them.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import sparcl_kernels as sk
 

@@ -1,0 +1,180 @@
+"""Triton kernels of the three block-sparse passes; no autograd, no argument checks.
+
+Layout: ``W [M, K]`` in blocks ``[BM, BK]`` (BSR: ``row_offsets``, ``col_indices``; the
+transpose index lists each block column's blocks). Activations are row-major ``[N, *]``.
+Every kernel accumulates in fp32 and stores in the output's dtype. ``pid_offset`` lets a
+launcher split a grid that exceeds the hardware's program-count limit into several launches.
+``UPCAST`` converts tiles to fp32 before ``tl.dot``: Triton's interpreter stores bf16 as raw
+uint16 and would multiply the bit patterns; on a GPU it is off and bf16 goes to tensor cores.
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _grouped_tile(pid, n_tiles_n, n_tiles_other, GROUP: tl.constexpr):
+    """(activation tile, block row/column) of a program, grouped for L2 reuse.
+
+    ``GROUP`` consecutive activation tiles sweep all block rows together, so the weight
+    blocks of a block row are read by programs that run at about the same time.
+    """
+    per_group = GROUP * n_tiles_other
+    first_n = (pid // per_group) * GROUP
+    group_size = tl.minimum(n_tiles_n - first_n, GROUP)
+    local = pid % per_group
+    return first_n + local % group_size, local // group_size
+
+
+@triton.jit
+def forward_kernel(
+    x_ptr,
+    values_ptr,
+    bias_ptr,
+    y_ptr,
+    row_offsets_ptr,
+    col_indices_ptr,
+    n,
+    k,
+    m,
+    n_block_rows,
+    pid_offset,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
+    GROUP: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``y[:, r] = sum over stored blocks (r, c) of x[:, c] @ W[r, c].T (+ bias)``."""
+    pid = tl.program_id(0) + pid_offset
+    tile_n, block_row = _grouped_tile(pid, tl.cdiv(n, BLOCK_N), n_block_rows, GROUP)
+    rows = (tile_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    row_ok = rows < n
+    out_cols = tl.arange(0, BM)
+    inner = tl.arange(0, CHUNK)
+    acc = tl.zeros((BLOCK_N, BM), dtype=tl.float32)
+    # 64-bit loop bounds make the block offsets below 64-bit (nnz * BM * BK may pass 2^31).
+    start = tl.load(row_offsets_ptr + block_row).to(tl.int64)
+    end = tl.load(row_offsets_ptr + block_row + 1).to(tl.int64)
+    for p in range(start, end):
+        col = tl.load(col_indices_ptr + p).to(tl.int64)
+        block = values_ptr + p * (BM * BK)
+        for kk in tl.static_range(0, BK, CHUNK):
+            x_tile = tl.load(
+                x_ptr + rows[:, None] * k + (col * BK + kk + inner)[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            w_tile = tl.load(block + out_cols[:, None] * BK + (kk + inner)[None, :])
+            if UPCAST:
+                x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
+            acc += tl.dot(x_tile, tl.trans(w_tile), input_precision=PRECISION)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + block_row * BM + out_cols)[None, :].to(tl.float32)
+    target = y_ptr + rows[:, None] * m + (block_row * BM + out_cols)[None, :]
+    tl.store(target, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def grad_input_kernel(
+    grad_out_ptr,
+    values_ptr,
+    grad_x_ptr,
+    transpose_offsets_ptr,
+    transpose_block_ids_ptr,
+    row_indices_ptr,
+    n,
+    k,
+    m,
+    n_block_cols,
+    pid_offset,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    CHUNK: tl.constexpr,
+    GROUP: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``dx[:, c] = sum over stored blocks (r, c) of dy[:, r] @ W[r, c]``."""
+    pid = tl.program_id(0) + pid_offset
+    tile_n, block_col = _grouped_tile(pid, tl.cdiv(n, BLOCK_N), n_block_cols, GROUP)
+    rows = (tile_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
+    row_ok = rows < n
+    out_cols = tl.arange(0, BK)
+    inner = tl.arange(0, CHUNK)
+    acc = tl.zeros((BLOCK_N, BK), dtype=tl.float32)
+    start = tl.load(transpose_offsets_ptr + block_col)
+    end = tl.load(transpose_offsets_ptr + block_col + 1)
+    for q in range(start, end):
+        block_id = tl.load(transpose_block_ids_ptr + q).to(tl.int64)
+        block_row = tl.load(row_indices_ptr + block_id).to(tl.int64)
+        block = values_ptr + block_id * (BM * BK)
+        for mm in tl.static_range(0, BM, CHUNK):
+            dy_tile = tl.load(
+                grad_out_ptr + rows[:, None] * m + (block_row * BM + mm + inner)[None, :],
+                mask=row_ok[:, None],
+                other=0.0,
+            )
+            w_tile = tl.load(block + (mm + inner)[:, None] * BK + out_cols[None, :])
+            if UPCAST:
+                dy_tile, w_tile = dy_tile.to(tl.float32), w_tile.to(tl.float32)
+            acc += tl.dot(dy_tile, w_tile, input_precision=PRECISION)
+    target = grad_x_ptr + rows[:, None] * k + (block_col * BK + out_cols)[None, :]
+    tl.store(target, acc.to(grad_x_ptr.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def grad_weight_kernel(
+    grad_out_ptr,
+    x_ptr,
+    grad_values_ptr,
+    active_blocks_ptr,
+    row_indices_ptr,
+    col_indices_ptr,
+    n,
+    k,
+    m,
+    pid_offset,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    TILE_M: tl.constexpr,
+    TILE_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``dW[b] = dy[:, r(b)].T @ x[:, c(b)]`` for the blocks listed in ``active_blocks``.
+
+    Blocks a gradient mask switches off are not in the list: no program runs for them.
+    One program computes one ``[TILE_M, TILE_K]`` tile of one block, reducing over ``n``.
+    """
+    pid = tl.program_id(0) + pid_offset
+    tiles_m: tl.constexpr = BM // TILE_M
+    tiles_k: tl.constexpr = BK // TILE_K
+    block_id = tl.load(active_blocks_ptr + pid // (tiles_m * tiles_k)).to(tl.int64)
+    tile = pid % (tiles_m * tiles_k)
+    sub_m = (tile // tiles_k) * TILE_M + tl.arange(0, TILE_M)
+    sub_k = (tile % tiles_k) * TILE_K + tl.arange(0, TILE_K)
+    dy_cols = tl.load(row_indices_ptr + block_id).to(tl.int64) * BM + sub_m
+    x_cols = tl.load(col_indices_ptr + block_id).to(tl.int64) * BK + sub_k
+    acc = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
+    for n0 in range(0, n, BLOCK_N):
+        rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
+        row_ok = rows < n
+        dy_tile = tl.load(
+            grad_out_ptr + rows[:, None] * m + dy_cols[None, :], mask=row_ok[:, None], other=0.0
+        )
+        x_tile = tl.load(
+            x_ptr + rows[:, None] * k + x_cols[None, :], mask=row_ok[:, None], other=0.0
+        )
+        if UPCAST:
+            dy_tile, x_tile = dy_tile.to(tl.float32), x_tile.to(tl.float32)
+        acc += tl.dot(tl.trans(dy_tile), x_tile, input_precision=PRECISION)
+    target = grad_values_ptr + block_id * (BM * BK) + sub_m[:, None] * BK + sub_k[None, :]
+    tl.store(target, acc.to(grad_values_ptr.dtype.element_ty))

@@ -1,0 +1,254 @@
+"""The Triton backend against the reference: in Triton's interpreter on CPU tensors here,
+on the GPU where one exists (tests marked ``gpu``, run with ``pytest -m gpu``).
+
+The interpreter executes each program in numpy, so shapes stay small to keep CI fast.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from conftest import assert_matches_dense
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sparcl_kernels as sk
+from sparcl_kernels.backends import get_backend, reference
+from sparcl_kernels.layout import BlockLayout
+
+triton_backend = get_backend("triton")  # must load: triton is a declared dependency
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+if DEVICE == "cpu" and not triton_backend.INTERPRETED:
+    pytest.skip("no GPU and TRITON_INTERPRET was not set before import", allow_module_level=True)
+
+
+def _case(block_size, grid, density, n, dtype=torch.float32, seed=0, device=DEVICE):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.rand(grid, generator=generator) < density
+    layout = BlockLayout.from_block_mask(mask, block_size).to(device)
+    m, k = layout.shape
+    values = torch.randn(layout.nnz, *block_size, generator=generator).to(device, dtype)
+    x = torch.randn(n, k, generator=generator).to(device, dtype)
+    grad_out = torch.randn(n, m, generator=generator).to(device, dtype)
+    bias = torch.randn(m, generator=generator).to(device, dtype)
+    grad_mask = (torch.rand(layout.nnz, generator=generator) < 0.5).to(device)
+    return layout, values, x, grad_out, bias, grad_mask
+
+
+def _tolerance(dtype: torch.dtype, reduction: int) -> dict[str, float]:
+    if dtype == torch.float32:
+        # TF32 only where torch's matmul would use it; the interpreter multiplies in fp32.
+        loose = torch.backends.cuda.matmul.allow_tf32 and DEVICE == "cuda"
+        return {"atol": (2e-2 if loose else 2e-5) * reduction**0.5, "rtol": 1e-3}
+    eps = torch.finfo(dtype).eps
+    return {"atol": 4 * eps * reduction**0.5, "rtol": 4 * eps}
+
+
+def _assert_passes_match(block_size, grid, density, n, dtype=torch.float32, seed=0):
+    layout, values, x, grad_out, bias, grad_mask = _case(block_size, grid, density, n, dtype, seed)
+    up = [t.float() for t in (values, x, grad_out, bias)]
+    f_values, f_x, f_grad_out, f_bias = up
+    checks = {
+        "forward": (
+            triton_backend.forward(x, values, layout, bias),
+            reference.forward(f_x, f_values, layout, f_bias),
+            layout.shape[1],
+        ),
+        "grad_input": (
+            triton_backend.grad_input(grad_out, values, layout),
+            reference.grad_input(f_grad_out, f_values, layout),
+            layout.shape[0],
+        ),
+        "grad_weight": (
+            triton_backend.grad_weight(grad_out, x, layout, None),
+            reference.grad_weight(f_grad_out, f_x, layout, None),
+            max(n, 1),
+        ),
+        "masked grad_weight": (
+            triton_backend.grad_weight(grad_out, x, layout, grad_mask),
+            reference.grad_weight(f_grad_out, f_x, layout, grad_mask),
+            max(n, 1),
+        ),
+    }
+    for name, (ours, expected, reduction) in checks.items():
+        assert ours.dtype == dtype, name
+        torch.testing.assert_close(
+            ours.float(),
+            expected,
+            **_tolerance(dtype, reduction),
+            msg=lambda m, n=name: f"{n}: {m}",
+        )
+    masked = triton_backend.grad_weight(grad_out, x, layout, grad_mask)
+    assert torch.all(masked[~grad_mask] == 0)  # exactly zero, never computed
+
+
+# ---------------------------------------------------------------- kernels vs reference
+
+
+@pytest.mark.parametrize(
+    "block_size, grid",
+    [
+        ((16, 16), (3, 4)),
+        ((32, 16), (2, 3)),
+        ((16, 32), (3, 2)),
+        ((16, 128), (2, 1)),
+        ((128, 16), (1, 2)),
+    ],
+)
+@pytest.mark.parametrize("n", [1, 37])
+def test_three_passes_match_reference_fp32(block_size, grid, n):
+    _assert_passes_match(block_size, grid, 0.5, n)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_accumulate_in_fp32(dtype):
+    _assert_passes_match((16, 32), (3, 2), 0.6, 21, dtype)
+
+
+@pytest.mark.parametrize("density", [0.0, 1.0])
+def test_empty_and_full_layouts(density):
+    _assert_passes_match((16, 16), (2, 3), density, 9)
+
+
+def test_empty_rows_and_columns_and_empty_batch():
+    mask = torch.tensor([[True, False, False], [False, False, False], [True, False, True]])
+    layout = BlockLayout.from_block_mask(mask, 16).to(DEVICE)
+    values = torch.randn(layout.nnz, 16, 16, device=DEVICE)
+    x = torch.randn(5, 48, device=DEVICE)
+    y = triton_backend.forward(x, values, layout, None)
+    torch.testing.assert_close(y, reference.forward(x, values, layout, None))
+    assert torch.all(y[:, 16:32] == 0)  # an empty block row
+    grad_x = triton_backend.grad_input(torch.randn(5, 48, device=DEVICE), values, layout)
+    assert torch.all(grad_x[:, 16:32] == 0)  # an empty block column
+    empty = x[:0]
+    assert triton_backend.forward(empty, values, layout, None).shape == (0, 48)
+    grad_values = triton_backend.grad_weight(torch.zeros(0, 48, device=DEVICE), empty, layout, None)
+    assert grad_values.shape == (layout.nnz, 16, 16) and torch.all(grad_values == 0)
+
+
+def test_all_blocks_masked_launches_nothing_and_returns_zeros():
+    layout, _, x, grad_out, _, _ = _case((16, 16), (2, 2), 1.0, 8)
+    none_kept = torch.zeros(layout.nnz, dtype=torch.bool, device=DEVICE)
+    assert torch.all(triton_backend.grad_weight(grad_out, x, layout, none_kept) == 0)
+
+
+@settings(max_examples=8, deadline=None)
+@given(
+    rows=st.integers(1, 3),
+    cols=st.integers(1, 3),
+    density=st.floats(0.0, 1.0),
+    n=st.integers(0, 40),
+    seed=st.integers(0, 2**16),
+)
+def test_random_layouts_property(rows, cols, density, n, seed):
+    _assert_passes_match((16, 16), (rows, cols), density, n, seed=seed)
+
+
+# ---------------------------------------------------------------- through the public ops
+
+
+def test_linear_op_with_autograd_leading_dims_and_non_contiguous_input():
+    generator = torch.Generator().manual_seed(3)
+    layout = BlockLayout.from_block_mask(torch.rand(3, 2, generator=generator) < 0.7, 16)
+    values = torch.randn(layout.nnz, 16, 16, generator=generator)
+    x = torch.randn(3, 32, 5, generator=generator).transpose(1, 2)  # [3, 5, 32], strided
+    bias = torch.randn(48, generator=generator)
+    grad_mask = torch.rand(layout.nnz, generator=generator) < 0.5
+    moved = [t.to(DEVICE) for t in (x, values, bias, grad_mask)]
+    x, values, bias, grad_mask = moved
+    assert_matches_dense(x, values, layout.to(DEVICE), bias, grad_mask, "triton")
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_conv_op_matches_reference(stride):
+    generator = torch.Generator().manual_seed(4)
+    x = torch.randn(2, 16, 6, 5, generator=generator).to(DEVICE)
+    layout = BlockLayout.from_block_mask(torch.rand(2, 9, generator=generator) < 0.5, 16)
+    layout = layout.to(DEVICE)
+    values = torch.randn(layout.nnz, 16, 16, generator=generator).to(DEVICE).requires_grad_()
+    grad_mask = (torch.rand(layout.nnz, generator=generator) < 0.5).to(DEVICE)
+    results = {}
+    for name in ("reference", "triton"):
+        inputs = x.clone().requires_grad_()
+        out = sk.block_sparse_conv2d(
+            inputs, values, layout, (3, 3), (stride, stride), (1, 1),
+            grad_block_mask=grad_mask, backend=name,
+        )  # fmt: skip
+        grad_x, grad_values = torch.autograd.grad(out.square().sum(), [inputs, values])
+        results[name] = (out, grad_x, grad_values)
+    for ours, expected in zip(results["triton"], results["reference"], strict=True):
+        torch.testing.assert_close(ours, expected, **_tolerance(torch.float32, 144))
+    assert torch.all(results["triton"][2][~grad_mask] == 0)
+
+
+# ---------------------------------------------------------------- launcher behaviour
+
+
+def test_grids_beyond_the_program_limit_are_split(monkeypatch):
+    monkeypatch.setattr(triton_backend, "MAX_PROGRAMS", 3)
+    _assert_passes_match((16, 16), (3, 2), 0.8, 40)
+
+
+def test_tuned_table_overrides_shipped_meta_parameters(tmp_path, monkeypatch):
+    from sparcl_kernels.backends.triton import tuning
+
+    key = tuning.table_key("forward", (16, 16), torch.float32, 37)
+    table = {key: {"BLOCK_N": 16, "CHUNK": 16, "GROUP": 1, "num_warps": 2, "num_stages": 2}}
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(table))
+    monkeypatch.setenv(tuning.TUNING_ENV_VAR, str(path))
+    assert tuning.meta_parameters("forward", (16, 16), torch.float32, 37)["BLOCK_N"] == 16
+    assert tuning.meta_parameters("forward", (16, 16), torch.float32, 4096)["BLOCK_N"] == 64
+    assert sk.backend_info()["backends"]["triton"]["meta_parameters"] == str(path)
+    _assert_passes_match((16, 16), (3, 4), 0.5, 37)
+    monkeypatch.setenv(tuning.TUNING_ENV_VAR, str(tmp_path / "missing.json"))
+    with pytest.raises(FileNotFoundError, match="SPARCL_TRITON_TUNING"):
+        tuning.meta_parameters("forward", (16, 16), torch.float32, 37)
+
+
+def test_block_sizes_the_kernels_do_not_take_fall_back_with_one_warning():
+    layout, values, x, grad_out, bias, _ = _case((8, 8), (2, 2), 0.5, 6)
+    with pytest.warns(RuntimeWarning, match=r"block size \(8, 8\)"):
+        y = triton_backend.forward(x, values, layout, bias)
+    torch.testing.assert_close(y, reference.forward(x, values, layout, bias))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the second call is silent
+        triton_backend.grad_input(grad_out, values, layout)
+
+
+@pytest.mark.parametrize(
+    "change, error, message",
+    [
+        ({"x": torch.zeros(4, 33)}, ValueError, "x must have shape"),
+        ({"x": torch.zeros(4, 32, dtype=torch.float16)}, TypeError, "x is torch.float16"),
+        ({"bias": torch.zeros(5)}, ValueError, "bias must have shape"),
+        ({"values": torch.zeros(1, 16, 16)}, ValueError, "values must have shape"),
+    ],
+)
+def test_launcher_names_the_bad_argument(change, error, message):
+    layout, values, x, _, bias, _ = _case((16, 16), (2, 2), 1.0, 4)
+    arguments = {"x": x, "values": values, "bias": bias} | {
+        name: tensor.to(DEVICE) for name, tensor in change.items()
+    }
+    with pytest.raises(error, match=message):
+        triton_backend.forward(arguments["x"], arguments["values"], layout, arguments["bias"])
+
+
+def test_backend_info_reports_triton():
+    info = sk.backend_info()["backends"]["triton"]
+    assert info["available"] and "triton" in info
+
+
+# ---------------------------------------------------------------- GPU sweep
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("block_size", [(16, 16), (32, 32), (64, 64), (128, 128), (32, 128)])
+@pytest.mark.parametrize("n", [1, 257, 4096])
+def test_gpu_sweep_matches_reference(dtype, block_size, n):
+    _assert_passes_match(block_size, (8, 6), 0.3, n, dtype)
