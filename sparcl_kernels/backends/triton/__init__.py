@@ -116,9 +116,13 @@ def _split_launch_options(meta: dict[str, int]) -> tuple[dict[str, int], dict[st
 
 
 def forward(
-    x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, bias: torch.Tensor | None
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    bias: torch.Tensor | None,
+    meta: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """``y [N, M] = x [N, K] @ W.T + bias``."""
+    """``y [N, M] = x [N, K] @ W.T + bias``. ``meta`` overrides the table (for tuners)."""
     _check_layout(values, layout)
     m, k = layout.shape
     n = x.shape[0]
@@ -131,7 +135,8 @@ def forward(
     if n == 0 or m == 0:
         return y
     bm, bk = layout.block_size
-    options, meta = _split_launch_options(meta_parameters("forward", (bm, bk), x.dtype, n))
+    meta = meta or meta_parameters("forward", (bm, bk), x.dtype, n)
+    options, meta = _split_launch_options(dict(meta))
     programs = triton.cdiv(n, meta["BLOCK_N"]) * layout.block_grid[0]
     _launch(
         kernels.forward_kernel,
@@ -156,7 +161,12 @@ def forward(
     return y
 
 
-def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+def grad_input(
+    grad_out: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    meta: dict[str, int] | None = None,
+) -> torch.Tensor:
     """``dx [N, K] = dy [N, M] @ W`` through the transpose index."""
     _check_layout(values, layout)
     m, k = layout.shape
@@ -168,9 +178,8 @@ def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout
     if n == 0 or k == 0:
         return grad_x
     bm, bk = layout.block_size
-    options, meta = _split_launch_options(
-        meta_parameters("grad_input", (bm, bk), grad_out.dtype, n)
-    )
+    meta = meta or meta_parameters("grad_input", (bm, bk), grad_out.dtype, n)
+    options, meta = _split_launch_options(dict(meta))
     programs = triton.cdiv(n, meta["BLOCK_N"]) * layout.block_grid[1]
     _launch(
         kernels.grad_input_kernel,
@@ -199,6 +208,7 @@ def grad_weight(
     x: torch.Tensor,
     layout: BlockLayout,
     grad_block_mask: torch.Tensor | None,
+    meta: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """``dW[b]`` for the stored blocks the mask keeps; no program runs for the others."""
     m, k = layout.shape
@@ -224,7 +234,8 @@ def grad_weight(
         return grad_values.zero_()
     if active.numel() == 0:
         return grad_values
-    options, meta = _split_launch_options(meta_parameters("grad_weight", (bm, bk), x.dtype, n))
+    meta = meta or meta_parameters("grad_weight", (bm, bk), x.dtype, n)
+    options, meta = _split_launch_options(dict(meta))
     programs = active.numel() * (bm // meta["TILE_M"]) * (bk // meta["TILE_K"])
     _launch(
         kernels.grad_weight_kernel,
