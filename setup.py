@@ -37,7 +37,14 @@ def _extensions():
         str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.c[up]*")
     )
     if cuda_sources and torch.cuda.is_available() and cpp_extension.CUDA_HOME:
-        extensions.append(cpp_extension.CUDAExtension("sparcl_kernels._cuda", cuda_sources))
+        # Tensor-core paths use bf16 WMMA: sm_80 or newer (TORCH_CUDA_ARCH_LIST picks archs).
+        extensions.append(
+            cpp_extension.CUDAExtension(
+                "sparcl_kernels._cuda",
+                cuda_sources,
+                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
+            )
+        )
     return extensions, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 

@@ -1,0 +1,85 @@
+"""The CUDA backend (csrc/cuda), built by setup.py as ``sparcl_kernels._cuda`` only where the
+installed torch has CUDA; importing this module raises ``ImportError`` elsewhere and the
+registry reports it. Select it with ``backend="cuda"`` (Triton stays the CUDA default).
+
+Verified by compilation only (nvcc, sm_80 and sm_90, warnings as errors, in CI) until it has
+run on a GPU: the GPU tests marked ``gpu`` compare it against the reference there.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from typing import Any
+
+import torch
+
+from sparcl_kernels import _cuda
+from sparcl_kernels.backends import reference
+from sparcl_kernels.backends._patches import patch_convolution
+from sparcl_kernels.layout import BlockLayout
+
+NAME = "cuda"
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+
+
+def supports_device(device: torch.device) -> bool:
+    return device.type == "cuda"
+
+
+def describe() -> dict[str, Any]:
+    return {"verified": "compiled only; compare with the reference via pytest -m gpu"}
+
+
+def _kernel_side(side: int) -> bool:
+    return 16 <= side <= 128 and side % 16 == 0  # plan.h: supported_side
+
+
+@functools.cache
+def _warn_block_fallback(block_size: tuple[int, int]) -> None:
+    warnings.warn(
+        f"sparcl_kernels: the cuda kernels take block sides that are multiples of 16 up to "
+        f"128; block size {block_size} runs on the slow 'reference' kernels instead.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
+def _kernel_fits(layout: BlockLayout) -> bool:
+    if all(_kernel_side(side) for side in layout.block_size):
+        return True
+    _warn_block_fallback(tuple(layout.block_size))
+    return False
+
+
+def forward(
+    x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, bias: torch.Tensor | None
+) -> torch.Tensor:
+    if not _kernel_fits(layout):
+        return reference.forward(x, values, layout, bias)
+    return _cuda.forward(x, values, *layout.tensors(), bias)
+
+
+def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    if not _kernel_fits(layout):
+        return reference.grad_input(grad_out, values, layout)
+    return _cuda.grad_input(grad_out, values, *layout.tensors())
+
+
+def grad_weight(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    layout: BlockLayout,
+    grad_block_mask: torch.Tensor | None,
+) -> torch.Tensor:
+    if not _kernel_fits(layout):
+        return reference.grad_weight(grad_out, x, layout, grad_block_mask)
+    active = None
+    if grad_block_mask is not None:
+        active = grad_block_mask.nonzero().squeeze(1).to(torch.int32)
+    return _cuda.grad_weight(grad_out, x, *layout.tensors(), active, *layout.block_size)
+
+
+conv_forward, conv_grad_input, conv_grad_weight = patch_convolution(
+    forward, grad_input, grad_weight
+)
