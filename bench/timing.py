@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from sparcl.speedup import interleaved_medians
 
-__all__ = ["emit", "interleaved_medians", "median_seconds", "peak_rss_mb"]
+__all__ = ["current_rss_mb", "emit", "interleaved_medians", "median_seconds", "peak_rss_mb"]
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3) -> float:
@@ -31,14 +31,23 @@ def emit(text: str, markdown: str | None) -> None:
             handle.write(text + "\n")
 
 
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now (MB), from /proc/self/status."""
+    return _status_mb("VmRSS")
+
+
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (MB), from /proc/self/status.
 
     VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
     peak over fork + exec on Linux, so children started to measure memory read this instead.
     """
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError("VmHWM not found in /proc/self/status")
+    return _status_mb("VmHWM")

@@ -29,6 +29,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(arguments: argparse.Namespace) -> None:
+    from sparcl.distributed import Cluster
     from sparcl.train import train  # the heavy imports only when training
 
     if arguments.resume:
@@ -37,15 +38,28 @@ def _train(arguments: argparse.Namespace) -> None:
         run_path = Path(arguments.resume)
     else:
         config = resolve_config(arguments)
-        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-        run_path = (
-            Path(config.output_dir) / f"{config.model}-{config.dataset}-s{config.seed}-{stamp}"
-        )
-    print("Configuration:\n" + yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
     data = load_dataset(config.dataset, config.data_dir)  # missing data fails now, not mid-run
-    run_dir = RunDir(run_path)
-    print(f"Run directory: {run_dir.path}")
-    results = train(config, run_dir, resume=bool(arguments.resume), data=data)
+    cluster = Cluster.from_environment()  # torchrun: join the process group
+    try:
+        if not arguments.resume:
+            stamp = cluster.broadcast_object(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            name = f"{config.model}-{config.dataset}-s{config.seed}-{stamp}"
+            run_path = Path(config.output_dir) / name
+        if cluster.is_main:
+            print("Configuration:\n" + yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            print(
+                f"Run directory: {run_path}"
+                + (f" ({cluster.world_size} ranks)" if cluster.enabled else "")
+            )
+        run_dir = RunDir(run_path)
+        results = train(config, run_dir, resume=bool(arguments.resume), data=data, cluster=cluster)
+        if cluster.is_main:
+            _print_summary(config, results, run_dir)
+    finally:
+        cluster.close()
+
+
+def _print_summary(config: TrainConfig, results: dict, run_dir: RunDir) -> None:
     rate = sum(results["task_samples_per_second"]) / len(results["task_samples_per_second"])
     if not config.sparse:
         compute = "dense"

@@ -7,35 +7,45 @@ from torch import nn
 
 from sparcl.data.augment import normalize
 from sparcl.data.protocol import SplitData
+from sparcl.distributed import Cluster
 
 
 @torch.no_grad()
 def evaluate(
-    net: nn.Module, data: SplitData, seen_tasks: int, batch_size: int = 256, limit: int = 0
+    net: nn.Module,
+    data: SplitData,
+    seen_tasks: int,
+    batch_size: int = 256,
+    limit: int = 0,
+    cluster: Cluster | None = None,
 ) -> tuple[list[float], list[float]]:
     """Accuracy (%) on the test split of tasks ``0 .. seen_tasks-1``: (class_il, task_il).
 
     Class-IL takes the argmax over all classes; Task-IL only over the task's own classes.
-    ``limit`` > 0 evaluates at most that many examples per task (debug runs).
+    ``limit`` > 0 evaluates at most that many examples per task (debug runs). Under torchrun
+    each rank evaluates its shard of every task and the counts are summed.
     """
+    cluster = cluster or Cluster()
     was_training = net.training
     net.eval()
-    class_il, task_il = [], []
+    counts = torch.zeros(seen_tasks, 3, dtype=torch.float64)  # class-IL, task-IL, total
     for task in range(seen_tasks):
         index = data.task_indices(task, "test")
         if limit:
             index = index[:limit]
+        index = cluster.local(index)
         classes = data.protocol.task_classes(task)
-        correct_class = correct_task = 0
         for start in range(0, len(index), batch_size):
             batch = index[start : start + batch_size]
             logits = net(normalize(data.test_images[batch], data.protocol))
             labels = data.test_labels[batch]
-            correct_class += (logits.argmax(1) == labels).sum().item()
             own = logits[:, classes.start : classes.stop].argmax(1) + classes.start
-            correct_task += (own == labels).sum().item()
-        total = max(len(index), 1)
-        class_il.append(100.0 * correct_class / total)
-        task_il.append(100.0 * correct_task / total)
+            counts[task, 0] += (logits.argmax(1) == labels).sum().item()
+            counts[task, 1] += (own == labels).sum().item()
+        counts[task, 2] += len(index)
+    cluster.all_sum(counts)
     net.train(was_training)
+    totals = counts[:, 2].clamp(min=1)
+    class_il = (100.0 * counts[:, 0] / totals).tolist()
+    task_il = (100.0 * counts[:, 1] / totals).tolist()
     return class_il, task_il

@@ -19,6 +19,7 @@ from tqdm import tqdm
 import sparcl_kernels as sk
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset
+from sparcl.distributed import Cluster
 from sparcl.evaluate import evaluate
 from sparcl.flops import count_flops
 from sparcl.masking import attach_element_masks, unit_density
@@ -87,13 +88,15 @@ def train_task(
         positions = method.epoch_positions(len(indices))  # DDR may have removed some
         order = positions[torch.randperm(len(positions), generator=generator)]
         batches = list(order.split(config.batch_size))
+        # Under torchrun every rank needs a non-empty shard of each batch.
+        batches = [b for b in batches if len(b) >= method.cluster.world_size]
         if config.debug_mode:
             batches = batches[:DEBUG_BATCHES]
         bar = tqdm(
             batches,
             desc=f"task {task + 1} epoch {epoch + 1}",
             leave=False,
-            disable=True if config.quiet else None,
+            disable=True if config.quiet or not method.cluster.is_main else None,
         )
         losses, examples, start = [], 0, time.perf_counter()
         for batch_positions in bar:
@@ -210,18 +213,10 @@ def restore(state: dict, net, method, generator) -> Progress:
     return Progress(**state["progress"])
 
 
-def train(
-    config: TrainConfig, run_dir: RunDir, resume: bool = False, data: SplitData | None = None
-) -> dict:
-    """Run (or resume) the whole class-incremental protocol; returns the results dict."""
-    if config.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.manual_seed(config.seed)
-    if data is None:
-        data = load_dataset(config.dataset, config.data_dir)
-    net = build_network(config, data)
-    generator = torch.Generator().manual_seed(config.seed + 1)
-    method = METHODS[config.model](
+def build_method(
+    config: TrainConfig, net: nn.Module, data: SplitData, generator: torch.Generator
+) -> ContinualMethod:
+    return METHODS[config.model](
         net,
         data.protocol,
         lambda raw: augment(raw, data.protocol, generator),
@@ -234,34 +229,83 @@ def train(
         config.seed,
         **config.method_options(),
     )
-    progress = Progress()
-    latest = run_dir.latest_checkpoint() if resume else None
-    if latest is not None:
-        progress = restore(torch.load(latest, weights_only=True), net, method, generator)
-        print(f"Resuming {run_dir.path} after task {progress.next_task}", file=sys.stderr)
-    run_dir.write_config(config.to_dict())
-    n_tasks = data.protocol.n_tasks
-    for task in range(progress.next_task, n_tasks):
-        seconds, examples = train_task(method, data, task, config, generator, progress)
-        limit = DEBUG_EVAL_EXAMPLES if config.debug_mode else 0
-        class_il, task_il = evaluate(net, data, task + 1, limit=limit)
-        progress.class_il.append(class_il)
-        progress.task_il.append(task_il)
-        progress.task_seconds.append(round(seconds, 4))
-        progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
-        progress.next_task = task + 1
-        if hasattr(method, "dgm"):
-            progress.gradient_density = round(method.dgm.gradient_density, 6)
-        progress.training_flops = training_flops(net, data, method, progress.gradient_density)
+
+
+def finish_task(config, net, method, data, task: int, seconds: float, examples: int, progress):
+    """Evaluate after ``task`` and record it in ``progress`` (on every rank alike)."""
+    cluster = method.cluster
+    cluster.average_buffers(net)  # BatchNorm statistics were per rank during the task
+    cluster.check_consistent(net)
+    limit = DEBUG_EVAL_EXAMPLES if config.debug_mode else 0
+    class_il, task_il = evaluate(net, data, task + 1, limit=limit, cluster=cluster)
+    progress.class_il.append(class_il)
+    progress.task_il.append(task_il)
+    progress.task_seconds.append(round(seconds, 4))
+    progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
+    progress.next_task = task + 1
+    if hasattr(method, "dgm"):
+        progress.gradient_density = round(method.dgm.gradient_density, 6)
+    progress.training_flops = training_flops(net, data, method, progress.gradient_density)
+    if cluster.is_main:
         print(
             f"Accuracy for {task + 1} task(s): [Class-IL]: {sum(class_il) / len(class_il):.2f} % "
             f"[Task-IL]: {sum(task_il) / len(task_il):.2f} %  "
             f"({progress.task_samples_per_second[-1]:.1f} samples/s)"
         )
-        run_dir.write_metrics(progress.metrics_rows)
-        run_dir.save_checkpoint(task + 1, checkpoint_state(net, method, generator, progress))
+
+
+def distributed_summary(cluster: Cluster) -> dict | None:
+    if not cluster.enabled:
+        return None
+    sent = cluster.allreduce_bytes
+    return {
+        "world_size": cluster.world_size,
+        "backend": cluster.backend,
+        "allreduce_bytes_per_step": round(sum(sent) / len(sent)) if sent else 0,
+    }
+
+
+def train(
+    config: TrainConfig,
+    run_dir: RunDir,
+    resume: bool = False,
+    data: SplitData | None = None,
+    cluster: Cluster | None = None,
+) -> dict:
+    """Run (or resume) the whole class-incremental protocol; returns the results dict.
+
+    Under torchrun pass the :class:`Cluster`; every rank calls this, rank 0 writes the files.
+    """
+    cluster = cluster or Cluster()
+    if config.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.manual_seed(config.seed)
+    if data is None:
+        data = load_dataset(config.dataset, config.data_dir)
+    net = build_network(config, data)
+    cluster.broadcast_module(net)
+    generator = torch.Generator().manual_seed(config.seed + 1)
+    method = build_method(config, net, data, generator)
+    method.cluster = cluster
+    progress = Progress()
+    latest = run_dir.latest_checkpoint() if resume else None
+    if latest is not None:
+        progress = restore(torch.load(latest, weights_only=True), net, method, generator)
+        if cluster.is_main:
+            print(f"Resuming {run_dir.path} after task {progress.next_task}", file=sys.stderr)
+    if cluster.is_main:
+        run_dir.write_config(config.to_dict())
+    for task in range(progress.next_task, data.protocol.n_tasks):
+        seconds, examples = train_task(method, data, task, config, generator, progress)
+        finish_task(config, net, method, data, task, seconds, examples, progress)
+        if cluster.is_main:
+            run_dir.write_metrics(progress.metrics_rows)
+            run_dir.save_checkpoint(task + 1, checkpoint_state(net, method, generator, progress))
+        cluster.barrier()  # no rank runs ahead of the checkpoint it could be resumed from
     results = build_results(config, net, progress)
-    results["realization"] = measure_realization(config, net, method, data)
-    run_dir.write_results(results)
-    run_dir.write_plots(progress.class_il, progress.task_il)
+    results["distributed"] = distributed_summary(cluster)
+    if cluster.is_main:
+        results["realization"] = measure_realization(config, net, method, data)
+        run_dir.write_results(results)
+        run_dir.write_plots(progress.class_il, progress.task_il)
     return results

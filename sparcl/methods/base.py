@@ -10,6 +10,7 @@ from torch import nn
 
 from sparcl.buffer import ReservoirBuffer
 from sparcl.data.protocol import Protocol, SplitData
+from sparcl.distributed import Cluster
 
 
 class ContinualMethod:
@@ -50,6 +51,7 @@ class ContinualMethod:
         self.optimizer = torch.optim.SGD(net.parameters(), lr=lr)
         self.last_logits: torch.Tensor | None = None  # current-batch logits of the last step
         self.samples_forwarded = 0  # examples through forward + backward (FLOPs accounting)
+        self.cluster = Cluster()  # single process unless the trainer sets one (torchrun)
 
     def begin_task(self, task: int) -> None:
         """SparCL protocol: plain SGD, re-created for every task."""
@@ -81,7 +83,21 @@ class ContinualMethod:
     def observe(
         self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
     ) -> float:
+        """One training step on a batch; returns the loss.
+
+        Under ``torchrun`` every rank receives the whole (global) batch and computes its shard
+        (see sparcl.distributed): use :meth:`forward_shard` and :meth:`apply_step`.
+        """
         raise NotImplementedError
+
+    def forward_shard(self, inputs: torch.Tensor) -> tuple[torch.Tensor, float]:
+        """Logits of this rank's shard of ``inputs`` and the weight of its mean loss."""
+        return self.net(self.cluster.local(inputs)), self.cluster.shard_weight(len(inputs))
+
+    def apply_step(self) -> None:
+        """Combine the ranks' gradients (a no-op in one process), then take the SGD step."""
+        self.cluster.sum_gradients(self.net.parameters())
+        self.optimizer.step()
 
     def state_dict(self) -> dict:
         return {

@@ -22,25 +22,25 @@ class Derpp(ContinualMethod):
         self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
     ) -> float:
         self.optimizer.zero_grad()
-        logits = self.net(inputs)
-        loss = self.current_loss(logits, labels, task)
+        local = self.cluster.local
+        logits, weight = self.forward_shard(inputs)
+        loss = weight * self.current_loss(logits, local(labels), task)
         loss.backward()
         total = loss.item()
         self.samples_forwarded += len(labels)
         if not self.buffer.is_empty():
             replay_inputs, _, replay_logits = self.buffer.sample(self.minibatch_size)
             self.samples_forwarded += 2 * len(replay_inputs)
-            logit_loss = self.alpha * F.mse_loss(
-                self.net(self.transform(replay_inputs)), replay_logits
-            )
+            replay, replay_weight = self.forward_shard(self.transform(replay_inputs))
+            logit_loss = replay_weight * self.alpha * F.mse_loss(replay, local(replay_logits))
             logit_loss.backward()
             replay_inputs, replay_labels, _ = self.buffer.sample(self.minibatch_size)
-            label_loss = self.beta * F.cross_entropy(
-                self.net(self.transform(replay_inputs)), replay_labels
-            )
+            replay, replay_weight = self.forward_shard(self.transform(replay_inputs))
+            label_loss = replay_weight * self.beta * F.cross_entropy(replay, local(replay_labels))
             label_loss.backward()
             total += logit_loss.item() + label_loss.item()
-        self.optimizer.step()
-        self.buffer.add(raw_inputs, labels, logits.detach(), task)
-        self.last_logits = logits[: len(labels)].detach()
+        self.apply_step()
+        current_logits = self.cluster.gather(logits.detach())
+        self.buffer.add(raw_inputs, labels, current_logits, task)
+        self.last_logits = current_logits
         return total

@@ -16,19 +16,25 @@ class Er(ContinualMethod):
         self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
     ) -> float:
         self.optimizer.zero_grad()
-        n = inputs.shape[0]
+        local = self.cluster.local
+        n = len(local(inputs))
+        weight = self.cluster.shard_weight(len(inputs))
         if self.buffer.is_empty():
-            logits = self.net(inputs)
-            loss = self.current_loss(logits, labels, task)
+            logits = self.net(local(inputs))
+            loss = weight * self.current_loss(logits, local(labels), task)
         else:
             replay_inputs, replay_labels, _ = self.buffer.sample(self.minibatch_size)
+            replay_weight = self.cluster.shard_weight(len(replay_inputs))
             # One forward over both batches (as mammoth), two loss terms (as SparCL).
-            logits = self.net(torch.cat([inputs, self.transform(replay_inputs)]))
-            loss = self.current_loss(logits[:n], labels, task)
-            loss = loss + F.cross_entropy(logits[n:], replay_labels)
+            replay = local(self.transform(replay_inputs))
+            logits = self.net(torch.cat([local(inputs), replay]))
+            loss = weight * self.current_loss(logits[:n], local(labels), task)
+            loss = loss + replay_weight * F.cross_entropy(logits[n:], local(replay_labels))
+            self.samples_forwarded += len(replay_inputs)
         loss.backward()
-        self.samples_forwarded += len(logits)
-        self.optimizer.step()
-        self.buffer.add(raw_inputs, labels, logits[:n].detach(), task)
-        self.last_logits = logits[: len(labels)].detach()
+        self.samples_forwarded += len(inputs)
+        self.apply_step()
+        current_logits = self.cluster.gather(logits[:n].detach())
+        self.buffer.add(raw_inputs, labels, current_logits, task)
+        self.last_logits = current_logits
         return loss.item()

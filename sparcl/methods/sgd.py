@@ -14,8 +14,9 @@ class Sgd(ContinualMethod):
         self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
     ) -> float:
         self.optimizer.zero_grad()
-        loss = self.current_loss(self.net(inputs), labels, task)
+        logits, weight = self.forward_shard(inputs)
+        loss = weight * self.current_loss(logits, self.cluster.local(labels), task)
         loss.backward()
         self.samples_forwarded += len(labels)
-        self.optimizer.step()
+        self.apply_step()
         return loss.item()

@@ -1,0 +1,162 @@
+"""Data-parallel training on one machine: 2 gloo ranks against one process.
+
+The sharding helpers and the replicated buffer run in two spawned processes; the whole CLI
+runs under torchrun (debug mode), including a kill-and-resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from cl_data import write_fmnist
+
+from sparcl.data import PROTOCOLS
+from sparcl.distributed import Cluster
+from sparcl.methods import Derpp
+from sparcl.models import MLP
+
+WORLD = 2
+
+
+@pytest.fixture(scope="module")
+def fmnist_dir(tmp_path_factory):
+    return write_fmnist(tmp_path_factory.mktemp("fmnist"))
+
+
+# ---------------------------------------------------------------- helpers in two processes
+
+
+def _derpp_steps(cluster: Cluster) -> Derpp:
+    """Three DER++ steps of a small MLP on fixed batches (identical inputs on every rank)."""
+    torch.manual_seed(0)
+    method = Derpp(
+        MLP(784, 10, hidden=32),
+        PROTOCOLS["seq-fmnist"],
+        lambda r: r.float() / 255,
+        0.1,
+        12,
+        6,
+        0.3,
+        0.5,
+    )
+    method.cluster = cluster
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(3):
+        raw = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8, generator=generator)
+        labels = torch.randint(0, 10, (10,), generator=generator)
+        method.observe(raw.float() / 255, labels, raw, 0)
+    return method
+
+
+def _worker(rank: int, store: str, out: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    cluster = Cluster(rank, WORLD, "gloo")
+    # Shards of 5 rows over 2 ranks: 3 + 2, gathered back in order.
+    rows = torch.arange(10).view(5, 2)
+    shard = cluster.local(rows)
+    assert shard.shape[0] == (3 if rank == 0 else 2)
+    assert torch.equal(cluster.gather(shard), rows)
+    assert cluster.shard_weight(5) == pytest.approx(len(shard) * 2 / 5)
+    method = _derpp_steps(cluster)
+    torch.save(
+        {
+            "net": method.net.state_dict(),
+            "buffer_inputs": method.buffer.inputs,
+            "buffer_logits": method.buffer.logits,
+            "bytes": cluster.allreduce_bytes,
+        },
+        Path(out) / f"rank{rank}.pt",
+    )
+    # Disagreeing masks must be caught.
+    from sparcl_kernels.nn import SparseLinear
+
+    layer = SparseLinear(32, 32, block_size=16, sparsity=0.5)
+    mask = torch.zeros(2, 2, dtype=torch.bool)
+    mask[rank, 0] = True
+    layer.set_block_mask(mask)
+    with pytest.raises(RuntimeError, match="disagree on the masks"):
+        cluster.check_consistent(torch.nn.Sequential(layer))
+    dist.destroy_process_group()
+
+
+def test_two_ranks_replicate_the_buffer_and_match_one_process(tmp_path):
+    mp.spawn(_worker, args=(str(tmp_path / "store"), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    single = _derpp_steps(Cluster())
+    for name in ("buffer_inputs", "buffer_logits"):
+        assert torch.equal(ranks[0][name], ranks[1][name]), name  # replicated, bit for bit
+    torch.testing.assert_close(ranks[0]["buffer_logits"], single.buffer.logits)
+    assert torch.equal(ranks[0]["buffer_inputs"], single.buffer.inputs)
+    for name, tensor in single.net.state_dict().items():
+        assert torch.equal(ranks[0]["net"][name], ranks[1]["net"][name]), name
+        torch.testing.assert_close(ranks[0]["net"][name], tensor, rtol=1e-5, atol=1e-6)
+    parameters = sum(p.numel() for p in single.net.parameters())
+    assert ranks[0]["bytes"] == [4 * parameters] * 3  # one flat fp32 all-reduce per step
+
+
+# ---------------------------------------------------------------- the CLI under torchrun
+
+RUN_ARGS = [
+    "--model", "sparcl-derpp", "--backbone", "mlp", "--sparsity", "0.75", "--block_size", "16",
+    "--n_epochs", "6", "--debug_mode", "1", "--batch_size", "8", "--minibatch_size", "8",
+    "--buffer_size", "20", "--tdm_p_inter", "0.05", "--tdm_p_intra", "0.05",
+    "--dgm_interval", "2", "--dgm_keep", "0.5", "--seed", "3", "--quiet", "--deterministic",
+]  # fmt: skip
+
+
+def _run(command: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _torchrun(*arguments: str) -> None:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    _run([*launcher, f"--nproc-per-node={WORLD}", "-m", "sparcl", "train", *arguments])
+
+
+def _results(output_dir: Path) -> tuple[Path, dict]:
+    (run,) = [p for p in output_dir.iterdir() if p.is_dir()]
+    return run, json.loads((run / "results.json").read_text())
+
+
+def test_torchrun_matches_one_process_and_resumes(tmp_path, fmnist_dir):
+    data = ["--data_dir", str(fmnist_dir)]
+    _torchrun(*RUN_ARGS, *data, "--output_dir", str(tmp_path / "two"))
+    single = [sys.executable, "-m", "sparcl", "train", *RUN_ARGS, *data]
+    _run([*single, "--output_dir", str(tmp_path / "one")])
+    run, two = _results(tmp_path / "two")
+    _, one = _results(tmp_path / "one")
+    assert two["distributed"]["world_size"] == WORLD and one["distributed"] is None
+    assert two["distributed"]["allreduce_bytes_per_step"] > 0
+    assert two["layer_sparsity"] == one["layer_sparsity"]
+    assert two["gradient_density"] == one["gradient_density"]
+    for ours, theirs in zip(two["class_il"], one["class_il"], strict=True):
+        assert ours == pytest.approx(theirs, abs=1e-6)
+    final = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    reference = torch.load(
+        next((tmp_path / "one").iterdir()) / "checkpoints" / "task_5.pt", weights_only=True
+    )["net"]
+    for name, tensor in reference.items():
+        torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+
+    # Kill after task 2 (later checkpoints never written), resume under torchrun.
+    for task in range(3, 6):
+        (run / "checkpoints" / f"task_{task}.pt").unlink()
+    (run / "checkpoints" / "latest.txt").write_text("task_2.pt\n")
+    (run / "results.json").unlink()
+    _torchrun("--resume", str(run))
+    resumed = json.loads((run / "results.json").read_text())
+    assert resumed["class_il"] == two["class_il"]
+    resumed_net = torch.load(run / "checkpoints" / "task_5.pt", weights_only=True)["net"]
+    for name, tensor in final.items():
+        assert torch.equal(resumed_net[name], tensor), name
