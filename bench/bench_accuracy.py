@@ -84,10 +84,15 @@ def plot(rows: dict[str, list[dict]], target: str) -> None:
     for offset, key, label in ((-width / 2, "average_class_il", "Class-IL"),
                                (width / 2, "average_task_il", "Task-IL")):  # fmt: skip
         means = [statistics.mean(r[key] for r in rows[n]) for n in names]
-        bars = axis.bar([i + offset for i in range(len(names))], means, width, label=label)
+        spreads = [statistics.stdev(r[key] for r in rows[n]) if len(rows[n]) > 1 else 0.0
+                   for n in names]  # fmt: skip
+        positions = [i + offset for i in range(len(names))]
+        bars = axis.bar(positions, means, width, yerr=spreads, capsize=3, label=label)
         axis.bar_label(bars, fmt="%.1f", fontsize=8)
     axis.set_xticks(range(len(names)), [n.replace("SparCL-DER++ ", "SparCL\n") for n in names])
-    axis.set(ylabel="accuracy after 5 tasks (%)", ylim=(0, 100), title="Split Fashion-MNIST")
+    seeds = len(next(iter(rows.values())))
+    title = f"Split Fashion-MNIST, mean ± std over {seeds} seed(s)"
+    axis.set(ylabel="average accuracy after 5 tasks (%)", ylim=(0, 105), title=title)
     axis.legend(loc="lower right")
     figure.tight_layout()
     figure.savefig(target, dpi=100)
