@@ -5,7 +5,10 @@ CIFAR-stem ResNet-18 (nf=64) on Split Fashion-MNIST images, batch 32, with SparC
 machinery active (DGM refreshing every 30 steps, so most timed steps are masked ones, as in
 steady state). Variants are timed interleaved in one process (medians); FLOPs come from
 sparcl.flops, and the realization ratio is measured speedup / FLOP reduction. Peak RSS is
-that of a fresh process per variant that loads the data and takes three steps.
+that of a fresh process per variant that loads the data and takes three steps, once per
+memory allocator: glibc's default keeps freed heap memory, so its peak RSS shows the
+allocator's high-water mark more than the live tensors; tcmalloc and jemalloc (Debian's
+libtcmalloc-minimal4 / libjemalloc2, preloaded into the child when installed) track them.
 
     python bench/bench_sparcl.py --repeats 6 --markdown /tmp/sparcl.md
 """
@@ -15,6 +18,8 @@ from __future__ import annotations
 import argparse
 import datetime
 import multiprocessing
+import os
+from pathlib import Path
 
 import torch
 from timing import current_rss_mb, emit, interleaved_medians, peak_rss_mb
@@ -64,16 +69,62 @@ def _steps_peak_rss(kind: str, sparsity: float, nf: int, data_dir, queue) -> Non
     queue.put((peak_rss_mb(), peak_rss_mb() - baseline))
 
 
-def peak_memory(kind: str, sparsity: float, nf: int, data_dir) -> tuple[float, float]:
+# Allocators compared for peak memory; None is the C library's own malloc.
+ALLOCATOR_LIBRARIES = {
+    "glibc": None,
+    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
+    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
+}
+
+
+def available_allocators() -> list[str]:
+    return [name for name, lib in ALLOCATOR_LIBRARIES.items() if lib is None or Path(lib).exists()]
+
+
+def peak_memory(
+    kind: str, sparsity: float, nf: int, data_dir, allocator: str = "glibc"
+) -> tuple[float, float]:
     """Peak RSS (MB) of a fresh process that loads the data and takes three steps, and the
     part of it above the process's RSS once the data was loaded (the training's own)."""
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_steps_peak_rss, args=(kind, sparsity, nf, data_dir, queue))
-    process.start()
+    library = ALLOCATOR_LIBRARIES[allocator]
+    saved = os.environ.get("LD_PRELOAD")
+    try:  # the spawned interpreter inherits the environment at start
+        if library is not None:
+            os.environ["LD_PRELOAD"] = library
+        process.start()
+    finally:
+        if saved is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = saved
     peak = queue.get()
     process.join()
     return peak
+
+
+def memory_table(names_kinds: dict[str, tuple[str, float]], args) -> str:
+    """Peak RSS and the training's own MB per variant and allocator, % of dense alongside."""
+    allocators = [a for a in args.allocators if a in available_allocators()]
+    header = " | ".join(f"{a} peak RSS MB | {a} training's own MB" for a in allocators)
+    lines = [f"| variant | {header} |", "|---" * (1 + 2 * len(allocators)) + "|"]
+    peaks = {
+        (name, allocator): peak_memory(kind, sparsity, args.nf, args.data_dir, allocator)
+        for name, (kind, sparsity) in names_kinds.items()
+        for allocator in allocators
+    }
+    for name in names_kinds:
+        cells = []
+        for allocator in allocators:
+            (peak, own), (dense_peak, dense_own) = (
+                peaks[name, allocator],
+                peaks["dense DER++", allocator],
+            )
+            cells += [f"{peak:.0f} ({peak / dense_peak:.0%})", f"{own:.0f} ({own / dense_own:.0%})"]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -82,6 +133,13 @@ def main() -> None:
     parser.add_argument("--nf", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=6)
     parser.add_argument("--data_dir")
+    parser.add_argument(
+        "--allocators",
+        nargs="+",
+        choices=list(ALLOCATOR_LIBRARIES),
+        default=list(ALLOCATOR_LIBRARIES),
+        help="allocators to measure peak memory under (those not installed are skipped)",
+    )
     parser.add_argument("--markdown")
     args = parser.parse_args()
     data = load_dataset("seq-fmnist", args.data_dir)
@@ -112,28 +170,24 @@ def main() -> None:
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
         f" · ResNet-18 nf={args.nf}, 28x28x1, batch 32 + 2 x 32 replay · medians of "
         f"{args.repeats} interleaved steps · fp32\n",
-        "| variant | step ms | speedup vs dense | FLOP reduction | realization ratio "
-        "| peak RSS MB | training's own MB |",
-        "|---|---|---|---|---|---|---|",
+        "| variant | step ms | speedup vs dense | FLOP reduction | realization ratio |",
+        "|---|---|---|---|---|",
     ]
     dense_time = times["dense DER++"]
-    peaks = {"dense DER++": peak_memory("dense", 0.0, args.nf, args.data_dir)}
-    for kind, sparsity in kinds:
-        peak = peak_memory(kind, sparsity, args.nf, args.data_dir)
-        peaks[f"SparCL-DER++ {kind} {sparsity:g}"] = peak
     for name, method in variants.items():
         density = method.dgm.gradient_density if hasattr(method, "dgm") else 1.0
         step_flops = count_flops(method.net, shape).step(96, density)
         reduction = step_flops["dense_equivalent"] / step_flops["actual"]
         speedup = dense_time / times[name]
-        (peak, own), (dense_peak, dense_own) = peaks[name], peaks["dense DER++"]
         lines.append(
             f"| {name} | {times[name] * 1e3:.0f} | {speedup:.2f}x | {reduction:.2f}x | "
-            f"{speedup / reduction:.0%} | {peak:.0f} ({peak / dense_peak:.0%}) "
-            f"| {own:.0f} ({own / dense_own:.0%}) |"
+            f"{speedup / reduction:.0%} |"
         )
-    text = "\n".join(lines)
-    emit(text, args.markdown)
+    names_kinds = {"dense DER++": ("dense", 0.0)}
+    names_kinds.update({f"SparCL-DER++ {k} {s:g}": (k, s) for k, s in kinds})
+    lines += ["", "Peak memory, a fresh process per variant and allocator:", ""]
+    lines.append(memory_table(names_kinds, args))
+    emit("\n".join(lines), args.markdown)
 
 
 if __name__ == "__main__":
