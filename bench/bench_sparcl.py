@@ -8,7 +8,7 @@ sparcl.flops, and the realization ratio is measured speedup / FLOP reduction. Pe
 that of a fresh process per variant that loads the data and takes three steps, once per
 memory allocator: glibc's default keeps freed heap memory, so its peak RSS shows the
 allocator's high-water mark more than the live tensors; tcmalloc and jemalloc (Debian's
-libtcmalloc-minimal4 / libjemalloc2, preloaded into the child when installed) track them.
+libtcmalloc-minimal4 / libjemalloc2, preloaded into the child where installed) track them.
 
     python bench/bench_sparcl.py --repeats 6 --markdown /tmp/sparcl.md
 """
@@ -16,10 +16,11 @@ libtcmalloc-minimal4 / libjemalloc2, preloaded into the child when installed) tr
 from __future__ import annotations
 
 import argparse
+import contextlib
+import ctypes.util
 import datetime
 import multiprocessing
 import os
-from pathlib import Path
 
 import torch
 from timing import current_rss_mb, emit, interleaved_medians, peak_rss_mb
@@ -69,16 +70,29 @@ def _steps_peak_rss(kind: str, sparsity: float, nf: int, data_dir, queue) -> Non
     queue.put((peak_rss_mb(), peak_rss_mb() - baseline))
 
 
-# Allocators compared for peak memory; None is the C library's own malloc.
-ALLOCATOR_LIBRARIES = {
-    "glibc": None,
-    "tcmalloc": "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4",
-    "jemalloc": "/usr/lib/x86_64-linux-gnu/libjemalloc.so.2",
-}
+# Allocators compared for peak memory -> the shared library to preload (None: the C
+# library's own malloc).
+ALLOCATOR_LIBRARIES = {"glibc": None, "tcmalloc": "tcmalloc_minimal", "jemalloc": "jemalloc"}
 
 
-def available_allocators() -> list[str]:
-    return [name for name, lib in ALLOCATOR_LIBRARIES.items() if lib is None or Path(lib).exists()]
+def allocator_preload(allocator: str) -> str | None:
+    """The installed library file for ``allocator`` ("" if it is not installed)."""
+    library = ALLOCATOR_LIBRARIES[allocator]
+    return None if library is None else ctypes.util.find_library(library) or ""
+
+
+@contextlib.contextmanager
+def preloaded(library: str | None):
+    """LD_PRELOAD ``library`` for the processes started inside (spawn copies the environment)."""
+    saved = os.environ.get("LD_PRELOAD")
+    if library is not None:
+        os.environ["LD_PRELOAD"] = library
+    try:
+        yield
+    finally:
+        os.environ.pop("LD_PRELOAD", None)
+        if saved is not None:
+            os.environ["LD_PRELOAD"] = saved
 
 
 def peak_memory(
@@ -89,17 +103,8 @@ def peak_memory(
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
     process = context.Process(target=_steps_peak_rss, args=(kind, sparsity, nf, data_dir, queue))
-    library = ALLOCATOR_LIBRARIES[allocator]
-    saved = os.environ.get("LD_PRELOAD")
-    try:  # the spawned interpreter inherits the environment at start
-        if library is not None:
-            os.environ["LD_PRELOAD"] = library
+    with preloaded(allocator_preload(allocator)):
         process.start()
-    finally:
-        if saved is None:
-            os.environ.pop("LD_PRELOAD", None)
-        else:
-            os.environ["LD_PRELOAD"] = saved
     peak = queue.get()
     process.join()
     return peak
@@ -107,7 +112,7 @@ def peak_memory(
 
 def memory_table(names_kinds: dict[str, tuple[str, float]], args) -> str:
     """Peak RSS and the training's own MB per variant and allocator, % of dense alongside."""
-    allocators = [a for a in args.allocators if a in available_allocators()]
+    allocators = [a for a in args.allocators if allocator_preload(a) != ""]
     header = " | ".join(f"{a} peak RSS MB | {a} training's own MB" for a in allocators)
     lines = [f"| variant | {header} |", "|---" * (1 + 2 * len(allocators)) + "|"]
     peaks = {
@@ -118,10 +123,8 @@ def memory_table(names_kinds: dict[str, tuple[str, float]], args) -> str:
     for name in names_kinds:
         cells = []
         for allocator in allocators:
-            (peak, own), (dense_peak, dense_own) = (
-                peaks[name, allocator],
-                peaks["dense DER++", allocator],
-            )
+            peak, own = peaks[name, allocator]
+            dense_peak, dense_own = peaks["dense DER++", allocator]
             cells += [f"{peak:.0f} ({peak / dense_peak:.0%})", f"{own:.0f} ({own / dense_own:.0%})"]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
