@@ -8,7 +8,7 @@ export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/cuda/*.cpp)
 
-.PHONY: test lint format run demo clean
+.PHONY: test test-arm lint format run demo clean
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,13 +27,31 @@ format: $(VENV)/.deps
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint $(VENV)/.built
+test: lint test-arm $(VENV)/.built
 	$(PY) -m pytest
+
+# The CPU kernels on aarch64 (NEON): the torch-free kernel test cross-compiled with Debian's
+# g++-aarch64-linux-gnu and run under qemu-user (installed when missing). Correctness only:
+# emulated timings mean nothing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+ARM_CXX := aarch64-linux-gnu-g++
+ARM_TEST := build/test_kernels_aarch64
+CPU_KERNEL_SOURCES := csrc/cpu/dispatch.cpp $(wildcard csrc/cpu/kernels_*.cpp)
+
+$(ARM_TEST): csrc/cpu/tests/test_kernels.cpp $(CPU_KERNEL_SOURCES) $(wildcard csrc/cpu/*.h)
+	@command -v $(ARM_CXX) >/dev/null && command -v qemu-aarch64 >/dev/null || \
+		{ $(SUDO) apt-get update -qq && \
+		  $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu qemu-user >/dev/null; }
+	mkdir -p $(dir $@)
+	$(ARM_CXX) -O2 -std=c++17 -ffp-contract=fast -fopenmp -Wall -Wextra -Werror \
+		csrc/cpu/tests/test_kernels.cpp $(CPU_KERNEL_SOURCES) -o $@
+
+test-arm: $(ARM_TEST)
+	qemu-aarch64 -L /usr/aarch64-linux-gnu $(ARM_TEST)
 
 # The main job: a short SparCL-DER++ run (TDM + DDR + DGM) on Split Fashion-MNIST (Debian's
 # package) with the block convs of a ResNet-18 at 90% block sparsity on the CPU fast path.
 FMNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(FMNIST):
 	$(SUDO) apt-get update -qq

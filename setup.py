@@ -1,15 +1,62 @@
 """Build sparcl_kernels and its native extensions.
 
-The CPU extension (csrc/cpu) is always built, with ninja. The CUDA extension (csrc/cuda) is
-built only where the installed torch has CUDA. torch must already be installed: use
+The CPU extension (csrc/cpu) is always built, with ninja, on every architecture and compiler:
+no instruction-set flag is passed (x86-64 compiles its AVX2 and AVX-512 kernels through
+target pragmas and picks one at run time; aarch64 gets NEON as its baseline), and a compiler
+without OpenMP builds single-threaded kernels with a warning. The CUDA extension (csrc/cuda)
+is built only where the installed torch has CUDA. torch must already be installed: use
 ``pip install --no-build-isolation -e .`` (the Makefile does).
 """
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+
+_OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
+
+
+def _openmp_flags(compiler: str) -> tuple[list[str], list[str]]:
+    """Compile and link flags for OpenMP, or none (with a warning) if the compiler lacks it."""
+    candidates = [(["-fopenmp"], ["-fopenmp"])]
+    if sys.platform == "darwin":  # Apple clang: OpenMP only through Homebrew's libomp
+        candidates.append((["-Xpreprocessor", "-fopenmp"], ["-lomp"]))
+    with tempfile.TemporaryDirectory() as tmp:
+        source = Path(tmp) / "probe.cpp"
+        source.write_text(_OPENMP_PROBE)
+        for compile_flags, link_flags in candidates:
+            command = [compiler, str(source), "-o", str(Path(tmp) / "probe")]
+            try:
+                probe = subprocess.run(command + compile_flags + link_flags, capture_output=True)
+            except OSError:
+                break
+            if probe.returncode == 0:
+                return compile_flags, link_flags
+    warnings.warn(
+        f"{compiler} cannot build OpenMP code: the CPU kernels will run on one thread "
+        "(sparcl_kernels.backend_info() reports openmp: False)",
+        stacklevel=2,
+    )
+    return [], []
+
+
+def _cpu_flags() -> tuple[list[str], list[str]]:
+    """Flags for the CPU extension on this platform and compiler (no instruction-set flag)."""
+    if sys.platform == "win32":
+        return ["/O2", "/std:c++17", "/openmp"], []
+    compiler = os.environ.get("CXX") or shutil.which("c++") or "c++"
+    # -ffp-contract=fast: the micro-kernels' a * b + c becomes one fused multiply-add where the
+    # instruction set has one (ISO C++ modes otherwise turn contraction off).
+    compile_flags = ["-O3", "-std=c++17", "-ffp-contract=fast"]
+    openmp_compile, openmp_link = _openmp_flags(compiler)
+    return compile_flags + openmp_compile, openmp_link
 
 
 def _extensions():
@@ -25,12 +72,13 @@ def _extensions():
     extensions = []
     cpu_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cpu").glob("*.cpp"))
     if cpu_sources:
+        compile_flags, link_flags = _cpu_flags()
         extensions.append(
             cpp_extension.CppExtension(
                 "sparcl_kernels._cpu",
                 cpu_sources,
-                extra_compile_args=["-O3", "-mavx2", "-mfma", "-fopenmp", "-std=c++17"],
-                extra_link_args=["-fopenmp"],
+                extra_compile_args=compile_flags,
+                extra_link_args=link_flags,
             )
         )
     cuda_sources = sorted(

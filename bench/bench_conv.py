@@ -1,22 +1,24 @@
 """The 16 block 3x3 convolutions of a CIFAR ResNet-18: dense nn.Conv2d vs SparseConv2d.
 
 Forward + backward (input and weight gradients) of all 16 convolutions at batch 32, timed
-interleaved in one process (medians), at several sparsities and both block granularities,
-plus the peak resident memory of a whole ResNet-18 training step, dense vs sparse, each
-measured in a fresh process.
+interleaved in one process (medians), at several sparsities and both block granularities, our
+kernels once per instruction set this CPU runs, against the faster of dense NCHW and dense
+channels_last measured in the same run; plus the peak resident memory of a whole ResNet-18
+training step, dense vs sparse, each measured in a fresh process.
 
-    python bench/bench_conv.py                 # 32x32 and 28x28 inputs, ~3 minutes on 2 cores
-    python bench/bench_conv.py --sizes 32 --sparsities 0.9 --repeats 3
+    python bench/bench_conv.py                 # 32x32 and 28x28 inputs, several minutes
+    python bench/bench_conv.py --sizes 32 --sparsities 0.9 --repeats 3 --isas avx2
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import multiprocessing
 
 import torch
-from timing import emit, interleaved_medians, peak_rss_mb
+from timing import emit, interleaved_medians, on_isa, peak_rss_mb, supported_isas
 from torch import nn
 from tqdm import tqdm
 
@@ -69,34 +71,51 @@ def step_fn(layers: list[tuple[nn.Module, torch.Tensor]]):
     return step
 
 
-def conv_table(image_size: int, sparsities: list[float], block: int, repeats: int) -> list[str]:
+def conv_table(
+    image_size: int, sparsities: list[float], block: int, repeats: int, isas: list[str]
+) -> list[str]:
     torch.manual_seed(0)
     convs = block_convs(resnet18(10), image_size)
-    inputs = [torch.randn(32, *shape[1:], requires_grad=True) for _, _, shape in convs]
-    fns = {"dense": step_fn([(conv, x) for (_, conv, _), x in zip(convs, inputs, strict=True)])}
+    channels_last = torch.channels_last
+    inputs = [torch.randn(32, *shape[1:]) for _, _, shape in convs]
+    inputs_cl = [x.to(memory_format=channels_last).requires_grad_() for x in inputs]
+    inputs = [x.requires_grad_() for x in inputs]
+    dense_cl = [copy.deepcopy(conv).to(memory_format=channels_last) for _, conv, _ in convs]
+    fns = {
+        "dense NCHW": step_fn([(conv, x) for (_, conv, _), x in zip(convs, inputs, strict=True)]),
+        "dense channels_last": step_fn(list(zip(dense_cl, inputs_cl, strict=True))),
+    }
     for sparsity in sparsities:
         per_tap, all_taps = [], []
-        for (_, conv, _), x in zip(convs, inputs, strict=True):
+        for (_, conv, _), x in zip(convs, inputs_cl, strict=True):
             per_tap.append((SparseConv2d.from_dense(conv, sparsity, block), x))
             coarse = SparseConv2d.from_dense(conv, sparsity, block)
             coarse.set_block_mask(all_taps_mask(conv, block, sparsity))
             all_taps.append((coarse, x))
-        fns[f"per-tap {sparsity:g}"] = step_fn(per_tap)
-        fns[f"all-taps {sparsity:g}"] = step_fn(all_taps)
+        for isa in isas:
+            fns[f"per-tap {sparsity:g} {isa}"] = on_isa(isa, step_fn(per_tap))
+            fns[f"all-taps {sparsity:g} {isa}"] = on_isa(isa, step_fn(all_taps))
     times = interleaved_medians(fns, repeats=repeats, warmup=1)
+    best = min(("dense NCHW", "dense channels_last"), key=times.__getitem__)
     lines = [
         f"\n#### {image_size}x{image_size} input, batch 32, blocks {block}x{block}\n",
-        "| variant | sparsity | ms per fwd+bwd of the 16 convs | vs dense |",
-        "|---|---|---|---|",
-        f"| dense nn.Conv2d | 0 | {times['dense'] * 1e3:.0f} | 1.00x |",
+        f"Baseline: {best} (the faster dense format in this run). Sparse layers get "
+        "channels_last inputs.\n",
+        "| variant | ISA | sparsity | ms per fwd+bwd of the 16 convs | vs best dense |",
+        "|---|---|---|---|---|",
     ]
-    for name, seconds in times.items():
-        if name == "dense":
-            continue
-        variant, sparsity = name.split()
+    for name in ("dense NCHW", "dense channels_last"):
         lines.append(
-            f"| {variant} blocks | {sparsity} | {seconds * 1e3:.0f} | "
-            f"{times['dense'] / seconds:.2f}x |"
+            f"| {name} nn.Conv2d | - | 0 | {times[name] * 1e3:.0f} | "
+            f"{times[best] / times[name]:.2f}x |"
+        )
+    for name, seconds in times.items():
+        if name.startswith("dense"):
+            continue
+        variant, sparsity, isa = name.split()
+        lines.append(
+            f"| {variant} blocks | {isa} | {sparsity} | {seconds * 1e3:.0f} | "
+            f"{times[best] / seconds:.2f}x |"
         )
     return lines
 
@@ -143,15 +162,21 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.75, 0.9, 0.95])
     parser.add_argument("--block", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument(
+        "--isas", nargs="+", default=None, help="instruction sets (default: all this CPU runs)"
+    )
+    parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
+    isas = args.isas or supported_isas()
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
         f" · medians of {args.repeats} interleaved repeats · fp32"
     ]
     for size in tqdm(args.sizes, desc="input sizes"):
-        lines += conv_table(size, args.sparsities, args.block, args.repeats)
-    lines += memory_table(0.9, args.block)
+        lines += conv_table(size, args.sparsities, args.block, args.repeats, isas)
+    if args.memory:
+        lines += memory_table(0.9, args.block)
     text = "\n".join(lines)
     emit(text, args.markdown)
 

@@ -1,9 +1,10 @@
 """CPU kernel benchmark: dense torch vs block-sparse (ours) vs torch BSR, one table per pass.
 
 Every configuration times all contenders interleaved in one process and reports medians, so
-the ratios are side by side; absolute times drift between runs on shared machines.
+the ratios are side by side; absolute times drift between runs on shared machines. Our
+kernels are timed once per instruction set this CPU runs (--isas), in the same run.
 
-    python bench/bench_cpu.py                       # the full grid (a few minutes on 2 cores)
+    python bench/bench_cpu.py                       # the full grid (several minutes on 2 cores)
     python bench/bench_cpu.py --shapes 2048x2048 --batches 256 --blocks 32 --markdown out.md
 """
 
@@ -17,7 +18,7 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from timing import emit, interleaved_medians
+from timing import emit, interleaved_medians, on_isa, supported_isas
 from tqdm import tqdm
 
 import sparcl_kernels as sk
@@ -33,13 +34,17 @@ class Row:
     batch: int
     block: int
     sparsity: float
+    isa: str
     dense_ms: dict[str, float]
     ours_ms: dict[str, float]
     bsr_forward_ms: float | None
     masked_weight_grad_ms: float  # weight grad with a grad mask keeping 20% of stored blocks
 
 
-def measure(in_f: int, out_f: int, batch: int, block: int, sparsity: float, repeats: int) -> Row:
+def measure(
+    in_f: int, out_f: int, batch: int, block: int, sparsity: float, repeats: int, isas: list[str]
+) -> list[Row]:
+    """One row per instruction set; dense, BSR and every instruction set timed interleaved."""
     generator = torch.Generator().manual_seed(0)
     dense = torch.nn.Linear(in_f, out_f)
     layout = sk.BlockLayout.from_dense(dense.weight, block, sparsity)
@@ -63,39 +68,48 @@ def measure(in_f: int, out_f: int, batch: int, block: int, sparsity: float, repe
         values.grad = bias.grad = None
         sk.block_sparse_linear(x, values, layout, bias, backend="cpu").backward(grad_out)
 
+    ours = {
+        "forward": lambda: cpu.forward(x, values.detach(), layout, bias.detach()),
+        "input grad": lambda: cpu.grad_input(grad_out, values.detach(), layout),
+        "weight grad": lambda: cpu.grad_weight(grad_out, x, layout, None),
+        "all three": ours_step,
+        "masked": lambda: cpu.grad_weight(grad_out, x, layout, grad_mask),
+    }
     fns = {
         "dense forward": lambda: torch.nn.functional.linear(x, weight, bias),
         "dense input grad": lambda: grad_out @ weight,
         "dense weight grad": lambda: grad_out.t() @ x,
         "dense all three": dense_step,
-        "ours forward": lambda: cpu.forward(x, values.detach(), layout, bias.detach()),
-        "ours input grad": lambda: cpu.grad_input(grad_out, values.detach(), layout),
-        "ours weight grad": lambda: cpu.grad_weight(grad_out, x, layout, None),
-        "ours all three": ours_step,
-        "ours masked": lambda: cpu.grad_weight(grad_out, x, layout, grad_mask),
     }
+    for isa in isas:
+        fns.update({f"{isa} {name}": on_isa(isa, fn) for name, fn in ours.items()})
     if layout.nnz:
         # Favours BSR: x is transposed outside the timed region.
         fns["bsr forward"] = lambda: bsr @ x_t
     times = interleaved_medians(fns, repeats=repeats, warmup=2)
-    return Row(
-        in_f,
-        out_f,
-        batch,
-        block,
-        sparsity,
-        {p: times[f"dense {p}"] * 1e3 for p in PASSES},
-        {p: times[f"ours {p}"] * 1e3 for p in PASSES},
-        times["bsr forward"] * 1e3 if "bsr forward" in times else None,
-        times["ours masked"] * 1e3,
-    )
+    cpu.select_isa(None)
+    return [
+        Row(
+            in_f,
+            out_f,
+            batch,
+            block,
+            sparsity,
+            isa,
+            {p: times[f"dense {p}"] * 1e3 for p in PASSES},
+            {p: times[f"{isa} {p}"] * 1e3 for p in PASSES},
+            times["bsr forward"] * 1e3 if "bsr forward" in times else None,
+            times[f"{isa} masked"] * 1e3,
+        )
+        for isa in isas
+    ]
 
 
 def break_even(rows: list[Row], pass_name: str) -> dict[tuple, str]:
     """Lowest measured sparsity at which ours is at least as fast as dense, per problem."""
     result: dict[tuple, str] = {}
     for row in sorted(rows, key=lambda r: r.sparsity):
-        key = (row.in_features, row.out_features, row.batch, row.block)
+        key = (row.in_features, row.out_features, row.batch, row.block, row.isa)
         if key not in result and row.ours_ms[pass_name] <= row.dense_ms[pass_name]:
             result[key] = f"{row.sparsity:g}"
     return result
@@ -107,31 +121,31 @@ def tables(rows: list[Row]) -> str:
         even = break_even(rows, pass_name)
         lines += [
             f"\n### {pass_name}\n",
-            "| in x out | N | block | sparsity | dense ms | ours ms | BSR fwd ms "
+            "| in x out | N | block | sparsity | ISA | dense ms | ours ms | BSR fwd ms "
             "| ours vs dense | of ideal 1/(1-s) | break-even s |",
-            "|---|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             dense_ms, ours_ms = r.dense_ms[pass_name], r.ours_ms[pass_name]
             speedup = dense_ms / ours_ms
             ideal = 1 / (1 - r.sparsity)
             bsr = f"{r.bsr_forward_ms:.3f}" if pass_name == "forward" and r.bsr_forward_ms else "-"
-            key = (r.in_features, r.out_features, r.batch, r.block)
+            key = (r.in_features, r.out_features, r.batch, r.block, r.isa)
             lines.append(
                 f"| {r.in_features}x{r.out_features} | {r.batch} | {r.block} | {r.sparsity:g} "
-                f"| {dense_ms:.3f} | {ours_ms:.3f} | {bsr} | {speedup:.2f}x "
+                f"| {r.isa} | {dense_ms:.3f} | {ours_ms:.3f} | {bsr} | {speedup:.2f}x "
                 f"| {speedup / ideal:.0%} | {even.get(key, '> max')} |"
             )
     lines += [
         "\n### weight grad with a grad mask keeping 20% of stored blocks\n",
-        "| in x out | N | block | sparsity | unmasked ms | masked ms | masked / unmasked |",
-        "|---|---|---|---|---|---|---|",
+        "| in x out | N | block | sparsity | ISA | unmasked ms | masked ms | masked / unmasked |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         full, masked = r.ours_ms["weight grad"], r.masked_weight_grad_ms
         lines.append(
             f"| {r.in_features}x{r.out_features} | {r.batch} | {r.block} | {r.sparsity:g} "
-            f"| {full:.3f} | {masked:.3f} | {masked / full:.0%} |"
+            f"| {r.isa} | {full:.3f} | {masked:.3f} | {masked / full:.0%} |"
         )
     return "\n".join(lines)
 
@@ -154,15 +168,20 @@ def main() -> None:
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9, 0.95, 0.98])
     parser.add_argument("--repeats", type=int, default=9)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument(
+        "--isas", nargs="+", default=None, help="instruction sets (default: all this CPU runs)"
+    )
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
     shapes = [parse_shape(s) if isinstance(s, str) else s for s in args.shapes]
     torch.set_num_threads(args.threads)
 
     grid = list(itertools.product(shapes, args.batches, args.blocks, args.sparsities))
+    isas = args.isas or supported_isas()
     rows = [
-        measure(in_f, out_f, batch, block, sparsity, args.repeats)
+        row
         for (in_f, out_f), batch, block, sparsity in tqdm(grid, desc="configurations")
+        for row in measure(in_f, out_f, batch, block, sparsity, args.repeats, isas)
     ]
     header = (
         f"{datetime.date.today()} · torch {torch.__version__} · {args.threads} threads · "

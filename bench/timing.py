@@ -8,7 +8,34 @@ from collections.abc import Callable
 
 from sparcl.speedup import interleaved_medians
 
-__all__ = ["current_rss_mb", "emit", "interleaved_medians", "median_seconds", "peak_rss_mb"]
+__all__ = [
+    "current_rss_mb",
+    "emit",
+    "interleaved_medians",
+    "median_seconds",
+    "on_isa",
+    "peak_rss_mb",
+    "supported_isas",
+]
+
+
+def supported_isas() -> list[str]:
+    """The CPU kernels' instruction sets this machine runs, narrowest first."""
+    from sparcl_kernels.backends import cpu
+
+    return cpu.describe()["supported_isas"]
+
+
+def on_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:
+    """``fn`` run with the CPU kernels of instruction set ``isa``, so that several instruction
+    sets can be timed interleaved in one run (switching costs about a microsecond)."""
+    from sparcl_kernels.backends import cpu
+
+    def run() -> object:
+        cpu.select_isa(isa)
+        return fn()
+
+    return run
 
 
 def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3) -> float:

@@ -18,6 +18,44 @@ import sparcl_kernels as sk
 # a missing extension must fail the suite, not skip it.
 CPU_BACKENDS = ["reference", "cpu"]
 
+# The CPU kernels' instruction-set variants: (test id, SPARCL_CPU_ISA value, vector width).
+# "wide16" runs the AVX-512 tiling (16-float vectors, split by the compiler) on the best
+# instruction set this CPU has, so its tile shapes and edges are tested on any machine.
+CPU_ISA_VARIANTS = [
+    ("baseline", "baseline", 0),
+    ("avx2", "avx2", 0),
+    ("avx512", "avx512", 0),
+    ("neon", "neon", 0),
+    ("wide16", None, 16),
+]
+
+
+def select_cpu_isa(name: str | None, width: int) -> None:
+    """Use a CPU-kernel variant, skipping the test where this build or CPU cannot run it."""
+    from sparcl_kernels.backends import cpu
+
+    info = cpu.describe()
+    if name is not None and name not in info["compiled_isas"]:
+        pytest.skip(f"{name} is not compiled for this architecture ({info['compiled_isas']})")
+    if name is not None and name not in info["supported_isas"]:
+        pytest.skip(f"this CPU cannot run {name} (it supports {info['supported_isas']})")
+    cpu.select_isa(name, width)
+
+
+@pytest.fixture(params=CPU_ISA_VARIANTS, ids=[variant[0] for variant in CPU_ISA_VARIANTS])
+def cpu_isa(request):
+    """Runs the test once per CPU-kernel variant, then restores the default choice."""
+    from sparcl_kernels.backends import cpu
+
+    _, name, width = request.param
+    select_cpu_isa(name, width)
+    yield request.param[0]
+    cpu.select_isa(os.environ.get(cpu.ISA_ENV_VAR) or None)
+
+
+# The backend fixture's variants: the reference, and the cpu backend per instruction set.
+BACKEND_VARIANTS = [("reference", None)] + [(f"cpu-{v[0]}", v) for v in CPU_ISA_VARIANTS]
+
 
 def random_block_mask(
     grid: tuple[int, int], density: float, generator: torch.Generator
@@ -81,6 +119,15 @@ def assert_matches_dense(x, values, layout, bias, grad_block_mask, backend, seed
         assert torch.all(actual[2][~grad_block_mask] == 0)
 
 
-@pytest.fixture(params=CPU_BACKENDS)
+@pytest.fixture(params=BACKEND_VARIANTS, ids=[variant[0] for variant in BACKEND_VARIANTS])
 def backend(request):
-    return request.param
+    """A CPU backend name; the cpu backend once per instruction-set variant."""
+    _, variant = request.param
+    if variant is None:
+        yield "reference"
+        return
+    from sparcl_kernels.backends import cpu
+
+    select_cpu_isa(variant[1], variant[2])
+    yield "cpu"
+    cpu.select_isa(os.environ.get(cpu.ISA_ENV_VAR) or None)

@@ -1,6 +1,14 @@
-"""The C++ CPU backend: thread counts, uneven work, the native fp64 path, visibility."""
+"""The C++ CPU backend: instruction sets, thread counts, uneven work, the native fp64 path."""
 
 from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +18,9 @@ from hypothesis import strategies as st
 
 import sparcl_kernels as sk
 from sparcl_kernels import BlockLayout
+
+# Kernel tests run once per instruction-set variant of the kernels this CPU can run.
+per_isa = pytest.mark.usefixtures("cpu_isa")
 
 
 @pytest.fixture(params=[1, 2], ids=lambda n: f"threads{n}")
@@ -27,6 +38,7 @@ def test_extension_is_built_and_default_on_cpu(monkeypatch):
     assert info["default"]["cpu"] == "cpu"
 
 
+@per_isa
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
 @pytest.mark.parametrize("batch", [1, 5, 47, 48, 49, 130])
 def test_uneven_rows_split_across_threads(threads, dtype, batch):
@@ -45,6 +57,7 @@ def test_uneven_rows_split_across_threads(threads, dtype, batch):
     assert_matches_dense(x, values, layout, bias, grad_mask, "cpu")
 
 
+@per_isa
 def test_thread_count_does_not_change_results(threads):
     layout = BlockLayout.from_dense(torch.randn(256, 192), (32, 16), 0.7)
     generator = torch.Generator().manual_seed(3)
@@ -57,6 +70,7 @@ def test_thread_count_does_not_change_results(threads):
     assert torch.equal(y, y_other)
 
 
+@per_isa
 @settings(max_examples=40, deadline=None)
 @given(
     bm=st.sampled_from([1, 3, 8, 16, 24, 32]),
@@ -94,3 +108,101 @@ def test_native_binding_checks_direct_calls():
     values = torch.randn(layout.values_shape)
     with pytest.raises(RuntimeError, match="x must be a contiguous 2-D"):
         _cpu.forward(torch.randn(4, 16).t(), values, *layout.tensors(), None)
+
+
+# ---------------------------------------------------------------- instruction sets
+
+
+def test_backend_info_names_the_instruction_set_in_use(cpu_isa):
+    info = sk.backend_info()["backends"]["cpu"]
+    assert info["isa"] in info["supported_isas"]
+    assert set(info["supported_isas"]) <= set(info["compiled_isas"])
+    expected_width = {"baseline": 4, "neon": 4, "avx2": 8, "avx512": 16}[info["isa"]]
+    assert info["vector_width"] == (16 if cpu_isa == "wide16" else expected_width)
+    if cpu_isa != "wide16":
+        assert info["isa"] == cpu_isa
+
+
+_PRINT_CPU_INFO = (
+    "import json, sparcl_kernels as sk; print(json.dumps(sk.backend_info()['backends']['cpu']))"
+)
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+
+
+def test_default_is_the_widest_instruction_set_the_cpu_runs():
+    result = _run_python(
+        _PRINT_CPU_INFO,
+        SPARCL_CPU_ISA="",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert info["isa"] == info["supported_isas"][-1]
+    assert info["forced_isa"] is None
+
+
+@pytest.mark.parametrize("value", ["turbo", "avx512", "neon"])
+def test_forcing_an_instruction_set_that_cannot_run_names_the_variable(value):
+    from sparcl_kernels.backends import cpu
+
+    if value in cpu.describe()["supported_isas"]:
+        pytest.skip(f"this CPU runs {value}")
+    result = _run_python("import sparcl_kernels as sk; sk.backend_info()", SPARCL_CPU_ISA=value)
+    assert result.returncode != 0
+    assert "$SPARCL_CPU_ISA" in result.stderr and value in result.stderr
+
+
+def test_forced_instruction_set_is_used_and_reported():
+    result = _run_python(
+        _PRINT_CPU_INFO,
+        SPARCL_CPU_ISA="baseline",
+    )
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout)
+    assert (info["isa"], info["forced_isa"], info["vector_width"]) == ("baseline", "baseline", 4)
+
+
+def test_bad_vector_width_is_rejected():
+    from sparcl_kernels.backends import cpu
+
+    with pytest.raises(ValueError, match="vector width must be 4, 8 or 16"):
+        cpu.select_isa(None, 32)
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 dispatch only")
+@pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
+def test_wide_instructions_only_inside_their_instruction_sets_kernels():
+    """Every function that uses AVX/AVX-512 instructions belongs to the avx2 or avx512 copy of
+    the kernels, which run only where the CPU has them: nothing shared (inline functions,
+    template instantiations, the binding) can bring an instruction a baseline CPU lacks."""
+    from sparcl_kernels import _cpu
+
+    listing = subprocess.run(
+        ["objdump", "-d", "-C", "--no-show-raw-insn", _cpu.__file__],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    offenders, isa_functions = [], 0
+    for function in re.split(r"\n(?=[0-9a-f]+ <)", listing):
+        header = re.match(r"[0-9a-f]+ <(.*)>:", function)
+        if not header:
+            continue
+        name = header.group(1)
+        wide = re.search(r"^\s+[0-9a-f]+:\s+v[a-z0-9]+\s", function, re.M) or re.search(
+            r"%[yz]mm", function
+        )
+        if "sparcl::avx2::" in name or "sparcl::avx512::" in name:
+            isa_functions += bool(wide)
+        elif wide:
+            offenders.append(name)
+    assert isa_functions > 0, "no AVX code found: are the avx2/avx512 kernels compiled?"
+    assert not offenders, offenders[:10]

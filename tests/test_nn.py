@@ -16,10 +16,11 @@ from sparcl_kernels.nn import SparseConv2d, SparseLinear, plan_sparsify
 from sparcl_kernels.nn.conv import conv_weight_to_gemm
 
 
-@pytest.fixture(params=CPU_BACKENDS)
-def forced_backend(request, monkeypatch):
-    monkeypatch.setenv("SPARCL_BACKEND", request.param)
-    return request.param
+@pytest.fixture
+def forced_backend(backend, monkeypatch):
+    """Every layer op on one CPU backend (the cpu backend once per instruction set)."""
+    monkeypatch.setenv("SPARCL_BACKEND", backend)
+    return backend
 
 
 def _compare_with_dense(sparse: nn.Module, x: torch.Tensor, to_gemm=lambda w: w):
@@ -70,6 +71,17 @@ def test_sparse_conv_equals_dense(forced_backend, case, dtype):
     layer = SparseConv2d.from_dense(conv, sparsity=0.5, block_size=(8, 8))
     layer.set_grad_block_mask(torch.rand(layer.values.shape[0]) < 0.7)
     _compare_with_dense(layer, torch.randn(3, cin, h, w, dtype=dtype), conv_weight_to_gemm)
+
+
+@pytest.mark.parametrize("block_size", [(4, 4), (16, 16), (32, 16), (16, 32), (32, 32), (24, 8)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_sparse_conv_block_sizes(forced_backend, block_size, stride):
+    """Block sides that select each vector width (4, 8, 16) and tile edge of the kernels."""
+    torch.manual_seed(3)
+    conv = nn.Conv2d(32, 96, 3, stride, 1, bias=True)
+    layer = SparseConv2d.from_dense(conv, sparsity=0.4, block_size=block_size)
+    layer.set_grad_block_mask(torch.rand(layer.values.shape[0]) < 0.7)
+    _compare_with_dense(layer, torch.randn(2, 32, 7, 9), conv_weight_to_gemm)
 
 
 def test_sparse_conv_accepts_channels_last_and_returns_channels_last_strides():

@@ -217,12 +217,19 @@ Tensor conv_grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.doc() = "sparcl_kernels CPU kernels (C++/OpenMP/AVX2)";
+  m.doc() = "sparcl_kernels CPU kernels (C++/OpenMP, one copy per instruction set)";
   m.def("forward", &forward, "y = x @ W.T + bias");
   m.def("grad_input", &grad_input, "grad_x = grad_out @ W");
   m.def("grad_weight", &grad_weight, "grad of the stored blocks, skipping masked-off ones");
   m.def("conv_forward", &conv_forward, "channels-last implicit-GEMM convolution");
   m.def("conv_grad_input", &conv_grad_input, "input gradient of conv_forward");
   m.def("conv_grad_weight", &conv_grad_weight, "stored-block weight gradient of conv_forward");
-  m.def("simd", &sparcl::simd_name, "instruction set of the fp32 micro-kernels");
+  m.def("compiled_isas", &sparcl::compiled_isas, "instruction sets compiled into this build");
+  m.def("supported_isas", &sparcl::supported_isas, "compiled instruction sets this CPU runs");
+  m.def("select_isa", &sparcl::select_isa, "use an instruction set ('' = best) and vector width "
+        "(0 = its own); returns '' or why it cannot", pybind11::arg("name"),
+        pybind11::arg("max_width") = 0);
+  m.def("active_isa", &sparcl::active_isa, "instruction set in use");
+  m.def("active_vector_width", &sparcl::active_vector_width, "fp32 vector width in use (floats)");
+  m.def("openmp", &sparcl::built_with_openmp, "whether the kernels were built with OpenMP");
 }

@@ -6,6 +6,8 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace sparcl {
 
@@ -43,7 +45,26 @@ void block_sparse_grad_weight(const T* grad_out, const T* x, const bool* grad_bl
                               T* grad_values, int64_t n, const BlockLayoutView& layout,
                               int threads);
 
-// Name of the instruction set the fp32 micro-kernels were compiled for.
-const char* simd_name();
+// ------------------------------------------------------------------ instruction sets
+// The kernels are compiled once per instruction set (baseline, avx2 and avx512 on x86-64,
+// neon on aarch64, baseline elsewhere) and the best one the CPU runs is used unless
+// select_isa chose another.
+
+// Instruction sets compiled into this build, and those of them this CPU can run.
+std::vector<std::string> compiled_isas();
+std::vector<std::string> supported_isas();
+
+// Uses instruction set `name` ("" = the best supported) with fp32 vectors of at most
+// `max_width` floats (4, 8 or 16; 0 = the instruction set's own width; wider than the
+// hardware's runs split vectors, which tests use to cover AVX-512's tiling anywhere).
+// Returns an empty string on success, otherwise why not (nothing changes then).
+std::string select_isa(const std::string& name, int max_width);
+
+// The instruction set and maximum vector width in use.
+std::string active_isa();
+int active_vector_width();
+
+// Whether the kernels were built with OpenMP (without it they run on one thread).
+bool built_with_openmp();
 
 }  // namespace sparcl

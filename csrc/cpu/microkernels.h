@@ -1,31 +1,81 @@
-// AVX2+FMA register-tiled micro-kernels shared by the linear and convolution kernels.
+// Register-tiled micro-kernels shared by the linear and convolution kernels, written once over
+// the vectors of simd.h and compiled once per instruction set (see isa_kernels.h).
+//
+// A tile is kTile rows x KV vectors of W floats: kTile * KV accumulators stay in registers
+// beside KV loaded vectors and kTile broadcast scalars. Each instruction set sets the tile
+// for its register file: 6 x 2 vectors on x86 (12 accumulators of 16 ymm/xmm registers;
+// AVX-512 keeps the same shape at twice the width), 5 x 4 on NEON (20 accumulators + 4 + 5
+// of its 32 registers; 6 x 4 spills). W is chosen per call, at most the instruction set's.
 #pragma once
 
-#include <immintrin.h>
+#ifdef _OPENMP
 #include <omp.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 #include <vector>
+
+#include "simd.h"
 
 // Fixed-trip loops over tile dimensions must be fully unrolled before GCC's scalar
 // replacement runs, or the accumulator arrays live on the stack instead of in registers.
 #define SPARCL_UNROLL _Pragma("GCC unroll 16")
 
-namespace sparcl {
+namespace sparcl::SPARCL_ISA_NS {
 namespace detail {
 
-constexpr int kTile = 6;  // tile height of every micro-kernel (12 accumulators at width 16)
+constexpr int kTile = SPARCL_TILE_ROWS;          // tile height of every micro-kernel
+constexpr int kMaxVectors = SPARCL_MAX_VECTORS;  // vectors per tile row
 
-// Runs body(t, threads) on `threads` OpenMP threads (inline when threads <= 1).
+// Calls f(std::integral_constant<int, value>) for a run-time value in [1, N].
+template <int N, typename F>
+void with_constant(int value, const F& f) {
+  if constexpr (N > 1) {
+    if (value < N) return with_constant<N - 1>(value, f);
+  }
+  f(std::integral_constant<int, N>{});
+}
+
+// Widest vector (16, 8 or 4 floats, at most max_width) whose width divides `contiguous`, the
+// length of the runs the micro-kernels load and store; 0 when no vector fits (portable loops).
+inline int pick_width(int64_t contiguous, int max_width) {
+  for (int width = 16; width >= 4; width /= 2)
+    if (width <= max_width && contiguous % width == 0) return width;
+  return 0;
+}
+
+// Calls f(std::integral_constant<int, W>) for a width from pick_width.
+template <typename F>
+void with_width(int width, const F& f) {
+  switch (width) {
+    case 16: return f(std::integral_constant<int, 16>{});
+    case 8: return f(std::integral_constant<int, 8>{});
+    default: return f(std::integral_constant<int, 4>{});
+  }
+}
+
+// Runs body(t, threads) on `threads` OpenMP threads (inline when threads <= 1 or without
+// OpenMP, in which case the kernels run single-threaded).
 template <typename Body>
 void run_parallel(int threads, const Body& body) {
-  if (threads <= 1) {
-    body(0, 1);
+#ifdef _OPENMP
+  if (threads > 1) {
+#pragma omp parallel num_threads(threads)
+    body(omp_get_thread_num(), omp_get_num_threads());
     return;
   }
-#pragma omp parallel num_threads(threads)
-  body(omp_get_thread_num(), omp_get_num_threads());
+#endif
+  (void)threads;
+  body(0, 1);
+}
+
+// Waits for every thread of the enclosing run_parallel region.
+inline void barrier() {
+#ifdef _OPENMP
+#pragma omp barrier
+#endif
 }
 
 // A buffer owned by the calling thread, grown on demand and reused by later calls, so that
@@ -49,23 +99,22 @@ inline void transpose_blocks(const float* values, float* values_t, int64_t begin
 }
 
 // One register tile of the "stream the blocks of a group" passes:
-//   out[i, o0 + 8q ...] (+)= init[o0 + 8q ...]
-//       + sum over s in [sb, se), p < P of a_i(j)[p] * b_j[p, o0 + 8q ...]
+//   out[i, o0 + W q ...] (+)= init[o0 + W q ...]
+//       + sum over s in [sb, se), p < P of a_i(j)[p] * b_j[p, o0 + W q ...]
 // with j = ids[s] (or s when ids is null), b_j = b + j * P * O a [P x O] row-major block, and
 // a_i(j) the P contiguous operand values of tile row i for block j, given by rows(j, a).
-// Each step broadcasts TN scalars and loads KV vectors of b: at TN = 6, KV = 2 that is
-// 12 FMAs per 8 loads with every accumulator in a register.
-template <int TN, int KV, typename Rows>
+// Each step broadcasts TN scalars and loads KV vectors of b for TN * KV multiply-adds.
+template <int W, int TN, int KV, typename Rows>
 void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
                      int32_t sb, int32_t se, int64_t o0, const float* init, bool accumulate,
                      float* out, int64_t ldo) {
-  __m256 acc[TN][KV];
+  using V = simd::Vec<W>;
+  V acc[TN][KV];
   SPARCL_UNROLL
   for (int q = 0; q < KV; ++q) {
-    const __m256 start = init ? _mm256_loadu_ps(init + o0 + 8 * q) : _mm256_setzero_ps();
+    const V start = init ? simd::load<W>(init + o0 + W * q) : simd::zero<W>();
     SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i)
-      acc[i][q] = accumulate ? _mm256_loadu_ps(out + i * ldo + 8 * q) : start;
+    for (int i = 0; i < TN; ++i) acc[i][q] = accumulate ? simd::load<W>(out + i * ldo + W * q) : start;
   }
   const float* a[TN];
   for (int32_t s = sb; s < se; ++s) {
@@ -73,47 +122,42 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
     rows(j, a);
     const float* bb = b + j * P * O + o0;
     for (int64_t p = 0; p < P; ++p) {
-      __m256 bv[KV];
+      V bv[KV];
       SPARCL_UNROLL
-      for (int q = 0; q < KV; ++q) bv[q] = _mm256_loadu_ps(bb + p * O + 8 * q);
+      for (int q = 0; q < KV; ++q) bv[q] = simd::load<W>(bb + p * O + W * q);
       SPARCL_UNROLL
       for (int i = 0; i < TN; ++i) {
-        const __m256 av = _mm256_broadcast_ss(a[i] + p);
+        const float av = a[i][p];
         SPARCL_UNROLL
-        for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(av, bv[q], acc[i][q]);
+        for (int q = 0; q < KV; ++q) acc[i][q] = simd::multiply_add<W>(av, bv[q], acc[i][q]);
       }
     }
   }
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) {
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) _mm256_storeu_ps(out + i * ldo + 8 * q, acc[i][q]);
+    for (int q = 0; q < KV; ++q) simd::store<W>(out + i * ldo + W * q, acc[i][q]);
   }
 }
 
-// Output rows [0, count) x columns [0, O) (O a multiple of 8) of one group, tile by tile.
-// tile_rows(n, tn) returns the Rows functor of the tile starting at output row n.
-template <typename TileRows>
+// Output rows [0, count) x columns [0, O) (O a multiple of W) of one group, tile by tile.
+// tile_rows(n) returns the Rows functor of the tile starting at output row n.
+template <int W, typename TileRows>
 void accumulate_slab(int64_t count, const TileRows& tile_rows, const float* b, int64_t P,
                      int64_t O, const int32_t* ids, int32_t sb, int32_t se, const float* init,
                      bool accumulate, float* out, int64_t ldo) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
     const auto rows = tile_rows(n);
-    for (int64_t o = 0; o < O; o += 16) {
+    for (int64_t o = 0; o < O; o += kMaxVectors * W) {
+      const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
       float* tile_out = out + n * ldo + o;
-      const bool wide = o + 16 <= O;
-      switch (tn * 2 + wide) {
-#define SPARCL_CASE(TN)                                                                   \
-  case 2 * TN:                                                                            \
-    accumulate_tile<TN, 1>(rows, b, P, O, ids, sb, se, o, init, accumulate, tile_out, ldo); \
-    break;                                                                                \
-  case 2 * TN + 1:                                                                        \
-    accumulate_tile<TN, 2>(rows, b, P, O, ids, sb, se, o, init, accumulate, tile_out, ldo); \
-    break;
-        SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
-#undef SPARCL_CASE
-      }
+      with_constant<kTile>(tn, [&](auto TN) {
+        with_constant<kMaxVectors>(kv, [&](auto KV) {
+          accumulate_tile<W, decltype(TN)::value, decltype(KV)::value>(rows, b, P, O, ids, sb, se, o, init, accumulate, tile_out,
+                                     ldo);
+        });
+      });
     }
   }
 }
@@ -136,61 +180,56 @@ struct GatheredRows {
   const float* x_row(int64_t r) const { return x[r]; }
 };
 
-// out[i, 8q ...] (+)= sum over r < count of dy_row(r)[m0 + i] * x_row(r)[k0 + 8q ...] for one
-// TM x 8KV tile of a weight-gradient block.
-template <int TM, int KV, typename Rows>
+// out[i, W q ...] (+)= sum over r < count of dy_row(r)[m0 + i] * x_row(r)[k0 + W q ...] for
+// one TM x KV-vector tile of a weight-gradient block.
+template <int W, int TM, int KV, typename Rows>
 void outer_product_tile(const Rows& rows, int64_t count, int64_t m0, int64_t k0, bool accumulate,
                         float* out, int64_t ldo) {
-  __m256 acc[TM][KV];
+  using V = simd::Vec<W>;
+  V acc[TM][KV];
   SPARCL_UNROLL
   for (int i = 0; i < TM; ++i) {
     SPARCL_UNROLL
     for (int q = 0; q < KV; ++q)
-      acc[i][q] = accumulate ? _mm256_loadu_ps(out + i * ldo + 8 * q) : _mm256_setzero_ps();
+      acc[i][q] = accumulate ? simd::load<W>(out + i * ldo + W * q) : simd::zero<W>();
   }
   for (int64_t r = 0; r < count; ++r) {
     const float* x_row = rows.x_row(r) + k0;
     const float* dy_row = rows.dy_row(r) + m0;
-    __m256 xv[KV];
+    V xv[KV];
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) xv[q] = _mm256_loadu_ps(x_row + 8 * q);
+    for (int q = 0; q < KV; ++q) xv[q] = simd::load<W>(x_row + W * q);
     SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
-      const __m256 d = _mm256_broadcast_ss(dy_row + i);
+      const float d = dy_row[i];
       SPARCL_UNROLL
-      for (int q = 0; q < KV; ++q) acc[i][q] = _mm256_fmadd_ps(d, xv[q], acc[i][q]);
+      for (int q = 0; q < KV; ++q) acc[i][q] = simd::multiply_add<W>(d, xv[q], acc[i][q]);
     }
   }
   SPARCL_UNROLL
   for (int i = 0; i < TM; ++i) {
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) _mm256_storeu_ps(out + i * ldo + 8 * q, acc[i][q]);
+    for (int q = 0; q < KV; ++q) simd::store<W>(out + i * ldo + W * q, acc[i][q]);
   }
 }
 
-// A whole bm x bk weight-gradient block (bk a multiple of 8) from `count` row pairs.
-template <typename Rows>
+// A whole bm x bk weight-gradient block (bk a multiple of W) from `count` row pairs.
+template <int W, typename Rows>
 void outer_product_block(const Rows& rows, int64_t count, int64_t bm, int64_t bk,
                          bool accumulate, float* out) {
   for (int64_t m = 0; m < bm; m += kTile) {
     const int tm = static_cast<int>(std::min<int64_t>(kTile, bm - m));
-    for (int64_t k = 0; k < bk; k += 16) {
-      const bool wide = k + 16 <= bk;
+    for (int64_t k = 0; k < bk; k += kMaxVectors * W) {
+      const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (bk - k) / W));
       float* tile_out = out + m * bk + k;
-      switch (tm * 2 + wide) {
-#define SPARCL_CASE(TM)                                                                     \
-  case 2 * TM:                                                                              \
-    outer_product_tile<TM, 1>(rows, count, m, k, accumulate, tile_out, bk);                 \
-    break;                                                                                  \
-  case 2 * TM + 1:                                                                          \
-    outer_product_tile<TM, 2>(rows, count, m, k, accumulate, tile_out, bk);                 \
-    break;
-        SPARCL_CASE(1) SPARCL_CASE(2) SPARCL_CASE(3) SPARCL_CASE(4) SPARCL_CASE(5) SPARCL_CASE(6)
-#undef SPARCL_CASE
-      }
+      with_constant<kTile>(tm, [&](auto TM) {
+        with_constant<kMaxVectors>(kv, [&](auto KV) {
+          outer_product_tile<W, decltype(TM)::value, decltype(KV)::value>(rows, count, m, k, accumulate, tile_out, bk);
+        });
+      });
     }
   }
 }
 
 }  // namespace detail
-}  // namespace sparcl
+}  // namespace sparcl::SPARCL_ISA_NS

@@ -4,12 +4,13 @@
 // (forward) or block column (input gradient) and a chunk is a slice of the batch. An item
 // costs its group's stored-block count plus one (the output it writes even when empty), so
 // threads get equal numbers of stored blocks however uneven the rows are.
+// Compiled once per instruction set, inside its namespace (see isa_kernels.h).
 #pragma once
 
 #include <algorithm>
 #include <cstdint>
 
-namespace sparcl {
+namespace sparcl::SPARCL_ISA_NS {
 
 struct ItemGrid {
   const int32_t* offsets;  // [groups + 1]: prefix sums of stored blocks per group
@@ -71,4 +72,4 @@ void weight_gradient_share(const bool* grad_block_mask, int64_t nnz, int64_t act
   }
 }
 
-}  // namespace sparcl
+}  // namespace sparcl::SPARCL_ISA_NS

@@ -1,11 +1,15 @@
-"""The C++/OpenMP/AVX2 CPU backend (csrc/cpu), built by setup.py as ``sparcl_kernels._cpu``.
+"""The C++/OpenMP CPU backend (csrc/cpu), built by setup.py as ``sparcl_kernels._cpu``.
 
-Importing this module raises ``ImportError`` when the extension was not built; the registry
-turns that into a visible fallback. Kernels run on as many threads as ``torch.get_num_threads()``.
+The extension holds one copy of the kernels per instruction set (x86-64: baseline SSE2, AVX2
++ FMA, AVX-512F; aarch64: NEON; elsewhere: portable C++) and uses the best one this CPU runs;
+``$SPARCL_CPU_ISA`` forces one. Importing this module raises ``ImportError`` when the
+extension was not built; the registry turns that into a visible fallback. Kernels run on as
+many threads as ``torch.get_num_threads()``.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import torch
@@ -15,14 +19,42 @@ from sparcl_kernels.layout import BlockLayout
 
 NAME = "cpu"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
+ISA_ENV_VAR = "SPARCL_CPU_ISA"
+ISA_NAMES = ("baseline", "avx2", "avx512", "neon")
 
 
 def supports_device(device: torch.device) -> bool:
     return device.type == "cpu"
 
 
+def select_isa(name: str | None = None, vector_width: int = 0, *, source: str = "isa") -> None:
+    """Run the CPU kernels with instruction set ``name`` (None: the best this CPU runs).
+
+    ``vector_width`` (4, 8 or 16 floats; 0 = the instruction set's own) caps the fp32 vector
+    width; a width above the hardware's runs split vectors, which the tests use to cover the
+    AVX-512 tiling on any CPU. Raises ``ValueError`` naming ``source`` when ``name`` is not an
+    instruction set, is not compiled into this build, or this CPU cannot run it.
+    """
+    if name is not None and name not in ISA_NAMES:
+        raise ValueError(f"{source} must be one of {ISA_NAMES}, got {name!r}")
+    problem = _cpu.select_isa(name or "", vector_width)
+    if problem:
+        raise ValueError(f"{source}={name!r}: {problem}")
+
+
 def describe() -> dict[str, Any]:
-    return {"simd": _cpu.simd(), "threads": torch.get_num_threads()}
+    return {
+        "isa": _cpu.active_isa(),
+        "vector_width": _cpu.active_vector_width(),
+        "compiled_isas": _cpu.compiled_isas(),
+        "supported_isas": _cpu.supported_isas(),
+        "forced_isa": os.environ.get(ISA_ENV_VAR) or None,
+        "openmp": _cpu.openmp(),
+        "threads": torch.get_num_threads() if _cpu.openmp() else 1,
+    }
+
+
+select_isa(os.environ.get(ISA_ENV_VAR) or None, source=f"${ISA_ENV_VAR}")
 
 
 def forward(

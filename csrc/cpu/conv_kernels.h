@@ -1,4 +1,5 @@
-// CPU kernels for a 2-D convolution whose weight is block-sparse, as an implicit GEMM.
+// CPU kernels for a 2-D convolution whose weight is block-sparse, as an implicit GEMM,
+// compiled once per instruction set (see isa_kernels.h).
 //
 // Tensors are channels-last: x [N, H, W, C], y / grad_out [N, OH, OW, Cout]. The weight is the
 // GEMM view [Cout, taps * C] with column = tap * C + channel, cut into bm x bk blocks, so one
@@ -6,33 +7,31 @@
 // of materialising the patch matrix (kh * kw times the input), every micro-kernel tile
 // gathers, per block, the input (or output-gradient) rows its pixels read at that tap, and
 // points padding pixels at a zero row. The register tiles are the linear kernels' ones.
+#pragma once
+
 #include "block_sparse_conv.h"
-
-#include <algorithm>
-#include <type_traits>
-
 #include "microkernels.h"
 #include "partition.h"
 
-namespace sparcl {
-namespace {
+namespace sparcl::SPARCL_ISA_NS {
+namespace conv {
 
 using detail::kTile;
 using detail::run_parallel;
 
-constexpr int64_t kPixelChunk = 48;  // output (or input) pixels per work item
+constexpr int64_t kPixelChunk = 8 * kTile;  // output (or input) pixels per work item
 constexpr int64_t kSliceRows = 64;   // pixels per weight-gradient slice
 
 struct Pixel {
   int64_t image, row, col;
 };
 
-Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
+inline Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
   return {index / (height * width), (index / width) % height, index % width};
 }
 
 // Where tap `tap` of output pixel `p` reads the input, or -1 inside the padding.
-int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
+inline int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
   const int64_t ih = p.row * g.stride_h - g.pad_h + (tap / g.kernel_w) * g.dilation_h;
   const int64_t iw = p.col * g.stride_w - g.pad_w + (tap % g.kernel_w) * g.dilation_w;
   if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return -1;
@@ -40,7 +39,7 @@ int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
 }
 
 // The output pixel whose tap `tap` reads input pixel `q`, or -1 if there is none.
-int64_t output_pixel(const ConvGeometry& g, const Pixel& q, int64_t tap) {
+inline int64_t output_pixel(const ConvGeometry& g, const Pixel& q, int64_t tap) {
   const int64_t oh_scaled = q.row + g.pad_h - (tap / g.kernel_w) * g.dilation_h;
   const int64_t ow_scaled = q.col + g.pad_w - (tap % g.kernel_w) * g.dilation_w;
   if (oh_scaled < 0 || ow_scaled < 0 || oh_scaled % g.stride_h || ow_scaled % g.stride_w)
@@ -50,11 +49,11 @@ int64_t output_pixel(const ConvGeometry& g, const Pixel& q, int64_t tap) {
   return (q.image * g.out_h + oh) * g.out_w + ow;
 }
 
-int64_t tap_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
+inline int64_t tap_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
   return col * L.bk / g.channels;
 }
 
-int64_t channel_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
+inline int64_t channel_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
   return col * L.bk % g.channels;
 }
 
@@ -93,11 +92,15 @@ struct GradInputRows {
   }
 };
 
-bool use_simd(const float*, const BlockLayoutView& L) { return L.bm % 8 == 0 && L.bk % 8 == 0; }
-bool use_simd(const double*, const BlockLayoutView&) { return false; }
+// Vector width for the fp32 micro-kernels (0: portable loops). fp64 always runs the loops.
+inline int simd_width(const float*, int64_t contiguous, int max_width) {
+  return detail::pick_width(contiguous, max_width);
+}
+inline int simd_width(const double*, int64_t, int) { return 0; }
 
 // ------------------------------------------------------------------ fp32 fast paths
 
+template <int W>
 void forward_simd(const float* x, const float* values, const float* bias, float* y,
                   const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
@@ -108,7 +111,7 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
     int64_t begin, end;
     even_share(L.nnz, t, nt, &begin, &end);
     detail::transpose_blocks(values, values_t, begin, end, L.bm, L.bk);
-#pragma omp barrier
+    detail::barrier();
     const int64_t first = grid.first_item(t, nt), last = grid.first_item(t + 1, nt);
     for (int64_t item = first; item < last; ++item) {
       const int64_t r = item / grid.chunks, p0 = (item % grid.chunks) * kPixelChunk;
@@ -119,7 +122,7 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
           rows.pixels[i] = pixel_of(p0 + n + i, g.out_h, g.out_w);
         return rows;
       };
-      detail::accumulate_slab(count, tile_rows, values_t, L.bk, L.bm, nullptr,
+      detail::accumulate_slab<W>(count, tile_rows, values_t, L.bk, L.bm, nullptr,
                               L.row_offsets[r], L.row_offsets[r + 1],
                               bias ? bias + r * L.bm : nullptr, false, y + p0 * cout + r * L.bm,
                               cout);
@@ -127,6 +130,7 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
   });
 }
 
+template <int W>
 void grad_input_simd(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
                      const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.in_h * g.in_w, cout = L.rows();
@@ -150,7 +154,7 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
             rows.targets[i] = output_pixel(g, pixel_of(q0 + n + i, g.in_h, g.in_w), tap);
           return rows;
         };
-        detail::accumulate_slab(count, tile_rows, values, L.bm, L.bk, L.transpose_block_ids, sb,
+        detail::accumulate_slab<W>(count, tile_rows, values, L.bm, L.bk, L.transpose_block_ids, sb,
                                 se, nullptr, written, out, g.channels);
         written = true;
       }
@@ -160,6 +164,7 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
   });
 }
 
+template <int W>
 void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t j,
                             const BlockLayoutView& L, const ConvGeometry& g) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
@@ -172,7 +177,7 @@ void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t 
   bool written = false;
   int64_t count = 0;
   const auto flush = [&] {
-    detail::outer_product_block(detail::GatheredRows{dy_rows, x_rows}, count, L.bm, L.bk,
+    detail::outer_product_block<W>(detail::GatheredRows{dy_rows, x_rows}, count, L.bm, L.bk,
                                 written, out);
     written = true;
     count = 0;
@@ -263,56 +268,57 @@ void grad_weight_block_generic(const T* dy, const T* x, T* dw, int64_t j,
   }
 }
 
-}  // namespace
+// ------------------------------------------------------------------ passes
 
 template <typename T>
-void block_sparse_conv_forward(const T* x, const T* values, const T* bias, T* y,
-                               const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+void forward(const T* x, const T* values, const T* bias, T* y, const BlockLayoutView& L,
+             const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_simd(x, L)) return forward_simd(x, values, bias, y, L, g, threads);
+    if (const int width = simd_width(x, L.bm, exec.max_width)) {
+      return detail::with_width(width, [&](auto W) {
+        forward_simd<decltype(W)::value>(x, values, bias, y, L, g, exec.threads);
+      });
+    }
   }
-  forward_generic<T>(x, values, bias, y, L, g, threads);
+  forward_generic<T>(x, values, bias, y, L, g, exec.threads);
 }
 
 template <typename T>
-void block_sparse_conv_grad_input(const T* grad_out, const T* values, T* grad_x,
-                                  const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayoutView& L,
+                const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.in_h * g.in_w == 0 || g.channels == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_simd(grad_out, L)) return grad_input_simd(grad_out, values, grad_x, L, g, threads);
+    if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
+      return detail::with_width(width, [&](auto W) {
+        grad_input_simd<decltype(W)::value>(grad_out, values, grad_x, L, g, exec.threads);
+      });
+    }
   }
-  grad_input_generic<T>(grad_out, values, grad_x, L, g, threads);
+  grad_input_generic<T>(grad_out, values, grad_x, L, g, exec.threads);
 }
 
 template <typename T>
-void block_sparse_conv_grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask,
-                                   T* grad_values, const BlockLayoutView& L,
-                                   const ConvGeometry& g, int threads) {
-  const bool simd = use_simd(x, L);
+void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* grad_values,
+                 const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   const int64_t active = count_active(grad_block_mask, L.nnz);
-  run_parallel(threads, [&](int t, int nt) {
-    weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
-                          [&](int64_t j) {
-                            if constexpr (std::is_same_v<T, float>) {
-                              if (simd)
-                                return grad_weight_block_simd(grad_out, x, grad_values, j, L, g);
-                            }
-                            grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g);
-                          });
-  });
+  const auto share = [&](const auto& compute) {
+    run_parallel(exec.threads, [&](int t, int nt) {
+      weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
+                            compute);
+    });
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    if (const int width = simd_width(x, L.bk, exec.max_width)) {
+      return detail::with_width(width, [&](auto W) {
+        share([&](int64_t j) {
+          grad_weight_block_simd<decltype(W)::value>(grad_out, x, grad_values, j, L, g);
+        });
+      });
+    }
+  }
+  share([&](int64_t j) { grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g); });
 }
 
-#define SPARCL_INSTANTIATE(T)                                                                \
-  template void block_sparse_conv_forward<T>(const T*, const T*, const T*, T*,               \
-                                             const BlockLayoutView&, const ConvGeometry&, int); \
-  template void block_sparse_conv_grad_input<T>(const T*, const T*, T*, const BlockLayoutView&, \
-                                                const ConvGeometry&, int);                   \
-  template void block_sparse_conv_grad_weight<T>(const T*, const T*, const bool*, T*,        \
-                                                 const BlockLayoutView&, const ConvGeometry&, \
-                                                 int);
-SPARCL_INSTANTIATE(float)
-SPARCL_INSTANTIATE(double)
-#undef SPARCL_INSTANTIATE
-
-}  // namespace sparcl
+}  // namespace conv
+}  // namespace sparcl::SPARCL_ISA_NS

@@ -1,0 +1,225 @@
+// CPU kernels for the three passes of a block-sparse linear layer, compiled once per
+// instruction set (see isa_kernels.h).
+//
+// fp32 whose contiguous block side is a multiple of 4 runs the register-tiled micro-kernels
+// (microkernels.h); everything else (fp64, narrow blocks) runs portable loops with the same
+// work partition, so gradcheck in fp64 exercises the same indexing and threading.
+//
+// Micro-kernels (kTile rows x kMaxVectors vectors of W floats):
+//   forward      kTile batch rows x outputs, broadcast x, stream W blocks transposed once
+//                per call into a reused buffer (outputs contiguous);
+//   input grad   kTile batch rows x inputs, broadcast grad_out, stream W rows;
+//   weight grad  kTile block rows x block columns, broadcast grad_out, stream x rows.
+#pragma once
+
+#include "block_sparse.h"
+#include "microkernels.h"
+#include "partition.h"
+
+namespace sparcl::SPARCL_ISA_NS {
+namespace linear {
+
+using detail::kTile;
+using detail::run_parallel;
+
+constexpr int64_t kBatchChunk = 8 * kTile;  // batch rows per work item
+
+inline int64_t batch_chunks(int64_t n) { return (n + kBatchChunk - 1) / kBatchChunk; }
+
+// Tile rows of a dense row-major operand: row i of block j is a + i * lda + group[j] * P.
+struct DenseRows {
+  const float* a;
+  int64_t lda;
+  const int32_t* group;
+  int64_t P;
+  template <int TN>
+  void operator()(int64_t j, const float* (&rows)[TN]) const {
+    const float* base = a + static_cast<int64_t>(group[j]) * P;
+    SPARCL_UNROLL
+    for (int i = 0; i < TN; ++i) rows[i] = base + i * lda;
+  }
+};
+
+// Vector width for the fp32 micro-kernels (0: portable loops). fp64 always runs the loops.
+inline int simd_width(const float*, int64_t contiguous, int max_width) {
+  return detail::pick_width(contiguous, max_width);
+}
+inline int simd_width(const double*, int64_t, int) { return 0; }
+
+// ------------------------------------------------------------------ per-item bodies
+
+// Forward for block row r and batch rows [n0, n1), from transposed blocks [nnz, bk, bm].
+template <int W>
+void forward_item(const float* x, const float* values_t, const float* bias, float* y, int64_t n0,
+                  int64_t n1, int64_t r, const BlockLayoutView& L) {
+  const int64_t K = L.cols(), M = L.rows();
+  const float* xs = x + n0 * K;
+  const auto tile_rows = [&](int64_t n) { return DenseRows{xs + n * K, K, L.col_indices, L.bk}; };
+  detail::accumulate_slab<W>(n1 - n0, tile_rows, values_t, L.bk, L.bm, nullptr,
+                             L.row_offsets[r], L.row_offsets[r + 1],
+                             bias ? bias + r * L.bm : nullptr, false, y + n0 * M + r * L.bm, M);
+}
+
+template <typename T>
+void forward_loops(const T* x, const T* values, const T* bias, T* y, int64_t n0, int64_t n1,
+                   int64_t r, const BlockLayoutView& L) {
+  const int64_t K = L.cols(), M = L.rows(), bm = L.bm, bk = L.bk;
+  for (int64_t n = n0; n < n1; ++n)
+    for (int64_t m = 0; m < bm; ++m) {
+      T sum = bias ? bias[r * bm + m] : T(0);
+      for (int32_t j = L.row_offsets[r]; j < L.row_offsets[r + 1]; ++j) {
+        const T* xb = x + n * K + static_cast<int64_t>(L.col_indices[j]) * bk;
+        const T* wb = values + (static_cast<int64_t>(j) * bm + m) * bk;
+        for (int64_t kk = 0; kk < bk; ++kk) sum += xb[kk] * wb[kk];
+      }
+      y[n * M + r * bm + m] = sum;
+    }
+}
+
+// Input gradient for block column c and batch rows [n0, n1).
+template <int W>
+void grad_input_item(const float* dy, const float* values, float* dx, int64_t n0, int64_t n1,
+                     int64_t c, const BlockLayoutView& L) {
+  const int64_t K = L.cols(), M = L.rows();
+  const float* dys = dy + n0 * M;
+  const auto tile_rows = [&](int64_t n) { return DenseRows{dys + n * M, M, L.row_indices, L.bm}; };
+  detail::accumulate_slab<W>(n1 - n0, tile_rows, values, L.bm, L.bk, L.transpose_block_ids,
+                             L.transpose_offsets[c], L.transpose_offsets[c + 1], nullptr, false,
+                             dx + n0 * K + c * L.bk, K);
+}
+
+template <typename T>
+void grad_input_loops(const T* dy, const T* values, T* dx, int64_t n0, int64_t n1, int64_t c,
+                      const BlockLayoutView& L) {
+  const int64_t K = L.cols(), M = L.rows(), bm = L.bm, bk = L.bk;
+  for (int64_t n = n0; n < n1; ++n) {
+    T* out = dx + n * K + c * bk;
+    std::fill(out, out + bk, T(0));
+    for (int32_t s = L.transpose_offsets[c]; s < L.transpose_offsets[c + 1]; ++s) {
+      const int64_t j = L.transpose_block_ids[s];
+      const T* dyb = dy + n * M + static_cast<int64_t>(L.row_indices[j]) * bm;
+      const T* wb = values + j * bm * bk;
+      for (int64_t m = 0; m < bm; ++m)
+        for (int64_t kk = 0; kk < bk; ++kk) out[kk] += dyb[m] * wb[m * bk + kk];
+    }
+  }
+}
+
+// Weight gradient of stored block j over the whole batch (strided rows: no pointer lists).
+template <int W>
+void grad_weight_block(const float* dy, const float* x, float* dw, int64_t n, int64_t j,
+                       const BlockLayoutView& L) {
+  const detail::StridedRows rows{dy + static_cast<int64_t>(L.row_indices[j]) * L.bm, L.rows(),
+                                 x + static_cast<int64_t>(L.col_indices[j]) * L.bk, L.cols()};
+  detail::outer_product_block<W>(rows, n, L.bm, L.bk, false, dw + j * L.bm * L.bk);
+}
+
+template <typename T>
+void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
+                       const BlockLayoutView& L) {
+  const int64_t K = L.cols(), M = L.rows(), bm = L.bm, bk = L.bk;
+  const T* dyb = dy + static_cast<int64_t>(L.row_indices[j]) * bm;
+  const T* xb = x + static_cast<int64_t>(L.col_indices[j]) * bk;
+  T* out = dw + j * bm * bk;
+  std::fill(out, out + bm * bk, T(0));
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t m = 0; m < bm; ++m) {
+      const T d = dyb[r * M + m];
+      for (int64_t kk = 0; kk < bk; ++kk) out[m * bk + kk] += d * xb[r * K + kk];
+    }
+}
+
+// Runs item(group, n0, n1) for this thread's share of the (group, batch chunk) grid.
+template <typename Item>
+void for_each_item(const ItemGrid& grid, int64_t n, int t, int threads, const Item& item) {
+  const int64_t begin = grid.first_item(t, threads), end = grid.first_item(t + 1, threads);
+  for (int64_t it = begin; it < end; ++it) {
+    const int64_t group = it / grid.chunks, chunk = it % grid.chunks;
+    const int64_t n0 = chunk * kBatchChunk;
+    item(group, n0, std::min(n, n0 + kBatchChunk));
+  }
+}
+
+// ------------------------------------------------------------------ passes
+
+template <typename T>
+void forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
+             const BlockLayoutView& L, const Execution& exec) {
+  if (n == 0 || L.block_rows == 0) return;
+  const ItemGrid grid{L.row_offsets, L.block_rows, batch_chunks(n)};
+  if constexpr (std::is_same_v<T, float>) {
+    if (const int width = simd_width(x, L.bm, exec.max_width)) {
+      // The forward streams W transposed (outputs contiguous), so the blocks are transposed
+      // once per call into a reused buffer: O(nnz) work next to O(n * nnz) multiply-adds.
+      float* values_t = detail::thread_workspace(L.nnz * L.bm * L.bk, 0);
+      detail::with_width(width, [&](auto W) {
+        run_parallel(exec.threads, [&](int t, int nt) {
+          int64_t begin, end;
+          even_share(L.nnz, t, nt, &begin, &end);
+          detail::transpose_blocks(values, values_t, begin, end, L.bm, L.bk);
+          detail::barrier();
+          for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
+            forward_item<decltype(W)::value>(x, values_t, bias, y, n0, n1, r, L);
+          });
+        });
+      });
+      return;
+    }
+  }
+  run_parallel(exec.threads, [&](int t, int nt) {
+    for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
+      forward_loops<T>(x, values, bias, y, n0, n1, r, L);
+    });
+  });
+}
+
+template <typename T>
+void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
+                const BlockLayoutView& L, const Execution& exec) {
+  if (n == 0 || L.block_cols == 0) return;
+  const ItemGrid grid{L.transpose_offsets, L.block_cols, batch_chunks(n)};
+  if constexpr (std::is_same_v<T, float>) {
+    if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
+      detail::with_width(width, [&](auto W) {
+        run_parallel(exec.threads, [&](int t, int nt) {
+          for_each_item(grid, n, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
+            grad_input_item<decltype(W)::value>(grad_out, values, grad_x, n0, n1, c, L);
+          });
+        });
+      });
+      return;
+    }
+  }
+  run_parallel(exec.threads, [&](int t, int nt) {
+    for_each_item(grid, n, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
+      grad_input_loops<T>(grad_out, values, grad_x, n0, n1, c, L);
+    });
+  });
+}
+
+template <typename T>
+void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* grad_values,
+                 int64_t n, const BlockLayoutView& L, const Execution& exec) {
+  // With an empty batch every block computes to zero through the same kernels.
+  const int64_t active = count_active(grad_block_mask, L.nnz);
+  const auto share = [&](const auto& compute) {
+    run_parallel(exec.threads, [&](int t, int nt) {
+      weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
+                            compute);
+    });
+  };
+  if constexpr (std::is_same_v<T, float>) {
+    if (const int width = simd_width(x, L.bk, exec.max_width)) {
+      detail::with_width(width, [&](auto W) {
+        share([&](int64_t j) {
+          grad_weight_block<decltype(W)::value>(grad_out, x, grad_values, n, j, L);
+        });
+      });
+      return;
+    }
+  }
+  share([&](int64_t j) { grad_weight_loops<T>(grad_out, x, grad_values, n, j, L); });
+}
+
+}  // namespace linear
+}  // namespace sparcl::SPARCL_ISA_NS

@@ -1,0 +1,104 @@
+// Fixed-width float vectors for the micro-kernels: one source for every instruction set.
+//
+// With GCC or Clang the vectors are the compilers' generic vector extensions, which they lower
+// to the instruction set the enclosing function is compiled for (SSE2, AVX2+FMA, AVX-512F,
+// NEON) and split when a vector is wider than the hardware's. Other compilers get a plain
+// struct of lanes that the optimiser may vectorise. Every operation the kernels use is here.
+// Compiled once per instruction set, inside that set's namespace (see isa_kernels.h).
+#pragma once
+
+#ifndef SPARCL_ISA_NS
+#error "simd.h is compiled once per instruction set: include it through isa_kernels.h"
+#endif
+
+#if (defined(__GNUC__) || defined(__clang__)) && !defined(SPARCL_PORTABLE_VECTORS)
+#define SPARCL_VECTOR_EXTENSIONS 1
+// Vectors wider than the target's registers change the calling convention of non-inlined
+// functions; every function taking vectors here is inlined, so the ABI note does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+#else
+#define SPARCL_VECTOR_EXTENSIONS 0
+#endif
+
+namespace sparcl::SPARCL_ISA_NS::simd {
+
+#if SPARCL_VECTOR_EXTENSIONS
+
+template <int W>
+struct VectorType;
+// aligned(4) and may_alias: a vector can be read from and written to any float address, as
+// the unaligned intrinsic types (__m256_u) are declared.
+template <>
+struct VectorType<4> {
+  typedef float type __attribute__((vector_size(16), aligned(4), may_alias));
+};
+template <>
+struct VectorType<8> {
+  typedef float type __attribute__((vector_size(32), aligned(4), may_alias));
+};
+template <>
+struct VectorType<16> {
+  typedef float type __attribute__((vector_size(64), aligned(4), may_alias));
+};
+
+template <int W>
+using Vec = typename VectorType<W>::type;
+
+template <int W>
+inline Vec<W> zero() {
+  return Vec<W>{};
+}
+
+template <int W>
+inline Vec<W> load(const float* p) {
+  return *reinterpret_cast<const Vec<W>*>(p);
+}
+
+template <int W>
+inline void store(float* p, const Vec<W>& v) {
+  *reinterpret_cast<Vec<W>*>(p) = v;
+}
+
+// acc + a * b with a broadcast; contracted to one fused multiply-add where the target has one
+// (the build passes -ffp-contract=fast).
+template <int W>
+inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
+  return acc + a * b;
+}
+
+#else  // portable lanes
+
+template <int W>
+struct Vec {
+  float lane[W];
+};
+
+template <int W>
+inline Vec<W> zero() {
+  Vec<W> v;
+  for (int i = 0; i < W; ++i) v.lane[i] = 0.0f;
+  return v;
+}
+
+template <int W>
+inline Vec<W> load(const float* p) {
+  Vec<W> v;
+  for (int i = 0; i < W; ++i) v.lane[i] = p[i];
+  return v;
+}
+
+template <int W>
+inline void store(float* p, const Vec<W>& v) {
+  for (int i = 0; i < W; ++i) p[i] = v.lane[i];
+}
+
+template <int W>
+inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
+  Vec<W> r;
+  for (int i = 0; i < W; ++i) r.lane[i] = acc.lane[i] + a * b.lane[i];
+  return r;
+}
+
+#endif
+
+}  // namespace sparcl::SPARCL_ISA_NS::simd
