@@ -328,9 +328,11 @@ def block_sparse_conv2d(
     The layout describes the GEMM-view weight ``[C_out, kh * kw * C_in]`` with columns ordered
     (tap, input channel): a block is ``bm`` output channels x ``bk`` input channels at one
     kernel tap, and ``bk`` must divide ``C_in``. No patch matrix is materialised on the ``cpu``
-    backend. ``x`` is ``[N, C_in, H, W]`` in any memory format (channels-last avoids a copy);
-    the result is ``[N, C_out, OH, OW]`` with channels-last strides. Gradients as in
-    :func:`block_sparse_linear`.
+    backend. The kernels compute in channels-last: ``x`` is ``[N, C_in, H, W]`` in any memory
+    format (channels-last avoids a copy) and the result ``[N, C_out, OH, OW]`` always has
+    channels-last strides (copying it back to NCHW measured slower end to end than letting the
+    following layers run on channels-last tensors; bench/RESULTS.md, issue 15). Gradients as
+    in :func:`block_sparse_linear`.
     """
     op = "block_sparse_conv2d"
     _check_arguments(x, values, layout, bias, grad_block_mask, op=op)
@@ -352,9 +354,8 @@ def block_sparse_conv2d(
     if out_h < 1 or out_w < 1:
         _fail(ValueError, op, f"input {tuple(x.shape)} is too small for this convolution")
     name = _select_backend(backend, x.device, x.dtype, op)
-    x_channels_last = x.permute(0, 2, 3, 1).contiguous()
     y = _conv_forward_op(
-        x_channels_last,
+        x.permute(0, 2, 3, 1).contiguous(),
         values.contiguous(),
         *layout.tensors(),
         bias,

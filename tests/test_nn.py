@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import io
 
 import pytest
@@ -84,6 +85,82 @@ def test_sparse_conv_block_sizes(forced_backend, block_size, stride):
     _compare_with_dense(layer, torch.randn(2, 32, 7, 9), conv_weight_to_gemm)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_sparse_conv_output_is_channels_last_whatever_the_input(memory_format):
+    """The documented output format: channels-last strides (the kernels' own, no copy)."""
+    layer = SparseConv2d.from_dense(nn.Conv2d(16, 32, 3, 2, 1), 0.5, 8)
+    x = torch.randn(2, 16, 9, 7).to(memory_format=memory_format)
+    y = layer(x)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(y, layer.to_dense()(x), atol=1e-5, rtol=1e-4)
+
+
+class _ResidualNet(nn.Module):
+    """Stem, a stride-2 residual block with a 1x1 shortcut, an identity block, a head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16))
+        self.a1, self.a2 = nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.Conv2d(32, 32, 3, 1, 1)
+        self.bn_a1, self.bn_a2 = nn.BatchNorm2d(32), nn.BatchNorm2d(32)
+        self.shortcut = nn.Sequential(nn.Conv2d(16, 32, 1, 2, bias=False), nn.BatchNorm2d(32))
+        self.b1, self.b2 = nn.Conv2d(32, 32, 3, 1, 1, bias=False), nn.Conv2d(32, 32, 3, 1, 1)
+        self.bn_b1, self.bn_b2 = nn.BatchNorm2d(32), nn.BatchNorm2d(32)
+        self.head = nn.Linear(32, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        out = torch.relu(self.bn_a1(self.a1(x)))
+        x = torch.relu(self.bn_a2(self.a2(out)) + self.shortcut(x))
+        out = torch.relu(self.bn_b1(self.b1(x)))
+        x = torch.relu(self.bn_b2(self.b2(out)) + x)
+        return self.head(x.mean((2, 3)))
+
+
+@pytest.mark.parametrize("convert", ["sparsify", "from_dense"])
+@pytest.mark.parametrize("input_format", [torch.contiguous_format, torch.channels_last], ids=str)
+def test_swapped_residual_model_equals_its_dense_twin(convert, input_format):
+    """Outputs and every gradient, whatever the input's memory format and however swapped."""
+    torch.manual_seed(4)
+    dense = _ResidualNet()
+    sparse = copy.deepcopy(dense)
+    names = ["a1", "a2", "b1", "b2"]
+    if convert == "sparsify":
+        sk.sparsify(sparse, 0.5, 8, include=names)
+    else:
+        for name in names:
+            setattr(sparse, name, SparseConv2d.from_dense(getattr(sparse, name), 0.5, 8))
+    # The dense twin: the same model with the swapped weights written back as dense convs.
+    for name in names:
+        setattr(dense, name, getattr(sparse, name).to_dense())
+    x = torch.randn(4, 3, 10, 10).to(memory_format=input_format)
+    out_sparse, out_dense = sparse(x), dense(x)
+    torch.testing.assert_close(out_sparse, out_dense, atol=1e-4, rtol=1e-4)
+    grad = torch.randn_like(out_dense)
+    out_sparse.backward(grad)
+    out_dense.backward(grad)
+    dense_params = dict(dense.named_parameters())
+    for name, param in sparse.named_parameters():
+        if name.endswith(".values"):
+            module = getattr(sparse, name.split(".")[0])
+            expected = module.layout.to_blocks(
+                conv_weight_to_gemm(dense_params[name.replace(".values", ".weight")].grad)
+            )
+        else:
+            expected = dense_params[name].grad
+        torch.testing.assert_close(param.grad, expected, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_sparsify_makes_conv_models_channels_last_unless_told_not_to():
+    model = sk.sparsify(_ResidualNet(), 0.5, 8, include=["a1"], inplace=False)
+    assert model.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    kept = sk.sparsify(_ResidualNet(), 0.5, 8, include=["a1"], memory_format=None)
+    assert kept.stem[0].weight.is_contiguous()
+    linear_only = sk.sparsify(_ResidualNet(), 0.5, 8, include=["head"])
+    assert isinstance(linear_only.head, SparseLinear)
+    assert linear_only.stem[0].weight.is_contiguous()  # no conv swapped: format untouched
+
+
 def test_sparse_conv_accepts_channels_last_and_returns_channels_last_strides():
     conv = nn.Conv2d(16, 16, 3, padding=1)
     layer = SparseConv2d.from_dense(conv, 0.5, 8)
@@ -94,30 +171,48 @@ def test_sparse_conv_accepts_channels_last_and_returns_channels_last_strides():
     torch.testing.assert_close(y, layer.to_dense()(x), atol=1e-5, rtol=1e-4)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(
     cin=st.sampled_from([8, 16]),
     cout=st.sampled_from([8, 16, 24]),
     kernel=st.integers(1, 3),
-    stride=st.integers(1, 2),
+    stride=st.integers(1, 3),
     padding=st.integers(0, 2),
-    size=st.integers(3, 7),
+    dilation=st.integers(1, 2),
+    size=st.integers(3, 9),
     batch=st.integers(1, 3),
     density=st.floats(0.0, 1.0),
+    dtype=st.sampled_from([torch.float32, torch.float64]),
     backend=st.sampled_from(CPU_BACKENDS),
 )
-def test_property_conv_op(cin, cout, kernel, stride, padding, size, batch, density, backend):
+def test_property_conv_op(
+    cin, cout, kernel, stride, padding, dilation, size, batch, density, dtype, backend
+):
+    """Output, input gradient and weight gradient against F.conv2d on the dense weight."""
+    if size + 2 * padding < dilation * (kernel - 1) + 1:
+        return  # no output pixel
     generator = torch.Generator().manual_seed(cin * cout + size)
     mask = torch.rand(cout // 8, kernel * kernel * cin // 8, generator=generator) < density
     layout = sk.BlockLayout.from_block_mask(mask, 8)
-    values = torch.randn(layout.values_shape, generator=generator, dtype=torch.float64)
-    x = torch.randn(batch, cin, size, size, generator=generator, dtype=torch.float64)
-    weight = layout.to_dense(values).view(cout, kernel, kernel, cin).permute(0, 3, 1, 2)
-    expected = torch.nn.functional.conv2d(x, weight, stride=stride, padding=padding)
-    actual = sk.ops.block_sparse_conv2d(
-        x, values, layout, (kernel, kernel), (stride, stride), (padding, padding), backend=backend
+    values = torch.randn(layout.values_shape, generator=generator, dtype=dtype)
+    x = torch.randn(batch, cin, size, size, generator=generator, dtype=dtype)
+    geometry = ((kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation))
+    values_dense = values.clone().requires_grad_()
+    x_dense = x.clone().requires_grad_()
+    weight = layout.to_dense(values_dense).view(cout, kernel, kernel, cin).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.conv2d(
+        x_dense, weight, stride=stride, padding=padding, dilation=dilation
     )
-    torch.testing.assert_close(actual, expected)
+    values.requires_grad_()
+    x.requires_grad_()
+    actual = sk.ops.block_sparse_conv2d(x, values, layout, *geometry, backend=backend)
+    grad_out = torch.randn(expected.shape, generator=generator, dtype=dtype)
+    expected.backward(grad_out)
+    actual.backward(grad_out)
+    tol = tolerances(dtype, 9 * 16 * 9 * batch)
+    torch.testing.assert_close(actual, expected, **tol)
+    torch.testing.assert_close(x.grad, x_dense.grad, **tol)
+    torch.testing.assert_close(values.grad, values_dense.grad, **tol)
 
 
 def test_conv_gradcheck_cpu_native_fp64():

@@ -57,38 +57,176 @@ inline int64_t channel_of_column(const BlockLayoutView& L, const ConvGeometry& g
   return col * L.bk % g.channels;
 }
 
-// Forward tile rows: for block j (tap t, channel offset c), pixel i reads x[src_i(t), c...].
+// Where each stored block reads the input, relative to an output pixel (oh, ow): row
+// oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
+// is `offset[j]` floats from the input row of (oh * stride_h, ow * stride_w) when both lie
+// inside the input. Computed once per call so that the row functors do no division.
+struct BlockTaps {
+  const int32_t* row;
+  const int32_t* col;
+  const int32_t* channel;
+  const int64_t* offset;
+};
+
+inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g) {
+  int32_t* storage = detail::index_workspace(5 * L.nnz + 2);
+  int32_t *row = storage, *col = storage + L.nnz, *channel = storage + 2 * L.nnz;
+  int64_t* offset = reinterpret_cast<int64_t*>(storage + ((3 * L.nnz + 1) & ~int64_t{1}));
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t column = L.col_indices[j], tap = tap_of_column(L, g, column);
+    row[j] = static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
+    col[j] = static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
+    channel[j] = static_cast<int32_t>(channel_of_column(L, g, column));
+    offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
+  }
+  return {row, col, channel, offset};
+}
+
+// Forward tile rows: output pixel i reads, for block j, the input pixel its tap lands on (a
+// zero row inside the padding). A tile whose pixels see every tap inside the input (most of
+// them) takes one addition per row and block.
 struct ForwardRows {
   const float* x;
   const float* zeros;
-  const BlockLayoutView* L;
   const ConvGeometry* g;
-  Pixel pixels[kTile];
+  const BlockTaps* taps;
+  bool interior;             // every tap of every pixel of the tile lands inside the input
+  int64_t image_row[kTile];  // image * in_h
+  int64_t row[kTile];        // oh * stride_h
+  int64_t col[kTile];        // ow * stride_w
+  const float* base[kTile];  // x at (image, oh * stride_h, ow * stride_w), when interior
   template <int TN>
   void operator()(int64_t j, const float* (&rows)[TN]) const {
-    const int64_t col = L->col_indices[j];
-    const int64_t tap = tap_of_column(*L, *g, col), channel = channel_of_column(*L, *g, col);
+    if (interior) {
+      const int64_t offset = taps->offset[j];
+      SPARCL_UNROLL
+      for (int i = 0; i < TN; ++i) rows[i] = base[i] + offset;
+      return;
+    }
+    const int64_t dr = taps->row[j], dc = taps->col[j], channel = taps->channel[j];
     SPARCL_UNROLL
     for (int i = 0; i < TN; ++i) {
-      const int64_t src = input_pixel(*g, pixels[i], tap);
-      rows[i] = src < 0 ? zeros : x + src * g->channels + channel;
+      const int64_t ih = row[i] + dr, iw = col[i] + dc;
+      const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
+      rows[i] = inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels + channel : zeros;
     }
+  }
+
+  // Sets tile row i to output pixel p; returns whether all its taps land inside the input.
+  bool locate(int i, const Pixel& p) {
+    image_row[i] = p.image * g->in_h;
+    row[i] = p.row * g->stride_h;
+    col[i] = p.col * g->stride_w;
+    base[i] = x + ((image_row[i] + row[i]) * g->in_w + col[i]) * g->channels;
+    return row[i] - g->pad_h >= 0 &&
+           row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
+           col[i] - g->pad_w >= 0 &&
+           col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
   }
 };
 
-// Input-gradient tile rows for one tap: pixel i reads grad_out[dst_i(t), row(j) * bm ...].
+// ------------------------------------------------------------------ input-gradient plan
+//
+// Kernel tap (r, c) sends gradient only to input rows congruent to r * dilation_h - pad_h
+// modulo stride_h (columns likewise). The input-gradient pass therefore walks the input
+// pixels phase by phase, a phase being (row mod stride_h, column mod stride_w): every block
+// belongs to exactly one phase, in which it reaches an output pixel from every input pixel
+// except at the borders, so no multiply-add is spent on the (pixel, tap) pairs of a strided
+// convolution that have no output pixel (3 in 4 at stride 2). Within a (channel block,
+// phase) group, the blocks of all taps stream through one register tile, which is stored once.
+
+inline int64_t positive_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+
+// Input rows (or columns) of phase `first` among `size` with stride `stride`.
+inline int64_t phase_extent(int64_t size, int64_t first, int64_t stride) {
+  return first < size ? (size - first + stride - 1) / stride : 0;
+}
+
+struct GradInputPlan {
+  int64_t phases;                // stride_h * stride_w
+  const int32_t* group_offsets;  // [channel_blocks * phases + 1], group = cb * phases + phase
+  const int32_t* group_blocks;   // [nnz] block ids by group, in tap order
+  const int32_t* shift_h;        // [nnz] output row = phase row index + shift_h[block]
+  const int32_t* shift_w;        // [nnz] output column likewise
+  const int64_t* offset;         // [nnz] grad_out offset of that pixel and block row
+  int64_t min_h, max_h, min_w, max_w;  // extreme shifts over all blocks
+};
+
+inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometry& g) {
+  const int64_t channel_blocks = g.channels / L.bk, phases = g.stride_h * g.stride_w;
+  const int64_t groups = channel_blocks * phases;
+  const int64_t ints = (groups + 1 + 4 * L.nnz + 1) & ~int64_t{1};  // then 8-byte aligned
+  int32_t* offsets = detail::index_workspace(ints + 2 * L.nnz);
+  int32_t* blocks = offsets + groups + 1;
+  int32_t* shift_h = blocks + L.nnz;
+  int32_t* shift_w = shift_h + L.nnz;
+  int32_t* group_of = shift_w + L.nnz;
+  int64_t* offset = reinterpret_cast<int64_t*>(offsets + ints);
+  std::fill_n(offsets, groups + 1, 0);
+  int64_t min_h = 0, max_h = 0, min_w = 0, max_w = 0;
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t col = L.col_indices[j], tap = tap_of_column(L, g, col);
+    const int64_t r_off = (tap / g.kernel_w) * g.dilation_h - g.pad_h;
+    const int64_t c_off = (tap % g.kernel_w) * g.dilation_w - g.pad_w;
+    const int64_t ph = positive_mod(r_off, g.stride_h), pw = positive_mod(c_off, g.stride_w);
+    shift_h[j] = static_cast<int32_t>((ph - r_off) / g.stride_h);  // exact division
+    shift_w[j] = static_cast<int32_t>((pw - c_off) / g.stride_w);
+    group_of[j] = static_cast<int32_t>((col % channel_blocks) * phases + ph * g.stride_w + pw);
+    offset[j] = (shift_h[j] * g.out_w + shift_w[j]) * L.rows() +
+                static_cast<int64_t>(L.row_indices[j]) * L.bm;
+    min_h = j ? std::min<int64_t>(min_h, shift_h[j]) : shift_h[j];
+    max_h = j ? std::max<int64_t>(max_h, shift_h[j]) : shift_h[j];
+    min_w = j ? std::min<int64_t>(min_w, shift_w[j]) : shift_w[j];
+    max_w = j ? std::max<int64_t>(max_w, shift_w[j]) : shift_w[j];
+    ++offsets[group_of[j] + 1];
+  }
+  for (int64_t k = 0; k < groups; ++k) offsets[k + 1] += offsets[k];
+  // Fill in transpose (tap-major) order so each group lists its taps in order.
+  std::vector<int32_t> cursor(offsets, offsets + groups);
+  for (int64_t s = 0; s < L.nnz; ++s) {
+    const int32_t j = L.transpose_block_ids[s];
+    blocks[cursor[group_of[j]]++] = j;
+  }
+  return {phases, offsets, blocks, shift_h, shift_w, offset, min_h, max_h, min_w, max_w};
+}
+
+// Input-gradient tile rows: input pixel i (image n_i, phase row a_i, phase column b_i) reads
+// grad_out at the output pixel that block j's tap maps it to, or a zero row at the borders.
+// A tile whose pixels reach an output pixel under every block's shift takes one addition
+// per row and block.
 struct GradInputRows {
   const float* dy;
   const float* zeros;
   const BlockLayoutView* L;
-  int64_t out_channels;
-  int64_t targets[kTile];  // output pixel per tile row at the current tap, or -1
+  const ConvGeometry* g;
+  const GradInputPlan* plan;
+  bool interior;
+  int64_t image[kTile], a[kTile], b[kTile];
+  const float* base[kTile];  // grad_out at (image, a, b), when interior
   template <int TN>
   void operator()(int64_t j, const float* (&rows)[TN]) const {
+    if (interior) {
+      const int64_t offset = plan->offset[j];
+      SPARCL_UNROLL
+      for (int i = 0; i < TN; ++i) rows[i] = base[i] + offset;
+      return;
+    }
     const int64_t offset = static_cast<int64_t>(L->row_indices[j]) * L->bm;
+    const int64_t dh = plan->shift_h[j], dw = plan->shift_w[j], cout = L->rows();
     SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i)
-      rows[i] = targets[i] < 0 ? zeros : dy + targets[i] * out_channels + offset;
+    for (int i = 0; i < TN; ++i) {
+      const int64_t oh = a[i] + dh, ow = b[i] + dw;
+      const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
+      rows[i] = inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout + offset : zeros;
+    }
+  }
+
+  // Sets tile row i; returns whether every block's shift keeps it inside the output.
+  bool locate(int i, int64_t image_index, int64_t a_index, int64_t b_index) {
+    image[i] = image_index, a[i] = a_index, b[i] = b_index;
+    base[i] = dy + ((image_index * g->out_h + a_index) * g->out_w + b_index) * L->rows();
+    return a_index + plan->min_h >= 0 && a_index + plan->max_h < g->out_h &&
+           b_index + plan->min_w >= 0 && b_index + plan->max_w < g->out_w;
   }
 };
 
@@ -107,6 +245,7 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
   float* values_t = detail::thread_workspace(L.nnz * L.bm * L.bk, 0);
   const float* zeros = detail::thread_workspace(g.channels, 1);
   const ItemGrid grid{L.row_offsets, L.block_rows, (pixels + kPixelChunk - 1) / kPixelChunk};
+  const BlockTaps taps = block_taps(L, g);
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(L.nnz, t, nt, &begin, &end);
@@ -117,15 +256,17 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
       const int64_t r = item / grid.chunks, p0 = (item % grid.chunks) * kPixelChunk;
       const int64_t count = std::min(kPixelChunk, pixels - p0);
       const auto tile_rows = [&](int64_t n) {
-        ForwardRows rows{x, zeros, &L, &g, {}};
+        ForwardRows rows{x, zeros, &g, &taps, true, {}, {}, {}, {}};
         for (int i = 0; i < kTile && n + i < count; ++i)
-          rows.pixels[i] = pixel_of(p0 + n + i, g.out_h, g.out_w);
+          rows.interior &= rows.locate(i, pixel_of(p0 + n + i, g.out_h, g.out_w));
         return rows;
       };
-      detail::accumulate_slab<W>(count, tile_rows, values_t, L.bk, L.bm, nullptr,
-                              L.row_offsets[r], L.row_offsets[r + 1],
-                              bias ? bias + r * L.bm : nullptr, false, y + p0 * cout + r * L.bm,
-                              cout);
+      const auto tile_out = [&](int64_t n) {
+        return detail::StridedOut{y + (p0 + n) * cout + r * L.bm, cout};
+      };
+      detail::accumulate_slab<W>(count, tile_rows, tile_out, values_t, L.bk, L.bm, nullptr,
+                                 L.row_offsets[r], L.row_offsets[r + 1],
+                                 bias ? bias + r * L.bm : nullptr);
     }
   });
 }
@@ -133,44 +274,63 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
 template <int W>
 void grad_input_simd(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
                      const ConvGeometry& g, int threads) {
-  const int64_t pixels = g.batch * g.in_h * g.in_w, cout = L.rows();
-  const int64_t channel_blocks = g.channels / L.bk, taps = g.kernel_h * g.kernel_w;
-  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
-  const float* zeros = detail::thread_workspace(cout, 1);
+  const int64_t channel_blocks = g.channels / L.bk;
+  const float* zeros = detail::thread_workspace(L.rows(), 1);
+  const GradInputPlan plan = plan_grad_input(L, g);
   run_parallel(threads, [&](int, int) {
+    for (int64_t phase = 0; phase < plan.phases; ++phase) {
+      const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+      const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
+      const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
+      const int64_t pixels = g.batch * height * width;
+      const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
-      const int64_t cb = item / chunks, q0 = (item % chunks) * kPixelChunk;
-      const int64_t count = std::min(kPixelChunk, pixels - q0);
-      float* out = dx + q0 * g.channels + cb * L.bk;
-      bool written = false;
-      for (int64_t tap = 0; tap < taps; ++tap) {
-        const int64_t col = tap * channel_blocks + cb;
-        const int32_t sb = L.transpose_offsets[col], se = L.transpose_offsets[col + 1];
-        if (sb == se) continue;
+      for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
+        const int64_t cb = item / chunks, e0 = (item % chunks) * kPixelChunk;
+        const int64_t count = std::min(kPixelChunk, pixels - e0);
+        const int64_t group = cb * plan.phases + phase;
+        const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
+        GradInputRows rows{dy, zeros, &L, &g, &plan, true, {}, {}, {}, {}};
+        detail::ListedOut<kTile> out{};
+        const auto locate = [&](int64_t n) {  // the tile of phase pixels e0 + n ...
+          rows.interior = true;
+          for (int i = 0; i < kTile && n + i < count; ++i) {
+            const int64_t e = e0 + n + i;
+            const int64_t image = e / (height * width), a = (e / width) % height, b = e % width;
+            rows.interior &= rows.locate(i, image, a, b);
+            const int64_t ih = ph + a * g.stride_h, iw = pw + b * g.stride_w;
+            out.rows[i] = dx + ((image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
+          }
+        };
+        if (sb == se) {  // no block reaches this phase of this channel block: zeros
+          for (int64_t n = 0; n < count; n += kTile) {
+            locate(n);
+            for (int i = 0; i < kTile && n + i < count; ++i)
+              std::fill_n(out.rows[i], L.bk, 0.0f);
+          }
+          continue;
+        }
         const auto tile_rows = [&](int64_t n) {
-          GradInputRows rows{dy, zeros, &L, cout, {}};
-          for (int i = 0; i < kTile && n + i < count; ++i)
-            rows.targets[i] = output_pixel(g, pixel_of(q0 + n + i, g.in_h, g.in_w), tap);
+          locate(n);
           return rows;
         };
-        detail::accumulate_slab<W>(count, tile_rows, values, L.bm, L.bk, L.transpose_block_ids, sb,
-                                se, nullptr, written, out, g.channels);
-        written = true;
+        const auto tile_out = [&](int64_t) { return out; };  // located by tile_rows(n)
+        detail::accumulate_slab<W>(count, tile_rows, tile_out, values, L.bm, L.bk,
+                                   plan.group_blocks, sb, se, nullptr);
       }
-      if (!written)
-        for (int64_t n = 0; n < count; ++n) std::fill_n(out + n * g.channels, L.bk, 0.0f);
     }
   });
 }
 
+// Weight gradient of block j: the outer products of the output-gradient rows and the input
+// rows its tap reads, over every output pixel whose tap lands inside the input.
 template <int W>
 void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t j,
-                            const BlockLayoutView& L, const ConvGeometry& g) {
-  const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
-  const int64_t col = L.col_indices[j];
-  const int64_t tap = tap_of_column(L, g, col), channel = channel_of_column(L, g, col);
+                            const BlockLayoutView& L, const ConvGeometry& g,
+                            const BlockTaps& taps) {
+  const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[j]) * L.bm;
+  const float* xb = x + taps.channel[j];
   float* out = dw + j * L.bm * L.bk;
   const float* dy_rows[kSliceRows];
   const float* x_rows[kSliceRows];
@@ -178,17 +338,23 @@ void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t 
   int64_t count = 0;
   const auto flush = [&] {
     detail::outer_product_block<W>(detail::GatheredRows{dy_rows, x_rows}, count, L.bm, L.bk,
-                                written, out);
+                                   written, out);
     written = true;
     count = 0;
   };
-  for (int64_t p = 0; p < pixels; ++p) {
-    const int64_t src = input_pixel(g, pixel_of(p, g.out_h, g.out_w), tap);
-    if (src < 0) continue;  // padding contributes nothing
-    dy_rows[count] = dyb + p * cout;
-    x_rows[count] = x + src * g.channels + channel;
-    if (++count == kSliceRows) flush();
-  }
+  for (int64_t n = 0; n < g.batch; ++n)
+    for (int64_t oh = 0; oh < g.out_h; ++oh) {
+      const int64_t ih = oh * g.stride_h + taps.row[j];
+      if (ih < 0 || ih >= g.in_h) continue;  // padding contributes nothing
+      const int64_t p_row = (n * g.out_h + oh) * g.out_w, q_row = (n * g.in_h + ih) * g.in_w;
+      for (int64_t ow = 0; ow < g.out_w; ++ow) {
+        const int64_t iw = ow * g.stride_w + taps.col[j];
+        if (iw < 0 || iw >= g.in_w) continue;
+        dy_rows[count] = dyb + (p_row + ow) * cout;
+        x_rows[count] = xb + (q_row + iw) * g.channels;
+        if (++count == kSliceRows) flush();
+      }
+    }
   if (count || !written) flush();
 }
 
@@ -310,9 +476,10 @@ void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* 
   };
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bk, exec.max_width)) {
+      const BlockTaps taps = block_taps(L, g);
       return detail::with_width(width, [&](auto W) {
         share([&](int64_t j) {
-          grad_weight_block_simd<decltype(W)::value>(grad_out, x, grad_values, j, L, g);
+          grad_weight_block_simd<decltype(W)::value>(grad_out, x, grad_values, j, L, g, taps);
         });
       });
     }

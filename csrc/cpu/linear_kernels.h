@@ -55,9 +55,10 @@ void forward_item(const float* x, const float* values_t, const float* bias, floa
   const int64_t K = L.cols(), M = L.rows();
   const float* xs = x + n0 * K;
   const auto tile_rows = [&](int64_t n) { return DenseRows{xs + n * K, K, L.col_indices, L.bk}; };
-  detail::accumulate_slab<W>(n1 - n0, tile_rows, values_t, L.bk, L.bm, nullptr,
+  const auto tile_out = [&](int64_t n) { return detail::StridedOut{y + (n0 + n) * M + r * L.bm, M}; };
+  detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values_t, L.bk, L.bm, nullptr,
                              L.row_offsets[r], L.row_offsets[r + 1],
-                             bias ? bias + r * L.bm : nullptr, false, y + n0 * M + r * L.bm, M);
+                             bias ? bias + r * L.bm : nullptr);
 }
 
 template <typename T>
@@ -83,9 +84,10 @@ void grad_input_item(const float* dy, const float* values, float* dx, int64_t n0
   const int64_t K = L.cols(), M = L.rows();
   const float* dys = dy + n0 * M;
   const auto tile_rows = [&](int64_t n) { return DenseRows{dys + n * M, M, L.row_indices, L.bm}; };
-  detail::accumulate_slab<W>(n1 - n0, tile_rows, values, L.bm, L.bk, L.transpose_block_ids,
-                             L.transpose_offsets[c], L.transpose_offsets[c + 1], nullptr, false,
-                             dx + n0 * K + c * L.bk, K);
+  const auto tile_out = [&](int64_t n) { return detail::StridedOut{dx + (n0 + n) * K + c * L.bk, K}; };
+  detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values, L.bm, L.bk,
+                             L.transpose_block_ids, L.transpose_offsets[c],
+                             L.transpose_offsets[c + 1], nullptr);
 }
 
 template <typename T>

@@ -87,6 +87,13 @@ inline float* thread_workspace(int64_t count, int slot) {
   return buffer.data();
 }
 
+// The index counterpart of thread_workspace (per-call plans of block ids).
+inline int32_t* index_workspace(int64_t count) {
+  static thread_local std::vector<int32_t> buffer;
+  if (buffer.size() < static_cast<size_t>(count)) buffer.resize(count, 0);
+  return buffer.data();
+}
+
 // values [nnz, bm, bk] -> values_t [nnz, bk, bm] for blocks [begin, end).
 inline void transpose_blocks(const float* values, float* values_t, int64_t begin, int64_t end,
                              int64_t bm, int64_t bk) {
@@ -98,23 +105,36 @@ inline void transpose_blocks(const float* values, float* values_t, int64_t begin
   }
 }
 
+// Output rows of a tile at a fixed stride (row i at base + i * ld).
+struct StridedOut {
+  float* base;
+  int64_t ld;
+  float* operator()(int i) const { return base + i * ld; }
+};
+
+// Output rows of a tile given one by one (e.g. the input pixels of one stride phase).
+template <int N>
+struct ListedOut {
+  float* rows[N];
+  float* operator()(int i) const { return rows[i]; }
+};
+
 // One register tile of the "stream the blocks of a group" passes:
-//   out[i, o0 + W q ...] (+)= init[o0 + W q ...]
+//   out(i)[o0 + W q ...] = init[o0 + W q ...]
 //       + sum over s in [sb, se), p < P of a_i(j)[p] * b_j[p, o0 + W q ...]
 // with j = ids[s] (or s when ids is null), b_j = b + j * P * O a [P x O] row-major block, and
 // a_i(j) the P contiguous operand values of tile row i for block j, given by rows(j, a).
 // Each step broadcasts TN scalars and loads KV vectors of b for TN * KV multiply-adds.
-template <int W, int TN, int KV, typename Rows>
+template <int W, int TN, int KV, typename Rows, typename Out>
 void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
-                     int32_t sb, int32_t se, int64_t o0, const float* init, bool accumulate,
-                     float* out, int64_t ldo) {
+                     int32_t sb, int32_t se, int64_t o0, const float* init, const Out& out) {
   using V = simd::Vec<W>;
   V acc[TN][KV];
   SPARCL_UNROLL
   for (int q = 0; q < KV; ++q) {
     const V start = init ? simd::load<W>(init + o0 + W * q) : simd::zero<W>();
     SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i) acc[i][q] = accumulate ? simd::load<W>(out + i * ldo + W * q) : start;
+    for (int i = 0; i < TN; ++i) acc[i][q] = start;
   }
   const float* a[TN];
   for (int32_t s = sb; s < se; ++s) {
@@ -135,27 +155,29 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
   }
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) {
+    float* row = out(i) + o0;
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) simd::store<W>(out + i * ldo + W * q, acc[i][q]);
+    for (int q = 0; q < KV; ++q) simd::store<W>(row + W * q, acc[i][q]);
   }
 }
 
 // Output rows [0, count) x columns [0, O) (O a multiple of W) of one group, tile by tile.
-// tile_rows(n) returns the Rows functor of the tile starting at output row n.
-template <int W, typename TileRows>
-void accumulate_slab(int64_t count, const TileRows& tile_rows, const float* b, int64_t P,
-                     int64_t O, const int32_t* ids, int32_t sb, int32_t se, const float* init,
-                     bool accumulate, float* out, int64_t ldo) {
+// tile_rows(n) and then tile_out(n) return the operand-row and output-row functors of the
+// tile starting at row n.
+template <int W, typename TileRows, typename TileOut>
+void accumulate_slab(int64_t count, const TileRows& tile_rows, const TileOut& tile_out,
+                     const float* b, int64_t P, int64_t O, const int32_t* ids, int32_t sb,
+                     int32_t se, const float* init) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
     const auto rows = tile_rows(n);
+    const auto out = tile_out(n);
     for (int64_t o = 0; o < O; o += kMaxVectors * W) {
       const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
-      float* tile_out = out + n * ldo + o;
       with_constant<kTile>(tn, [&](auto TN) {
         with_constant<kMaxVectors>(kv, [&](auto KV) {
-          accumulate_tile<W, decltype(TN)::value, decltype(KV)::value>(rows, b, P, O, ids, sb, se, o, init, accumulate, tile_out,
-                                     ldo);
+          accumulate_tile<W, decltype(TN)::value, decltype(KV)::value>(rows, b, P, O, ids, sb,
+                                                                       se, o, init, out);
         });
       });
     }

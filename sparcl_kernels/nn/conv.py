@@ -36,8 +36,12 @@ def gemm_to_conv_weight(
 class SparseConv2d(BlockSparseWeight):
     """2-D convolution (groups=1, zero padding) computing only stored weight blocks.
 
-    Accepts and returns NCHW tensors; the output is NCHW-shaped with channels-last strides
-    (no copy), which the following BatchNorm / ReLU / next convolution accept as they are.
+    Takes ``[N, C, H, W]`` input in any memory format and returns ``[N, C_out, OH, OW]``
+    with channels-last strides (no copy): the kernels compute in channels-last. A
+    channels-last model (what :func:`~sparcl_kernels.sparsify` makes by default; by hand:
+    ``model.to(memory_format=torch.channels_last)``) then runs every layer in one format with
+    no layout copies; in an NCHW model the NCHW inputs are copied, and element-wise ops that
+    mix the two formats (residual sums) run slower than in either.
     """
 
     def __init__(

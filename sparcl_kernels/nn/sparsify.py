@@ -8,6 +8,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
+import torch
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -88,12 +89,19 @@ def sparsify(
     include: Selector = None,
     exclude: Selector = None,
     inplace: bool = True,
+    memory_format: torch.memory_format | None = torch.channels_last,
 ) -> nn.Module:
     """Replace eligible ``nn.Linear`` / ``nn.Conv2d`` modules with block-sparse equivalents.
 
     Each swapped layer keeps the largest-norm blocks of its current weight. Modules left dense
     are logged with the reason (``plan_sparsify`` returns the same decisions as data).
-    Returns the model (a modified deep copy when ``inplace`` is False).
+    When a convolution was swapped, the model is converted to ``memory_format``
+    (``model.to(memory_format=...)``; ``None`` leaves it as it is): channels-last by default,
+    because the block-sparse convolutions compute in channels-last, so a channels-last model
+    runs them without layout copies and its dense convolutions, BatchNorm and element-wise
+    ops stay in one format (NCHW inputs need no change: the first channels-last convolution
+    switches the activations over). Returns the model (a modified deep copy when ``inplace``
+    is False).
     """
     if not inplace:
         model = copy.deepcopy(model)
@@ -113,4 +121,7 @@ def sparsify(
         parent_name, _, child_name = decision.name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child_name, replacement)
         logger.info("sparsify: %s (%s) -> block-sparse", decision.name, decision.kind)
+    swapped_conv = any(d.sparse and isinstance(modules[d.name], nn.Conv2d) for d in decisions)
+    if swapped_conv and memory_format is not None:
+        model.to(memory_format=memory_format)
     return model

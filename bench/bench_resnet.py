@@ -1,0 +1,197 @@
+"""End-to-end SGD step of a CIFAR ResNet-18: dense (NCHW and channels_last) vs block-sparse.
+
+The model is defined here, independently of the package's own (a user's model), and only its
+16 residual-block 3x3 convolutions are swapped for ``SparseConv2d.from_dense``; nothing else
+changes. Every variant takes plain SGD steps (forward, cross-entropy, backward, update) on the
+same batch, timed interleaved in one process (medians):
+
+- dense NCHW and dense channels_last (model and input converted): the faster is the baseline;
+- sparse, the user's NCHW model with the convs swapped by hand and nothing else changed;
+- sparsify: ``sk.sparsify`` swapping the same convs, which also makes the model channels-last
+  (its documented default); the input stays NCHW.
+
+``--profile`` adds a torch.profiler table of the element-wise and BatchNorm ops per call.
+
+    python bench/bench_resnet.py                              # 32x32 and 16x16 blocks
+    python bench/bench_resnet.py --configs 32:0.9 --repeats 5 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from timing import emit, interleaved_medians
+from torch import nn
+
+import sparcl_kernels as sk
+from sparcl_kernels.nn import SparseConv2d
+
+
+class Block(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.shortcut = nn.Identity()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout)
+            )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
+
+
+class CifarResNet18(nn.Module):
+    def __init__(self, classes: int = 10, nf: int = 64) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, nf, 3, 1, 1, bias=False), nn.BatchNorm2d(nf))
+        stages, cin = [], nf
+        for index, stride in enumerate((1, 2, 2, 2)):
+            cout = nf * 2**index
+            stages += [Block(cin, cout, stride), Block(cout, cout, 1)]
+            cin = cout
+        self.stages = nn.Sequential(*stages)
+        self.head = nn.Linear(cin, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.stages(F.relu(self.stem(x)))
+        return self.head(F.adaptive_avg_pool2d(out, 1).flatten(1))
+
+
+BLOCK_CONVS = ("stages.*.conv1", "stages.*.conv2")
+
+
+def swap_block_convs(model: nn.Module, sparsity: float, block: int) -> nn.Module:
+    """The user's way: replace each residual-block 3x3 conv with SparseConv2d.from_dense."""
+    for stage in model.stages:
+        for name in ("conv1", "conv2"):
+            setattr(stage, name, SparseConv2d.from_dense(getattr(stage, name), sparsity, block))
+    return model
+
+
+def sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        F.cross_entropy(model(x), y).backward()
+        optimizer.step()
+
+    return step
+
+
+def variants(sparsity: float, block: int, batch: int) -> dict[str, Callable[[], None]]:
+    torch.manual_seed(0)
+    dense = CifarResNet18()
+    x = torch.randn(batch, 3, 32, 32)
+    y = torch.randint(0, 10, (batch,))
+    x_cl = x.to(memory_format=torch.channels_last)
+    cl = torch.channels_last
+    by_hand = swap_block_convs(copy.deepcopy(dense), sparsity, block)
+    sparsified = sk.sparsify(dense, sparsity, block, include=BLOCK_CONVS, inplace=False)
+    return {
+        "dense NCHW": sgd_step(dense, x, y),
+        "dense channels_last": sgd_step(copy.deepcopy(dense).to(memory_format=cl), x_cl, y),
+        "sparse by hand (NCHW model)": sgd_step(by_hand, x, y),
+        "sparsify": sgd_step(sparsified, x, y),
+    }
+
+
+def speed_table(configs: list[tuple[int, float]], batch: int, repeats: int) -> list[str]:
+    lines = [
+        "| blocks | sparsity | dense NCHW ms | dense channels_last ms | sparse by hand ms "
+        "| sparsify ms | by hand vs best dense | sparsify vs best dense |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for block, sparsity in configs:
+        fns = variants(sparsity, block, batch)
+        t = {name: ms * 1e3 for name, ms in interleaved_medians(fns, repeats, warmup=2).items()}
+        best = min(t["dense NCHW"], t["dense channels_last"])
+        nchw, cl = t["sparse by hand (NCHW model)"], t["sparsify"]
+        lines.append(
+            f"| {block}x{block} | {sparsity:g} | {t['dense NCHW']:.0f} "
+            f"| {t['dense channels_last']:.0f} | {nchw:.0f} | {cl:.0f} "
+            f"| {best / nchw:.2f}x | {best / cl:.2f}x |"
+        )
+    return lines
+
+
+PROFILED_OPS = (
+    "aten::threshold_backward",
+    "aten::native_batch_norm_backward",
+    "aten::native_batch_norm",
+    "aten::clamp_min",
+    "aten::relu",
+    "aten::add",
+    "aten::copy_",
+)
+
+
+def profile_table(block: int, sparsity: float, batch: int, steps: int = 3) -> list[str]:
+    """Microseconds per call of the ops around the convolutions, in each variant."""
+    per_call: dict[str, dict[str, float]] = {}
+    for name, step in variants(sparsity, block, batch).items():
+        step()
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            for _ in range(steps):
+                step()
+        events = {e.key: e for e in prof.key_averages()}
+        per_call[name] = {
+            op: events[op].cpu_time_total / events[op].count if op in events else 0.0
+            for op in PROFILED_OPS
+        }
+    names = list(per_call)
+    lines = [
+        f"\nMicroseconds per call (torch.profiler, {steps} steps, {block}x{block} blocks, "
+        f"sparsity {sparsity:g}):\n",
+        "| op | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for op in PROFILED_OPS:
+        lines.append(f"| `{op}` | " + " | ".join(f"{per_call[n][op]:.0f}" for n in names) + " |")
+    return lines
+
+
+def parse_config(text: str) -> tuple[int, float]:
+    block, sparsity = text.split(":")
+    return int(block), float(sparsity)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--configs",
+        nargs="+",
+        type=parse_config,
+        default=["32:0.9", "32:0.95", "16:0.9", "8:0.9"],
+        help="block:sparsity pairs",
+    )
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--markdown", help="also write the tables to this file")
+    args = parser.parse_args()
+    configs = [parse_config(c) if isinstance(c, str) else c for c in args.configs]
+    cpu = sk.backend_info()["backends"]["cpu"]
+    lines = [
+        f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
+        f" · cpu isa {cpu.get('isa')} · batch {args.batch} · medians of {args.repeats} "
+        "interleaved SGD steps · fp32\n",
+        *speed_table(configs, args.batch, args.repeats),
+    ]
+    if args.profile:
+        lines += profile_table(*configs[0], args.batch)
+    emit("\n".join(lines), args.markdown)
+
+
+if __name__ == "__main__":
+    main()
