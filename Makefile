@@ -7,8 +7,9 @@ PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
 NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/cuda/*.cpp)
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test test-arm lint format run demo clean
+.PHONY: test test-arm lint format run demo clean tcmalloc
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,13 +28,18 @@ format: $(VENV)/.deps
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
-test: lint test-arm $(VENV)/.built
+test: lint test-arm $(VENV)/.built tcmalloc
 	$(PY) -m pytest
+
+# sparcl train preloads tcmalloc when it is installed (glibc's malloc hides the memory saving
+# of sparse training); installed like the data, from Debian's archive.
+tcmalloc:
+	@/sbin/ldconfig -p | grep -q libtcmalloc_minimal.so.4 || \
+		{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq libtcmalloc-minimal4; }
 
 # The CPU kernels on aarch64 (NEON): the torch-free kernel test cross-compiled with Debian's
 # g++-aarch64-linux-gnu and run under qemu-user (installed when missing). Correctness only:
 # emulated timings mean nothing.
-SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 ARM_CXX := aarch64-linux-gnu-g++
 ARM_TEST := build/test_kernels_aarch64
 CPU_KERNEL_SOURCES := csrc/cpu/dispatch.cpp $(wildcard csrc/cpu/kernels_*.cpp)
@@ -57,7 +63,7 @@ $(FMNIST):
 	$(SUDO) apt-get update -qq
 	$(SUDO) apt-get install -y -qq dataset-fashion-mnist
 
-run: $(VENV)/.built $(FMNIST)
+run: $(VENV)/.built $(FMNIST) tcmalloc
 	$(VENV)/bin/sparcl train --model sparcl-derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
 		--block_size 32 --n_epochs 6 --max_train_per_task 160 --buffer_size 500 \
 		--alpha 0.1 --beta 0.5 --mask_current_logits --dgm_interval 10 --output_dir runs

@@ -111,7 +111,7 @@ setup(
         "dev": ["pytest>=8", "pytest-benchmark>=4", "hypothesis>=6.100", "ruff>=0.6"],
     },
     package_data={"sparcl": ["configs/*.yaml"]},
-    entry_points={"console_scripts": ["sparcl = sparcl.cli:main"]},
+    entry_points={"console_scripts": ["sparcl = sparcl.entry:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

@@ -6,6 +6,7 @@ import statistics
 import time
 from collections.abc import Callable
 
+from sparcl.memory import current_rss_mb, peak_rss_mb
 from sparcl.speedup import interleaved_medians
 
 __all__ = [
@@ -56,25 +57,3 @@ def emit(text: str, markdown: str | None) -> None:
     if markdown:
         with open(markdown, "w") as handle:
             handle.write(text + "\n")
-
-
-def _status_mb(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"{field} not found in /proc/self/status")
-
-
-def current_rss_mb() -> float:
-    """Resident memory of this process now (MB), from /proc/self/status."""
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process (MB), from /proc/self/status.
-
-    VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
-    peak over fork + exec on Linux, so children started to measure memory read this instead.
-    """
-    return _status_mb("VmHWM")

@@ -1,5 +1,5 @@
 import sys
 
-from sparcl.cli import main
+from sparcl.entry import main
 
 sys.exit(main())

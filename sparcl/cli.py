@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 import yaml
 
+from sparcl import allocator, memory
+from sparcl.allocator import ALLOCATOR_CHOICES
 from sparcl.config import TrainConfig, add_config_arguments, resolve_config
 from sparcl.data import MissingDataError, load_dataset
 from sparcl.evaluate import evaluate
@@ -22,6 +24,13 @@ def _parser() -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train a continual-learning run")
     add_config_arguments(train)
     train.add_argument("--resume", metavar="RUN_DIR", help="continue after its last complete task")
+    train.add_argument(
+        "--allocator",
+        choices=ALLOCATOR_CHOICES,
+        default="auto",
+        help="memory allocator, preloaded by re-executing once before torch loads (auto: "
+        "tcmalloc, then jemalloc, then glibc's malloc, which keeps freed memory)",
+    )
     evaluation = commands.add_parser("eval", help="re-evaluate a saved checkpoint")
     evaluation.add_argument("--checkpoint", required=True, help="a checkpoints/task_<t>.pt file")
     evaluation.add_argument("--data_dir", "--data-dir", dest="data_dir")
@@ -39,6 +48,7 @@ def _train(arguments: argparse.Namespace) -> None:
     else:
         config = resolve_config(arguments)
     data = load_dataset(config.dataset, config.data_dir)  # missing data fails now, not mid-run
+    baseline_rss_mb = memory.current_rss_mb()  # torch runtime + data, before training
     cluster = Cluster.from_environment()  # torchrun: join the process group
     try:
         if not arguments.resume:
@@ -51,8 +61,16 @@ def _train(arguments: argparse.Namespace) -> None:
                 f"Run directory: {run_path}"
                 + (f" ({cluster.world_size} ranks)" if cluster.enabled else "")
             )
+            print(f"Memory allocator: {allocator.describe()['name']}")
         run_dir = RunDir(run_path)
-        results = train(config, run_dir, resume=bool(arguments.resume), data=data, cluster=cluster)
+        results = train(
+            config,
+            run_dir,
+            resume=bool(arguments.resume),
+            data=data,
+            cluster=cluster,
+            baseline_rss_mb=baseline_rss_mb,
+        )
         if cluster.is_main:
             _print_summary(config, results, run_dir)
     finally:
@@ -74,10 +92,13 @@ def _print_summary(config: TrainConfig, results: dict, run_dir: RunDir) -> None:
         if speed
         else ""
     )
+    peak = results["memory"]["training_peak_mb"]
+    memory_note = f", training's own peak memory {peak:.0f} MB" if peak is not None else ""
     print(
         f"Final: Class-IL {results['average_class_il']:.2f} %, Task-IL "
         f"{results['average_task_il']:.2f} %, forgetting {results['forgetting_class_il']:.2f}, "
-        f"{rate:.1f} samples/s, {compute}, {torch.get_num_threads()} threads{measured}. "
+        f"{rate:.1f} samples/s, {compute}, {torch.get_num_threads()} threads{measured}"
+        f"{memory_note} ({results['memory']['allocator']['name']}). "
         f"Results: {run_dir.path / 'results.json'}"
     )
 

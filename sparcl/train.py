@@ -17,6 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 import sparcl_kernels as sk
+from sparcl import allocator, memory
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset
 from sparcl.distributed import Cluster
@@ -265,16 +266,32 @@ def distributed_summary(cluster: Cluster) -> dict | None:
     }
 
 
+def memory_summary(baseline_rss_mb: float | None) -> dict:
+    """Peak resident memory of this process and the part of it the training added above
+    ``baseline_rss_mb`` (torch runtime + data), with the allocator that produced them."""
+    peak = memory.peak_rss_mb()
+    own = None if peak is None or baseline_rss_mb is None else peak - baseline_rss_mb
+    return {
+        "peak_rss_mb": None if peak is None else round(peak, 1),
+        "baseline_rss_mb": None if baseline_rss_mb is None else round(baseline_rss_mb, 1),
+        "training_peak_mb": None if own is None else round(own, 1),
+        "allocator": allocator.describe(),
+    }
+
+
 def train(
     config: TrainConfig,
     run_dir: RunDir,
     resume: bool = False,
     data: SplitData | None = None,
     cluster: Cluster | None = None,
+    baseline_rss_mb: float | None = None,
 ) -> dict:
     """Run (or resume) the whole class-incremental protocol; returns the results dict.
 
     Under torchrun pass the :class:`Cluster`; every rank calls this, rank 0 writes the files.
+    ``baseline_rss_mb`` is the process's resident memory once torch and the data were loaded
+    (measured here when not given): the training's own peak memory is counted above it.
     """
     cluster = cluster or Cluster()
     if config.deterministic:
@@ -282,6 +299,8 @@ def train(
     torch.manual_seed(config.seed)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir)
+    if baseline_rss_mb is None:
+        baseline_rss_mb = memory.current_rss_mb()
     net = build_network(config, data)
     cluster.broadcast_module(net)
     generator = torch.Generator().manual_seed(config.seed + 1)
@@ -304,6 +323,7 @@ def train(
         cluster.barrier()  # no rank runs ahead of the checkpoint it could be resumed from
     results = build_results(config, net, progress)
     results["distributed"] = distributed_summary(cluster)
+    results["memory"] = memory_summary(baseline_rss_mb)
     if cluster.is_main:
         results["realization"] = measure_realization(config, net, method, data)
         run_dir.write_results(results)

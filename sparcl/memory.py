@@ -1,0 +1,28 @@
+"""Resident memory of this process, from /proc/self/status (Linux; None elsewhere)."""
+
+from __future__ import annotations
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory of this process now (MB)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (MB).
+
+    VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
+    peak over fork + exec on Linux, so children started to measure memory read this instead.
+    """
+    return _status_mb("VmHWM")
