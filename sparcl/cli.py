@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -37,24 +39,67 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Settings a resumed run may change: they do not alter what it computes.
+RESUMABLE_CHANGES = frozenset({"quiet", "speedup_repeats", "data_dir"})
+
+
+def _resumed_config(arguments: argparse.Namespace) -> TrainConfig:
+    """The saved configuration of ``--resume``; flags that would change it are rejected."""
+    saved = RunDir.read_config_of(arguments.resume)
+    config = TrainConfig(**saved)
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in vars(arguments).items() if k in names}
+    if getattr(arguments, "config", None):
+        raise ValueError("--resume keeps the run's saved configuration; --config cannot be given")
+    conflicts = [
+        f"--{name} {value!r} (saved: {saved.get(name)!r})"
+        for name, value in given.items()
+        if name not in RESUMABLE_CHANGES and saved.get(name) != value
+    ]
+    if conflicts:
+        raise ValueError(
+            f"--resume {arguments.resume}: these flags differ from the run's saved "
+            f"configuration: {', '.join(conflicts)}; start a new run to change them"
+        )
+    for name in RESUMABLE_CHANGES & given.keys():
+        if saved.get(name) != given[name]:
+            print(f"sparcl train: --resume with --{name} {given[name]!r}", file=sys.stderr)
+            setattr(config, name, given[name])
+    config.validate()
+    return config
+
+
+def _check_output_dir(output_dir: str) -> None:
+    """Fail at start-up, naming the option, if run directories cannot be written there."""
+    path = Path(output_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise ValueError(f"--output_dir {output_dir!r} is not writable: {error}") from None
+
+
 def _train(arguments: argparse.Namespace) -> None:
     from sparcl.distributed import Cluster
-    from sparcl.train import train  # the heavy imports only when training
+    from sparcl.train import build_network, train  # the heavy imports only when training
 
     if arguments.resume:
-        config = TrainConfig(**RunDir.read_config_of(arguments.resume))
-        config.validate()
+        config = _resumed_config(arguments)
         run_path = Path(arguments.resume)
     else:
         config = resolve_config(arguments)
+        _check_output_dir(config.output_dir)
     data = load_dataset(config.dataset, config.data_dir)  # missing data fails now, not mid-run
+    build_network(config, data, report=True)  # a block size no layer takes fails now
     baseline_rss_mb = memory.current_rss_mb()  # torch runtime + data, before training
     cluster = Cluster.from_environment()  # torchrun: join the process group
     try:
         if not arguments.resume:
-            stamp = cluster.broadcast_object(datetime.datetime.now().strftime("%Y%m%d-%H%M%S"))
+            stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
             name = f"{config.model}-{config.dataset}-s{config.seed}-{stamp}"
-            run_path = Path(config.output_dir) / name
+            created = RunDir.create_unique(config.output_dir, name) if cluster.is_main else None
+            run_path = Path(cluster.broadcast_object(str(created)))
         if cluster.is_main:
             print("Configuration:\n" + yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             print(
@@ -84,7 +129,10 @@ def _print_summary(config: TrainConfig, results: dict, run_dir: RunDir) -> None:
     elif config.granularity == "unstructured":
         compute = "masked-dense (unstructured masks, dense compute)"
     else:
-        compute = f"block-sparse on backend '{results['backend']['default']['cpu']}'"
+        layers = len(results["layer_sparsity"])
+        compute = (
+            f"block-sparse in {layers} layers on backend '{results['backend']['default']['cpu']}'"
+        )
     speed = results.get("realization")
     measured = (
         f"; network step {speed['measured_speedup']:.2f}x dense at "

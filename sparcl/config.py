@@ -137,6 +137,65 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+_TRUE_WORDS, _FALSE_WORDS = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def parse_bool(text: str) -> bool:
+    """A command-line or YAML boolean word; anything else is an error, not False."""
+    word = str(text).strip().lower()
+    if word in _TRUE_WORDS:
+        return True
+    if word in _FALSE_WORDS:
+        return False
+    raise ValueError(f"expected one of {_TRUE_WORDS + _FALSE_WORDS}, got {text!r}")
+
+
+def _coerce(kind: str, value: object) -> object:
+    """``value`` as a setting of type ``kind``, converting only what is unambiguous."""
+    if kind.endswith("| None"):
+        return None if value is None else _coerce(kind.split("|")[0].strip(), value)
+    if kind == "bool":
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, int | str) and not isinstance(value, bool):
+            return parse_bool(str(value))
+    elif kind == "int":
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+            return int(value)
+    elif kind == "float":
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return float(value)  # YAML 1.1 reads 3e-2 as a string
+    elif kind == "str":
+        if isinstance(value, str):
+            return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)
+        if isinstance(value, list) and all(isinstance(v, int) for v in value):
+            return ",".join(str(v) for v in value)  # e.g. ddr_epochs: [5, 10]
+    raise ValueError(f"expected {kind}")
+
+
+def coerce_settings(values: dict, source: str) -> dict:
+    """Check (and where unambiguous, convert) each setting's type; errors name ``source``."""
+    kinds = {f.name: str(f.type) for f in fields(TrainConfig)}
+    checked = {}
+    for key, value in values.items():
+        try:
+            checked[key] = _coerce(kinds[key], value)
+        except ValueError:
+            raise ValueError(
+                f"{source}: {key} must be of type {kinds[key]}, got {value!r} "
+                f"({type(value).__name__})"
+            ) from None
+    return checked
+
+
 def _option_names(name: str) -> list[str]:
     names = [f"--{name}"]
     if "_" in name:
@@ -152,7 +211,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(
                 *_option_names(field.name),
                 dest=field.name,
-                type=lambda text: text.lower() in ("1", "true", "yes", "on"),
+                type=parse_bool,
                 nargs="?",
                 const=True,
                 default=argparse.SUPPRESS,
@@ -173,16 +232,21 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
         table = yaml.safe_load(BEST_CONFIGS.read_text())
         model = given.get("model", TrainConfig.model)
         dataset = given.get("dataset", TrainConfig.dataset)
-        values.update(table.get(model, {}).get(dataset, {}))
+        values.update(coerce_settings(table.get(model, {}).get(dataset, {}), str(BEST_CONFIGS)))
     elif source:
         path = Path(source)
         if not path.is_file():
             raise ValueError(f"--config file {source!r} does not exist")
-        loaded = yaml.safe_load(path.read_text()) or {}
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ValueError(f"--config {source}: not valid YAML ({error})") from None
+        if not isinstance(loaded, dict):
+            raise ValueError(f"--config {source}: expected a mapping of settings")
         unknown = set(loaded) - {f.name for f in fields(TrainConfig)}
         if unknown:
             raise ValueError(f"--config {source}: unknown settings {sorted(unknown)}")
-        values.update(loaded)
+        values.update(coerce_settings(loaded, f"--config {source}"))
     values.update(given)
     config = TrainConfig(**values)
     config.validate()

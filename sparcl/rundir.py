@@ -5,18 +5,41 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
+import warnings
 from pathlib import Path
 
 import torch
 import yaml
 
+from sparcl import faults
+
 METRIC_FIELDS = ("task", "epoch", "loss", "seconds", "samples_per_second", "examples")
+_CHECKPOINT_NAME = re.compile(r"task_\d+\.pt")
+_CHECKPOINT_KEYS = {"net", "method", "generator", "progress"}
 
 
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    @classmethod
+    def create_unique(cls, parent: str | Path, name: str) -> Path:
+        """Create a new run directory ``parent/name`` (``name-2``, ``name-3``, ... when taken).
+
+        The directory is created exclusively, so two runs started at the same moment never
+        share one.
+        """
+        Path(parent).mkdir(parents=True, exist_ok=True)
+        for attempt in range(1, 10_000):
+            path = Path(parent) / (name if attempt == 1 else f"{name}-{attempt}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return path
+        raise ValueError(f"--output_dir {parent}: no free run directory name for {name}")
 
     def write_config(self, config: dict) -> None:
         _atomic_write_text(self.path / "config.yaml", yaml.safe_dump(config, sort_keys=False))
@@ -46,15 +69,56 @@ class RunDir:
         target = self.path / "checkpoints" / f"task_{task}.pt"
         temporary = target.with_suffix(".pt.tmp")
         torch.save(state, temporary)
+        faults.crash_point("checkpoint-write")
         os.replace(temporary, target)
         _atomic_write_text(self.path / "checkpoints" / "latest.txt", target.name + "\n")
         return target
 
-    def latest_checkpoint(self) -> Path | None:
-        pointer = self.path / "checkpoints" / "latest.txt"
-        if not pointer.exists():
-            return None
-        return self.path / "checkpoints" / pointer.read_text().strip()
+    def latest_checkpoint(self) -> tuple[Path, dict] | None:
+        """The newest intact checkpoint and its state, or None when the run has none.
+
+        Tries the one ``latest.txt`` names, then every ``task_<t>.pt`` from the highest task
+        down; each is verified by loading it completely. An unreadable pointer or checkpoint
+        is skipped with a warning naming the file; if checkpoints exist but none is intact,
+        ``ValueError`` lists them.
+        """
+        folder = self.path / "checkpoints"
+        candidates: list[Path] = []
+        pointer = folder / "latest.txt"
+        if pointer.exists():
+            named = pointer.read_text().strip() if pointer.is_file() else ""
+            if _CHECKPOINT_NAME.fullmatch(named):
+                candidates.append(folder / named)
+            else:
+                warnings.warn(
+                    f"{pointer} is empty or corrupt ({named!r}); ignoring it", stacklevel=2
+                )
+        by_task = sorted(
+            (p for p in folder.glob("task_*.pt") if _CHECKPOINT_NAME.fullmatch(p.name)),
+            key=lambda p: int(p.stem.split("_")[1]),
+            reverse=True,
+        )
+        candidates += [p for p in by_task if p not in candidates]
+        problems = []
+        for path in candidates:
+            try:
+                state = torch.load(path, weights_only=True)
+                if not isinstance(state, dict) or not state.keys() >= _CHECKPOINT_KEYS:
+                    raise ValueError("not a sparcl checkpoint")
+            except Exception as error:  # any failure to load means the file is not intact
+                problems.append(f"{path}: {error}")
+                warnings.warn(
+                    f"checkpoint {path} is unreadable ({error}); trying an older one", stacklevel=2
+                )
+                continue
+            if problems:
+                warnings.warn(
+                    f"resuming from {path.name}, the newest intact checkpoint", stacklevel=2
+                )
+            return path, state
+        if problems:
+            raise ValueError("no intact checkpoint in " + str(folder) + ": " + "; ".join(problems))
+        return None
 
     def write_plots(self, class_il: list[list[float]], task_il: list[list[float]]) -> None:
         import matplotlib

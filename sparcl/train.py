@@ -17,7 +17,7 @@ from torch import nn
 from tqdm import tqdm
 
 import sparcl_kernels as sk
-from sparcl import allocator, memory
+from sparcl import allocator, faults, memory
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset
 from sparcl.distributed import Cluster
@@ -34,8 +34,12 @@ DEBUG_BATCHES = 3  # batches per epoch in --debug_mode
 DEBUG_EVAL_EXAMPLES = 100  # test examples per task in --debug_mode
 
 
-def build_network(config: TrainConfig, data: SplitData) -> nn.Module:
-    """The backbone, with its SparCL layers made block-sparse when the config asks for it."""
+def build_network(config: TrainConfig, data: SplitData, report: bool = False) -> nn.Module:
+    """The backbone, with its SparCL layers made block-sparse when the config asks for it.
+
+    Raises ``ValueError`` when the block size fits none of those layers; with ``report``,
+    says which ones it leaves dense.
+    """
     protocol = data.protocol
     if config.backbone == "resnet18":
         net = resnet18(protocol.n_classes, config.nf, protocol.channels)
@@ -46,8 +50,33 @@ def build_network(config: TrainConfig, data: SplitData) -> nn.Module:
     if config.sparse and config.granularity == "unstructured":
         attach_element_masks(net, config.sparsity, include=sparse_layers)
     elif config.sparse:
+        check_block_size(net, config.block_size, sparse_layers, report)
         sk.sparsify(net, config.sparsity, config.block_size, include=sparse_layers)
     return net
+
+
+def check_block_size(
+    net: nn.Module, block_size: int, sparse_layers: tuple[str, ...], report: bool
+) -> None:
+    """A block size that fits none of the layers to make sparse is an error (the run would be
+    dense under a sparse label); one that fits only some of them is reported by name."""
+    selected = [
+        d
+        for d in sk.nn.plan_sparsify(net, block_size, include=sparse_layers)
+        if d.reason not in ("not included", "excluded")
+    ]
+    left_dense = [f"{d.name} ({d.reason})" for d in selected if not d.sparse]
+    if len(left_dense) == len(selected):
+        raise ValueError(
+            f"--block_size {block_size} fits none of the layers to make sparse: "
+            + "; ".join(left_dense)
+        )
+    if left_dense and report:
+        print(
+            f"sparcl: --block_size {block_size} leaves {len(left_dense)} of {len(selected)} "
+            f"layers dense: {'; '.join(left_dense)}",
+            file=sys.stderr,
+        )
 
 
 def layer_sparsity(net: nn.Module) -> dict[str, float]:
@@ -122,6 +151,7 @@ def train_task(
                 "examples": examples,
             }
         )
+        faults.crash_point("epoch-end")
     return total_seconds, total_examples
 
 
@@ -309,7 +339,7 @@ def train(
     progress = Progress()
     latest = run_dir.latest_checkpoint() if resume else None
     if latest is not None:
-        progress = restore(torch.load(latest, weights_only=True), net, method, generator)
+        progress = restore(latest[1], net, method, generator)
         if cluster.is_main:
             print(f"Resuming {run_dir.path} after task {progress.next_task}", file=sys.stderr)
     if cluster.is_main:

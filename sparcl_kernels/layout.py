@@ -17,6 +17,7 @@ The transpose index is derived from the CSR index, never kept as a second source
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
@@ -26,11 +27,12 @@ __all__ = ["BlockLayout"]
 INDEX_DTYPE = torch.int32
 
 
-def _as_block_size(block_size: int | Sequence[int]) -> tuple[int, int]:
+def as_block_size(block_size: int | Sequence[int]) -> tuple[int, int]:
     if isinstance(block_size, int) and not isinstance(block_size, bool):
         block_size = (block_size, block_size)
     try:
-        bm, bk = (int(b) for b in block_size)
+        # operator.index accepts integers only: 7.5 or "8" is an error, not silently 7 or 8.
+        bm, bk = (operator.index(b) for b in block_size if not isinstance(b, bool))
     except (TypeError, ValueError):
         raise TypeError(
             f"block_size must be an int or a pair of ints (rows, cols), got {block_size!r}"
@@ -98,7 +100,7 @@ class BlockLayout:
             raise ValueError(
                 f"block_mask must be 2-D [M/bm, K/bk], got shape {tuple(block_mask.shape)}"
             )
-        bm, bk = _as_block_size(block_size)
+        bm, bk = as_block_size(block_size)
         n_block_rows, n_block_cols = block_mask.shape
         coords = block_mask.nonzero()  # row-major order: the canonical order of `values`
         row_indices = coords[:, 0].to(INDEX_DTYPE)
@@ -138,7 +140,7 @@ class BlockLayout:
             raise TypeError(f"sparsity must be a float in [0, 1], got {sparsity!r}")
         if not 0.0 <= float(sparsity) <= 1.0:
             raise ValueError(f"sparsity must be in [0, 1], got {sparsity}")
-        bm, bk = _as_block_size(block_size)
+        bm, bk = as_block_size(block_size)
         _check_divisible(tuple(weight.shape), (bm, bk), "weight")
         norms = block_norms(weight.detach(), (bm, bk))
         n_blocks = norms.numel()
@@ -157,7 +159,7 @@ class BlockLayout:
         col_indices: torch.Tensor,
     ) -> BlockLayout:
         """Rebuild a layout from the CSR tensors returned by :meth:`index_tensors` (validated)."""
-        bm, bk = _as_block_size(block_size)
+        bm, bk = as_block_size(block_size)
         m, k = (int(s) for s in shape)
         _check_divisible((m, k), (bm, bk), "shape")
         n_block_rows, n_block_cols = m // bm, k // bk

@@ -271,7 +271,8 @@ def test_config_precedence_defaults_file_cli(tmp_path, fmnist_dir):
         (["--granularity", "channel"], "unknown --granularity 'channel'"),
         (["--speedup_repeats", "-1"], "--speedup_repeats must be >= 0"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
-        (["--dataset", "seq-cifar10", "--data_dir", "/nonexistent"], "CIFAR-10 batches not found"),
+        (["--dataset", "seq-cifar10", "--data_dir", "/nonexistent"], "/nonexistent does not exist"),
+        (["--dataset", "seq-cifar10", "--data_dir", "/"], "CIFAR-10 batches not found"),
     ],
 )
 def test_invalid_settings_are_rejected_at_start(tmp_path, capsys, args, message):

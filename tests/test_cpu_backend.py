@@ -138,13 +138,15 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_default_is_the_widest_instruction_set_the_cpu_runs():
-    result = _run_python(
-        _PRINT_CPU_INFO,
-        SPARCL_CPU_ISA="",
-    )
+def _cpu_info_with(isa: str) -> dict:
+    """backend_info()["backends"]["cpu"] of a fresh process with $SPARCL_CPU_ISA=isa."""
+    result = _run_python(_PRINT_CPU_INFO, SPARCL_CPU_ISA=isa)
     assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+    return json.loads(result.stdout)
+
+
+def test_default_is_the_widest_instruction_set_the_cpu_runs():
+    info = _cpu_info_with("")
     assert info["isa"] == info["supported_isas"][-1]
     assert info["forced_isa"] is None
 
@@ -161,12 +163,7 @@ def test_forcing_an_instruction_set_that_cannot_run_names_the_variable(value):
 
 
 def test_forced_instruction_set_is_used_and_reported():
-    result = _run_python(
-        _PRINT_CPU_INFO,
-        SPARCL_CPU_ISA="baseline",
-    )
-    assert result.returncode == 0, result.stderr
-    info = json.loads(result.stdout)
+    info = _cpu_info_with("baseline")
     assert (info["isa"], info["forced_isa"], info["vector_width"]) == ("baseline", "baseline", 4)
 
 

@@ -467,12 +467,8 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
 template <typename T>
 void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* grad_values,
                  const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
-  const int64_t active = count_active(grad_block_mask, L.nnz);
   const auto share = [&](const auto& compute) {
-    run_parallel(exec.threads, [&](int t, int nt) {
-      weight_gradient_share(grad_block_mask, L.nnz, active, L.bm * L.bk, grad_values, t, nt,
-                            compute);
-    });
+    weight_gradient_pass(grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads, compute);
   };
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bk, exec.max_width)) {

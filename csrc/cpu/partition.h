@@ -10,6 +10,8 @@
 #include <algorithm>
 #include <cstdint>
 
+#include "microkernels.h"
+
 namespace sparcl::SPARCL_ISA_NS {
 
 struct ItemGrid {
@@ -70,6 +72,17 @@ void weight_gradient_share(const bool* grad_block_mask, int64_t nnz, int64_t act
     if (grad_block_mask && !grad_block_mask[j]) continue;
     if (rank++ >= first) compute(j);
   }
+}
+
+// A whole weight-gradient pass on `threads` threads: compute(j) for every block the mask
+// keeps, exact zeros for the others.
+template <typename T, typename Compute>
+void weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
+                          T* grad_values, int threads, const Compute& compute) {
+  const int64_t active = count_active(grad_block_mask, nnz);
+  detail::run_parallel(threads, [&](int t, int nt) {
+    weight_gradient_share(grad_block_mask, nnz, active, block_elems, grad_values, t, nt, compute);
+  });
 }
 
 }  // namespace sparcl::SPARCL_ISA_NS

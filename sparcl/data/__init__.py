@@ -2,10 +2,11 @@
 
 from sparcl.data.augment import augment, normalize
 from sparcl.data.datasets import PROTOCOLS, load_dataset
-from sparcl.data.protocol import MissingDataError, Protocol, SplitData
+from sparcl.data.protocol import CorruptDataError, MissingDataError, Protocol, SplitData
 
 __all__ = [
     "PROTOCOLS",
+    "CorruptDataError",
     "MissingDataError",
     "Protocol",
     "SplitData",

@@ -6,8 +6,14 @@ from pathlib import Path
 
 import torch
 
-from sparcl.data.protocol import Protocol, SplitData
-from sparcl.data.readers import find_first, read_cifar10_batches, read_idx, read_tiny_imagenet
+from sparcl.data.protocol import CorruptDataError, MissingDataError, Protocol, SplitData
+from sparcl.data.readers import (
+    check_split,
+    find_first,
+    read_cifar10_batches,
+    read_idx,
+    read_tiny_imagenet,
+)
 
 PROTOCOLS = {
     "seq-fmnist": Protocol(
@@ -25,12 +31,14 @@ DEBIAN_FMNIST = Path("/usr/share/datasets/fashion-mnist")
 
 
 def load_fmnist(data_dir: Path | None) -> SplitData:
-    roots = ([data_dir, data_dir / "fashion-mnist"] if data_dir else []) + [DEBIAN_FMNIST]
+    # Debian's copy only when no --data_dir is given: a given one is never silently replaced.
+    roots = [data_dir, data_dir / "fashion-mnist"] if data_dir else [DEBIAN_FMNIST]
     how = (
         "Install Debian's package (`apt-get install dataset-fashion-mnist`) or put the four "
         "idx files (train-images-idx3-ubyte[.gz], ...) in --data_dir."
     )
-    files = {}
+    protocol = PROTOCOLS["seq-fmnist"]
+    tensors, paths = {}, {}
     for stem in (
         "train-images-idx3-ubyte",
         "train-labels-idx1-ubyte",
@@ -38,13 +46,30 @@ def load_fmnist(data_dir: Path | None) -> SplitData:
         "t10k-labels-idx1-ubyte",
     ):
         candidates = [root / f"{stem}{suffix}" for root in roots for suffix in (".gz", "")]
-        files[stem] = read_idx(find_first(candidates, f"Fashion-MNIST file {stem}", how))
+        paths[stem] = find_first(candidates, f"Fashion-MNIST file {stem}", how)
+        tensors[stem] = read_idx(paths[stem])
+    expected = {"images": (protocol.image_size, protocol.image_size), "labels": ()}
+    for stem, tensor in tensors.items():
+        kind = "images" if "images" in stem else "labels"
+        if tuple(tensor.shape[1:]) != expected[kind]:
+            raise CorruptDataError(
+                f"{paths[stem]}: {kind} of shape {tuple(tensor.shape[1:])}, expected "
+                f"{expected[kind]}"
+            )
+    for split in ("train", "t10k"):
+        check_split(
+            tensors[f"{split}-images-idx3-ubyte"],
+            tensors[f"{split}-labels-idx1-ubyte"],
+            protocol.n_classes,
+            str(paths[f"{split}-images-idx3-ubyte"]),
+            str(paths[f"{split}-labels-idx1-ubyte"]),
+        )
     return SplitData(
-        PROTOCOLS["seq-fmnist"],
-        files["train-images-idx3-ubyte"].unsqueeze(1),
-        files["train-labels-idx1-ubyte"].long(),
-        files["t10k-images-idx3-ubyte"].unsqueeze(1),
-        files["t10k-labels-idx1-ubyte"].long(),
+        protocol,
+        tensors["train-images-idx3-ubyte"].unsqueeze(1),
+        tensors["train-labels-idx1-ubyte"].long(),
+        tensors["t10k-images-idx3-ubyte"].unsqueeze(1),
+        tensors["t10k-labels-idx1-ubyte"].long(),
     )
 
 
@@ -55,7 +80,13 @@ def load_cifar10(data_dir: Path | None) -> SplitData:
         "and test_batch) in --data_dir; nothing is downloaded."
     )
     marker = find_first([root / "test_batch" for root in roots], "CIFAR-10 batches", how)
-    return SplitData(PROTOCOLS["seq-cifar10"], *read_cifar10_batches(marker.parent))
+    train_x, train_y, test_x, test_y = read_cifar10_batches(marker.parent)
+    folder = marker.parent
+    for x, y, name in ((train_x, train_y, "data_batch_*"), (test_x, test_y, "test_batch")):
+        check_split(
+            x, y, PROTOCOLS["seq-cifar10"].n_classes, str(folder / name), str(folder / name)
+        )
+    return SplitData(PROTOCOLS["seq-cifar10"], train_x, train_y, test_x, test_y)
 
 
 def load_tiny_imagenet(data_dir: Path | None) -> SplitData:
@@ -76,9 +107,15 @@ LOADERS = {
 
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> SplitData:
-    """Load benchmark ``name`` (see ``PROTOCOLS``) from disk."""
+    """Load benchmark ``name`` (see ``PROTOCOLS``) from disk.
+
+    Every file is checked before it is used (format, header against payload, images against
+    labels, label range): a bad one raises :class:`CorruptDataError` naming it.
+    """
     if name not in LOADERS:
         raise ValueError(f"unknown dataset {name!r}; choose from {sorted(LOADERS)}")
+    if data_dir and not Path(data_dir).is_dir():
+        raise MissingDataError(f"--data_dir {data_dir} does not exist or is not a directory")
     data = LOADERS[name](Path(data_dir) if data_dir else None)
     assert data.train_images.dtype == torch.uint8
     return data

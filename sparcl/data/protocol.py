@@ -51,3 +51,7 @@ class SplitData:
 
 class MissingDataError(FileNotFoundError):
     """The dataset files are not where they should be; the message says how to get them."""
+
+
+class CorruptDataError(ValueError):
+    """A dataset file cannot be used as it is; the message names the file and the problem."""

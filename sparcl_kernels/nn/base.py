@@ -43,6 +43,7 @@ class BlockSparseWeight(nn.Module):
         self.values = nn.Parameter(layout.to_blocks(weight_2d.detach()).clone())
         self._store_layout(layout)
         self.grad_block_mask: Tensor | None = None
+        self._register_geometry()
 
     def _store_layout(self, layout: BlockLayout) -> None:
         self.register_buffer("block_mask", layout.block_mask())
@@ -165,7 +166,30 @@ class BlockSparseWeight(nn.Module):
 
     # ------------------------------------------------------------------ state dict
 
+    def geometry(self) -> tuple[int, ...]:
+        """What fixes the meaning of ``values``: (kind, out, in, kernel_h, kernel_w, bm, bk).
+
+        Kept in the persistent ``geometry`` buffer and checked on load, as size mismatches
+        are for dense modules: two layers with equal ``values`` shapes can mean different
+        weights (a 3x3 conv over 16 channels and a 1x1 conv over 144).
+        """
+        raise NotImplementedError
+
+    def _register_geometry(self) -> None:
+        self.register_buffer("geometry_code", torch.tensor(self.geometry(), dtype=torch.int64))
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "geometry_code")
+        if saved is None:
+            # Saved before the geometry was recorded: accept it (block_mask and values shapes
+            # are still checked by the default loader).
+            state_dict[prefix + "geometry_code"] = self.geometry_code
+        elif tuple(saved.tolist()) != self.geometry():
+            raise RuntimeError(
+                f"Error(s) in loading state_dict for {type(self).__name__}: the saved layer's "
+                f"geometry {_describe_geometry(saved.tolist())} differs from this layer's "
+                f"{_describe_geometry(self.geometry())}"
+            )
         # The saved layout may store a different number of blocks: adopt it before the
         # default loader copies `values` (whose shape follows nnz).
         mask = state_dict.get(prefix + "block_mask")
@@ -182,3 +206,12 @@ class BlockSparseWeight(nn.Module):
             f"block_size={self.block_size}, sparsity={self.sparsity:.3f}, "
             f"nnz_blocks={self.values.shape[0]}"
         )
+
+
+_GEOMETRY_KINDS = ("SparseLinear", "SparseConv2d")
+
+
+def _describe_geometry(code) -> str:
+    kind, rows, cols, kh, kw, bm, bk = (int(v) for v in code)
+    name = _GEOMETRY_KINDS[kind] if 0 <= kind < len(_GEOMETRY_KINDS) else f"kind {kind}"
+    return f"{name}(out={rows}, in={cols}, kernel=({kh}, {kw}), block_size=({bm}, {bk}))"

@@ -149,6 +149,9 @@ class SparseConv2d(BlockSparseWeight):
             self.grad_block_mask,
         )
 
+    def geometry(self) -> tuple[int, ...]:
+        return (1, self.out_channels, self.in_channels, *self.kernel_size, *self.block_size)
+
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

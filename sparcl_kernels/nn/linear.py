@@ -79,6 +79,9 @@ class SparseLinear(BlockSparseWeight):
     def forward(self, x: Tensor) -> Tensor:
         return block_sparse_linear(x, self.values, self.layout, self.bias, self.grad_block_mask)
 
+    def geometry(self) -> tuple[int, ...]:
+        return (0, self.out_features, self.in_features, 1, 1, *self.block_size)
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "

@@ -10,8 +10,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.nn.modules.utils import _pair
 
+from sparcl_kernels.layout import as_block_size
 from sparcl_kernels.nn.conv import SparseConv2d
 from sparcl_kernels.nn.linear import SparseLinear
 
@@ -33,7 +33,19 @@ class SparsifyDecision:
 def _selected(selector: Selector, name: str, module: nn.Module) -> bool:
     if callable(selector):
         return bool(selector(name, module))
+    if isinstance(selector, str):  # one pattern, not an iterable of one-letter patterns
+        selector = (selector,)
     return any(fnmatch.fnmatchcase(name, pattern) for pattern in selector)
+
+
+def _shared_weights(model: nn.Module) -> dict[int, list[str]]:
+    """Module names per weight tensor that more than one module holds (tied weights)."""
+    holders: dict[int, list[str]] = {}
+    for name, module in model.named_modules():
+        weight = getattr(module, "weight", None)
+        if isinstance(weight, nn.Parameter):
+            holders.setdefault(id(weight), []).append(name)
+    return {key: names for key, names in holders.items() if len(names) > 1}
 
 
 def _ineligibility(module: nn.Module, block_size: tuple[int, int]) -> str | None:
@@ -63,7 +75,8 @@ def plan_sparsify(
     or a callable ``(name, module) -> bool``. A module is swapped if it is included (everything
     is when ``include`` is None), not excluded, and its shape fits the block size.
     """
-    block = _pair(block_size)
+    block = as_block_size(block_size)
+    shared = _shared_weights(model)
     decisions = []
     for name, module in model.named_modules():
         if not isinstance(module, nn.Linear | nn.Conv2d) or isinstance(
@@ -75,6 +88,12 @@ def plan_sparsify(
             decisions.append(SparsifyDecision(name, kind, False, "not included"))
         elif exclude is not None and _selected(exclude, name, module):
             decisions.append(SparsifyDecision(name, kind, False, "excluded"))
+        elif id(module.weight) in shared:
+            others = [n for n in shared[id(module.weight)] if n != name]
+            reason = (
+                f"weight tied to {', '.join(others)} (one block-sparse values tensor per layer)"
+            )
+            decisions.append(SparsifyDecision(name, kind, False, reason))
         elif (problem := _ineligibility(module, block)) is not None:
             decisions.append(SparsifyDecision(name, kind, False, problem))
         else:
