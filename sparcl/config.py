@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -14,6 +16,9 @@ from sparcl.masking import GRANULARITIES
 from sparcl.methods import METHODS
 
 BACKBONES = ("resnet18", "mlp")
+SCHEDULES = ("paper", "scaled")
+PAPER_EPOCHS = 50  # the length of SparCL's TDM/DDR schedule
+DEBUG_EPOCHS = 2  # --debug_mode caps epochs (and scales the schedule) so smoke runs take seconds
 BEST_CONFIGS = Path(__file__).parent / "configs" / "best.yaml"
 
 
@@ -53,6 +58,9 @@ class TrainConfig:
     ddr_epochs: str = "5,10,15,20"
     dgm_keep: float = 0.8
     dgm_interval: int = 30
+    # "paper": TDM/DDR epochs as given (the paper's 50-epoch schedule); "scaled": mapped onto
+    # n_epochs (epoch e -> e * n_epochs / 50), for runs shorter than the schedule.
+    schedule: str = "paper"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first invalid setting."""
@@ -102,6 +110,7 @@ class TrainConfig:
             (0 < self.dgm_keep <= 1, "--dgm_keep must be in (0, 1]"),
             (self.dgm_interval > 0, "--dgm_interval must be > 0"),
         ]
+        sparcl_checks.append((self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}"))
         for ok, message in sparcl_checks:
             if not ok:
                 raise ValueError(message)
@@ -115,16 +124,51 @@ class TrainConfig:
     def removal_epochs(self) -> tuple[int, ...]:
         return tuple(int(e) for e in str(self.ddr_epochs).split(",") if e.strip())
 
+    def _scaled(self, epoch: int) -> int:
+        """Epoch ``epoch`` of the paper's 50-epoch schedule mapped onto ``n_epochs``."""
+        if self.schedule != "scaled":
+            return epoch
+        return round(epoch * self.n_epochs / PAPER_EPOCHS)
+
+    def schedule_epochs(self) -> dict:
+        """TDM's delta_k and frozen epoch and DDR's removal epochs as this run applies them."""
+        return {
+            "tdm_delta_k": max(1, self._scaled(self.tdm_delta_k)),
+            "tdm_frozen_epoch": self._scaled(self.tdm_frozen_epoch),
+            # Removal needs statistics from at least one epoch; merged epochs remove once.
+            "ddr_epochs": tuple(sorted({max(1, self._scaled(e)) for e in self.removal_epochs()})),
+        }
+
+    def schedule_warnings(self) -> list[str]:
+        """Why the SparCL schedule would not run as the paper's does in this many epochs."""
+        if not METHODS[self.model].needs_sparsity:
+            return []
+        epochs = self.schedule_epochs()
+        problems = []
+        if self.n_epochs <= epochs["tdm_delta_k"]:
+            problems.append(
+                f"TDM grows {self.tdm_p_inter:g} of every layer at epoch 0 and prunes it back at "
+                f"epoch {epochs['tdm_delta_k']}, which --n_epochs {self.n_epochs} never reaches: "
+                "the density creeps up every task"
+            )
+        if not any(e < self.n_epochs for e in epochs["ddr_epochs"]):
+            problems.append(
+                f"DDR removes data at epochs {epochs['ddr_epochs']}, none below --n_epochs "
+                f"{self.n_epochs}: it never fires"
+            )
+        return problems
+
     def method_options(self) -> dict:
         """Settings handed to the method's constructor (SparCL's; plain methods ignore them)."""
+        epochs = self.schedule_epochs()
         return {
             "tdm_p_inter": self.tdm_p_inter,
             "tdm_p_intra": self.tdm_p_intra,
-            "tdm_delta_k": self.tdm_delta_k,
+            "tdm_delta_k": epochs["tdm_delta_k"],
             "tdm_lambda": self.tdm_lambda,
-            "tdm_frozen_epoch": self.tdm_frozen_epoch,
+            "tdm_frozen_epoch": epochs["tdm_frozen_epoch"],
             "ddr_fraction": self.ddr_fraction,
-            "ddr_epochs": self.removal_epochs(),
+            "ddr_epochs": epochs["ddr_epochs"],
             "dgm_keep": self.dgm_keep,
             "dgm_interval": self.dgm_interval,
         }
@@ -232,7 +276,14 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
         table = yaml.safe_load(BEST_CONFIGS.read_text())
         model = given.get("model", TrainConfig.model)
         dataset = given.get("dataset", TrainConfig.dataset)
-        values.update(coerce_settings(table.get(model, {}).get(dataset, {}), str(BEST_CONFIGS)))
+        entry = table.get(model, {}).get(dataset)
+        if entry is None:
+            warnings.warn(
+                f"--config best has no entry for --model {model} on --dataset {dataset} in "
+                f"{BEST_CONFIGS}: using the defaults",
+                stacklevel=2,
+            )
+        values.update(coerce_settings(entry or {}, str(BEST_CONFIGS)))
     elif source:
         path = Path(source)
         if not path.is_file():
@@ -249,5 +300,14 @@ def resolve_config(arguments: argparse.Namespace) -> TrainConfig:
         values.update(coerce_settings(loaded, f"--config {source}"))
     values.update(given)
     config = TrainConfig(**values)
+    if config.debug_mode and (config.n_epochs > DEBUG_EPOCHS or config.schedule != "scaled"):
+        config.n_epochs = min(config.n_epochs, DEBUG_EPOCHS)
+        config.schedule = "scaled"
+        print(
+            f"sparcl: --debug_mode: {config.n_epochs} epochs per task, --schedule scaled",
+            file=sys.stderr,
+        )
     config.validate()
+    for problem in config.schedule_warnings():
+        warnings.warn(f"{problem}; --schedule scaled maps the schedule onto n_epochs", stacklevel=2)
     return config

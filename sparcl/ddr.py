@@ -4,7 +4,9 @@ A forgetting event is an example going from correctly to incorrectly classified 
 presentations (judged on the training step's own predictions, before the optimizer step).
 Examples never classified correctly count as maximally forgettable. At each removal epoch
 ``remove_fraction`` of the task's original examples with the fewest events are removed for
-the rest of the task (ties broken by a seeded random order).
+the rest of the task (ties broken by a seeded random order), and the statistics start over,
+as in the SparCL release: the next removal judges the survivors on the epochs since this one,
+not on events from early training that every example went through.
 """
 
 from __future__ import annotations
@@ -52,6 +54,9 @@ class DataRemoval:
         shuffled = candidates[torch.randperm(len(candidates), generator=self.generator)]
         order = torch.sort(events[shuffled], stable=True).indices
         self.active[shuffled[order[:count]]] = False
+        self.forgetting_events.zero_()
+        self.last_correct.zero_()
+        self.ever_learned.zero_()
         return count
 
     def active_positions(self) -> torch.Tensor:

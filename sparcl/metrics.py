@@ -18,7 +18,11 @@ def average_accuracy(acc: Matrix, after_task: int | None = None) -> float:
 
 
 def forgetting(acc: Matrix) -> float:
-    """Mean over the earlier tasks of (best accuracy before the end) - (final accuracy)."""
+    """Mean over the earlier tasks of (best accuracy before the end) - (final accuracy).
+
+    Chaudhry et al. (2018)'s forgetting, which mammoth also reports: the best is taken over
+    the evaluations after each task up to the one before the last.
+    """
     last = len(acc) - 1
     if last == 0:
         return 0.0

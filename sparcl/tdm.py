@@ -6,8 +6,12 @@ epoch 0 grows ``p_inter`` (zero-initialised blocks at random inactive positions)
 blocks and regrows ``p_intra`` at random -- ``p_inter + p_intra`` at the first of these (so
 the density returns to its target) and ``p_intra`` later. Importance of a stored block is
 ``sum(|w| + lam * |g|)`` over its entries, with ``g`` the layer's latest weight gradient.
-Changes go through the layers' layout-update API: nnz stays constant where the schedule
-allows, optimizer state of untouched blocks is kept, the model is never re-allocated. With
+Block counts carry their fractional remainders from one update to the next, per layer, so a
+layer of 9 blocks moves at the scheduled rates on average (one block every ~11 updates at
+1%) instead of never (``round(0.01 * 9)`` is 0); the blocks grown at epoch 0 are exactly the
+count pruned back at ``delta_k``. Changes go through the layers' layout-update API: nnz stays
+constant where the schedule allows, optimizer state of untouched blocks is kept, the model is
+never re-allocated. With
 ``--granularity unstructured`` the same schedule runs over single weights of masked dense
 layers (see sparcl.masking).
 """
@@ -50,6 +54,11 @@ class TaskAwareMasking:
         self.layers = masked_units(model)
         self.schedule = schedule
         self.generator = torch.Generator().manual_seed(seed)
+        # Per layer: fractional blocks owed by the inter-task grows and by the intra-task
+        # swaps, and how many blocks this task's epoch-0 grow added (pruned back at delta_k).
+        self.inter_carry = [0.0] * len(self.layers)
+        self.intra_carry = [0.0] * len(self.layers)
+        self.inter_grown = [0] * len(self.layers)
 
     @torch.no_grad()
     def begin_epoch(self, epoch: int, optimizer: torch.optim.Optimizer | None = None) -> bool:
@@ -57,15 +66,30 @@ class TaskAwareMasking:
         prune_fractions, grow_fraction = self.schedule.action(epoch)
         if not any(prune_fractions) and not grow_fraction:
             return False
-        for layer in self.layers:
-            self._update(layer, prune_fractions, grow_fraction, optimizer)
+        for index, layer in enumerate(self.layers):
+            n_prune, n_grow = self._counts(index, layer, prune_fractions, grow_fraction)
+            if n_prune or n_grow:
+                self._update(layer, n_prune, n_grow, optimizer)
         return True
 
-    def _update(self, layer, prune_fractions, grow_fraction, optimizer) -> None:
+    def _counts(self, index: int, layer, prune_fractions, grow_fraction) -> tuple[int, int]:
+        """(blocks to prune, blocks to grow) in layer ``index`` for one scheduled update."""
+        n_units = layer.stored_mask().numel()
+        if not prune_fractions:  # epoch 0: the inter-task grow
+            owed = self.inter_carry[index] + grow_fraction * n_units
+            self.inter_grown[index] = int(owed + 1e-9)
+            self.inter_carry[index] = owed - self.inter_grown[index]
+            return 0, self.inter_grown[index]
+        owed = self.intra_carry[index] + prune_fractions[-1] * n_units
+        swap = int(owed + 1e-9)
+        self.intra_carry[index] = owed - swap
+        undo = self.inter_grown[index] if len(prune_fractions) > 1 else 0
+        self.inter_grown[index] -= undo
+        return min(undo + swap, layer.n_stored), swap
+
+    def _update(self, layer, n_prune: int, n_grow: int, optimizer) -> None:
         stored = layer.stored_mask()
         n_units = stored.numel()
-        n_prune = min(sum(round(p * n_units) for p in prune_fractions), layer.n_stored)
-        n_grow = round(grow_fraction * n_units)
         prune = None
         pruned_positions = torch.zeros(n_units, dtype=torch.bool)
         if n_prune:
@@ -80,7 +104,15 @@ class TaskAwareMasking:
         layer.update(prune, grow.view(stored.shape), optimizer)
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        return {
+            "generator": self.generator.get_state(),
+            "inter_carry": list(self.inter_carry),
+            "intra_carry": list(self.intra_carry),
+            "inter_grown": list(self.inter_grown),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        for name in ("inter_carry", "intra_carry", "inter_grown"):
+            if name in state:  # absent from checkpoints written before carries existed
+                setattr(self, name, list(state[name]))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import platform
 import socket
 import subprocess
@@ -30,7 +31,7 @@ from sparcl.models import BLOCK_CONV_PATTERNS, MLP, resnet18
 from sparcl.rundir import RunDir
 from sparcl.speedup import realization
 
-DEBUG_BATCHES = 3  # batches per epoch in --debug_mode
+DEBUG_BATCHES = 2  # batches per epoch in --debug_mode
 DEBUG_EVAL_EXAMPLES = 100  # test examples per task in --debug_mode
 
 
@@ -96,6 +97,20 @@ class Progress:
     task_samples_per_second: list[float] = field(default_factory=list)
     gradient_density: float | None = None  # DGM: stored weight-gradient blocks computed
     training_flops: dict | None = None
+    data_fingerprint: list[str] = field(default_factory=list)  # per task, see fingerprint()
+
+
+def data_stream(seed: int, *keys: object) -> torch.Generator:
+    """A generator seeded by ``seed`` and ``keys`` alone (stable across runs and platforms)."""
+    digest = hashlib.sha256(repr((seed, *keys)).encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
+def fingerprint(indices: torch.Tensor, first_order: torch.Tensor) -> str:
+    """A short hash of a task's training subset and its first epoch's order."""
+    digest = hashlib.sha256(indices.to(torch.int64).numpy().tobytes())
+    digest.update(first_order.to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()[:12]
 
 
 def train_task(
@@ -106,17 +121,27 @@ def train_task(
     generator: torch.Generator,
     progress: Progress,
 ) -> tuple[float, int]:
-    """All epochs of one task; returns (seconds, examples stepped on)."""
+    """All epochs of one task; returns (seconds, examples stepped on).
+
+    The training subset, each epoch's order and each epoch's augmentation draw from their
+    own streams, seeded by (seed, task, epoch) alone: every method sees the same data for a
+    seed, however many steps DDR removes or replay consumes (``data_fingerprint`` checks it).
+    ``generator`` serves the method (replay augmentation).
+    """
     method.begin_task(task)
     indices = method.training_indices(data, task)
     if config.max_train_per_task:
-        shuffled = torch.randperm(len(indices), generator=generator)
+        shuffled = torch.randperm(len(indices), generator=data_stream(config.seed, "subset", task))
         indices = indices[shuffled][: config.max_train_per_task]
     total_seconds, total_examples = 0.0, 0
     for epoch in range(config.n_epochs):
         method.begin_epoch(task, epoch)
         positions = method.epoch_positions(len(indices))  # DDR may have removed some
-        order = positions[torch.randperm(len(positions), generator=generator)]
+        order_stream = data_stream(config.seed, "order", task, epoch)
+        order = positions[torch.randperm(len(positions), generator=order_stream)]
+        if epoch == 0 and len(progress.data_fingerprint) == task:
+            progress.data_fingerprint.append(fingerprint(indices, order))
+        augment_stream = data_stream(config.seed, "augment", task, epoch)
         batches = list(order.split(config.batch_size))
         # Under torchrun every rank needs a non-empty shard of each batch.
         batches = [b for b in batches if len(b) >= method.cluster.world_size]
@@ -132,7 +157,7 @@ def train_task(
         for batch_positions in bar:
             batch = indices[batch_positions]
             raw, labels = data.train_images[batch], data.train_labels[batch]
-            loss = method.observe(augment(raw, data.protocol, generator), labels, raw, task)
+            loss = method.observe(augment(raw, data.protocol, augment_stream), labels, raw, task)
             method.after_observe(batch_positions, labels)
             losses.append(loss)
             examples += len(batch)
@@ -210,6 +235,8 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "layer_sparsity": layer_sparsity(net),
         "gradient_density": progress.gradient_density,
         "training_flops": progress.training_flops,
+        "data_fingerprint": progress.data_fingerprint,
+        "schedule": {"mode": config.schedule, **config.schedule_epochs()},
         "training_seconds": round(sum(progress.task_seconds), 4),
         "backend": sk.backend_info(),
         "current_logit_masking": config.mask_current_logits,

@@ -345,3 +345,62 @@ def test_sparcl_needs_sparse_layers(tmp_path, capsys):
 def test_sparcl_resume_matches_uninterrupted_run(tmp_path, fmnist_dir, granularity):
     args = ["--model", "sparcl-derpp", "--granularity", granularity, *SPARCL_ARGS]
     _assert_resume_reproduces(args, 3, tmp_path, fmnist_dir)
+
+
+# ---------------------------------------------------------------- pairing, schedule, best config
+
+
+def test_every_method_sees_the_same_data_for_a_seed(tmp_path, fmnist_dir):
+    args = "--backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8 --buffer_size 20"
+    dense = _train(["--model", "derpp", *args.split()], tmp_path / "dense", fmnist_dir)
+    sparse = _train(
+        ["--model", "sparcl-derpp", "--sparsity", "0.5", "--block_size", "8", *args.split()],
+        tmp_path / "sparse",
+        fmnist_dir,
+    )
+    assert len(dense["data_fingerprint"]) == 5
+    assert dense["data_fingerprint"] == sparse["data_fingerprint"]
+    other_seed = _train(
+        ["--model", "derpp", "--seed", "1", *args.split()], tmp_path / "o", fmnist_dir
+    )
+    assert other_seed["data_fingerprint"] != dense["data_fingerprint"]
+
+
+def test_best_config_has_sparcl_entries_with_logit_masking():
+    from sparcl.cli import _parser
+    from sparcl.config import resolve_config
+
+    arguments = _parser().parse_args(["train", "--config", "best", "--model", "sparcl-derpp"])
+    config = resolve_config(arguments)
+    assert (config.alpha, config.beta, config.mask_current_logits) == (0.2, 0.5, True)
+    assert config.sparsity == 0.9
+
+
+def test_best_config_without_an_entry_warns(tmp_path, monkeypatch):
+    from sparcl import config as config_module
+    from sparcl.cli import _parser
+
+    table = tmp_path / "best.yaml"
+    table.write_text("derpp: {}\n")
+    monkeypatch.setattr(config_module, "BEST_CONFIGS", table)
+    arguments = _parser().parse_args(["train", "--config", "best", "--model", "derpp"])
+    with pytest.warns(UserWarning, match="no entry for --model derpp"):
+        config_module.resolve_config(arguments)
+
+
+def test_schedule_that_does_not_fit_warns_and_scaled_maps_it():
+    from sparcl.cli import _parser
+    from sparcl.config import resolve_config
+
+    short = ["train", "--model", "sparcl-derpp", "--sparsity", "0.9", "--n_epochs", "4"]
+    with pytest.warns(UserWarning, match="density creeps up") as caught:
+        resolve_config(_parser().parse_args(short))
+    assert any("never fires" in str(w.message) for w in caught)
+    scaled = resolve_config(
+        _parser().parse_args([*short, "--n_epochs", "10", "--schedule", "scaled"])
+    )
+    assert scaled.schedule_epochs() == {
+        "tdm_delta_k": 1,
+        "tdm_frozen_epoch": 9,
+        "ddr_epochs": (1, 2, 3, 4),
+    }

@@ -36,6 +36,35 @@ def test_tdm_keeps_small_layers_at_their_density_over_many_tasks():
     assert layer.values.shape[0] == 4
 
 
+@pytest.mark.parametrize(("in_features", "blocks"), [(24, 9), (96, 36)])
+def test_tdm_moves_small_layers_at_the_scheduled_rate(in_features, blocks):
+    """Fractional counts carry over: 1% of 9 or 36 blocks still moves the mask on average,
+    and every task ends at the layer's target density."""
+    torch.manual_seed(0)
+    layer = SparseLinear(in_features, 24, block_size=8, sparsity=0.5)
+    assert layer.layout.block_grid[0] * layer.layout.block_grid[1] == blocks
+    stored = layer.values.shape[0]
+    schedule = TdmSchedule()
+    tdm = TaskAwareMasking(nn.Sequential(layer), schedule, seed=0)
+    swaps = grows = 0
+    tasks = 12
+    for _task in range(tasks):
+        for epoch in range(50):
+            before = layer.layout.block_mask()
+            tdm.begin_epoch(epoch)
+            changed = int((layer.layout.block_mask() & ~before).sum())
+            if epoch == 0:
+                grows += changed
+            else:
+                swaps += changed
+        assert layer.values.shape[0] == stored  # back at the target density
+    # Scheduled per task: p_inter once, p_intra at epochs 5, 10, ..., 40 (8 times).
+    expected_swaps = tasks * 8 * schedule.p_intra * blocks
+    expected_grows = tasks * schedule.p_inter * blocks
+    assert abs(swaps - expected_swaps) <= 1 and abs(grows - expected_grows) <= 1
+    assert swaps >= 1
+
+
 def test_tdm_grows_then_prunes_least_important_blocks():
     torch.manual_seed(0)
     layer = SparseLinear(64, 64, block_size=8, sparsity=0.5)  # 64 blocks, 32 stored
@@ -103,6 +132,8 @@ def test_ddr_counts_forgetting_events_on_hand_made_sequences():
     assert ddr.begin_epoch(0) == 0  # not a removal epoch
     assert ddr.begin_epoch(1) == 1
     assert ddr.active_positions().tolist() == [0, 2, 3]  # the unforgettable example 1 goes
+    # The statistics start over after a removal, as in the release.
+    assert ddr.forgetting_events.sum() == 0 and not ddr.ever_learned.any()
 
 
 def test_ddr_removal_schedule_and_seeded_tie_break():
