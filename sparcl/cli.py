@@ -52,9 +52,9 @@ def _resumed_config(arguments: argparse.Namespace) -> TrainConfig:
     if getattr(arguments, "config", None):
         raise ValueError("--resume keeps the run's saved configuration; --config cannot be given")
     conflicts = [
-        f"--{name} {value!r} (saved: {saved.get(name)!r})"
+        f"--{name} {value!r} (saved: {getattr(config, name)!r})"
         for name, value in given.items()
-        if name not in RESUMABLE_CHANGES and saved.get(name) != value
+        if name not in RESUMABLE_CHANGES and getattr(config, name) != value
     ]
     if conflicts:
         raise ValueError(

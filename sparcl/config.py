@@ -39,7 +39,7 @@ class TrainConfig:
     data_dir: str | None = None
     output_dir: str = "runs"
     sparsity: float = 0.0
-    block_size: int = 32
+    block_size: str = "auto"  # "auto" (per layer, see sparcl.train.block_sides) or a side
     granularity: str = "block"  # "unstructured": the release's masked-dense training
     dense: bool = False
     mask_current_logits: bool = False
@@ -79,7 +79,10 @@ class TrainConfig:
             ),
             (self.lr > 0, f"--lr must be > 0, got {self.lr}"),
             (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
-            (self.block_size > 0, f"--block_size must be > 0, got {self.block_size}"),
+            (
+                self.block_size == "auto" or (self.block_size.isdigit() and int(self.block_size)),
+                f"--block_size must be 'auto' or a positive integer, got {self.block_size!r}",
+            ),
             (
                 self.granularity in GRANULARITIES,
                 f"unknown --granularity {self.granularity!r}; choose from {GRANULARITIES}",
@@ -120,6 +123,9 @@ class TrainConfig:
             raise ValueError(
                 f"--ddr_epochs must be comma-separated integers, got {self.ddr_epochs!r}"
             ) from None
+
+    def __post_init__(self) -> None:
+        self.block_size = str(self.block_size)  # configs saved before "auto" hold an int
 
     def removal_epochs(self) -> tuple[int, ...]:
         return tuple(int(e) for e in str(self.ddr_epochs).split(",") if e.strip())

@@ -51,33 +51,79 @@ def build_network(config: TrainConfig, data: SplitData, report: bool = False) ->
     if config.sparse and config.granularity == "unstructured":
         attach_element_masks(net, config.sparsity, include=sparse_layers)
     elif config.sparse:
-        check_block_size(net, config.block_size, sparse_layers, report)
-        sk.sparsify(net, config.sparsity, config.block_size, include=sparse_layers)
+        sides = block_sides(net, config, sparse_layers, report)
+        for side in sorted(set(sides.values()), reverse=True):
+            include = [name for name, chosen in sides.items() if chosen == side]
+            sk.sparsify(net, config.sparsity, side, include=include)
     return net
 
 
-def check_block_size(
-    net: nn.Module, block_size: int, sparse_layers: tuple[str, ...], report: bool
-) -> None:
-    """A block size that fits none of the layers to make sparse is an error (the run would be
-    dense under a sparse label); one that fits only some of them is reported by name."""
+AUTO_BLOCK_SIDES = (32, 16, 8)  # --block_size auto: the largest that keeps a layer meaningful
+MIN_KEPT_BLOCKS = 8  # ... i.e. that leaves at least this many stored blocks at the sparsity
+
+
+def _block_grid(module: nn.Module, side: int) -> int:
+    if isinstance(module, nn.Conv2d):
+        kh, kw = module.kernel_size
+        return (module.out_channels // side) * (kh * kw * module.in_channels // side)
+    return (module.out_features // side) * (module.in_features // side)
+
+
+def block_sides(
+    net: nn.Module, config: TrainConfig, sparse_layers: tuple[str, ...], report: bool
+) -> dict[str, int]:
+    """The block side of every layer to make sparse; layers no side fits are left out.
+
+    An explicit ``--block_size`` applies to every layer it divides. ``auto`` gives each layer
+    the largest side in AUTO_BLOCK_SIDES that it divides and at which at least
+    MIN_KEPT_BLOCKS blocks stay stored, so that narrow layers keep enough blocks for masks to
+    move (a 32-channel conv has 9 blocks of 32x32 and would keep 1 at 90%); the smallest side
+    that divides when none keeps that many. A block size that fits none of the layers is an
+    error (the run would be dense under a sparse label); one that leaves some layers dense
+    says which, with ``report``.
+    """
+    candidates = AUTO_BLOCK_SIDES if config.block_size == "auto" else (int(config.block_size),)
+    modules = dict(net.named_modules())
+    plans = {side: sk.nn.plan_sparsify(net, side, include=sparse_layers) for side in candidates}
     selected = [
-        d
-        for d in sk.nn.plan_sparsify(net, block_size, include=sparse_layers)
-        if d.reason not in ("not included", "excluded")
+        d.name for d in plans[candidates[0]] if d.reason not in ("not included", "excluded")
     ]
-    left_dense = [f"{d.name} ({d.reason})" for d in selected if not d.sparse]
-    if len(left_dense) == len(selected):
+    sides, left_dense = {}, []
+    for name in selected:
+        fitting = [
+            side for side in candidates if any(d.name == name and d.sparse for d in plans[side])
+        ]
+        if not fitting:
+            reason = next(d.reason for d in plans[candidates[-1]] if d.name == name)
+            left_dense.append(f"{name} ({reason})")
+            continue
+        kept = [
+            s
+            for s in fitting
+            if (1 - config.sparsity) * _block_grid(modules[name], s) >= MIN_KEPT_BLOCKS
+        ]
+        sides[name] = kept[0] if kept else fitting[-1]
+    if not sides:
         raise ValueError(
-            f"--block_size {block_size} fits none of the layers to make sparse: "
+            f"--block_size {config.block_size} fits none of the layers to make sparse: "
             + "; ".join(left_dense)
         )
     if left_dense and report:
         print(
-            f"sparcl: --block_size {block_size} leaves {len(left_dense)} of {len(selected)} "
-            f"layers dense: {'; '.join(left_dense)}",
+            f"sparcl: --block_size {config.block_size} leaves {len(left_dense)} of "
+            f"{len(selected)} layers dense: {'; '.join(left_dense)}",
             file=sys.stderr,
         )
+    return sides
+
+
+def layer_block_size(net: nn.Module) -> dict[str, list[int]]:
+    """The block size of every block-sparse layer."""
+    return {
+        name: list(module.block_size)
+        for name, module in net.named_modules()
+        if isinstance(module, sk.nn.SparseLinear | sk.nn.SparseConv2d)
+    }
 
 
 def layer_sparsity(net: nn.Module) -> dict[str, float]:
@@ -233,6 +279,7 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "task_seconds": progress.task_seconds,
         "task_samples_per_second": progress.task_samples_per_second,
         "layer_sparsity": layer_sparsity(net),
+        "layer_block_size": layer_block_size(net),
         "gradient_density": progress.gradient_density,
         "training_flops": progress.training_flops,
         "data_fingerprint": progress.data_fingerprint,

@@ -404,3 +404,21 @@ def test_schedule_that_does_not_fit_warns_and_scaled_maps_it():
         "tdm_frozen_epoch": 9,
         "ddr_epochs": (1, 2, 3, 4),
     }
+
+
+@pytest.mark.parametrize("nf", [32, 64])
+def test_auto_block_size_keeps_every_resnet_layer_meaningful(nf, fmnist_dir):
+    from sparcl.config import TrainConfig
+    from sparcl.train import MIN_KEPT_BLOCKS, build_network, layer_block_size
+
+    data = load_dataset("seq-fmnist", fmnist_dir)
+    config = TrainConfig(model="sparcl-derpp", nf=nf, sparsity=0.9)
+    assert config.block_size == "auto"
+    net = build_network(config, data)
+    sides = layer_block_size(net)
+    assert len(sides) == 16
+    for name, module in net.named_modules():
+        if name in sides:
+            assert module.values.shape[0] >= MIN_KEPT_BLOCKS, (name, sides[name])
+    # Narrow layers get smaller blocks than wide ones.
+    assert sides["layer1.0.conv1"][0] < sides["layer4.0.conv1"][0] == 32
