@@ -29,6 +29,7 @@ import sparcl_kernels as sk
 from sparcl.data import augment, load_dataset
 from sparcl.flops import count_flops
 from sparcl.masking import attach_element_masks
+from sparcl.memory import load_torch_runtime
 from sparcl.methods import Derpp, SparclDerpp
 from sparcl.models import BLOCK_CONV_PATTERNS, resnet18
 
@@ -62,6 +63,7 @@ def make_method(kind: str, sparsity: float, data, nf: int):
 
 def _steps_peak_rss(kind: str, sparsity: float, nf: int, data_dir, queue) -> None:
     data = load_dataset("seq-fmnist", data_dir)
+    load_torch_runtime()
     baseline = current_rss_mb()  # torch runtime + data: what every variant pays alike
     method = make_method(kind, sparsity, data, nf)
     generator = torch.Generator().manual_seed(3)

@@ -92,6 +92,7 @@ def _train(arguments: argparse.Namespace) -> None:
         _check_output_dir(config.output_dir)
     data = load_dataset(config.dataset, config.data_dir)  # missing data fails now, not mid-run
     build_network(config, data, report=True)  # a block size no layer takes fails now
+    memory.load_torch_runtime()
     baseline_rss_mb = memory.current_rss_mb()  # torch runtime + data, before training
     cluster = Cluster.from_environment()  # torchrun: join the process group
     try:
@@ -140,6 +141,11 @@ def _print_summary(config: TrainConfig, results: dict, run_dir: RunDir) -> None:
         if speed
         else ""
     )
+    if speed and speed.get("step_peak_mb") is not None and speed.get("dense_step_peak_mb"):
+        measured += (
+            f", {speed['step_peak_mb']:.0f} MB step memory vs "
+            f"{speed['dense_step_peak_mb']:.0f} MB dense"
+        )
     peak = results["memory"]["training_peak_mb"]
     memory_note = f", training's own peak memory {peak:.0f} MB" if peak is not None else ""
     print(

@@ -26,3 +26,12 @@ def peak_rss_mb() -> float | None:
     peak over fork + exec on Linux, so children started to measure memory read this instead.
     """
     return _status_mb("VmHWM")
+
+
+def load_torch_runtime() -> None:
+    """Load what a training step loads lazily from torch, so that a baseline measured after
+    this counts it as runtime, not as training: torch.optim's first optimizer imports
+    torch._dynamo (and triton behind it), about 140 MB here."""
+    import torch
+
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)

@@ -9,13 +9,18 @@ round-robin so that machine drift hits both alike; the medians give the measured
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import pickle
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
 
+from sparcl import memory
 from sparcl.flops import count_flops
 
 
@@ -43,6 +48,41 @@ def _training_step(model: nn.Module, inputs: torch.Tensor) -> Callable[[], None]
     return step
 
 
+def _step_peak_in_child(model_file: str, inputs_shape: tuple[int, ...], queue) -> None:
+    model = torch.load(model_file, weights_only=False)
+    inputs = torch.randn(*inputs_shape, generator=torch.Generator().manual_seed(0))
+    before = memory.current_rss_mb()
+    step = _training_step(model.train(), inputs)
+    for _ in range(3):
+        step()
+    queue.put(memory.peak_rss_mb() - before)
+
+
+def step_peak_memory(model: nn.Module, inputs_shape: tuple[int, ...]) -> float | None:
+    """Peak memory (MB) a forward + backward step of ``model`` adds, in a fresh process.
+
+    A process's peak only grows, so each network is measured in its own child (started with
+    the parent's environment, hence the same allocator); None where memory cannot be read.
+    """
+    if memory.peak_rss_mb() is None:
+        return None
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    with tempfile.TemporaryDirectory() as folder:
+        model_file = str(Path(folder) / "model.pt")
+        try:
+            torch.save(model, model_file)
+        except (pickle.PicklingError, AttributeError, TypeError):
+            return None  # a model carrying unpicklable hooks (masked-dense layers)
+        child = context.Process(target=_step_peak_in_child, args=(model_file, inputs_shape, queue))
+        child.start()
+        try:
+            peak = queue.get(timeout=600)
+        finally:
+            child.join()
+    return round(peak, 1)
+
+
 def realization(
     net: nn.Module,
     dense_net: nn.Module,
@@ -50,13 +90,15 @@ def realization(
     gradient_density: float = 1.0,
     batch_size: int = 32,
     repeats: int = 5,
+    measure_memory: bool = False,
 ) -> dict[str, float]:
     """Measured network-step speedup of ``net`` over ``dense_net`` and its realization ratio.
 
     The dense twin is timed in both memory formats (NCHW and channels-last) and the faster is
     the baseline, as a user would pick. ``gradient_density`` is the fraction of stored
     weight-gradient blocks DGM computes (it enters the FLOP reduction the measured speedup is
-    compared with).
+    compared with). With ``measure_memory``, each network's step also runs in a fresh
+    process to measure the peak memory it adds (``step_peak_mb``).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -75,7 +117,7 @@ def realization(
     step = count_flops(net, sample_shape).step(batch_size, gradient_density)
     reduction = step["dense_equivalent"] / step["actual"] if step["actual"] else 1.0
     speedup = times[best_dense] / times["ours"]
-    return {
+    result = {
         "step_seconds": round(times["ours"], 6),
         "dense_step_seconds": round(times[best_dense], 6),
         "dense_memory_format": "channels_last" if best_dense != "dense" else "contiguous",
@@ -86,3 +128,8 @@ def realization(
         "repeats": repeats,
         "threads": torch.get_num_threads(),
     }
+    if measure_memory:
+        shape = (batch_size, *sample_shape)
+        result["step_peak_mb"] = step_peak_memory(models["ours"], shape)
+        result["dense_step_peak_mb"] = step_peak_memory(models[best_dense], shape)
+    return result

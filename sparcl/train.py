@@ -262,6 +262,7 @@ def measure_realization(
         gradient_density=dgm.current_density() if dgm is not None else 1.0,
         batch_size=config.batch_size,
         repeats=1 if config.debug_mode else config.speedup_repeats,
+        measure_memory=not config.debug_mode,
     )
 
 
@@ -404,6 +405,7 @@ def train(
     if data is None:
         data = load_dataset(config.dataset, config.data_dir)
     if baseline_rss_mb is None:
+        memory.load_torch_runtime()
         baseline_rss_mb = memory.current_rss_mb()
     net = build_network(config, data)
     cluster.broadcast_module(net)

@@ -171,7 +171,16 @@ def block_sparse_linear(
     return y.view(*leading, m)
 
 
-@torch.compiler.assume_constant_result
+def _assume_constant_result(fn):
+    """``torch.compiler.assume_constant_result`` without importing ``torch._dynamo`` at import
+    time: that import (with triton behind it) adds ~140 MB to every process that merely
+    imports this package. Dynamo reads this marker when it traces a call;
+    tests/test_compile.py checks that torch's decorator sets the same one."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@_assume_constant_result
 def _select_backend(
     requested: str | None, device: torch.device, dtype: torch.dtype, op: str = "block_sparse_linear"
 ) -> str:

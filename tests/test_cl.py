@@ -422,3 +422,16 @@ def test_auto_block_size_keeps_every_resnet_layer_meaningful(nf, fmnist_dir):
             assert module.values.shape[0] >= MIN_KEPT_BLOCKS, (name, sides[name])
     # Narrow layers get smaller blocks than wide ones.
     assert sides["layer1.0.conv1"][0] < sides["layer4.0.conv1"][0] == 32
+
+
+def test_speed_check_measures_both_networks_memory_in_fresh_processes():
+    from sparcl.speedup import realization
+
+    torch.manual_seed(0)
+    dense = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(64, 256), torch.nn.Linear(256, 10)
+    )
+    sparse = sk.sparsify(dense, 0.75, 16, inplace=False, include=["1"])
+    result = realization(sparse, dense, (1, 8, 8), batch_size=64, repeats=1, measure_memory=True)
+    assert result["step_peak_mb"] is not None and result["dense_step_peak_mb"] is not None
+    assert result["step_peak_mb"] >= 0 and result["dense_step_peak_mb"] >= 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import torch
 from conftest import random_block_mask
 
@@ -30,3 +33,22 @@ def test_compiled_matches_eager(backend):
     for got, want in zip(compiled_grads, eager_grads, strict=True):
         torch.testing.assert_close(got, want)
     assert torch.all(compiled_grads[1][~grad_mask] == 0)
+
+
+def test_constant_marker_is_the_one_torch_sets():
+    """ops.py marks its backend choice as dynamo does, without importing torch._dynamo."""
+
+    def probe():
+        return None
+
+    torch.compiler.assume_constant_result(probe)
+    assert vars(probe) == {"_dynamo_marked_constant": True}
+    assert vars(sk.ops._select_backend) == {"_dynamo_marked_constant": True}
+
+
+def test_importing_the_package_does_not_load_dynamo():
+    """torch._dynamo (and triton behind it) costs ~140 MB of memory in every process."""
+    code = "import sys, sparcl_kernels, sparcl.train; print('torch._dynamo' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "False"
