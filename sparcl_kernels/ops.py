@@ -161,7 +161,11 @@ def block_sparse_linear(
 
     Returns:
         ``[..., M]``. Gradients flow to ``x``, ``values`` and ``bias``.
+
+    Under ``torch.autocast`` the operands are cast as for ``nn.Linear`` (see
+    :func:`_autocast_operands`), so fp32 values act as master weights.
     """
+    x, values, bias = _autocast_operands(x, values, bias)
     _check_arguments(x, values, layout, bias, grad_block_mask)
     name = _select_backend(backend, x.device, x.dtype)
     m, k = layout.shape
@@ -344,6 +348,7 @@ def block_sparse_conv2d(
     in :func:`block_sparse_linear`.
     """
     op = "block_sparse_conv2d"
+    x, values, bias = _autocast_operands(x, values, bias)
     _check_arguments(x, values, layout, bias, grad_block_mask, op=op)
     if x.dim() != 4:
         _fail(ValueError, op, f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
@@ -373,6 +378,26 @@ def block_sparse_conv2d(
         name,
     )
     return y.permute(0, 3, 1, 2)
+
+
+def _autocast_operands(
+    x: Tensor, values: Tensor, bias: Tensor | None
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """The operands as an autocast region on ``x``'s device computes with.
+
+    CUDA: the region's dtype (fp16/bf16), which the GPU kernels run in. CPU: fp32, the CPU
+    kernels' precision (autocast runs such ops in fp32, as it does for its fp32 op list); the
+    fp32 result then flows on into the region's low-precision ops. Casts are differentiable,
+    so gradients reach fp32 ``values`` as master weights. Outside autocast: unchanged.
+    """
+    if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
+        return x, values, bias
+    dtype = torch.get_autocast_dtype(x.device.type) if x.device.type != "cpu" else torch.float32
+
+    def cast(t):
+        return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+
+    return cast(x), cast(values), cast(bias)
 
 
 def _fail(exc: type[Exception], op: str, message: str) -> NoReturn:

@@ -426,3 +426,57 @@ def test_compiled_model_with_sparse_layers_matches_eager():
     torch.testing.assert_close(compiled_out, eager_out)
     for p, g in zip(model.parameters(), eager_grads, strict=True):
         torch.testing.assert_close(p.grad, g)
+
+
+class _MixedNet(nn.Module):
+    """Dense and block-sparse Linear and Conv2d layers in one model."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)
+        self.conv = SparseConv2d(16, 32, 3, padding=1, block_size=8, sparsity=0.5)
+        self.dense = nn.Linear(32, 32)
+        self.head = SparseLinear(32, 16, block_size=8, sparsity=0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.conv(torch.relu(self.stem(x))))
+        return self.head(torch.relu(self.dense(out.mean((2, 3)))))
+
+
+def _dense_twin(net: _MixedNet) -> nn.Module:
+    twin = copy.deepcopy(net)
+    twin.conv, twin.head = net.conv.to_dense(), net.head.to_dense()
+    return twin
+
+
+@pytest.mark.parametrize(
+    ("device", "dtype"),
+    [
+        ("cpu", torch.bfloat16),
+        pytest.param("cuda", torch.bfloat16, marks=pytest.mark.gpu),
+        pytest.param("cuda", torch.float16, marks=pytest.mark.gpu),
+    ],
+    ids=["cpu-bf16", "cuda-bf16", "cuda-fp16"],
+)
+def test_mixed_model_trains_under_autocast_like_its_dense_twin(device, dtype):
+    torch.manual_seed(5)
+    net = _MixedNet().to(device)
+    twin = _dense_twin(net)
+    x = torch.randn(4, 3, 8, 8, device=device)
+    target = torch.randn(4, 16, device=device)
+    losses = []
+    for model in (net, twin):
+        with torch.autocast(device, dtype=dtype):
+            loss = nn.functional.mse_loss(model(x).float(), target)
+        loss.backward()
+        losses.append(loss)
+    tol = {"atol": 3e-2, "rtol": 3e-2}
+    torch.testing.assert_close(losses[0], losses[1], **tol)
+    assert net.head.values.dtype == torch.float32 and net.head.values.grad.dtype == torch.float32
+    expected = net.head.layout.to_blocks(twin.head.weight.grad)
+    torch.testing.assert_close(net.head.values.grad, expected, **tol)
+    expected = net.conv.layout.to_blocks(conv_weight_to_gemm(twin.conv.weight.grad))
+    torch.testing.assert_close(net.conv.values.grad, expected, **tol)
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+    optimizer.step()  # fp32 master values take the step
+    assert torch.isfinite(net.head.values).all()
