@@ -14,7 +14,6 @@ finished run is reused when the script is started again, so an interrupted sweep
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import statistics
@@ -42,8 +41,9 @@ def variants(sparsities: list[float]) -> dict[str, dict]:
     return table
 
 
-def base_config(args: argparse.Namespace) -> TrainConfig:
-    return TrainConfig(
+def base_settings(args: argparse.Namespace) -> dict:
+    """Settings every variant shares (SparCL's apply to the SparCL variants only)."""
+    return dict(
         dataset="seq-fmnist",
         nf=args.nf,
         n_epochs=args.n_epochs,
@@ -59,7 +59,7 @@ def base_config(args: argparse.Namespace) -> TrainConfig:
         # SparCL's 50-epoch schedule (TDM every 5 epochs, DDR at 5..20) squeezed into n_epochs.
         tdm_delta_k=2,
         tdm_frozen_epoch=args.n_epochs,
-        ddr_epochs="1,2,3",
+        ddr_epochs=(1, 2, 3),
         dgm_interval=10,
     )
 
@@ -141,7 +141,8 @@ def main() -> None:
     rows: dict[str, list[dict]] = {}
     for seed in args.seeds:
         for name, overrides in variants(args.sparsities).items():
-            config = dataclasses.replace(base_config(args), seed=seed, **overrides)
+            settings = {**base_settings(args), "seed": seed, **overrides}
+            config = TrainConfig.from_dict(settings, name, ignore_other_methods=True)
             config.validate()
             path = Path(args.output_dir) / f"{name.replace(' ', '_')}-s{seed}"
             print(f"{name}, seed {seed} -> {path}", flush=True)

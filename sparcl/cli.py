@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import sys
 import tempfile
@@ -14,7 +13,7 @@ import yaml
 
 from sparcl import allocator, memory
 from sparcl.allocator import ALLOCATOR_CHOICES
-from sparcl.config import TrainConfig, add_config_arguments, resolve_config
+from sparcl.config import TrainConfig, add_config_arguments, resolve_config, setting_kinds
 from sparcl.data import MissingDataError, load_dataset
 from sparcl.evaluate import evaluate
 from sparcl.rundir import RunDir
@@ -46,15 +45,15 @@ RESUMABLE_CHANGES = frozenset({"quiet", "speedup_repeats", "data_dir"})
 def _resumed_config(arguments: argparse.Namespace) -> TrainConfig:
     """The saved configuration of ``--resume``; flags that would change it are rejected."""
     saved = RunDir.read_config_of(arguments.resume)
-    config = TrainConfig(**saved)
-    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    config = TrainConfig.from_dict(saved, f"--resume {arguments.resume}", ignore_other_methods=True)
+    names = setting_kinds()
     given = {k: v for k, v in vars(arguments).items() if k in names}
     if getattr(arguments, "config", None):
         raise ValueError("--resume keeps the run's saved configuration; --config cannot be given")
     conflicts = [
         f"--{name} {value!r} (saved: {getattr(config, name)!r})"
         for name, value in given.items()
-        if name not in RESUMABLE_CHANGES and getattr(config, name) != value
+        if name not in RESUMABLE_CHANGES and getattr(config, name, None) != value
     ]
     if conflicts:
         raise ValueError(
@@ -161,7 +160,10 @@ def _evaluate(arguments: argparse.Namespace) -> None:
     from sparcl.train import build_network
 
     checkpoint = Path(arguments.checkpoint)
-    config = TrainConfig(**RunDir.read_config_of(checkpoint.parent.parent))
+    run_path = checkpoint.parent.parent
+    config = TrainConfig.from_dict(
+        RunDir.read_config_of(run_path), f"run {run_path}", ignore_other_methods=True
+    )
     if arguments.data_dir:
         config.data_dir = arguments.data_dir
     data = load_dataset(config.dataset, config.data_dir)

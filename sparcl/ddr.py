@@ -15,11 +15,14 @@ import torch
 
 
 class DataRemoval:
+    DEFAULT_FRACTION = 0.075  # the paper's settings (SparCL's --ddr_* flags default to them)
+    DEFAULT_EPOCHS = (5, 10, 15, 20)
+
     def __init__(
         self,
         n_examples: int,
-        remove_fraction: float = 0.075,
-        removal_epochs: tuple[int, ...] = (5, 10, 15, 20),
+        remove_fraction: float = DEFAULT_FRACTION,
+        removal_epochs: tuple[int, ...] = DEFAULT_EPOCHS,
         seed: int = 0,
     ) -> None:
         if not 0.0 <= remove_fraction < 1.0:

@@ -20,7 +20,15 @@ from sparcl.masking import masked_units
 
 
 class GradientMasking:
-    def __init__(self, model: nn.Module, keep_fraction: float = 0.8, interval: int = 30) -> None:
+    DEFAULT_KEEP_FRACTION = 0.8  # the paper's settings (SparCL's --dgm_* flags default to them)
+    DEFAULT_INTERVAL = 30
+
+    def __init__(
+        self,
+        model: nn.Module,
+        keep_fraction: float = DEFAULT_KEEP_FRACTION,
+        interval: int = DEFAULT_INTERVAL,
+    ) -> None:
         if not 0.0 < keep_fraction <= 1.0:
             raise ValueError(f"keep_fraction must be in (0, 1], got {keep_fraction}")
         if interval < 1:

@@ -25,7 +25,7 @@ from sparcl.distributed import Cluster
 from sparcl.evaluate import evaluate
 from sparcl.flops import count_flops
 from sparcl.masking import attach_element_masks, unit_density
-from sparcl.methods import METHODS, ContinualMethod
+from sparcl.methods import ContinualMethod, method_class
 from sparcl.metrics import average_accuracy, backward_transfer, forgetting
 from sparcl.models import BLOCK_CONV_PATTERNS, MLP, resnet18
 from sparcl.rundir import RunDir
@@ -254,19 +254,20 @@ def measure_realization(
         return None
     protocol = data.protocol
     dense_net = build_network(dataclasses.replace(config, sparsity=0.0), data)
-    dgm = getattr(method, "dgm", None)
     return realization(
         net,
         dense_net,
         (protocol.channels, protocol.image_size, protocol.image_size),
-        gradient_density=dgm.current_density() if dgm is not None else 1.0,
+        gradient_density=method.step_gradient_density(),
         batch_size=config.batch_size,
         repeats=1 if config.debug_mode else config.speedup_repeats,
         measure_memory=not config.debug_mode,
     )
 
 
-def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> dict:
+def build_results(
+    config: TrainConfig, net: nn.Module, method: ContinualMethod, progress: Progress
+) -> dict:
     return {
         "config": config.to_dict(),
         "class_il": progress.class_il,
@@ -284,7 +285,6 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "gradient_density": progress.gradient_density,
         "training_flops": progress.training_flops,
         "data_fingerprint": progress.data_fingerprint,
-        "schedule": {"mode": config.schedule, **config.schedule_epochs()},
         "training_seconds": round(sum(progress.task_seconds), 4),
         "backend": sk.backend_info(),
         "current_logit_masking": config.mask_current_logits,
@@ -298,6 +298,7 @@ def build_results(config: TrainConfig, net: nn.Module, progress: Progress) -> di
         "host": socket.gethostname(),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "threads": torch.get_num_threads(),
+        **method.summary(),
     }
 
 
@@ -320,20 +321,21 @@ def restore(state: dict, net, method, generator) -> Progress:
 
 
 def build_method(
-    config: TrainConfig, net: nn.Module, data: SplitData, generator: torch.Generator
+    config: TrainConfig,
+    net: nn.Module,
+    data: SplitData,
+    generator: torch.Generator,
+    cluster: Cluster | None = None,
 ) -> ContinualMethod:
-    return METHODS[config.model](
-        net,
-        data.protocol,
-        lambda raw: augment(raw, data.protocol, generator),
-        config.lr,
-        config.buffer_size,
-        config.minibatch_size,
-        config.alpha,
-        config.beta,
-        config.mask_current_logits,
-        config.seed,
-        **config.method_options(),
+    """The configured method over ``net``; ``generator`` draws its replay augmentation."""
+    return method_class(config.model)(
+        net=net,
+        protocol=data.protocol,
+        transform=lambda raw: augment(raw, data.protocol, generator),
+        options=config.options,
+        seed=config.seed,
+        n_epochs=config.n_epochs,
+        cluster=cluster,
     )
 
 
@@ -349,8 +351,7 @@ def finish_task(config, net, method, data, task: int, seconds: float, examples: 
     progress.task_seconds.append(round(seconds, 4))
     progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
     progress.next_task = task + 1
-    if hasattr(method, "dgm"):
-        progress.gradient_density = round(method.dgm.gradient_density, 6)
+    progress.gradient_density = method.gradient_density()
     progress.training_flops = training_flops(net, data, method, progress.gradient_density)
     if cluster.is_main:
         print(
@@ -410,8 +411,7 @@ def train(
     net = build_network(config, data)
     cluster.broadcast_module(net)
     generator = torch.Generator().manual_seed(config.seed + 1)
-    method = build_method(config, net, data, generator)
-    method.cluster = cluster
+    method = build_method(config, net, data, generator, cluster)
     progress = Progress()
     latest = run_dir.latest_checkpoint() if resume else None
     if latest is not None:
@@ -422,12 +422,13 @@ def train(
         run_dir.write_config(config.to_dict())
     for task in range(progress.next_task, data.protocol.n_tasks):
         seconds, examples = train_task(method, data, task, config, generator, progress)
+        method.end_task(task)
         finish_task(config, net, method, data, task, seconds, examples, progress)
         if cluster.is_main:
             run_dir.write_metrics(progress.metrics_rows)
             run_dir.save_checkpoint(task + 1, checkpoint_state(net, method, generator, progress))
         cluster.barrier()  # no rank runs ahead of the checkpoint it could be resumed from
-    results = build_results(config, net, progress)
+    results = build_results(config, net, method, progress)
     results["distributed"] = distributed_summary(cluster)
     results["memory"] = memory_summary(baseline_rss_mb)
     if cluster.is_main:

@@ -121,12 +121,13 @@ def test_derpp_step_equals_one_backward_over_the_summed_loss():
 
     import torch.nn.functional as F
 
-    from sparcl.methods import Derpp
+    from sparcl.methods.derpp import Derpp, DerppOptions
     from sparcl.models import MLP
 
     torch.manual_seed(0)
     protocol = PROTOCOLS["seq-fmnist"]
-    method = Derpp(MLP(784, 10), protocol, lambda raw: raw.float() / 255, 0.1, 50, 8, 0.3, 0.7)
+    options = DerppOptions(lr=0.1, buffer_size=50, minibatch_size=8, alpha=0.3, beta=0.7)
+    method = Derpp(MLP(784, 10), protocol, lambda raw: raw.float() / 255, options)
     images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
     labels = torch.randint(0, 10, (40,))
     method.buffer.add(images[:32], labels[:32], torch.randn(32, 10), 0)
@@ -174,11 +175,9 @@ def _train(args: list[str], tmp_path, data_dir) -> dict:
 
 @pytest.mark.parametrize("model", ["sgd", "er", "derpp", "joint"])
 def test_every_method_runs_end_to_end(tmp_path, fmnist_dir, model):
+    replay = "--buffer_size 20 --minibatch_size 8" if model in ("er", "derpp") else ""
     results = _train(
-        (
-            f"--model {model} --backbone mlp --n_epochs 2 --debug_mode 1 "
-            f"--buffer_size 20 --batch_size 8 --minibatch_size 8"
-        ).split(),
+        f"--model {model} --backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8 {replay}".split(),
         tmp_path,
         fmnist_dir,
     )
@@ -269,6 +268,9 @@ def test_config_precedence_defaults_file_cli(tmp_path, fmnist_dir):
         (["--model", "icarl"], "unknown --model"),
         (["--model", "er", "--buffer_size", "0"], "needs --buffer_size > 0"),
         (["--granularity", "channel"], "unknown --granularity 'channel'"),
+        (["--model", "derpp", "--tdm_p_inter", "0.1"], "does not take --tdm_p_inter"),
+        (["--model", "er", "--alpha", "0.1"], "does not take --alpha (an option of derpp"),
+        (["--model", "sparcl-er", "--sparsity", "0.9", "--dgm_keep", "0"], "--dgm_keep must be"),
         (["--speedup_repeats", "-1"], "--speedup_repeats must be >= 0"),
         (["--config", "/nonexistent.yaml"], "does not exist"),
         (["--dataset", "seq-cifar10", "--data_dir", "/nonexistent"], "/nonexistent does not exist"),
@@ -336,6 +338,12 @@ def test_unstructured_granularity_trains_masked_dense_layers(tmp_path, fmnist_di
             assert torch.all(weight[~mask] == 0), name  # pruned weights stayed at zero
 
 
+def test_a_mistyped_option_is_named_by_argparse(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--model", "sparcl-er", "--ddr_epochs", "5,x"])
+    assert "--ddr_epochs/--ddr-epochs: invalid comma-separated int value" in capsys.readouterr().err
+
+
 def test_sparcl_needs_sparse_layers(tmp_path, capsys):
     assert main(["train", "--model", "sparcl-derpp", "--output_dir", str(tmp_path)]) == 2
     assert "needs --sparsity > 0" in capsys.readouterr().err
@@ -399,7 +407,7 @@ def test_schedule_that_does_not_fit_warns_and_scaled_maps_it():
     scaled = resolve_config(
         _parser().parse_args([*short, "--n_epochs", "10", "--schedule", "scaled"])
     )
-    assert scaled.schedule_epochs() == {
+    assert scaled.options.schedule_epochs(scaled.n_epochs) == {
         "tdm_delta_k": 1,
         "tdm_frozen_epoch": 9,
         "ddr_epochs": (1, 2, 3, 4),
@@ -435,3 +443,75 @@ def test_speed_check_measures_both_networks_memory_in_fresh_processes():
     result = realization(sparse, dense, (1, 8, 8), batch_size=64, repeats=1, measure_memory=True)
     assert result["step_peak_mb"] is not None and result["dense_step_peak_mb"] is not None
     assert result["step_peak_mb"] >= 0 and result["dense_step_peak_mb"] >= 0
+
+
+# ---------------------------------------------------------------- adding a method
+
+TOY_METHOD = """
+from dataclasses import dataclass
+from typing import ClassVar
+
+from sparcl.methods.base import ContinualMethod, MethodOptions, require
+
+
+@dataclass(frozen=True)
+class ToyOptions(MethodOptions):
+    toy_scale: float = 1.0
+
+    def validate(self, model):
+        super().validate(model)
+        require(self.toy_scale > 0, f"--toy_scale must be > 0, got {self.toy_scale}")
+
+
+class Toy(ContinualMethod):
+    name = "toy"
+    Options: ClassVar[type[ToyOptions]] = ToyOptions
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hooks = []
+
+    def begin_task(self, task):
+        super().begin_task(task)
+        self.hooks.append("begin_task")
+
+    def observe(self, inputs, labels, raw_inputs, task):
+        self.optimizer.zero_grad()
+        logits, weight = self.forward_shard(inputs)
+        loss = self.current_loss(logits, self.cluster.local(labels), task)
+        (weight * self.options.toy_scale * loss).backward()
+        self.samples_forwarded += len(labels)
+        self.apply_step()
+        return loss.item()
+
+    def end_task(self, task):
+        self.hooks.append("end_task")
+
+    def summary(self):
+        return {"toy": {"scale": self.options.toy_scale, "hooks": self.hooks}}
+"""
+
+
+def test_a_new_method_is_one_file(tmp_path, fmnist_dir, monkeypatch, capsys):
+    """A module dropped into the methods package gets its flags, checks and hooks."""
+    import sys
+
+    import sparcl.methods
+
+    folder = tmp_path / "more_methods"
+    folder.mkdir()
+    (folder / "toy.py").write_text(TOY_METHOD)
+    monkeypatch.setattr(sparcl.methods, "__path__", [*sparcl.methods.__path__, str(folder)])
+    try:
+        args = "--model toy --toy_scale 0.5 --backbone mlp --n_epochs 2 --debug_mode 1"
+        results = _train(args.split(), tmp_path / "run", fmnist_dir)
+        assert results["toy"] == {"scale": 0.5, "hooks": ["begin_task", "end_task"] * 5}
+        assert results["config"]["toy_scale"] == 0.5
+        assert len(results["class_il"]) == 5
+        bad = ["train", "--model", "toy", "--toy_scale", "0", "--output_dir", str(tmp_path)]
+        assert main(bad) == 2
+        assert "--toy_scale must be > 0" in capsys.readouterr().err
+        assert main(["train", "--model", "derpp", "--toy_scale", "2"]) == 2
+        assert "does not take --toy_scale (an option of toy)" in capsys.readouterr().err
+    finally:
+        sys.modules.pop("sparcl.methods.toy", None)

@@ -20,7 +20,7 @@ from cl_data import write_fmnist
 
 from sparcl.data import PROTOCOLS
 from sparcl.distributed import Cluster
-from sparcl.methods import Derpp
+from sparcl.methods.derpp import Derpp, DerppOptions
 from sparcl.models import MLP
 
 WORLD = 2
@@ -41,13 +41,9 @@ def _derpp_steps(cluster: Cluster) -> Derpp:
         MLP(784, 10, hidden=32),
         PROTOCOLS["seq-fmnist"],
         lambda r: r.float() / 255,
-        0.1,
-        12,
-        6,
-        0.3,
-        0.5,
+        DerppOptions(lr=0.1, buffer_size=12, minibatch_size=6, alpha=0.3, beta=0.5),
+        cluster=cluster,
     )
-    method.cluster = cluster
     generator = torch.Generator().manual_seed(1)
     for _ in range(3):
         raw = torch.randint(0, 256, (10, 1, 28, 28), dtype=torch.uint8, generator=generator)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from sparcl.methods.base import ContinualMethod
+from sparcl.methods.base import ReplayMethod
 
 
-class Er(ContinualMethod):
+class Er(ReplayMethod):
     name = "er"
-    uses_buffer = True
 
     def observe(
         self, inputs: torch.Tensor, labels: torch.Tensor, raw_inputs: torch.Tensor, task: int
@@ -23,7 +22,7 @@ class Er(ContinualMethod):
             logits = self.net(local(inputs))
             loss = weight * self.current_loss(logits, local(labels), task)
         else:
-            replay_inputs, replay_labels, _ = self.buffer.sample(self.minibatch_size)
+            replay_inputs, replay_labels, _ = self.buffer.sample(self.options.minibatch_size)
             replay_weight = self.cluster.shard_weight(len(replay_inputs))
             # One forward over both batches (as mammoth), two loss terms (as SparCL).
             replay = local(self.transform(replay_inputs))

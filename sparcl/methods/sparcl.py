@@ -8,37 +8,111 @@ both bases share this one mixin.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
+from typing import ClassVar
+
 import torch
 
 from sparcl.ddr import DataRemoval
 from sparcl.dgm import GradientMasking
-from sparcl.methods.derpp import Derpp
+from sparcl.methods.base import MethodOptions, ReplayOptions, require
+from sparcl.methods.derpp import Derpp, DerppOptions
 from sparcl.methods.er import Er
 from sparcl.tdm import TaskAwareMasking, TdmSchedule
 
+PAPER_EPOCHS = 50  # the length of the schedule the TDM/DDR epochs below are given for
+SCHEDULES = ("paper", "scaled")
+
+
+@dataclass(frozen=True)
+class SparclOptions(MethodOptions):
+    """TDM, DDR and DGM settings; the defaults are the paper's (held by each mechanism)."""
+
+    tdm_p_inter: float = TdmSchedule.p_inter
+    tdm_p_intra: float = TdmSchedule.p_intra
+    tdm_delta_k: int = TdmSchedule.delta_k
+    tdm_lambda: float = TdmSchedule.lam
+    tdm_frozen_epoch: int = TdmSchedule.frozen_epoch
+    ddr_fraction: float = DataRemoval.DEFAULT_FRACTION
+    ddr_epochs: tuple[int, ...] = DataRemoval.DEFAULT_EPOCHS
+    dgm_keep: float = GradientMasking.DEFAULT_KEEP_FRACTION
+    dgm_interval: int = GradientMasking.DEFAULT_INTERVAL
+    # "paper": TDM/DDR epochs as given (the paper's 50-epoch schedule); "scaled": mapped onto
+    # n_epochs (epoch e -> e * n_epochs / 50), for runs shorter than the schedule.
+    schedule: str = "paper"
+
+    def validate(self, model: str) -> None:
+        super().validate(model)
+        require(
+            0 <= self.tdm_p_inter < 1 and 0 <= self.tdm_p_intra < 1, "--tdm_p_* must be in [0, 1)"
+        )
+        require(self.tdm_delta_k > 0, "--tdm_delta_k must be > 0")
+        require(0 <= self.ddr_fraction < 1, "--ddr_fraction must be in [0, 1)")
+        require(0 < self.dgm_keep <= 1, "--dgm_keep must be in (0, 1]")
+        require(self.dgm_interval > 0, "--dgm_interval must be > 0")
+        require(self.schedule in SCHEDULES, f"--schedule must be one of {SCHEDULES}")
+
+    def _scaled(self, epoch: int, n_epochs: int) -> int:
+        """Epoch ``epoch`` of the paper's 50-epoch schedule mapped onto ``n_epochs``."""
+        if self.schedule != "scaled":
+            return epoch
+        return round(epoch * n_epochs / PAPER_EPOCHS)
+
+    def schedule_epochs(self, n_epochs: int) -> dict:
+        """TDM's delta_k and frozen epoch and DDR's removal epochs as a run applies them."""
+        return {
+            "tdm_delta_k": max(1, self._scaled(self.tdm_delta_k, n_epochs)),
+            "tdm_frozen_epoch": self._scaled(self.tdm_frozen_epoch, n_epochs),
+            # Removal needs statistics from at least one epoch; merged epochs remove once.
+            "ddr_epochs": tuple(
+                sorted({max(1, self._scaled(e, n_epochs)) for e in self.ddr_epochs})
+            ),
+        }
+
+    def schedule_warnings(self, n_epochs: int) -> list[str]:
+        epochs = self.schedule_epochs(n_epochs)
+        problems = []
+        if n_epochs <= epochs["tdm_delta_k"]:
+            problems.append(
+                f"TDM grows {self.tdm_p_inter:g} of every layer at epoch 0 and prunes it back at "
+                f"epoch {epochs['tdm_delta_k']}, which --n_epochs {n_epochs} never reaches: "
+                "the density creeps up every task"
+            )
+        if not any(e < n_epochs for e in epochs["ddr_epochs"]):
+            problems.append(
+                f"DDR removes data at epochs {epochs['ddr_epochs']}, none below --n_epochs "
+                f"{n_epochs}: it never fires"
+            )
+        return problems
+
+    def for_smoke_run(self) -> SparclOptions:
+        return replace(self, schedule="scaled")  # every mechanism still fires in two epochs
+
 
 class SparclMixin:
-    """Adds SparCL's three mechanisms to a rehearsal method's ``observe()``."""
+    """Adds SparCL's three mechanisms to a rehearsal method's hooks."""
 
-    def __init__(self, *args, **options) -> None:
-        super().__init__(*args, **options)
-        self._init_sparcl(options)
+    needs_sparsity: ClassVar[bool] = True
+    options: SparclOptions
 
-    def _init_sparcl(self, options: dict) -> None:
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        epochs = self.options.schedule_epochs(self.n_epochs)
         schedule = TdmSchedule(
-            p_inter=options.get("tdm_p_inter", 0.01),
-            p_intra=options.get("tdm_p_intra", 0.01),
-            delta_k=options.get("tdm_delta_k", 5),
-            lam=options.get("tdm_lambda", 0.5),
-            frozen_epoch=options.get("tdm_frozen_epoch", 45),
+            p_inter=self.options.tdm_p_inter,
+            p_intra=self.options.tdm_p_intra,
+            delta_k=epochs["tdm_delta_k"],
+            lam=self.options.tdm_lambda,
+            frozen_epoch=epochs["tdm_frozen_epoch"],
         )
         self.tdm = TaskAwareMasking(self.net, schedule, self.seed)
-        self.dgm = GradientMasking(
-            self.net, options.get("dgm_keep", 0.8), options.get("dgm_interval", 30)
-        )
-        self.ddr_fraction = options.get("ddr_fraction", 0.075)
-        self.ddr_epochs = tuple(options.get("ddr_epochs", (5, 10, 15, 20)))
+        self.dgm = GradientMasking(self.net, self.options.dgm_keep, self.options.dgm_interval)
+        self.removal_epochs = epochs["ddr_epochs"]
         self.ddr: DataRemoval | None = None
+
+    def begin_task(self, task: int) -> None:
+        super().begin_task(task)
+        self.ddr = None  # forgetting statistics are per task
 
     def begin_epoch(self, task: int, epoch: int) -> None:
         if self.tdm.begin_epoch(epoch, self.optimizer):
@@ -48,12 +122,8 @@ class SparclMixin:
 
     def epoch_positions(self, count: int) -> torch.Tensor:
         if self.ddr is None or self.ddr.n_examples != count:
-            self.ddr = DataRemoval(count, self.ddr_fraction, self.ddr_epochs, self.seed)
+            self.ddr = DataRemoval(count, self.options.ddr_fraction, self.removal_epochs, self.seed)
         return self.ddr.active_positions()
-
-    def begin_task(self, task: int) -> None:
-        super().begin_task(task)
-        self.ddr = None  # forgetting statistics are per task
 
     def observe(self, inputs, labels, raw_inputs, task) -> float:
         self.dgm.before_backward()  # the forward pass captures the gradient mask
@@ -65,6 +135,16 @@ class SparclMixin:
         if self.ddr is not None and self.last_logits is not None:
             self.ddr.record(positions, self.last_logits.argmax(1) == labels)
 
+    def gradient_density(self) -> float | None:
+        return round(self.dgm.gradient_density, 6)
+
+    def step_gradient_density(self) -> float:
+        return self.dgm.current_density()
+
+    def summary(self) -> dict:
+        schedule = self.options.schedule_epochs(self.n_epochs)
+        return {"schedule": {"mode": self.options.schedule, **schedule}}
+
     def state_dict(self) -> dict:
         return {**super().state_dict(), "tdm": self.tdm.state_dict(), "dgm": self.dgm.state_dict()}
 
@@ -74,11 +154,21 @@ class SparclMixin:
         self.dgm.load_state_dict(state["dgm"])
 
 
+@dataclass(frozen=True)
+class SparclDerppOptions(SparclOptions, DerppOptions):
+    """DER++'s settings and SparCL's."""
+
+
+@dataclass(frozen=True)
+class SparclErOptions(SparclOptions, ReplayOptions):
+    """ER's settings and SparCL's."""
+
+
 class SparclDerpp(SparclMixin, Derpp):
     name = "sparcl-derpp"
-    needs_sparsity = True
+    Options: ClassVar[type[SparclDerppOptions]] = SparclDerppOptions
 
 
 class SparclEr(SparclMixin, Er):
     name = "sparcl-er"
-    needs_sparsity = True
+    Options: ClassVar[type[SparclErOptions]] = SparclErOptions
