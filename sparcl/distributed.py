@@ -112,8 +112,8 @@ class Cluster:
         """Average floating-point buffers (BatchNorm running statistics) over ranks."""
         if not self.enabled:
             return
-        for name, buffer in module.named_buffers():
-            if buffer.is_floating_point() and not name.endswith("weight_mask"):
+        for buffer in module.buffers():
+            if buffer.is_floating_point():  # masks are bool, counters integer
                 dist.all_reduce(buffer)
                 buffer /= self.world_size
 
@@ -156,12 +156,13 @@ class Cluster:
 
 
 def _mask_signature(unit) -> float:
-    """A position-sensitive checksum of a layer's weight mask and gradient keep-mask."""
+    """A position-sensitive checksum of a layer's weight mask and gradient mask."""
     stored = unit.stored_mask().flatten().double()
     weights = torch.arange(1, stored.numel() + 1, dtype=torch.float64)
     value = float((stored * weights).sum())
-    keep = unit.grad_mask
-    if keep is not None:
-        keep = keep.cpu().double()
-        value += 0.5 * float((keep * torch.arange(1, keep.numel() + 1)).sum()) + keep.numel()
+    grad_mask = unit.grad_mask
+    if grad_mask is not None:
+        grad_mask = grad_mask.cpu().double()
+        positions = torch.arange(1, grad_mask.numel() + 1)
+        value += 0.5 * float((grad_mask * positions).sum()) + grad_mask.numel()
     return value

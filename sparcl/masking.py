@@ -2,14 +2,15 @@
 
 ``block`` (the default) masks the weight blocks of the block-sparse layers: the mask *is* the
 layer's layout, so masked blocks are never multiplied, and gradient masks go to the kernels.
-``unstructured`` reproduces the SparCL release: layers stay dense ``nn.Conv2d``/``nn.Linear``,
-an element mask buffer ``weight_mask`` zeroes pruned weights and a gradient hook zeroes their
-gradients -- the FLOPs are counted as saved but every one of them is still executed. It exists
-so that accuracy can be compared against the authors' way of training.
+``unstructured`` reproduces the SparCL release: layers stay dense (:class:`MaskedLinear`,
+:class:`MaskedConv2d`), an element mask buffer ``weight_mask`` keeps pruned weights at zero
+and their gradients are never propagated -- the FLOPs are counted as saved but every one of
+them is still executed. It exists so that accuracy can be compared against the authors' way
+of training.
 
 Both adapters expose the same *units* view to TDM and DGM: a bool mask over all units, a
 score per stored unit (in the flat order of that mask), layout updates through prune ids and
-grow positions, and a gradient keep-mask over the stored units.
+grow positions, and the gradient mask (``grad_mask``: which stored units get a gradient).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import fnmatch
 from collections.abc import Iterable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sparcl_kernels.nn import BlockSparseWeight
@@ -60,21 +62,79 @@ class BlockUnits:
     def grad_mask(self) -> Tensor | None:
         return self.layer.grad_block_mask
 
-    def set_grad_mask(self, keep: Tensor | None) -> None:
-        self.layer.set_grad_block_mask(keep)
+    def set_grad_mask(self, grad_mask: Tensor | None) -> None:
+        self.layer.set_grad_block_mask(grad_mask)
 
 
-def _mask_gradient(module: nn.Module, grad: Tensor) -> Tensor:
-    mask = module.weight_mask
-    if module.weight_grad_keep is not None:
-        mask = mask & module.weight_grad_keep
-    return grad * mask
+class ElementMasked:
+    """A dense layer whose weights outside ``weight_mask`` are pruned: they stay exactly zero.
+
+    ``weight_mask`` (a buffer, saved with the weights) says which weights are stored;
+    ``grad_mask`` (DGM's, same shape, or None) which of those get a gradient. The forward
+    multiplies the whole dense weight, as the release does; the backward gives pruned
+    weights, and those ``grad_mask`` switches off, an exact zero gradient.
+    """
+
+    weight: nn.Parameter
+    weight_mask: Tensor
+    grad_mask: Tensor | None
+
+    def _init_mask(self, mask: Tensor) -> None:
+        self.register_buffer("weight_mask", mask)
+        self.grad_mask = None
+
+    def trainable_weight(self) -> Tensor:
+        """``weight`` in value; its gradient flows only to the stored, unmasked weights."""
+        flows = self.weight_mask if self.grad_mask is None else self.weight_mask & self.grad_mask
+        return torch.where(flows, self.weight, self.weight.detach())
+
+    @classmethod
+    def from_dense(cls, dense: nn.Module, mask: Tensor) -> nn.Module:
+        """The masked twin of ``dense``, sharing its parameters (optimizers keep working)."""
+        masked = cls._empty_like(dense)
+        masked.weight, masked.bias = dense.weight, dense.bias
+        masked.train(dense.training)
+        masked._init_mask(mask)
+        return masked
+
+
+class MaskedLinear(ElementMasked, nn.Linear):
+    """``nn.Linear`` with pruned weights (see :class:`ElementMasked`)."""
+
+    @classmethod
+    def _empty_like(cls, dense: nn.Linear) -> MaskedLinear:
+        return cls(dense.in_features, dense.out_features, dense.bias is not None, device="meta")
+
+    def forward(self, input: Tensor) -> Tensor:
+        return F.linear(input, self.trainable_weight(), self.bias)
+
+
+class MaskedConv2d(ElementMasked, nn.Conv2d):
+    """``nn.Conv2d`` with pruned weights (see :class:`ElementMasked`)."""
+
+    @classmethod
+    def _empty_like(cls, dense: nn.Conv2d) -> MaskedConv2d:
+        return cls(
+            dense.in_channels,
+            dense.out_channels,
+            dense.kernel_size,
+            dense.stride,
+            dense.padding,
+            dense.dilation,
+            dense.groups,
+            dense.bias is not None,
+            dense.padding_mode,
+            device="meta",
+        )
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self._conv_forward(input, self.trainable_weight(), self.bias)
 
 
 class ElementUnits:
-    """Units are single weights of a dense layer carrying a ``weight_mask`` buffer."""
+    """Units are single weights of a masked dense layer."""
 
-    def __init__(self, module: nn.Module) -> None:
+    def __init__(self, module: ElementMasked) -> None:
         self.module = module
 
     def stored_mask(self) -> Tensor:
@@ -118,38 +178,38 @@ class ElementUnits:
                 if isinstance(value, Tensor) and value.shape == weight.shape:
                     value.view(-1)[changed] = 0.0
         weight.grad = None
-        self.module.weight_grad_keep = None
+        self.module.grad_mask = None
 
     @property
     def grad_mask(self) -> Tensor | None:
-        keep = self.module.weight_grad_keep
-        return None if keep is None else keep[self.module.weight_mask]
+        full = self.module.grad_mask
+        return None if full is None else full[self.module.weight_mask]
 
-    def set_grad_mask(self, keep: Tensor | None) -> None:
-        if keep is None:
-            self.module.weight_grad_keep = None
+    def set_grad_mask(self, grad_mask: Tensor | None) -> None:
+        if grad_mask is None:
+            self.module.grad_mask = None
             return
-        if keep.dtype != torch.bool or tuple(keep.shape) != (self.n_stored,):
-            raise ValueError(f"gradient keep-mask must be bool of shape ({self.n_stored},)")
+        if grad_mask.dtype != torch.bool or tuple(grad_mask.shape) != (self.n_stored,):
+            raise ValueError(f"grad_mask must be bool of shape ({self.n_stored},)")
         full = torch.zeros_like(self.module.weight_mask)
-        full[self.module.weight_mask] = keep.to(full.device)
-        self.module.weight_grad_keep = full
+        full[self.module.weight_mask] = grad_mask.to(full.device)
+        self.module.grad_mask = full
 
 
 @torch.no_grad()
 def attach_element_masks(model: nn.Module, sparsity: float, include: Iterable[str]) -> list[str]:
-    """Give the matching ``nn.Conv2d``/``nn.Linear`` layers magnitude element masks, in place.
+    """Replace the matching ``nn.Conv2d``/``nn.Linear`` layers by masked ones, in place.
 
-    Each selected layer keeps its ``round((1 - sparsity) * numel)`` largest-magnitude weights;
-    the others are zeroed, and a gradient hook keeps them at zero under any optimizer without
-    weight decay. Returns the names of the masked layers.
+    Each selected layer keeps its ``round((1 - sparsity) * numel)`` largest-magnitude weights
+    and shares its parameters with the layer it replaces; the others are zeroed, and stay at
+    zero under any optimizer without weight decay. Returns the names of the masked layers.
     """
     if not 0.0 <= sparsity < 1.0:
         raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
     patterns = tuple(include)
     masked = []
-    for name, module in model.named_modules():
-        if not isinstance(module, nn.Conv2d | nn.Linear):
+    for name, module in list(model.named_modules()):
+        if type(module) not in (nn.Conv2d, nn.Linear):
             continue
         if not any(fnmatch.fnmatchcase(name, pattern) for pattern in patterns):
             continue
@@ -158,10 +218,11 @@ def attach_element_masks(model: nn.Module, sparsity: float, include: Iterable[st
         order = torch.sort(weight.abs().flatten(), descending=True, stable=True).indices
         mask = torch.zeros(weight.numel(), dtype=torch.bool, device=weight.device)
         mask[order[:keep]] = True
-        module.register_buffer("weight_mask", mask.view_as(weight))
-        module.weight_grad_keep = None
-        weight.mul_(module.weight_mask)
-        weight.register_hook(lambda grad, module=module: _mask_gradient(module, grad))
+        weight.mul_(mask.view_as(weight))
+        kind = MaskedConv2d if isinstance(module, nn.Conv2d) else MaskedLinear
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name)
+        setattr(parent, child, kind.from_dense(module, mask.view_as(weight)))
         masked.append(name)
     return masked
 
@@ -172,7 +233,7 @@ def masked_units(model: nn.Module) -> list[BlockUnits | ElementUnits]:
     for module in model.modules():
         if isinstance(module, BlockSparseWeight):
             units.append(BlockUnits(module))
-        elif isinstance(getattr(module, "weight_mask", None), Tensor):
+        elif isinstance(module, ElementMasked):
             units.append(ElementUnits(module))
     return units
 
@@ -181,5 +242,6 @@ def unit_density(module: nn.Module) -> float | None:
     """Stored fraction of a maskable layer's weights (None for a plain dense layer)."""
     if isinstance(module, BlockSparseWeight):
         return module.layout.density
-    mask = getattr(module, "weight_mask", None)
-    return float(mask.float().mean()) if isinstance(mask, Tensor) else None
+    if isinstance(module, ElementMasked):
+        return float(module.weight_mask.float().mean())
+    return None

@@ -176,8 +176,9 @@ def _train(args: list[str], tmp_path, data_dir) -> dict:
 @pytest.mark.parametrize("model", ["sgd", "er", "derpp", "joint"])
 def test_every_method_runs_end_to_end(tmp_path, fmnist_dir, model):
     replay = "--buffer_size 20 --minibatch_size 8" if model in ("er", "derpp") else ""
+    args = f"--model {model} --backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8 {replay}"
     results = _train(
-        f"--model {model} --backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8 {replay}".split(),
+        args.split(),
         tmp_path,
         fmnist_dir,
     )

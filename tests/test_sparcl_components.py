@@ -208,6 +208,25 @@ def test_element_masks_keep_the_largest_weights_and_pruned_weights_stay_zero():
     assert torch.all(model[0].weight.grad[~mask] == 0)
 
 
+def test_element_masked_layers_are_modules_of_their_own_sharing_the_dense_parameters():
+    from sparcl.masking import MaskedConv2d, MaskedLinear
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(32, 4))
+    weights = [model[0].weight, model[2].weight]
+    x = torch.randn(2, 3, 4, 4)
+    assert attach_element_masks(model, 0.5, include=["0", "2"]) == ["0", "2"]
+    assert type(model[0]) is MaskedConv2d and type(model[2]) is MaskedLinear
+    assert [model[0].weight, model[2].weight] == weights  # the same Parameter objects
+    assert set(model.state_dict()) == {
+        f"{i}.{name}" for i in (0, 2) for name in ("weight", "bias", "weight_mask")
+    }
+    assert all(w._backward_hooks is None for w in weights)  # nothing stuck onto tensors
+    twin = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.Flatten(), nn.Linear(32, 4))
+    twin.load_state_dict({k: v for k, v in model.state_dict().items() if "mask" not in k})
+    torch.testing.assert_close(model(x), twin(x), rtol=0, atol=0)
+
+
 def test_tdm_and_dgm_over_single_weights():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(20, 10))  # 200 weights, 100 stored
