@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable
 
-from sparcl.memory import current_rss_mb, peak_rss_mb
-from sparcl.speedup import interleaved_medians
+from sparcl_kernels.measure import (
+    current_rss_mb,
+    interleaved_medians,
+    peak_rss_mb,
+)
 
 __all__ = [
     "current_rss_mb",
     "emit",
     "interleaved_medians",
-    "median_seconds",
     "on_isa",
     "peak_rss_mb",
     "supported_isas",
@@ -37,18 +37,6 @@ def on_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:
         return fn()
 
     return run
-
-
-def median_seconds(fn: Callable[[], object], repeats: int = 15, warmup: int = 3) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
 
 
 def emit(text: str, markdown: str | None) -> None:

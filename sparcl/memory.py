@@ -1,31 +1,10 @@
-"""Resident memory of this process, from /proc/self/status (Linux; None elsewhere)."""
+"""Resident memory of this process (Linux; None elsewhere), and what a baseline must include."""
 
 from __future__ import annotations
 
+from sparcl_kernels.measure import current_rss_mb, peak_rss_mb
 
-def _status_mb(field: str) -> float | None:
-    try:
-        with open("/proc/self/status") as status:
-            for line in status:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def current_rss_mb() -> float | None:
-    """Resident memory of this process now (MB)."""
-    return _status_mb("VmRSS")
-
-
-def peak_rss_mb() -> float | None:
-    """Peak resident memory of this process (MB).
-
-    VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
-    peak over fork + exec on Linux, so children started to measure memory read this instead.
-    """
-    return _status_mb("VmHWM")
+__all__ = ["current_rss_mb", "load_torch_runtime", "peak_rss_mb"]
 
 
 def load_torch_runtime() -> None:

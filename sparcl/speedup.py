@@ -11,9 +11,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import pickle
-import statistics
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,22 +20,7 @@ from torch import nn
 
 from sparcl import memory
 from sparcl.flops import count_flops
-
-
-def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3
-) -> dict[str, float]:
-    """Median seconds of each callable, timed in round-robin so that drift hits all equally."""
-    for fn in fns.values():
-        for _ in range(warmup):
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append(time.perf_counter() - start)
-    return {name: statistics.median(times) for name, times in samples.items()}
+from sparcl_kernels.measure import interleaved_medians
 
 
 def _training_step(model: nn.Module, inputs: torch.Tensor) -> Callable[[], None]:

@@ -1,7 +1,8 @@
 """Autograd-aware block-sparse ops, registered with ``torch.library``.
 
-Three custom ops carry the three passes (forward, input gradient, weight gradient); autograd
-is registered on the forward op and calls the other two, so ``torch.compile`` sees opaque ops
+Three custom ops carry the three passes (forward, input gradient, weight gradient) of both
+the linear and the convolution; autograd is registered on the forward op and calls the other
+two, so ``torch.compile`` sees opaque ops
 with fake implementations and traces through forward and backward without graph breaks.
 Argument checks live here, at the public boundary; kernels receive checked, contiguous 2-D
 operands and a :class:`~sparcl_kernels.layout.BlockLayout`.
@@ -14,110 +15,104 @@ from typing import NoReturn
 import torch
 from torch import Tensor
 
-from sparcl_kernels.backends import get_backend, resolve_backend
+from sparcl_kernels.backends import backend_for_block_size, get_backend, resolve_backend
+from sparcl_kernels.geometry import ConvGeometry
 from sparcl_kernels.layout import BlockLayout
 
 __all__ = ["block_sparse_conv2d", "block_sparse_linear"]
 
 
-def _layout_from_tensors(
-    bm: int,
-    bk: int,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
-) -> BlockLayout:
+def _layout(block_size: tuple[int, int], index: list[Tensor]) -> BlockLayout:
+    """The layout of the five index tensors (in ``BlockLayout.tensors()`` order)."""
+    row_offsets, _, _, transpose_offsets, _ = index
+    bm, bk = block_size
     shape = ((row_offsets.numel() - 1) * bm, (transpose_offsets.numel() - 1) * bk)
-    return BlockLayout(
-        shape,
-        (bm, bk),
-        row_offsets,
-        col_indices,
-        row_indices,
-        transpose_offsets,
-        transpose_block_ids,
-    )
+    return BlockLayout(shape, (bm, bk), *index)
 
 
-@torch.library.custom_op("sparcl_kernels::bsl_forward", mutates_args=())
+# Three custom ops carry the three passes of both the linear (``geometry == []``) and the
+# convolution (``geometry``: a ConvGeometry's eight ints; activations channels-last).
+
+
+@torch.library.custom_op("sparcl_kernels::forward", mutates_args=())
 def _forward_op(
     x: Tensor,
     values: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
+    index: list[Tensor],
     bias: Tensor | None,
     grad_block_mask: Tensor | None,
+    geometry: list[int],
     backend: str,
 ) -> Tensor:
     # grad_block_mask is unused here; it is an input so that autograd can save it.
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
-    return get_backend(backend).forward(x.contiguous(), values.contiguous(), layout, bias)
+    kernels, layout = get_backend(backend), _layout(values.shape[1:], index)
+    x, values = x.contiguous(), values.contiguous()
+    if not geometry:
+        return kernels.forward(x, values, layout, bias)
+    return kernels.conv_forward(x, values, layout, bias, ConvGeometry(*geometry))
 
 
 @_forward_op.register_fake
-def _(x, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, bias, mask, backend):
-    return x.new_empty(x.shape[0], (row_offsets.shape[0] - 1) * values.shape[1])
+def _(x, values, index, bias, grad_block_mask, geometry, backend):
+    out_features = (index[0].shape[0] - 1) * values.shape[1]
+    if not geometry:
+        return x.new_empty(x.shape[0], out_features)
+    out_h, out_w = ConvGeometry(*geometry).output_size((x.shape[1], x.shape[2]))
+    return x.new_empty(x.shape[0], out_h, out_w, out_features)
 
 
-@torch.library.custom_op("sparcl_kernels::bsl_grad_input", mutates_args=())
+@torch.library.custom_op("sparcl_kernels::grad_input", mutates_args=())
 def _grad_input_op(
     grad_out: Tensor,
     values: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
+    index: list[Tensor],
+    geometry: list[int],
+    input_shape: list[int],
     backend: str,
 ) -> Tensor:
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
-    return get_backend(backend).grad_input(grad_out.contiguous(), values.contiguous(), layout)
+    kernels, layout = get_backend(backend), _layout(values.shape[1:], index)
+    grad_out, values = grad_out.contiguous(), values.contiguous()
+    if not geometry:
+        return kernels.grad_input(grad_out, values, layout)
+    in_hw = (input_shape[1], input_shape[2])
+    return kernels.conv_grad_input(grad_out, values, layout, ConvGeometry(*geometry), in_hw)
 
 
 @_grad_input_op.register_fake
-def _(grad_out, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, backend):
-    return grad_out.new_empty(grad_out.shape[0], (tr_offsets.shape[0] - 1) * values.shape[2])
+def _(grad_out, values, index, geometry, input_shape, backend):
+    return grad_out.new_empty(input_shape)
 
 
-@torch.library.custom_op("sparcl_kernels::bsl_grad_weight", mutates_args=())
+@torch.library.custom_op("sparcl_kernels::grad_weight", mutates_args=())
 def _grad_weight_op(
     grad_out: Tensor,
     x: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
+    index: list[Tensor],
     grad_block_mask: Tensor | None,
-    block_rows: int,
-    block_cols: int,
+    block_size: list[int],
+    geometry: list[int],
     backend: str,
 ) -> Tensor:
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(block_rows, block_cols, *index)
-    return get_backend(backend).grad_weight(
-        grad_out.contiguous(), x.contiguous(), layout, grad_block_mask
-    )
+    kernels, layout = get_backend(backend), _layout(block_size, index)
+    grad_out, x = grad_out.contiguous(), x.contiguous()
+    if not geometry:
+        return kernels.grad_weight(grad_out, x, layout, grad_block_mask)
+    return kernels.conv_grad_weight(grad_out, x, layout, grad_block_mask, ConvGeometry(*geometry))
 
 
 @_grad_weight_op.register_fake
-def _(grad_out, x, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, mask, bm, bk, be):
-    return x.new_empty(col_indices.shape[0], bm, bk)
+def _(grad_out, x, index, grad_block_mask, block_size, geometry, backend):
+    return x.new_empty(index[1].shape[0], *block_size)
+
+
+_BIAS = 3  # position of ``bias`` among the forward op's inputs
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    x, values, *index, bias, grad_block_mask, backend = inputs
+    x, values, index, bias, grad_block_mask, geometry, backend = inputs
     ctx.save_for_backward(x, values, *index, grad_block_mask)
-    ctx.block_size = (values.shape[1], values.shape[2])
     ctx.has_bias = bias is not None
-    ctx.backend = backend
+    ctx.geometry, ctx.backend = list(geometry), backend
 
 
 def _backward(ctx, grad_out: Tensor):
@@ -125,14 +120,21 @@ def _backward(ctx, grad_out: Tensor):
     grad_out = grad_out.contiguous()
     grad_x = grad_values = grad_bias = None
     if ctx.needs_input_grad[0]:
-        grad_x = _grad_input_op(grad_out, values, *index, ctx.backend)
+        grad_x = _grad_input_op(grad_out, values, index, ctx.geometry, list(x.shape), ctx.backend)
     if ctx.needs_input_grad[1]:
+        block_size = list(values.shape[1:])
         grad_values = _grad_weight_op(
-            grad_out, x, *index, grad_block_mask, *ctx.block_size, ctx.backend
+            grad_out, x, index, grad_block_mask, block_size, ctx.geometry, ctx.backend
         )
-    if ctx.has_bias and ctx.needs_input_grad[7]:
-        grad_bias = grad_out.sum(dim=0)
-    return grad_x, grad_values, None, None, None, None, None, grad_bias, None, None
+    if ctx.has_bias and ctx.needs_input_grad[_BIAS]:
+        grad_bias = grad_out.sum(dim=tuple(range(grad_out.dim() - 1)))
+    return grad_x, grad_values, _no_grad(index), grad_bias, None, _no_grad(ctx.geometry), None
+
+
+def _no_grad(value: list) -> list | None:
+    """The gradient of a non-differentiable list input, in the structure torch.library expects:
+    a list of tensors (the empty list counts as one) takes a list of Nones, others None."""
+    return [None] * len(value) if all(isinstance(v, Tensor) for v in value) else None
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
@@ -167,11 +169,11 @@ def block_sparse_linear(
     """
     x, values, bias = _autocast_operands(x, values, bias)
     _check_arguments(x, values, layout, bias, grad_block_mask)
-    name = _select_backend(backend, x.device, x.dtype)
+    name = _select_backend(backend, x.device, x.dtype, layout.block_size)
     m, k = layout.shape
     leading = x.shape[:-1]
     x2d = x.reshape(-1, k).contiguous()
-    y = _forward_op(x2d, values.contiguous(), *layout.tensors(), bias, grad_block_mask, name)
+    y = _forward_op(x2d, values.contiguous(), layout.tensors(), bias, grad_block_mask, [], name)
     return y.view(*leading, m)
 
 
@@ -186,11 +188,15 @@ def _assume_constant_result(fn):
 
 @_assume_constant_result
 def _select_backend(
-    requested: str | None, device: torch.device, dtype: torch.dtype, op: str = "block_sparse_linear"
+    requested: str | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    block_size: tuple[int, int],
+    op: str = "block_sparse_linear",
 ) -> str:
     # A compiled graph bakes the choice in (it loads modules and reads the environment, which
     # dynamo must not trace); eager calls resolve every time, so $SPARCL_BACKEND is honoured.
-    name = resolve_backend(requested, device)
+    name = backend_for_block_size(resolve_backend(requested, device), block_size)
     dtypes = get_backend(name).SUPPORTED_DTYPES
     if dtype not in dtypes:
         raise TypeError(f"{op}: backend {name!r} supports dtypes {dtypes}, x has {dtype}")
@@ -198,130 +204,6 @@ def _select_backend(
 
 
 # ---------------------------------------------------------------- convolution
-
-
-@torch.library.custom_op("sparcl_kernels::bsc_forward", mutates_args=())
-def _conv_forward_op(
-    x: Tensor,
-    values: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
-    bias: Tensor | None,
-    grad_block_mask: Tensor | None,
-    geometry: list[int],
-    backend: str,
-) -> Tensor:
-    # x is channels-last [N, H, W, C]; grad_block_mask is only saved for the backward.
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
-    return get_backend(backend).conv_forward(
-        x.contiguous(), values.contiguous(), layout, bias, list(geometry)
-    )
-
-
-@_conv_forward_op.register_fake
-def _(
-    x, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, bias, mask, geometry, be
-):
-    out_h, out_w = conv_output_size((x.shape[1], x.shape[2]), geometry)
-    return x.new_empty(x.shape[0], out_h, out_w, (row_offsets.shape[0] - 1) * values.shape[1])
-
-
-@torch.library.custom_op("sparcl_kernels::bsc_grad_input", mutates_args=())
-def _conv_grad_input_op(
-    grad_out: Tensor,
-    values: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
-    geometry: list[int],
-    in_h: int,
-    in_w: int,
-    backend: str,
-) -> Tensor:
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(values.shape[1], values.shape[2], *index)
-    return get_backend(backend).conv_grad_input(
-        grad_out.contiguous(), values.contiguous(), layout, list(geometry), (in_h, in_w)
-    )
-
-
-@_conv_grad_input_op.register_fake
-def _(
-    grad_out, values, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, geometry, h, w, be
-):
-    channels = (tr_offsets.shape[0] - 1) * values.shape[2] // (geometry[0] * geometry[1])
-    return grad_out.new_empty(grad_out.shape[0], h, w, channels)
-
-
-@torch.library.custom_op("sparcl_kernels::bsc_grad_weight", mutates_args=())
-def _conv_grad_weight_op(
-    grad_out: Tensor,
-    x: Tensor,
-    row_offsets: Tensor,
-    col_indices: Tensor,
-    row_indices: Tensor,
-    transpose_offsets: Tensor,
-    transpose_block_ids: Tensor,
-    grad_block_mask: Tensor | None,
-    block_rows: int,
-    block_cols: int,
-    geometry: list[int],
-    backend: str,
-) -> Tensor:
-    index = (row_offsets, col_indices, row_indices, transpose_offsets, transpose_block_ids)
-    layout = _layout_from_tensors(block_rows, block_cols, *index)
-    return get_backend(backend).conv_grad_weight(
-        grad_out.contiguous(), x.contiguous(), layout, grad_block_mask, list(geometry)
-    )
-
-
-@_conv_grad_weight_op.register_fake
-def _(grad_out, x, row_offsets, col_indices, row_indices, tr_offsets, tr_ids, mask, bm, bk, g, be):
-    return x.new_empty(col_indices.shape[0], bm, bk)
-
-
-def _conv_setup_context(ctx, inputs, output) -> None:
-    x, values, *index, bias, grad_block_mask, geometry, backend = inputs
-    ctx.save_for_backward(x, values, *index, grad_block_mask)
-    ctx.block_size = (values.shape[1], values.shape[2])
-    ctx.has_bias = bias is not None
-    ctx.geometry = list(geometry)
-    ctx.backend = backend
-
-
-def _conv_backward(ctx, grad_out: Tensor):
-    x, values, *index, grad_block_mask = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _conv_grad_input_op(
-            grad_out, values, *index, ctx.geometry, x.shape[1], x.shape[2], ctx.backend
-        )
-    if ctx.needs_input_grad[1]:
-        grad_values = _conv_grad_weight_op(
-            grad_out, x, *index, grad_block_mask, *ctx.block_size, ctx.geometry, ctx.backend
-        )
-    if ctx.has_bias and ctx.needs_input_grad[7]:
-        grad_bias = grad_out.sum(dim=(0, 1, 2))
-    return grad_x, grad_values, None, None, None, None, None, grad_bias, None, None, None
-
-
-_conv_forward_op.register_autograd(_conv_backward, setup_context=_conv_setup_context)
-
-
-def conv_output_size(in_hw: tuple[int, int], geometry: list[int]) -> tuple[int, int]:
-    """Output height and width of a convolution with ``geometry`` (see block_sparse_conv2d)."""
-    kh, kw, sh, sw, ph, pw, dh, dw = geometry
-    return (
-        (in_hw[0] + 2 * ph - dh * (kh - 1) - 1) // sh + 1,
-        (in_hw[1] + 2 * pw - dw * (kw - 1) - 1) // sw + 1,
-    )
 
 
 def block_sparse_conv2d(
@@ -352,10 +234,13 @@ def block_sparse_conv2d(
     _check_arguments(x, values, layout, bias, grad_block_mask, op=op)
     if x.dim() != 4:
         _fail(ValueError, op, f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
-    geometry = [*kernel_size, *stride, *padding, *dilation]
-    if len(geometry) != 8 or min(geometry) < 0 or min(geometry[:4] + geometry[6:]) < 1:
-        _fail(ValueError, op, "kernel_size, stride, dilation must be positive pairs, padding >= 0")
-    taps = kernel_size[0] * kernel_size[1]
+    try:
+        geometry = ConvGeometry.of(
+            tuple(kernel_size), tuple(stride), tuple(padding), tuple(dilation)
+        )
+    except ValueError as error:
+        _fail(ValueError, op, str(error))
+    taps = geometry.taps
     channels = x.shape[1]
     if layout.shape[1] != taps * channels or channels % layout.block_size[1]:
         _fail(
@@ -364,17 +249,17 @@ def block_sparse_conv2d(
             f"layout shape {layout.shape} with block size {layout.block_size} does not fit "
             f"{channels} input channels x {taps} taps (needs K = taps * C_in, bk | C_in)",
         )
-    out_h, out_w = conv_output_size((x.shape[2], x.shape[3]), geometry)
+    out_h, out_w = geometry.output_size((x.shape[2], x.shape[3]))
     if out_h < 1 or out_w < 1:
         _fail(ValueError, op, f"input {tuple(x.shape)} is too small for this convolution")
-    name = _select_backend(backend, x.device, x.dtype, op)
-    y = _conv_forward_op(
+    name = _select_backend(backend, x.device, x.dtype, layout.block_size, op)
+    y = _forward_op(
         x.permute(0, 2, 3, 1).contiguous(),
         values.contiguous(),
-        *layout.tensors(),
+        layout.tensors(),
         bias,
         grad_block_mask,
-        geometry,
+        list(geometry),
         name,
     )
     return y.permute(0, 3, 1, 2)

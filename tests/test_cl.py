@@ -149,6 +149,21 @@ def test_derpp_step_equals_one_backward_over_the_summed_loss():
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+# ---------------------------------------------------------------- models
+
+
+def test_sparsify_resnet18_block_convs():
+    from sparcl.models.resnet import BLOCK_CONV_PATTERNS, resnet18
+    from sparcl_kernels.nn import SparseConv2d
+
+    model = resnet18(10, nf=16)
+    sk.sparsify(model, sparsity=0.9, block_size=8, include=BLOCK_CONV_PATTERNS)
+    sparse = [n for n, m in model.named_modules() if isinstance(m, SparseConv2d)]
+    assert len(sparse) == 16
+    out = model(torch.randn(2, 3, 16, 16))
+    out.sum().backward()
+
+
 # ---------------------------------------------------------------- end to end
 
 

@@ -392,17 +392,6 @@ def test_sparsify_mlp_in_place_with_include_patterns():
     assert mlp[0].values.grad is not None
 
 
-def test_sparsify_resnet18_block_convs():
-    from sparcl.models.resnet import BLOCK_CONV_PATTERNS, resnet18
-
-    model = resnet18(10, nf=16)
-    sk.sparsify(model, sparsity=0.9, block_size=8, include=BLOCK_CONV_PATTERNS)
-    sparse = [n for n, m in model.named_modules() if isinstance(m, SparseConv2d)]
-    assert len(sparse) == 16
-    out = model(torch.randn(2, 3, 16, 16))
-    out.sum().backward()
-
-
 # ---------------------------------------------------------------- torch.compile
 
 

@@ -211,12 +211,15 @@ def test_tuned_table_overrides_shipped_meta_parameters(tmp_path, monkeypatch):
 
 def test_block_sizes_the_kernels_do_not_take_fall_back_with_one_warning():
     layout, values, x, grad_out, bias, _ = _case((8, 8), (2, 2), 0.5, 6)
+    x.requires_grad_(True)
     with pytest.warns(RuntimeWarning, match=r"block size \(8, 8\)"):
-        y = triton_backend.forward(x, values, layout, bias)
-    torch.testing.assert_close(y, reference.forward(x, values, layout, bias))
+        y = sk.block_sparse_linear(x, values, layout, bias, backend="triton")
+    torch.testing.assert_close(y, reference.forward(x.detach(), values, layout, bias))
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the second call is silent
-        triton_backend.grad_input(grad_out, values, layout)
+        sk.block_sparse_linear(x, values, layout, bias, backend="triton").sum().backward()
+    with pytest.raises(ValueError, match="triton kernels take block sides"):
+        triton_backend.forward(x.detach(), values, layout, bias)  # the kernels never see them
 
 
 @pytest.mark.parametrize(

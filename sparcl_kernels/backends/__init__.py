@@ -1,9 +1,11 @@
-"""Backend registry: which kernels run for a given device and request.
+"""Backend registry: which kernels run for a given device, block size and request.
 
-Each backend is one module exposing ``NAME``, ``SUPPORTED_DTYPES``, ``supports_device(device)``
-and the three kernels ``forward``, ``grad_input`` and ``grad_weight`` (no autograd). A module
-whose native code cannot load raises ``ImportError`` on import; the registry turns that into a
-visible, warn-once fallback for automatic selection and into an error for explicit requests.
+Each backend is one module providing :class:`~sparcl_kernels.backends.protocol.KernelBackend`
+(checked when it loads: a module that breaks the protocol is a ``TypeError``, not a silently
+missing kernel). A module whose native code cannot load raises ``ImportError`` on import; the
+registry turns that into a visible, warn-once fallback for automatic selection and into an
+error for explicit requests. Block sizes a backend's kernels do not take run on the reference
+kernels, with a one-time warning, decided here for every backend.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from types import ModuleType
 from typing import Any
 
 import torch
+
+from sparcl_kernels.backends.protocol import check_backend
 
 BACKEND_NAMES = ("reference", "cpu", "triton", "cuda")
 ENV_VAR = "SPARCL_BACKEND"
@@ -32,9 +36,11 @@ class BackendUnavailableError(RuntimeError):
 def _load(name: str) -> ModuleType | str:
     """The backend module, or the reason it cannot load (cached: each backend loads once)."""
     try:
-        return importlib.import_module(f"sparcl_kernels.backends.{name}")
+        module = importlib.import_module(f"sparcl_kernels.backends.{name}")
     except ImportError as error:
         return f"{type(error).__name__}: {error}"
+    check_backend(module)
+    return module
 
 
 def get_backend(name: str) -> ModuleType:
@@ -88,6 +94,24 @@ def resolve_backend(requested: str | None, device: torch.device) -> str:
     return wanted
 
 
+@functools.cache
+def _warn_block_fallback(name: str, block_size: tuple[int, int]) -> None:
+    warnings.warn(
+        f"sparcl_kernels: the {name!r} kernels do not take block size {block_size}; it runs on "
+        "the slow 'reference' kernels instead.",
+        RuntimeWarning,
+        stacklevel=5,
+    )
+
+
+def backend_for_block_size(name: str, block_size: tuple[int, int]) -> str:
+    """``name``, or ``"reference"`` (warned once) when its kernels do not take ``block_size``."""
+    if get_backend(name).supports_block_size(tuple(block_size)):
+        return name
+    _warn_block_fallback(name, tuple(block_size))
+    return "reference"
+
+
 def backend_info() -> dict[str, Any]:
     """What each backend can do here, and which one each device type gets by default.
 
@@ -99,8 +123,7 @@ def backend_info() -> dict[str, Any]:
         if isinstance(module, str):
             backends[name] = {"available": False, "reason": module}
         else:
-            describe = getattr(module, "describe", None)
-            backends[name] = {"available": True, **(describe() if describe else {})}
+            backends[name] = {"available": True, **module.describe()}
     defaults = {}
     for device_type, wanted in _AUTO_ORDER.items():
         ok = backends[wanted]["available"]

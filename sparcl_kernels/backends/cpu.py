@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from sparcl_kernels import _cpu
+from sparcl_kernels.geometry import ConvGeometry
 from sparcl_kernels.layout import BlockLayout
 
 NAME = "cpu"
@@ -25,6 +26,10 @@ ISA_NAMES = ("baseline", "avx2", "avx512", "neon")
 
 def supports_device(device: torch.device) -> bool:
     return device.type == "cpu"
+
+
+def supports_block_size(block_size: tuple[int, int]) -> bool:
+    return True  # any block size; the micro-kernels tile the block's sides
 
 
 def select_isa(name: str | None = None, vector_width: int = 0, *, source: str = "isa") -> None:
@@ -82,20 +87,20 @@ def conv_forward(
     values: torch.Tensor,
     layout: BlockLayout,
     bias: torch.Tensor | None,
-    geometry: list[int],
+    geometry: ConvGeometry,
 ) -> torch.Tensor:
     bias = None if bias is None else bias.contiguous()
-    return _cpu.conv_forward(x, values, *layout.tensors(), bias, geometry)
+    return _cpu.conv_forward(x, values, *layout.tensors(), bias, list(geometry))
 
 
 def conv_grad_input(
     grad_out: torch.Tensor,
     values: torch.Tensor,
     layout: BlockLayout,
-    geometry: list[int],
+    geometry: ConvGeometry,
     in_hw: tuple[int, int],
 ) -> torch.Tensor:
-    return _cpu.conv_grad_input(grad_out, values, *layout.tensors(), geometry, *in_hw)
+    return _cpu.conv_grad_input(grad_out, values, *layout.tensors(), list(geometry), *in_hw)
 
 
 def conv_grad_weight(
@@ -103,7 +108,9 @@ def conv_grad_weight(
     x: torch.Tensor,
     layout: BlockLayout,
     grad_block_mask: torch.Tensor | None,
-    geometry: list[int],
+    geometry: ConvGeometry,
 ) -> torch.Tensor:
     mask = None if grad_block_mask is None else grad_block_mask.contiguous()
-    return _cpu.conv_grad_weight(grad_out, x, *layout.block_size, *layout.tensors(), mask, geometry)
+    return _cpu.conv_grad_weight(
+        grad_out, x, *layout.block_size, *layout.tensors(), mask, list(geometry)
+    )

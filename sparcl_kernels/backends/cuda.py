@@ -8,15 +8,12 @@ run on a GPU: the GPU tests marked ``gpu`` compare it against the reference ther
 
 from __future__ import annotations
 
-import functools
-import warnings
 from typing import Any
 
 import torch
 
 from sparcl_kernels import _cuda
-from sparcl_kernels.backends import reference
-from sparcl_kernels.backends._patches import patch_convolution
+from sparcl_kernels.backends.im2col import im2col_convolution
 from sparcl_kernels.layout import BlockLayout
 
 NAME = "cuda"
@@ -31,38 +28,17 @@ def describe() -> dict[str, Any]:
     return {"verified": "compiled only; compare with the reference via pytest -m gpu"}
 
 
-def _kernel_side(side: int) -> bool:
-    return 16 <= side <= 128 and side % 16 == 0  # plan.h: supported_side
-
-
-@functools.cache
-def _warn_block_fallback(block_size: tuple[int, int]) -> None:
-    warnings.warn(
-        f"sparcl_kernels: the cuda kernels take block sides that are multiples of 16 up to "
-        f"128; block size {block_size} runs on the slow 'reference' kernels instead.",
-        RuntimeWarning,
-        stacklevel=5,
-    )
-
-
-def _kernel_fits(layout: BlockLayout) -> bool:
-    if all(_kernel_side(side) for side in layout.block_size):
-        return True
-    _warn_block_fallback(tuple(layout.block_size))
-    return False
+def supports_block_size(block_size: tuple[int, int]) -> bool:
+    return all(16 <= side <= 128 and side % 16 == 0 for side in block_size)  # plan.h
 
 
 def forward(
     x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    if not _kernel_fits(layout):
-        return reference.forward(x, values, layout, bias)
     return _cuda.forward(x, values, *layout.tensors(), bias)
 
 
 def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
-    if not _kernel_fits(layout):
-        return reference.grad_input(grad_out, values, layout)
     return _cuda.grad_input(grad_out, values, *layout.tensors())
 
 
@@ -72,14 +48,12 @@ def grad_weight(
     layout: BlockLayout,
     grad_block_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    if not _kernel_fits(layout):
-        return reference.grad_weight(grad_out, x, layout, grad_block_mask)
     active = None
     if grad_block_mask is not None:
         active = grad_block_mask.nonzero().squeeze(1).to(torch.int32)
     return _cuda.grad_weight(grad_out, x, *layout.tensors(), active, *layout.block_size)
 
 
-conv_forward, conv_grad_input, conv_grad_weight = patch_convolution(
+conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(
     forward, grad_input, grad_weight
 )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sparcl_kernels.backends._patches import patch_convolution
+from sparcl_kernels.backends.im2col import im2col_convolution
 from sparcl_kernels.layout import BlockLayout
 
 NAME = "reference"
@@ -20,6 +20,14 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 def supports_device(device: torch.device) -> bool:
     """The reference runs wherever torch does."""
     return True
+
+
+def supports_block_size(block_size: tuple[int, int]) -> bool:
+    return True
+
+
+def describe() -> dict:
+    return {}
 
 
 def _column_blocks(t: torch.Tensor, block: int) -> torch.Tensor:
@@ -77,8 +85,8 @@ def grad_weight(
 
 
 # ---------------------------------------------------------------- convolution
-# Through the patch matrix (unfold) and the linear kernels above; see backends/_patches.py.
+# Through the patch matrix (unfold) and the linear kernels above; see backends/im2col.py.
 
-conv_forward, conv_grad_input, conv_grad_weight = patch_convolution(
+conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(
     forward, grad_input, grad_weight
 )

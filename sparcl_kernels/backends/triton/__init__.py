@@ -4,15 +4,13 @@ The default backend for CUDA tensors. With ``TRITON_INTERPRET=1`` set before imp
 same kernels run on CPU tensors in Triton's interpreter, which is how CI checks them (slowly:
 it is a correctness tool, not a fast path). Block sides 16/32/64/128 (square or rectangular)
 and fp32/bf16/fp16 inputs run the kernels, accumulating in fp32; fp32 follows
-``torch.backends.cuda.matmul.allow_tf32`` as torch's own matmul does. Other block sizes
-fall back to the reference kernels with a one-time warning. Convolutions go through an
-explicit patch matrix (backends/_patches.py) into these kernels.
+``torch.backends.cuda.matmul.allow_tf32`` as torch's own matmul does. The ops run other
+block sizes on the reference kernels, with a one-time warning. Convolutions go through an
+explicit patch matrix (backends/im2col.py) into these kernels.
 """
 
 from __future__ import annotations
 
-import functools
-import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,8 +18,7 @@ import torch
 import triton
 from triton import knobs
 
-from sparcl_kernels.backends import reference
-from sparcl_kernels.backends._patches import patch_convolution
+from sparcl_kernels.backends.im2col import im2col_convolution
 from sparcl_kernels.backends.triton import kernels
 from sparcl_kernels.backends.triton.tuning import meta_parameters, tuning_source
 from sparcl_kernels.layout import BlockLayout
@@ -35,6 +32,10 @@ INTERPRETED = bool(knobs.runtime.interpret)  # fixed when the kernels were decor
 
 def supports_device(device: torch.device) -> bool:
     return device.type == "cuda" or (INTERPRETED and device.type == "cpu")
+
+
+def supports_block_size(block_size: tuple[int, int]) -> bool:
+    return all(side in KERNEL_BLOCK_SIDES for side in block_size)
 
 
 def describe() -> dict[str, Any]:
@@ -72,23 +73,14 @@ def _check_layout(values: torch.Tensor, layout: BlockLayout) -> None:
         raise TypeError(f"triton backend supports {SUPPORTED_DTYPES}, got {values.dtype}")
     if not supports_device(values.device):
         raise ValueError(f"triton backend cannot run on {values.device} tensors")
+    _check_block_size(layout)
 
 
-@functools.cache
-def _warn_block_fallback(block_size: tuple[int, int]) -> None:
-    warnings.warn(
-        f"sparcl_kernels: the triton kernels take block sides {KERNEL_BLOCK_SIDES}; "
-        f"block size {block_size} runs on the slow 'reference' kernels instead.",
-        RuntimeWarning,
-        stacklevel=5,
-    )
-
-
-def _kernel_fits(layout: BlockLayout) -> bool:
-    if all(side in KERNEL_BLOCK_SIDES for side in layout.block_size):
-        return True
-    _warn_block_fallback(tuple(layout.block_size))
-    return False
+def _check_block_size(layout: BlockLayout) -> None:
+    if not supports_block_size(layout.block_size):
+        raise ValueError(
+            f"triton kernels take block sides {KERNEL_BLOCK_SIDES}, got {layout.block_size}"
+        )
 
 
 def _dot_options(dtype: torch.dtype) -> dict[str, Any]:
@@ -129,8 +121,6 @@ def forward(
     _check("x", x, (n, k), values)
     if bias is not None:
         _check("bias", bias, (m,), values)
-    if not _kernel_fits(layout):
-        return reference.forward(x, values, layout, bias)
     y = x.new_empty(n, m)
     if n == 0 or m == 0:
         return y
@@ -172,8 +162,6 @@ def grad_input(
     m, k = layout.shape
     n = grad_out.shape[0]
     _check("grad_out", grad_out, (n, m), values)
-    if not _kernel_fits(layout):
-        return reference.grad_input(grad_out, values, layout)
     grad_x = grad_out.new_empty(n, k)
     if n == 0 or k == 0:
         return grad_x
@@ -221,8 +209,7 @@ def grad_weight(
         grad_block_mask.dtype != torch.bool or tuple(grad_block_mask.shape) != (layout.nnz,)
     ):
         raise ValueError(f"triton backend: grad_block_mask must be bool of shape ({layout.nnz},)")
-    if not _kernel_fits(layout):
-        return reference.grad_weight(grad_out, x, layout, grad_block_mask)
+    _check_block_size(layout)
     bm, bk = layout.block_size
     if grad_block_mask is None:
         grad_values = x.new_empty(layout.nnz, bm, bk)
@@ -258,6 +245,6 @@ def grad_weight(
     return grad_values
 
 
-conv_forward, conv_grad_input, conv_grad_weight = patch_convolution(
+conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(
     forward, grad_input, grad_weight
 )

@@ -1,0 +1,52 @@
+"""Measuring without fooling oneself: interleaved wall-clock medians and resident memory.
+
+Generic helpers shared by the kernel benchmarks, the Triton tuner and the CL layer's speed
+check; they know nothing of sparse layers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+
+
+def interleaved_medians(
+    fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3
+) -> dict[str, float]:
+    """Median seconds of each callable, timed in round-robin so that drift hits all equally."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(times) for name, times in samples.items()}
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb() -> float | None:
+    """Resident memory of this process now (MB; Linux, None elsewhere)."""
+    return _status_mb("VmRSS")
+
+
+def peak_rss_mb() -> float | None:
+    """Peak resident memory of this process (MB; Linux, None elsewhere).
+
+    VmHWM belongs to this process's address space; ``ru_maxrss`` would carry the parent's
+    peak over fork + exec on Linux, so children started to measure memory read this instead.
+    """
+    return _status_mb("VmHWM")
