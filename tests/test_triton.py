@@ -11,9 +11,6 @@ import warnings
 
 import pytest
 import torch
-from conftest import assert_matches_dense
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 import sparcl_kernels as sk
 from sparcl_kernels.backends import get_backend, reference
@@ -86,102 +83,13 @@ def _assert_passes_match(block_size, grid, density, n, dtype=torch.float32, seed
 
 
 # ---------------------------------------------------------------- kernels vs reference
-
-
-@pytest.mark.parametrize(
-    "block_size, grid",
-    [
-        ((16, 16), (3, 4)),
-        ((32, 16), (2, 3)),
-        ((16, 32), (3, 2)),
-        ((16, 128), (2, 1)),
-        ((128, 16), (1, 2)),
-    ],
-)
-@pytest.mark.parametrize("n", [1, 37])
-def test_three_passes_match_reference_fp32(block_size, grid, n):
-    _assert_passes_match(block_size, grid, 0.5, n)
+# fp32 passes, empty/full layouts, empty batches, masks, strides and convolutions: see
+# test_conformance.py, which runs them on every backend.
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_precision_inputs_accumulate_in_fp32(dtype):
     _assert_passes_match((16, 32), (3, 2), 0.6, 21, dtype)
-
-
-@pytest.mark.parametrize("density", [0.0, 1.0])
-def test_empty_and_full_layouts(density):
-    _assert_passes_match((16, 16), (2, 3), density, 9)
-
-
-def test_empty_rows_and_columns_and_empty_batch():
-    mask = torch.tensor([[True, False, False], [False, False, False], [True, False, True]])
-    layout = BlockLayout.from_block_mask(mask, 16).to(DEVICE)
-    values = torch.randn(layout.nnz, 16, 16, device=DEVICE)
-    x = torch.randn(5, 48, device=DEVICE)
-    y = triton_backend.forward(x, values, layout, None)
-    torch.testing.assert_close(y, reference.forward(x, values, layout, None))
-    assert torch.all(y[:, 16:32] == 0)  # an empty block row
-    grad_x = triton_backend.grad_input(torch.randn(5, 48, device=DEVICE), values, layout)
-    assert torch.all(grad_x[:, 16:32] == 0)  # an empty block column
-    empty = x[:0]
-    assert triton_backend.forward(empty, values, layout, None).shape == (0, 48)
-    grad_values = triton_backend.grad_weight(torch.zeros(0, 48, device=DEVICE), empty, layout, None)
-    assert grad_values.shape == (layout.nnz, 16, 16) and torch.all(grad_values == 0)
-
-
-def test_all_blocks_masked_launches_nothing_and_returns_zeros():
-    layout, _, x, grad_out, _, _ = _case((16, 16), (2, 2), 1.0, 8)
-    none_kept = torch.zeros(layout.nnz, dtype=torch.bool, device=DEVICE)
-    assert torch.all(triton_backend.grad_weight(grad_out, x, layout, none_kept) == 0)
-
-
-@settings(max_examples=8, deadline=None)
-@given(
-    rows=st.integers(1, 3),
-    cols=st.integers(1, 3),
-    density=st.floats(0.0, 1.0),
-    n=st.integers(0, 40),
-    seed=st.integers(0, 2**16),
-)
-def test_random_layouts_property(rows, cols, density, n, seed):
-    _assert_passes_match((16, 16), (rows, cols), density, n, seed=seed)
-
-
-# ---------------------------------------------------------------- through the public ops
-
-
-def test_linear_op_with_autograd_leading_dims_and_non_contiguous_input():
-    generator = torch.Generator().manual_seed(3)
-    layout = BlockLayout.from_block_mask(torch.rand(3, 2, generator=generator) < 0.7, 16)
-    values = torch.randn(layout.nnz, 16, 16, generator=generator)
-    x = torch.randn(3, 32, 5, generator=generator).transpose(1, 2)  # [3, 5, 32], strided
-    bias = torch.randn(48, generator=generator)
-    grad_mask = torch.rand(layout.nnz, generator=generator) < 0.5
-    moved = [t.to(DEVICE) for t in (x, values, bias, grad_mask)]
-    x, values, bias, grad_mask = moved
-    assert_matches_dense(x, values, layout.to(DEVICE), bias, grad_mask, "triton")
-
-
-@pytest.mark.parametrize("stride", [1, 2])
-def test_conv_op_matches_reference(stride):
-    generator = torch.Generator().manual_seed(4)
-    x = torch.randn(2, 16, 6, 5, generator=generator).to(DEVICE)
-    layout = BlockLayout.from_block_mask(torch.rand(2, 9, generator=generator) < 0.5, 16)
-    layout = layout.to(DEVICE)
-    values = torch.randn(layout.nnz, 16, 16, generator=generator).to(DEVICE).requires_grad_()
-    grad_mask = (torch.rand(layout.nnz, generator=generator) < 0.5).to(DEVICE)
-    results = {}
-    for name in ("reference", "triton"):
-        inputs = x.clone().requires_grad_()
-        out = sk.block_sparse_conv2d(
-            inputs, values, layout, (3, 3), (stride, stride), (1, 1),
-            grad_block_mask=grad_mask, backend=name,
-        )  # fmt: skip
-        grad_x, grad_values = torch.autograd.grad(out.square().sum(), [inputs, values])
-        results[name] = (out, grad_x, grad_values)
-    for ours, expected in zip(results["triton"], results["reference"], strict=True):
-        torch.testing.assert_close(ours, expected, **_tolerance(torch.float32, 144))
-    assert torch.all(results["triton"][2][~grad_mask] == 0)
 
 
 # ---------------------------------------------------------------- launcher behaviour
@@ -210,7 +118,7 @@ def test_tuned_table_overrides_shipped_meta_parameters(tmp_path, monkeypatch):
 
 
 def test_block_sizes_the_kernels_do_not_take_fall_back_with_one_warning():
-    layout, values, x, grad_out, bias, _ = _case((8, 8), (2, 2), 0.5, 6)
+    layout, values, x, _, bias, _ = _case((8, 8), (2, 2), 0.5, 6)
     x.requires_grad_(True)
     with pytest.warns(RuntimeWarning, match=r"block size \(8, 8\)"):
         y = sk.block_sparse_linear(x, values, layout, bias, backend="triton")
