@@ -1,9 +1,10 @@
 // Thin torch binding of the CPU kernels: checks, output allocation, thread count.
 // The op layer (sparcl_kernels/ops.py) has already validated arguments for users; these
-// checks guard direct calls.
+// checks guard direct calls (see ../common/binding_checks.h).
 #include <ATen/Parallel.h>
 #include <torch/extension.h>
 
+#include "../common/binding_checks.h"
 #include "block_sparse.h"
 #include "block_sparse_conv.h"
 
@@ -11,27 +12,18 @@ namespace {
 
 using torch::Tensor;
 
-void check_index(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kInt32 && t.is_contiguous() &&
-                  t.dim() == 1,
-              name, " must be a contiguous 1-D int32 CPU tensor");
-}
+constexpr auto kDevice = c10::DeviceType::CPU;
 
 void check_operand(const Tensor& t, const Tensor& like, const char* name, int64_t dim) {
-  TORCH_CHECK(t.device().is_cpu() && t.is_contiguous() && t.dim() == dim &&
-                  t.scalar_type() == like.scalar_type(),
-              name, " must be a contiguous ", dim, "-D CPU tensor of dtype ", like.scalar_type());
+  sparcl::binding::check_operand(t, like, kDevice, name, dim);
 }
 
 sparcl::BlockLayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offsets,
                                   const Tensor& col_indices, const Tensor& row_indices,
                                   const Tensor& transpose_offsets,
                                   const Tensor& transpose_block_ids) {
-  check_index(row_offsets, "row_offsets");
-  check_index(col_indices, "col_indices");
-  check_index(row_indices, "row_indices");
-  check_index(transpose_offsets, "transpose_offsets");
-  check_index(transpose_block_ids, "transpose_block_ids");
+  sparcl::binding::check_layout_index(kDevice, row_offsets, col_indices, row_indices,
+                                      transpose_offsets, transpose_block_ids);
   TORCH_CHECK(bm > 0 && bk > 0, "block sizes must be positive");
   return {row_offsets.numel() - 1,
           transpose_offsets.numel() - 1,

@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/extension.h>
 
+#include "../common/binding_checks.h"
 #include "block_sparse_cuda.h"
 #include "plan.h"
 
@@ -27,27 +28,17 @@ sc::DType dtype_of(const Tensor& t) {
   }
 }
 
-void check_index(const Tensor& t, const char* name) {
-  TORCH_CHECK(t.is_cuda() && t.scalar_type() == torch::kInt32 && t.is_contiguous() &&
-                  t.dim() == 1,
-              name, " must be a contiguous 1-D int32 CUDA tensor");
-}
+constexpr auto kDevice = c10::DeviceType::CUDA;
 
 void check_operand(const Tensor& t, const Tensor& like, const char* name, int64_t dim) {
-  TORCH_CHECK(t.is_cuda() && t.is_contiguous() && t.dim() == dim &&
-                  t.scalar_type() == like.scalar_type() && t.device() == like.device(),
-              name, " must be a contiguous ", dim, "-D tensor of dtype ", like.scalar_type(),
-              " on ", like.device());
+  sparcl::binding::check_operand(t, like, kDevice, name, dim);
 }
 
 sc::LayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offsets,
                          const Tensor& col_indices, const Tensor& row_indices,
                          const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
-  check_index(row_offsets, "row_offsets");
-  check_index(col_indices, "col_indices");
-  check_index(row_indices, "row_indices");
-  check_index(transpose_offsets, "transpose_offsets");
-  check_index(transpose_block_ids, "transpose_block_ids");
+  sparcl::binding::check_layout_index(kDevice, row_offsets, col_indices, row_indices,
+                                      transpose_offsets, transpose_block_ids);
   const int64_t m = (row_offsets.numel() - 1) * bm, k = (transpose_offsets.numel() - 1) * bk;
   const std::string problem = sc::check_problem(0, m, k, static_cast<int>(bm),
                                                 static_cast<int>(bk));
@@ -125,7 +116,7 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& row_of
   Tensor active;
   Tensor grad_values;
   if (active_blocks) {
-    check_index(*active_blocks, "active_blocks");
+    sparcl::binding::check_index(*active_blocks, kDevice, "active_blocks");
     active = *active_blocks;
     grad_values = torch::zeros({view.nnz, bm, bk}, x.options());  // listed blocks only
   } else {
