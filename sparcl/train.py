@@ -143,6 +143,9 @@ class Progress:
     task_samples_per_second: list[float] = field(default_factory=list)
     gradient_density: float | None = None  # DGM: stored weight-gradient blocks computed
     training_flops: dict | None = None
+    # Examples stepped on, and those a run without data removal would have stepped on.
+    examples_stepped: int = 0
+    examples_offered: int = 0
     data_fingerprint: list[str] = field(default_factory=list)  # per task, see fingerprint()
 
 
@@ -191,8 +194,10 @@ def train_task(
         batches = list(order.split(config.batch_size))
         # Under torchrun every rank needs a non-empty shard of each batch.
         batches = [b for b in batches if len(b) >= method.cluster.world_size]
+        offered = len(indices)  # what a run without data removal steps on this epoch
         if config.debug_mode:
             batches = batches[:DEBUG_BATCHES]
+            offered = min(offered, DEBUG_BATCHES * config.batch_size)
         bar = tqdm(
             batches,
             desc=f"task {task + 1} epoch {epoch + 1}",
@@ -212,6 +217,8 @@ def train_task(
         seconds = time.perf_counter() - start
         total_seconds += seconds
         total_examples += examples
+        progress.examples_stepped += examples
+        progress.examples_offered += offered
         progress.metrics_rows.append(
             {
                 "task": task + 1,
@@ -237,12 +244,20 @@ def _git_revision() -> str | None:
         return None
 
 
-def training_flops(net: nn.Module, data: SplitData, method: ContinualMethod, density) -> dict:
-    """Dense-equivalent and actual training FLOPs of the whole run (see sparcl.flops)."""
+def training_flops(
+    net: nn.Module, data: SplitData, method: ContinualMethod, density, progress: Progress
+) -> dict:
+    """Training FLOPs of the whole run (see sparcl.flops): ``actual``; ``dense_equivalent``,
+    the same steps on dense layers; ``dense_run``, a dense run's own steps, which include the
+    examples DDR removed (scaled by examples offered / stepped). ``reduction`` is
+    ``dense_run / actual``: weight sparsity, DGM and DDR together, as the paper counts them."""
     protocol = data.protocol
     shape = (protocol.channels, protocol.image_size, protocol.image_size)
     totals = count_flops(net, shape).step(method.samples_forwarded, density or 1.0)
-    totals["reduction"] = totals["dense_equivalent"] / totals["actual"] if totals["actual"] else 1.0
+    stepped, offered = progress.examples_stepped, progress.examples_offered
+    totals["dense_run"] = totals["dense_equivalent"] * (offered / stepped if stepped else 1.0)
+    totals["reduction"] = totals["dense_run"] / totals["actual"] if totals["actual"] else 1.0
+    totals["reduction_basis"] = "dense run's own step count (data removal counted as saved)"
     return totals
 
 
@@ -352,7 +367,7 @@ def finish_task(config, net, method, data, task: int, seconds: float, examples: 
     progress.task_samples_per_second.append(round(examples / seconds, 2) if seconds else 0.0)
     progress.next_task = task + 1
     progress.gradient_density = method.gradient_density()
-    progress.training_flops = training_flops(net, data, method, progress.gradient_density)
+    progress.training_flops = training_flops(net, data, method, progress.gradient_density, progress)
     if cluster.is_main:
         print(
             f"Accuracy for {task + 1} task(s): [Class-IL]: {sum(class_il) / len(class_il):.2f} % "

@@ -341,29 +341,33 @@ def _check_arguments(
         if bias.device != x.device:
             _fail(ValueError, op, f"bias is on {bias.device} but x is on {x.device}")
     if grad_block_mask is not None:
-        if not isinstance(grad_block_mask, Tensor):
-            _fail(
-                TypeError,
-                op,
-                "grad_block_mask must be a bool tensor or None, "
-                f"got {type(grad_block_mask).__name__}",
-            )
-        if grad_block_mask.dtype != torch.bool:
-            _fail(
-                TypeError,
-                op,
-                f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}",
-            )
-        if tuple(grad_block_mask.shape) != (layout.nnz,):
-            _fail(
-                ValueError,
-                op,
-                f"grad_block_mask must have shape (nnz,) = ({layout.nnz},), "
-                f"got {tuple(grad_block_mask.shape)}",
-            )
+        check_grad_block_mask(grad_block_mask, layout.nnz, op)
         if grad_block_mask.device != x.device:
             _fail(
                 ValueError,
                 op,
                 f"grad_block_mask is on {grad_block_mask.device} but x is on {x.device}",
             )
+
+
+def check_grad_block_mask(grad_block_mask: object, nnz: int, op: str) -> None:
+    """``TypeError``/``ValueError`` (prefixed by ``op``) unless a bool tensor of shape (nnz,)."""
+    if not isinstance(grad_block_mask, Tensor):
+        _fail(
+            TypeError,
+            op,
+            f"grad_block_mask must be a bool tensor or None, got {type(grad_block_mask).__name__}",
+        )
+    if grad_block_mask.dtype != torch.bool:
+        _fail(
+            TypeError,
+            op,
+            f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}",
+        )
+    if tuple(grad_block_mask.shape) != (nnz,):
+        _fail(
+            ValueError,
+            op,
+            f"grad_block_mask must have shape (nnz,) = ({nnz},), "
+            f"got {tuple(grad_block_mask.shape)}",
+        )

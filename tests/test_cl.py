@@ -360,6 +360,26 @@ def test_a_mistyped_option_is_named_by_argparse(capsys):
     assert "--ddr_epochs/--ddr-epochs: invalid comma-separated int value" in capsys.readouterr().err
 
 
+def test_flops_count_data_removal_against_the_dense_runs_own_steps(tmp_path, fmnist_dir):
+    args = (
+        "--backbone mlp --max_train_per_task 64 --batch_size 16 --n_epochs 4 --buffer_size 16 "
+        "--minibatch_size 8"
+    ).split()
+    sparcl_args = "--sparsity 0.5 --block_size 8 --tdm_delta_k 1 --tdm_frozen_epoch 4 "
+    sparcl_args += "--ddr_epochs 1,2 --ddr_fraction 0.25 --speedup_repeats 0"
+    sparse = _train(
+        ["--model", "sparcl-derpp", *args, *sparcl_args.split()], tmp_path / "s", fmnist_dir
+    )
+    flops = sparse["training_flops"]
+    assert flops["reduction_basis"].startswith("dense run's own step count")
+    # DDR removed a quarter of each task's 64 examples twice: 64 + 48 + 32 + 32 of 4 x 64.
+    assert flops["dense_run"] == pytest.approx(flops["dense_equivalent"] * 256 / 176)
+    assert flops["reduction"] == pytest.approx(flops["dense_run"] / flops["actual"])
+    dense = _train(["--model", "derpp", *args], tmp_path / "d", fmnist_dir)["training_flops"]
+    assert dense["dense_run"] == dense["dense_equivalent"] == dense["actual"]
+    assert dense["reduction"] == 1.0
+
+
 def test_sparcl_needs_sparse_layers(tmp_path, capsys):
     assert main(["train", "--model", "sparcl-derpp", "--output_dir", str(tmp_path)]) == 2
     assert "needs --sparsity > 0" in capsys.readouterr().err

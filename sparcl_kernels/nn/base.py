@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from sparcl_kernels.layout import BlockLayout
+from sparcl_kernels.ops import check_grad_block_mask
 
 _INDEX_BUFFERS = (
     "row_offsets",
@@ -75,15 +76,7 @@ class BlockSparseWeight(nn.Module):
         zero gradient and cost no weight-gradient work. Reset by every layout change.
         """
         if grad_block_mask is not None:
-            if grad_block_mask.dtype != torch.bool:
-                raise TypeError(
-                    f"grad_block_mask must have dtype torch.bool, got {grad_block_mask.dtype}"
-                )
-            if tuple(grad_block_mask.shape) != (self.values.shape[0],):
-                raise ValueError(
-                    f"grad_block_mask must have shape (nnz,) = ({self.values.shape[0]},), "
-                    f"got {tuple(grad_block_mask.shape)}"
-                )
+            check_grad_block_mask(grad_block_mask, self.values.shape[0], type(self).__name__)
             grad_block_mask = grad_block_mask.to(self.values.device)
         self.grad_block_mask = grad_block_mask
 
