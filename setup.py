@@ -85,7 +85,7 @@ def _extensions():
         str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.c[up]*")
     )
     if cuda_sources and torch.cuda.is_available() and cpp_extension.CUDA_HOME:
-        # Tensor-core paths use bf16 WMMA: sm_80 or newer (TORCH_CUDA_ARCH_LIST picks archs).
+        # sm_75 and newer (TORCH_CUDA_ARCH_LIST picks archs); bf16 uses tensor cores from sm_80.
         extensions.append(
             cpp_extension.CUDAExtension(
                 "sparcl_kernels._cuda",

@@ -1,5 +1,5 @@
 """The CUDA backend without a GPU: its host-side planning runs as a C++ unit test, every
-``.cu`` compiles with nvcc for sm_80 and sm_90 with warnings as errors, and the torch binding
+``.cu`` compiles with nvcc for sm_75, sm_80 and sm_90 with warnings as errors, and the torch binding
 compiles against torch's headers. On a GPU, tests marked ``gpu`` compare it with the reference.
 """
 
@@ -48,7 +48,7 @@ def test_plan_unit_tests_pass_on_the_cpu(tmp_path):
 
 @pytest.mark.skipif(_nvcc() is None, reason="nvcc not installed")
 @pytest.mark.parametrize("source", CU_SOURCES, ids=[p.name for p in CU_SOURCES])
-def test_cu_sources_compile_for_sm80_and_sm90_with_warnings_as_errors(source, tmp_path):
+def test_cu_sources_compile_for_sm75_sm80_and_sm90_with_warnings_as_errors(source, tmp_path):
     _run(
         [
             _nvcc(),
@@ -58,6 +58,7 @@ def test_cu_sources_compile_for_sm80_and_sm90_with_warnings_as_errors(source, tm
             str(tmp_path / "out.o"),
             "-std=c++17",
             "-O3",
+            "-gencode=arch=compute_75,code=sm_75",  # Turing: bf16 without tensor cores
             "-gencode=arch=compute_80,code=sm_80",
             "-gencode=arch=compute_90,code=sm_90",
             "-Werror",

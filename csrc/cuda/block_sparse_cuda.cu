@@ -52,7 +52,18 @@ static_assert(sizeof(SharedTiles<__half>) == shared_bytes(2), "plan.h's shared_b
 
 // ------------------------------------------------------------------ tile arithmetic
 
-template <typename T, bool kTensorCores = !std::is_same<T, float>::value>
+// Tensor cores for 16-bit inputs: fp16 WMMA from sm_70, bf16 WMMA only from sm_80, so the
+// device code compiled for older GPUs (sm_75) multiplies bf16 tiles with SIMT FMAs instead.
+template <typename T>
+constexpr bool use_tensor_cores() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  return std::is_same<T, __half>::value;
+#else
+  return !std::is_same<T, float>::value;
+#endif
+}
+
+template <typename T, bool kTensorCores = use_tensor_cores<T>()>
 struct TileMath;
 
 template <typename T>
