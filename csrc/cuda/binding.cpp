@@ -105,7 +105,7 @@ Tensor grad_input(const Tensor& grad_out, const Tensor& values, const Tensor& ro
 Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& row_offsets,
                    const Tensor& col_indices, const Tensor& row_indices,
                    const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
-                   const std::optional<Tensor>& active_blocks, int64_t bm, int64_t bk) {
+                   const std::optional<Tensor>& grad_block_mask, int64_t bm, int64_t bk) {
   const c10::cuda::CUDAGuard guard(x.device());
   const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
                               transpose_block_ids);
@@ -113,19 +113,18 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& row_of
   check_operand(grad_out, x, "grad_out", 2);
   TORCH_CHECK(x.size(1) == view.k && grad_out.size(1) == view.m && x.size(0) == grad_out.size(0),
               "x must be [N, ", view.k, "] and grad_out [N, ", view.m, "]");
-  Tensor active;
-  Tensor grad_values;
-  if (active_blocks) {
-    sparcl::binding::check_index(*active_blocks, kDevice, "active_blocks");
-    active = *active_blocks;
-    grad_values = torch::zeros({view.nnz, bm, bk}, x.options());  // listed blocks only
-  } else {
-    active = torch::arange(view.nnz, x.options().dtype(torch::kInt32));
-    grad_values = torch::empty({view.nnz, bm, bk}, x.options());
+  const bool* mask = nullptr;
+  if (grad_block_mask) {
+    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool &&
+                    grad_block_mask->is_contiguous() && grad_block_mask->numel() == view.nnz &&
+                    grad_block_mask->device() == x.device(),
+                "grad_block_mask must be a contiguous bool tensor of nnz entries on x's device");
+    mask = grad_block_mask->data_ptr<bool>();
   }
-  check_cuda(sc::grad_weight(grad_out.data_ptr(), x.data_ptr(), grad_values.data_ptr(),
-                             active.data_ptr<int32_t>(), active.numel(), x.size(0), view,
-                             dtype_of(x), c10::cuda::getCurrentCUDAStream().stream()),
+  Tensor grad_values = torch::empty({view.nnz, bm, bk}, x.options());
+  check_cuda(sc::grad_weight(grad_out.data_ptr(), x.data_ptr(), grad_values.data_ptr(), mask,
+                             x.size(0), view, dtype_of(x),
+                             c10::cuda::getCurrentCUDAStream().stream()),
              "grad_weight");
   return grad_values;
 }

@@ -246,19 +246,23 @@ __global__ void __launch_bounds__(kThreads)
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
     grad_weight_kernel(const T* __restrict__ grad_out, const T* __restrict__ x,
-                       T* __restrict__ grad_values, const int32_t* __restrict__ active_blocks,
+                       T* __restrict__ grad_values, const bool* __restrict__ grad_block_mask,
                        LayoutView layout, int64_t batch, PassPlan plan,
                        int64_t first_program) {
   __shared__ __align__(32) SharedTiles<T> s;
   const Tile tile = plan.decode(first_program + blockIdx.x);
-  const int32_t b = active_blocks[tile.group];
+  const int64_t b = tile.group;
+  // A block the mask switches off reduces over no rows and stores zeros: the grid does not
+  // depend on the mask, so the host never waits to list active blocks. The branch is uniform
+  // over the thread block (one block per program), so the barriers below stay safe.
+  const int64_t rows_used = grad_block_mask == nullptr || grad_block_mask[b] ? batch : 0;
   const int r0 = tile.row_slice * kTileRows, c0 = tile.col_slice * kTileCols;
   const int rows = min(kTileRows, layout.bm - r0), cols = min(kTileCols, layout.bk - c0);
   const int64_t dy_col = static_cast<int64_t>(layout.row_indices[b]) * layout.bm + r0;
   const int64_t x_col = static_cast<int64_t>(layout.col_indices[b]) * layout.bk + c0;
   TileMath<T> math;
   math.init();
-  for (int64_t n0 = 0; n0 < batch; n0 += kStep) {
+  for (int64_t n0 = 0; n0 < rows_used; n0 += kStep) {
     fill_a(s, [&](int row, int kk) {  // A[row][kk] = grad_out[n0 + kk][dy_col + row]
       return row < rows && n0 + kk < batch ? grad_out[(n0 + kk) * layout.m + dy_col + row]
                                            : zero<T>();
@@ -272,7 +276,7 @@ __global__ void __launch_bounds__(kThreads)
   }
   math.stage(s);
   __syncthreads();
-  T* block = grad_values + static_cast<int64_t>(b) * layout.bm * layout.bk;
+  T* block = grad_values + b * layout.bm * layout.bk;
   for (int e = static_cast<int>(threadIdx.x); e < kTileRows * kTileCols; e += kThreads) {
     const int row = e / kTileCols, col = e % kTileCols;
     if (row >= rows || col >= cols) continue;
@@ -335,18 +339,16 @@ cudaError_t grad_input(const void* grad_out, const void* values, void* grad_x, i
 }
 
 cudaError_t grad_weight(const void* grad_out, const void* x, void* grad_values,
-                        const int32_t* active_blocks, int64_t n_active, int64_t batch,
-                        const LayoutView& layout, DType dtype, cudaStream_t stream) {
-  if (!valid(layout, batch) || n_active < 0 || n_active > layout.nnz) {
-    return cudaErrorInvalidValue;
-  }
-  const PassPlan plan = plan_pass(Pass::kGradWeight, batch, n_active, layout.bm, layout.bk);
+                        const bool* grad_block_mask, int64_t batch, const LayoutView& layout,
+                        DType dtype, cudaStream_t stream) {
+  if (!valid(layout, batch)) return cudaErrorInvalidValue;
+  const PassPlan plan = plan_pass(Pass::kGradWeight, batch, layout.nnz, layout.bm, layout.bk);
   return for_dtype(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     for (const Launch& launch : split_launches(plan.programs())) {
       grad_weight_kernel<T><<<static_cast<unsigned>(launch.count), kThreads, 0, stream>>>(
           static_cast<const T*>(grad_out), static_cast<const T*>(x),
-          static_cast<T*>(grad_values), active_blocks, layout, batch, plan,
+          static_cast<T*>(grad_values), grad_block_mask, layout, batch, plan,
           launch.first_program);
     }
     return cudaGetLastError();

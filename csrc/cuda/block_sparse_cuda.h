@@ -37,12 +37,12 @@ cudaError_t forward(const void* x, const void* values, const void* bias, void* y
 cudaError_t grad_input(const void* grad_out, const void* values, void* grad_x, int64_t batch,
                        const LayoutView& layout, DType dtype, cudaStream_t stream);
 
-// grad_values[b] = grad_out[:, rows(b)]^T @ x[:, cols(b)] for the n_active block ids listed
-// in active_blocks (device int32). Blocks not listed are not touched: no program runs for
-// them, so the caller zero-fills grad_values when it lists fewer than nnz.
+// grad_values[b] = grad_out[:, rows(b)]^T @ x[:, cols(b)] for every stored block b, exactly
+// zero where grad_block_mask (device bool [nnz], or null for all blocks) is false: those
+// blocks' programs skip the reduction, so the launch does not depend on the mask's contents.
 cudaError_t grad_weight(const void* grad_out, const void* x, void* grad_values,
-                        const int32_t* active_blocks, int64_t n_active, int64_t batch,
-                        const LayoutView& layout, DType dtype, cudaStream_t stream);
+                        const bool* grad_block_mask, int64_t batch, const LayoutView& layout,
+                        DType dtype, cudaStream_t stream);
 
 }  // namespace cuda
 }  // namespace sparcl

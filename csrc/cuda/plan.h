@@ -4,7 +4,7 @@
 // sequence of 16-deep steps. A program (CUDA block) owns one tile:
 //   forward      rows: a 64-row slice of the batch; cols: a <= 64-wide slice of block row r
 //   grad_input   rows: a 64-row slice of the batch; cols: a <= 64-wide slice of block col c
-//   grad_weight  rows/cols: a <= 64 x 64 tile of one active block; the batch is reduced
+//   grad_weight  rows/cols: a <= 64 x 64 tile of one stored block; the batch is reduced
 // Programs are numbered on a 1-D grid (CUDA's x dimension takes 2^31 - 1 programs, y only
 // 65535), and split into several launches when even that is too few.
 //
@@ -40,7 +40,7 @@ SPARCL_HOST_DEVICE constexpr int tile_width(int side) { return side < kTileCols 
 // Which tile a program computes.
 struct Tile {
   int64_t batch_tile;  // forward/grad_input: which 64-row slice of the batch (0 for grad_weight)
-  int64_t group;       // block row (forward), block col (grad_input), active-block slot (weight)
+  int64_t group;       // block row (forward), block col (grad_input), stored block (weight)
   int row_slice;       // grad_weight: which tile_width(bm) slice of the block's rows
   int col_slice;       // which tile_width(...) slice of the output columns
 };

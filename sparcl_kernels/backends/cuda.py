@@ -48,10 +48,8 @@ def grad_weight(
     layout: BlockLayout,
     grad_block_mask: torch.Tensor | None,
 ) -> torch.Tensor:
-    active = None
-    if grad_block_mask is not None:
-        active = grad_block_mask.nonzero().squeeze(1).to(torch.int32)
-    return _cuda.grad_weight(grad_out, x, *layout.tensors(), active, *layout.block_size)
+    # The kernels skip masked blocks themselves: no nonzero(), no wait for the GPU.
+    return _cuda.grad_weight(grad_out, x, *layout.tensors(), grad_block_mask, *layout.block_size)
 
 
 conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(

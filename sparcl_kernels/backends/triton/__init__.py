@@ -11,6 +11,7 @@ explicit patch matrix (backends/im2col.py) into these kernels.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -20,7 +21,7 @@ from triton import knobs
 
 from sparcl_kernels.backends.im2col import im2col_convolution
 from sparcl_kernels.backends.triton import kernels
-from sparcl_kernels.backends.triton.tuning import meta_parameters, tuning_source
+from sparcl_kernels.backends.triton.tuning import meta_parameters, shipped_meta, tuning_source
 from sparcl_kernels.layout import BlockLayout
 
 NAME = "triton"
@@ -92,16 +93,45 @@ def _dot_options(dtype: torch.dtype) -> dict[str, Any]:
     }
 
 
-def _launch(kernel: Callable, programs: int, *args: Any, num_warps: int, num_stages: int, **meta):
-    """Launch ``programs`` programs, in several grids when one would exceed CUDA's limit."""
-    for offset in range(0, programs, MAX_PROGRAMS):
-        count = min(MAX_PROGRAMS, programs - offset)
-        kernel[(count,)](*args, offset, num_warps=num_warps, num_stages=num_stages, **meta)
+def _launch(
+    kernel: Callable,
+    programs: int,
+    device: torch.device,
+    *args: Any,
+    num_warps: int,
+    num_stages: int,
+    **meta,
+):
+    """Launch ``programs`` programs on ``device`` (not merely the current CUDA device), in
+    several grids when one would exceed CUDA's limit."""
+    guard = torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+    with guard:
+        for offset in range(0, programs, MAX_PROGRAMS):
+            count = min(MAX_PROGRAMS, programs - offset)
+            kernel[(count,)](*args, offset, num_warps=num_warps, num_stages=num_stages, **meta)
 
 
 def _split_launch_options(meta: dict[str, int]) -> tuple[dict[str, int], dict[str, int]]:
     options = {key: meta.pop(key) for key in ("num_warps", "num_stages")}
     return options, meta
+
+
+def shared_memory_limit(device: torch.device) -> int | None:
+    """Bytes of shared memory a program may use on ``device`` (None off the GPU)."""
+    if device.type != "cuda":
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return triton.runtime.driver.active.utils.get_device_properties(index)["max_shared_mem"]
+
+
+def fit_stages(options: dict[str, int], stage_bytes: int, limit: int | None) -> dict[str, int]:
+    """``options`` with ``num_stages`` lowered until the pipelined operand tiles
+    (``stage_bytes`` per stage) fit the device's shared memory ``limit``: a 128-wide fp32
+    block tile with 3 stages needs more than many GPUs have."""
+    stages = options["num_stages"]
+    while limit is not None and stages > 1 and stages * stage_bytes > limit:
+        stages -= 1
+    return {**options, "num_stages": stages}
 
 
 # ---------------------------------------------------------------- the three passes
@@ -127,10 +157,13 @@ def forward(
     bm, bk = layout.block_size
     meta = meta or meta_parameters("forward", (bm, bk), x.dtype, n)
     options, meta = _split_launch_options(dict(meta))
+    stage_bytes = (meta["BLOCK_N"] + bm) * meta["CHUNK"] * x.element_size()
+    options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
     programs = triton.cdiv(n, meta["BLOCK_N"]) * layout.block_grid[0]
     _launch(
         kernels.forward_kernel,
         programs,
+        x.device,
         x,
         values,
         bias if bias is not None else y,  # never read without HAS_BIAS
@@ -168,10 +201,13 @@ def grad_input(
     bm, bk = layout.block_size
     meta = meta or meta_parameters("grad_input", (bm, bk), grad_out.dtype, n)
     options, meta = _split_launch_options(dict(meta))
+    stage_bytes = (meta["BLOCK_N"] + bk) * meta["CHUNK"] * grad_out.element_size()
+    options = fit_stages(options, stage_bytes, shared_memory_limit(grad_out.device))
     programs = triton.cdiv(n, meta["BLOCK_N"]) * layout.block_grid[1]
     _launch(
         kernels.grad_input_kernel,
         programs,
+        grad_out.device,
         grad_out,
         values,
         grad_x,
@@ -198,7 +234,13 @@ def grad_weight(
     grad_block_mask: torch.Tensor | None,
     meta: dict[str, int] | None = None,
 ) -> torch.Tensor:
-    """``dW[b]`` for the stored blocks the mask keeps; no program runs for the others."""
+    """``dW[b]`` for the stored blocks; those the mask switches off come back exactly zero.
+
+    The grid does not depend on the mask (masked blocks reduce over no rows), so nothing
+    waits for the GPU to list the active blocks and CUDA graphs can capture the backward.
+    Where the blocks alone would leave processors idle, the batch is split into segments
+    summed by a second pass (see kernels.grad_weight_kernel: the same bits either way).
+    """
     m, k = layout.shape
     n = x.shape[0]
     _check("x", x, (n, k), x)
@@ -211,38 +253,55 @@ def grad_weight(
         raise ValueError(f"triton backend: grad_block_mask must be bool of shape ({layout.nnz},)")
     _check_block_size(layout)
     bm, bk = layout.block_size
-    if grad_block_mask is None:
-        grad_values = x.new_empty(layout.nnz, bm, bk)
-        active = torch.arange(layout.nnz, dtype=torch.int32, device=x.device)
-    else:
-        grad_values = x.new_zeros(layout.nnz, bm, bk)
-        active = grad_block_mask.nonzero().squeeze(1).to(torch.int32)
-    if n == 0:
-        return grad_values.zero_()
-    if active.numel() == 0:
+    grad_values = x.new_empty(layout.nnz, bm, bk)
+    if layout.nnz == 0:
         return grad_values
-    meta = meta or meta_parameters("grad_weight", (bm, bk), x.dtype, n)
-    options, meta = _split_launch_options(dict(meta))
-    programs = active.numel() * (bm // meta["TILE_M"]) * (bk // meta["TILE_K"])
+    meta = {**shipped_meta("grad_weight", (bm, bk), n)} | dict(
+        meta or meta_parameters("grad_weight", (bm, bk), x.dtype, n)
+    )
+    options, meta = _split_launch_options(meta)
+    stage_bytes = meta["BLOCK_N"] * (meta["TILE_M"] + meta["TILE_K"]) * x.element_size()
+    options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
+    tiles = layout.nnz * (bm // meta["TILE_M"]) * (bk // meta["TILE_K"])
+    n_segments = max(1, triton.cdiv(n, meta["SEGMENT"]))
+    split = meta.pop("SPLIT", None)
+    if split is None:
+        split = n_segments > 1 and tiles < 2 * _processor_count(x.device)
+    mask = grad_block_mask.view(torch.uint8) if grad_block_mask is not None else x
+    arguments = (grad_out, x, None, mask, layout.row_indices, layout.col_indices, n, k, m)
+    arguments += (n_segments, layout.nnz * bm * bk)
+    constants = {"BM": bm, "BK": bk, "SPLIT": bool(split), "HAS_MASK": grad_block_mask is not None}
+    constants |= _dot_options(x.dtype) | meta
+    if not split:
+        arguments = (*arguments[:2], grad_values, *arguments[3:])
+        _launch(kernels.grad_weight_kernel, tiles, x.device, *arguments, **constants, **options)
+        return grad_values
+    # Split over the batch: fp32 sums per segment, then added in order (no atomics).
+    partials = x.new_empty(n_segments, layout.nnz, bm, bk, dtype=torch.float32)
+    arguments = (*arguments[:2], partials, *arguments[3:])
+    programs = tiles * n_segments
+    _launch(kernels.grad_weight_kernel, programs, x.device, *arguments, **constants, **options)
+    total, rblock = grad_values.numel(), 1024
     _launch(
-        kernels.grad_weight_kernel,
-        programs,
-        grad_out,
-        x,
+        kernels.sum_segments_kernel,
+        triton.cdiv(total, rblock),
+        x.device,
+        partials,
         grad_values,
-        active,
-        layout.row_indices,
-        layout.col_indices,
-        n,
-        k,
-        m,
-        BM=bm,
-        BK=bk,
-        **_dot_options(x.dtype),
-        **meta,
-        **options,
+        total,
+        n_segments,
+        RBLOCK=rblock,
+        num_warps=4,
+        num_stages=1,
     )
     return grad_values
+
+
+def _processor_count(device: torch.device) -> int:
+    """Streaming multiprocessors that a grid should keep busy (1 in the interpreter)."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(

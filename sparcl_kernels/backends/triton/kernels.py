@@ -130,43 +130,16 @@ def grad_input_kernel(
 
 
 @triton.jit
-def grad_weight_kernel(
-    grad_out_ptr,
-    x_ptr,
-    grad_values_ptr,
-    active_blocks_ptr,
-    row_indices_ptr,
-    col_indices_ptr,
-    n,
-    k,
-    m,
-    pid_offset,
-    BM: tl.constexpr,
-    BK: tl.constexpr,
-    TILE_M: tl.constexpr,
-    TILE_K: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-    PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
-):
-    """``dW[b] = dy[:, r(b)].T @ x[:, c(b)]`` for the blocks listed in ``active_blocks``.
-
-    Blocks a gradient mask switches off are not in the list: no program runs for them.
-    One program computes one ``[TILE_M, TILE_K]`` tile of one block, reducing over ``n``.
-    """
-    pid = tl.program_id(0) + pid_offset
-    tiles_m: tl.constexpr = BM // TILE_M
-    tiles_k: tl.constexpr = BK // TILE_K
-    block_id = tl.load(active_blocks_ptr + pid // (tiles_m * tiles_k)).to(tl.int64)
-    tile = pid % (tiles_m * tiles_k)
-    sub_m = (tile // tiles_k) * TILE_M + tl.arange(0, TILE_M)
-    sub_k = (tile % tiles_k) * TILE_K + tl.arange(0, TILE_K)
-    dy_cols = tl.load(row_indices_ptr + block_id).to(tl.int64) * BM + sub_m
-    x_cols = tl.load(col_indices_ptr + block_id).to(tl.int64) * BK + sub_k
+def _segment_product(
+    grad_out_ptr, x_ptr, dy_cols, x_cols, lo, hi, k, m,
+    TILE_M: tl.constexpr, TILE_K: tl.constexpr, BLOCK_N: tl.constexpr,
+    PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+):  # fmt: skip
+    """``dy[lo:hi, dy_cols].T @ x[lo:hi, x_cols]`` in fp32, ``BLOCK_N`` rows at a time."""
     acc = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
-    for n0 in range(0, n, BLOCK_N):
-        rows = (n0 + tl.arange(0, BLOCK_N)).to(tl.int64)
-        row_ok = rows < n
+    for n0 in range(lo, hi, BLOCK_N):
+        rows = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+        row_ok = rows < hi
         dy_tile = tl.load(
             grad_out_ptr + rows[:, None] * m + dy_cols[None, :], mask=row_ok[:, None], other=0.0
         )
@@ -176,5 +149,88 @@ def grad_weight_kernel(
         if UPCAST:
             dy_tile, x_tile = dy_tile.to(tl.float32), x_tile.to(tl.float32)
         acc += tl.dot(tl.trans(dy_tile), x_tile, input_precision=PRECISION)
-    target = grad_values_ptr + block_id * (BM * BK) + sub_m[:, None] * BK + sub_k[None, :]
-    tl.store(target, acc.to(grad_values_ptr.dtype.element_ty))
+    return acc
+
+
+@triton.jit
+def grad_weight_kernel(
+    grad_out_ptr,
+    x_ptr,
+    out_ptr,
+    mask_ptr,
+    row_indices_ptr,
+    col_indices_ptr,
+    n,
+    k,
+    m,
+    n_segments,
+    segment_stride,
+    pid_offset,
+    BM: tl.constexpr,
+    BK: tl.constexpr,
+    TILE_M: tl.constexpr,
+    TILE_K: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    SEGMENT: tl.constexpr,
+    SPLIT: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
+):
+    """``dW[b] = dy[:, r(b)].T @ x[:, c(b)]`` of every stored block, one tile per program.
+
+    The batch is reduced in ``SEGMENT``-row segments, each summed ``BLOCK_N`` rows at a time
+    and the segments' sums added in order. Without ``SPLIT`` a program runs over all
+    segments and writes its tile of ``dW`` (``out_ptr`` in the values' dtype); with ``SPLIT``
+    one program per (tile, segment) writes its segment's fp32 sum to ``out_ptr``
+    ``[n_segments, nnz, BM, BK]`` (``segment_stride = nnz * BM * BK``), which
+    ``sum_segments_kernel`` then adds in the same order: the result does not depend on the
+    split, bit for bit, and needs no atomics.
+    Blocks switched off in ``mask_ptr`` (``HAS_MASK``) reduce over no rows and store exact
+    zeros, so the grid does not depend on the mask (no host synchronisation to build it).
+    """
+    pid = tl.program_id(0).to(tl.int64) + pid_offset
+    tiles_m: tl.constexpr = BM // TILE_M
+    tiles_k: tl.constexpr = BK // TILE_K
+    segment = pid % n_segments if SPLIT else 0
+    rest = pid // n_segments if SPLIT else pid
+    block_id = rest // (tiles_m * tiles_k)
+    tile = rest % (tiles_m * tiles_k)
+    sub_m = (tile // tiles_k) * TILE_M + tl.arange(0, TILE_M)
+    sub_k = (tile % tiles_k) * TILE_K + tl.arange(0, TILE_K)
+    dy_cols = tl.load(row_indices_ptr + block_id).to(tl.int64) * BM + sub_m
+    x_cols = tl.load(col_indices_ptr + block_id).to(tl.int64) * BK + sub_k
+    rows_used = n
+    if HAS_MASK:
+        rows_used = tl.where(tl.load(mask_ptr + block_id) != 0, n, 0)
+    tile_offsets = block_id * (BM * BK) + sub_m[:, None] * BK + sub_k[None, :]
+    if SPLIT:
+        lo = segment * SEGMENT
+        hi = tl.minimum(lo + SEGMENT, rows_used)
+        acc = _segment_product(
+            grad_out_ptr, x_ptr, dy_cols, x_cols, lo, hi, k, m,
+            TILE_M, TILE_K, BLOCK_N, PRECISION, UPCAST,
+        )  # fmt: skip
+        tl.store(out_ptr + segment * segment_stride + tile_offsets, acc)
+    else:
+        acc = tl.zeros((TILE_M, TILE_K), dtype=tl.float32)
+        for lo in range(0, rows_used, SEGMENT):
+            acc += _segment_product(
+                grad_out_ptr, x_ptr, dy_cols, x_cols, lo, tl.minimum(lo + SEGMENT, rows_used),
+                k, m, TILE_M, TILE_K, BLOCK_N, PRECISION, UPCAST,
+            )  # fmt: skip
+        tl.store(out_ptr + tile_offsets, acc.to(out_ptr.dtype.element_ty))
+
+
+@triton.jit
+def sum_segments_kernel(
+    partials_ptr, out_ptr, total, n_segments, pid_offset, RBLOCK: tl.constexpr
+):  # fmt: skip
+    """``out = sum over s of partials[s]`` (``[n_segments, total]`` fp32), s in order."""
+    pid = tl.program_id(0).to(tl.int64) + pid_offset
+    offsets = pid * RBLOCK + tl.arange(0, RBLOCK)
+    inside = offsets < total
+    acc = tl.zeros((RBLOCK,), dtype=tl.float32)
+    for segment in range(0, n_segments):
+        acc += tl.load(partials_ptr + segment * total + offsets, mask=inside, other=0.0)
+    tl.store(out_ptr + offsets, acc.to(out_ptr.dtype.element_ty), mask=inside)

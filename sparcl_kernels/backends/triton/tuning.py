@@ -45,6 +45,10 @@ def shipped_meta(kind: str, block_size: tuple[int, int], n: int) -> dict[str, in
             "TILE_M": min(bm, 64),
             "TILE_K": min(bk, 64),
             "BLOCK_N": 32 if n <= 64 else 64,
+            # Rows reduced per segment: part of the arithmetic (segments are summed in order),
+            # so it depends on nothing but n; whether segments run in parallel (SPLIT) does not
+            # change a bit of the result.
+            "SEGMENT": 1024,
             "num_warps": 4,
             "num_stages": 3,
         }
