@@ -92,6 +92,50 @@ def test_half_precision_inputs_accumulate_in_fp32(dtype):
     _assert_passes_match((16, 32), (3, 2), 0.6, 21, dtype)
 
 
+# ---------------------------------------------------------------- weight gradient: split-N
+
+
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("n", [0, 31, 150])
+def test_split_weight_gradient_equals_the_unsplit_one_bit_for_bit(masked, n):
+    layout, _, x, grad_out, _, grad_mask = _case((32, 16), (3, 2), 0.7, n)
+    mask = grad_mask if masked else None
+    meta = {"TILE_M": 32, "TILE_K": 16, "BLOCK_N": 16, "SEGMENT": 32}
+    meta |= {"num_warps": 4, "num_stages": 1}
+    whole = triton_backend.grad_weight(grad_out, x, layout, mask, {**meta, "SPLIT": False})
+    split = triton_backend.grad_weight(grad_out, x, layout, mask, {**meta, "SPLIT": True})
+    assert torch.equal(whole, split)
+    expected = reference.grad_weight(grad_out.float(), x.float(), layout, mask)
+    torch.testing.assert_close(whole, expected, **_tolerance(torch.float32, max(n, 1)))
+    if masked:
+        assert torch.all(split[~grad_mask] == 0)
+
+
+def test_masked_weight_gradient_needs_no_host_synchronisation(monkeypatch):
+    """The grid does not depend on the mask: nothing reads it back to the host."""
+    layout, _, x, grad_out, _, grad_mask = _case((16, 16), (2, 3), 0.6, 40)
+
+    def no_sync(*args, **kwargs):
+        raise AssertionError("the weight gradient listed active blocks on the host")
+
+    monkeypatch.setattr(torch.Tensor, "nonzero", no_sync)
+    monkeypatch.setattr(torch.Tensor, "tolist", no_sync)
+    monkeypatch.setattr(torch.Tensor, "item", no_sync)
+    result = triton_backend.grad_weight(grad_out, x, layout, grad_mask)
+    monkeypatch.undo()
+    expected = reference.grad_weight(grad_out, x, layout, grad_mask)
+    torch.testing.assert_close(result, expected, **_tolerance(torch.float32, 40))
+
+
+def test_pipeline_stages_fit_the_devices_shared_memory():
+    options = {"num_warps": 8, "num_stages": 3}
+    tile_bytes = (64 + 128) * 64 * 4  # BLOCK_N 64 + 128-wide block, CHUNK 64, fp32: 48 KiB
+    assert triton_backend.fit_stages(options, tile_bytes, 100 * 1024)["num_stages"] == 2
+    assert triton_backend.fit_stages(options, tile_bytes, 227 * 1024)["num_stages"] == 3
+    assert triton_backend.fit_stages(options, tile_bytes, 16 * 1024)["num_stages"] == 1
+    assert triton_backend.fit_stages(options, tile_bytes, None) == options
+
+
 # ---------------------------------------------------------------- launcher behaviour
 
 
