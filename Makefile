@@ -6,10 +6,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 export PATH := $(abspath $(VENV))/bin:$(PATH)
 
-NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/cuda/*.cpp)
+NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cuda/*.h csrc/cuda/*.cpp \
+	csrc/common/*.h)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test test-arm lint format run demo clean tcmalloc
+.PHONY: test test-arm lint format run demo clean tcmalloc gpu-check
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -67,6 +68,11 @@ run: $(VENV)/.built $(FMNIST) tcmalloc
 	$(VENV)/bin/sparcl train --model sparcl-derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
 		--block_size auto --n_epochs 6 --max_train_per_task 160 --buffer_size 500 \
 		--alpha 0.1 --beta 0.5 --mask_current_logits --dgm_interval 10 --output_dir runs
+
+# On a machine with a CUDA GPU: GPU tests, compute-sanitizer, tuner and GPU tables in one
+# markdown report (bench/gpu_check.md), within ten minutes. Elsewhere it stops at once.
+gpu-check: $(VENV)/.built
+	$(PY) bench/gpu_check.py --report bench/gpu_check.md
 
 demo: $(VENV)/.built
 	$(PY) bench/demo.py

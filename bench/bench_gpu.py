@@ -1,8 +1,9 @@
-"""GPU kernel benchmark: cuBLAS dense vs block-sparse Triton (ours) vs torch's Triton BSR
-forward, with the same tables as bench_cpu.py. Needs a CUDA device; no GPU numbers are
-recorded in bench/RESULTS.md until this has run on one.
+"""GPU kernel benchmark: cuBLAS dense vs block-sparse ours (the Triton or the CUDA backend)
+vs torch's Triton BSR forward, with the same tables as bench_cpu.py (all three passes and
+the masked weight gradient). Needs a CUDA device; no GPU numbers are recorded in
+bench/RESULTS.md until this has run on one.
 
-    python bench/bench_gpu.py --dtype bfloat16 --markdown /tmp/gpu.md
+    python bench/bench_gpu.py --dtype bfloat16 --backend triton --markdown /tmp/gpu.md
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def synchronized(fn):
     return run
 
 
-def measure(in_f, out_f, batch, block, sparsity, repeats, dtype) -> Row:
+def measure(in_f, out_f, batch, block, sparsity, repeats, dtype, backend="triton") -> Row:
     generator = torch.Generator().manual_seed(0)
     dense = torch.nn.Linear(in_f, out_f).cuda().to(dtype)
     layout = sk.BlockLayout.from_dense(dense.weight.float().cpu(), block, sparsity).to("cuda")
@@ -40,7 +41,7 @@ def measure(in_f, out_f, batch, block, sparsity, repeats, dtype) -> Row:
     x = torch.randn(batch, in_f, generator=generator).cuda().to(dtype)
     grad_out = torch.randn(batch, out_f, generator=generator).cuda().to(dtype)
     grad_mask = (torch.rand(layout.nnz, generator=generator) < 0.2).cuda()
-    triton = get_backend("triton")
+    ours = get_backend(backend)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch warns that sparse BSR support is in beta
         bsr = weight.to_sparse_bsr((block, block))
@@ -51,18 +52,18 @@ def measure(in_f, out_f, batch, block, sparsity, repeats, dtype) -> Row:
 
     def ours_step():
         values.grad = bias.grad = None
-        sk.block_sparse_linear(x, values, layout, bias, backend="triton").backward(grad_out)
+        sk.block_sparse_linear(x, values, layout, bias, backend=backend).backward(grad_out)
 
     fns = {
         "dense forward": lambda: torch.nn.functional.linear(x, weight, bias),
         "dense input grad": lambda: grad_out @ weight,
         "dense weight grad": lambda: grad_out.t() @ x,
         "dense all three": dense_step,
-        "ours forward": lambda: triton.forward(x, values.detach(), layout, bias.detach()),
-        "ours input grad": lambda: triton.grad_input(grad_out, values.detach(), layout),
-        "ours weight grad": lambda: triton.grad_weight(grad_out, x, layout, None),
+        "ours forward": lambda: ours.forward(x, values.detach(), layout, bias.detach()),
+        "ours input grad": lambda: ours.grad_input(grad_out, values.detach(), layout),
+        "ours weight grad": lambda: ours.grad_weight(grad_out, x, layout, None),
         "ours all three": ours_step,
-        "ours masked": lambda: triton.grad_weight(grad_out, x, layout, grad_mask),
+        "ours masked": lambda: ours.grad_weight(grad_out, x, layout, grad_mask),
     }
     if layout.nnz:
         fns["bsr forward"] = lambda: torch.nn.functional.linear(x, bsr, bias)
@@ -89,6 +90,7 @@ def main() -> None:
     parser.add_argument("--blocks", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.75, 0.9, 0.95])
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="bfloat16")
+    parser.add_argument("--backend", choices=["triton", "cuda"], default="triton")
     parser.add_argument("--repeats", type=int, default=25)
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
@@ -98,12 +100,13 @@ def main() -> None:
     shapes = [parse_shape(s) for s in args.shapes]
     grid = list(itertools.product(shapes, args.batches, args.blocks, args.sparsities))
     rows = [
-        measure(in_f, out_f, batch, block, sparsity, args.repeats, dtype)
+        measure(in_f, out_f, batch, block, sparsity, args.repeats, dtype, args.backend)
         for (in_f, out_f), batch, block, sparsity in tqdm(grid, desc="configurations")
     ]
     header = (
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.cuda.get_device_name()} · "
-        f"triton backend {sk.backend_info()['backends']['triton']} · {args.dtype} · "
+        f"ours: {args.backend} backend {sk.backend_info()['backends'][args.backend]} · "
+        f"{args.dtype} · "
         f"TF32 {'on' if torch.backends.cuda.matmul.allow_tf32 else 'off'} · medians of "
         f"{args.repeats} interleaved repeats"
     )

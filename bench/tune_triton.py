@@ -28,9 +28,9 @@ from sparcl_kernels.layout import BlockLayout
 BUCKET_SAMPLES = {64: 64, 512: 512, tuning.BATCH_BUCKETS[-1]: 8192}
 
 
-def candidates(kind: str, block_size: tuple[int, int]) -> list[dict[str, int]]:
+def candidates(kind: str, block_size: tuple[int, int], quick: bool = False) -> list[dict[str, int]]:
     bm, bk = block_size
-    warps_stages = list(itertools.product((2, 4, 8), (2, 3, 4)))
+    warps_stages = [(4, 3)] if quick else list(itertools.product((2, 4, 8), (2, 3, 4)))
     if kind == "grad_weight":
         return [
             {"TILE_M": tm, "TILE_K": tk, "BLOCK_N": bn, "num_warps": w, "num_stages": s}
@@ -77,10 +77,10 @@ def runner(kind, meta, layout, values, x, grad_out):
     return run
 
 
-def tune_one(kind, block_size, dtype, n, repeats) -> dict[str, int] | None:
+def tune_one(kind, block_size, dtype, n, repeats, quick=False) -> dict[str, int] | None:
     operands = problem(block_size, dtype, n)
     runnable = {}
-    for index, meta in enumerate(candidates(kind, block_size)):
+    for index, meta in enumerate(candidates(kind, block_size, quick)):
         run = runner(kind, meta, *operands)
         try:
             run()  # compiles; a configuration the GPU cannot hold fails here
@@ -100,14 +100,23 @@ def main() -> None:
     parser.add_argument("--blocks", nargs="+", type=int, default=[16, 32, 64, 128])
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
     parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke test of the tuner (make gpu-check): 32x32 bf16 blocks, the largest batch "
+        "bucket, one warps/stages pair",
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.blocks, args.dtypes, args.repeats = [32], ["bfloat16"], 3
     if not torch.cuda.is_available():
         sys.exit("tune_triton.py needs a CUDA device (torch.cuda.is_available() is False)")
     table = json.loads(args.output.read_text()) if args.output.exists() else {}
-    jobs = list(itertools.product(tuning.PASSES, args.blocks, args.dtypes, BUCKET_SAMPLES.items()))
+    buckets = list(BUCKET_SAMPLES.items())[-1:] if args.quick else BUCKET_SAMPLES.items()
+    jobs = list(itertools.product(tuning.PASSES, args.blocks, args.dtypes, buckets))
     for kind, block, dtype_name, (bucket, n) in tqdm(jobs, desc="tuning"):
         dtype = getattr(torch, dtype_name)
-        best = tune_one(kind, (block, block), dtype, n, args.repeats)
+        best = tune_one(kind, (block, block), dtype, n, args.repeats, args.quick)
         if best is not None:
             table[tuning.table_key(kind, (block, block), dtype, bucket)] = best
             args.output.write_text(json.dumps(table, indent=1, sort_keys=True) + "\n")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 import sysconfig
 from pathlib import Path
 
@@ -146,3 +147,24 @@ def test_gpu_cuda_backend_matches_reference(dtype, block_size, n):
             ours.float(), expected, atol=8 * eps * n**0.5 + 1e-4, rtol=8 * eps
         )
     assert torch.all(pairs[2][0][~mask] == 0)
+
+
+# ---------------------------------------------------------------- make gpu-check
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the refusal happens without a GPU")
+def test_gpu_check_stops_at_once_without_a_cuda_gpu(tmp_path):
+    root = CUDA_DIR.parent.parent
+    planned = subprocess.run(["make", "-n", "gpu-check"], cwd=root, capture_output=True, text=True)
+    assert "bench/gpu_check.py" in planned.stdout, planned.stdout + planned.stderr
+    report = tmp_path / "report.md"
+    result = subprocess.run(
+        [sys.executable, "bench/gpu_check.py", "--report", str(report)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert "needs a CUDA GPU" in result.stderr
+    assert not report.exists()
