@@ -92,6 +92,50 @@ def test_half_precision_inputs_accumulate_in_fp32(dtype):
     _assert_passes_match((16, 32), (3, 2), 0.6, 21, dtype)
 
 
+# ---------------------------------------------------------------- convolution: implicit GEMM
+
+
+@pytest.mark.parametrize(
+    "stride, padding, dilation", [(1, 1, 1), (2, 1, 1), (1, 2, 2), (2, 0, 1), (2, 1, 2)]
+)
+@pytest.mark.parametrize("block", [16, 32])
+def test_conv_passes_gather_patches_without_unfold_or_fold(
+    monkeypatch, stride, padding, dilation, block
+):
+    generator = torch.Generator().manual_seed(stride + block)
+    cin, cout = 32, 2 * block
+    mask = torch.rand(cout // block, 9 * cin // block, generator=generator) < 0.5
+    layout = BlockLayout.from_block_mask(mask, block).to(DEVICE)
+    values = torch.randn(layout.values_shape, generator=generator).to(DEVICE)
+    x = torch.randn(2, cin, 7, 6, generator=generator).to(DEVICE)
+    grad_mask = (torch.rand(layout.nnz, generator=generator) < 0.5).to(DEVICE)
+    values_dense, x_dense = values.clone().requires_grad_(), x.clone().requires_grad_()
+    weight = layout.to_dense(values_dense).view(cout, 3, 3, cin).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.conv2d(
+        x_dense, weight, stride=stride, padding=padding, dilation=dilation
+    )
+    grad_out = torch.randn(expected.shape, generator=generator).to(DEVICE)
+    expected.backward(grad_out)
+
+    def unavailable(*args, **kwargs):
+        raise AssertionError("the Triton conv built a patch matrix")
+
+    monkeypatch.setattr(torch.nn.functional, "unfold", unavailable)
+    monkeypatch.setattr(torch.nn.functional, "fold", unavailable)
+    values.requires_grad_()
+    x.requires_grad_()
+    geometry = ((3, 3), (stride, stride), (padding, padding), (dilation, dilation))
+    actual = sk.block_sparse_conv2d(x, values, layout, *geometry, None, grad_mask, "triton")
+    actual.backward(grad_out)
+    tolerance = _tolerance(torch.float32, 9 * cin * 2 * 42)
+    torch.testing.assert_close(actual, expected, **tolerance)
+    torch.testing.assert_close(x.grad, x_dense.grad, **tolerance)
+    torch.testing.assert_close(
+        values.grad, values_dense.grad * grad_mask.view(-1, 1, 1), **tolerance
+    )
+    assert torch.all(values.grad[~grad_mask] == 0)
+
+
 # ---------------------------------------------------------------- weight gradient: split-N
 
 
@@ -207,3 +251,22 @@ def test_backend_info_reports_triton():
 @pytest.mark.parametrize("n", [1, 257, 4096])
 def test_gpu_sweep_matches_reference(dtype, block_size, n):
     _assert_passes_match(block_size, (8, 6), 0.3, n, dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_kernels_launch_on_the_tensors_device_not_the_current_one():
+    layout, values, x, grad_out, bias, grad_mask = _case((32, 32), (3, 2), 0.5, 64)
+    moved = [t.to("cuda:1") for t in (values, x, grad_out, bias, grad_mask)]
+    values, x, grad_out, bias, grad_mask = moved
+    layout = layout.to("cuda:1")
+    with torch.cuda.device(0):
+        y = triton_backend.forward(x, values, layout, bias)
+        grad_values = triton_backend.grad_weight(grad_out, x, layout, grad_mask)
+    torch.testing.assert_close(
+        y.cpu(),
+        reference.forward(x.cpu(), values.cpu(), layout.to("cpu"), bias.cpu()),
+        **_tolerance(torch.float32, 64),
+    )
+    expected = reference.grad_weight(grad_out.cpu(), x.cpu(), layout.to("cpu"), grad_mask.cpu())
+    torch.testing.assert_close(grad_values.cpu(), expected, **_tolerance(torch.float32, 64))

@@ -5,8 +5,9 @@ same kernels run on CPU tensors in Triton's interpreter, which is how CI checks 
 it is a correctness tool, not a fast path). Block sides 16/32/64/128 (square or rectangular)
 and fp32/bf16/fp16 inputs run the kernels, accumulating in fp32; fp32 follows
 ``torch.backends.cuda.matmul.allow_tf32`` as torch's own matmul does. The ops run other
-block sizes on the reference kernels, with a one-time warning. Convolutions go through an
-explicit patch matrix (backends/im2col.py) into these kernels.
+block sizes on the reference kernels, with a one-time warning. Convolutions are implicit
+GEMMs: the kernels gather each block's kernel tap from channels-last activations (zero in
+the padding), with no patch matrix (no ``F.unfold``/``F.fold``).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import torch
 import triton
 from triton import knobs
 
-from sparcl_kernels.backends.im2col import im2col_convolution
 from sparcl_kernels.backends.triton import kernels
 from sparcl_kernels.backends.triton.tuning import meta_parameters, shipped_meta, tuning_source
+from sparcl_kernels.geometry import ConvGeometry
 from sparcl_kernels.layout import BlockLayout
 
 NAME = "triton"
@@ -252,41 +253,58 @@ def grad_weight(
     ):
         raise ValueError(f"triton backend: grad_block_mask must be bool of shape ({layout.nnz},)")
     _check_block_size(layout)
+    return _weight_gradient(grad_out, x, layout, grad_block_mask, meta, n, _LINEAR, False)
+
+
+# The geometry arguments (H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW) of a kernel that can
+# gather convolution patches; a linear pass does not read them.
+_LINEAR = (1,) * 12
+
+
+def _gather_geometry(x: torch.Tensor, geometry: ConvGeometry, out_hw) -> tuple[int, ...]:
+    """The gather arguments of channels-last ``x [N, H, W, C]`` under ``geometry``."""
+    _, h, w, c = x.shape
+    g = geometry
+    strides_pads = (g.stride_h, g.stride_w, g.pad_h, g.pad_w, g.dilation_h, g.dilation_w)
+    return (h, w, c, *out_hw, g.kernel_w, *strides_pads)
+
+
+def _weight_gradient(grad_out, x, layout, grad_block_mask, meta, rows, gather, conv):
+    """The weight-gradient launch shared by the linear and the convolution (``conv``:
+    ``rows`` output pixels, patches gathered with ``gather``)."""
+    m, k = layout.shape
     bm, bk = layout.block_size
     grad_values = x.new_empty(layout.nnz, bm, bk)
     if layout.nnz == 0:
         return grad_values
-    meta = {**shipped_meta("grad_weight", (bm, bk), n)} | dict(
-        meta or meta_parameters("grad_weight", (bm, bk), x.dtype, n)
+    meta = {**shipped_meta("grad_weight", (bm, bk), rows)} | dict(
+        meta or meta_parameters("grad_weight", (bm, bk), x.dtype, rows)
     )
     options, meta = _split_launch_options(meta)
     stage_bytes = meta["BLOCK_N"] * (meta["TILE_M"] + meta["TILE_K"]) * x.element_size()
     options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
     tiles = layout.nnz * (bm // meta["TILE_M"]) * (bk // meta["TILE_K"])
-    n_segments = max(1, triton.cdiv(n, meta["SEGMENT"]))
+    n_segments = max(1, triton.cdiv(rows, meta["SEGMENT"]))
     split = meta.pop("SPLIT", None)
     if split is None:
         split = n_segments > 1 and tiles < 2 * _processor_count(x.device)
     mask = grad_block_mask.view(torch.uint8) if grad_block_mask is not None else x
-    arguments = (grad_out, x, None, mask, layout.row_indices, layout.col_indices, n, k, m)
-    arguments += (n_segments, layout.nnz * bm * bk)
-    constants = {"BM": bm, "BK": bk, "SPLIT": bool(split), "HAS_MASK": grad_block_mask is not None}
-    constants |= _dot_options(x.dtype) | meta
-    if not split:
-        arguments = (*arguments[:2], grad_values, *arguments[3:])
-        _launch(kernels.grad_weight_kernel, tiles, x.device, *arguments, **constants, **options)
-        return grad_values
-    # Split over the batch: fp32 sums per segment, then added in order (no atomics).
-    partials = x.new_empty(n_segments, layout.nnz, bm, bk, dtype=torch.float32)
-    arguments = (*arguments[:2], partials, *arguments[3:])
-    programs = tiles * n_segments
+    out = x.new_empty(n_segments, layout.nnz, bm, bk, dtype=torch.float32) if split else None
+    arguments = (grad_out, x, grad_values if out is None else out, mask, layout.row_indices)
+    arguments += (layout.col_indices, rows, k, m, n_segments, layout.nnz * bm * bk, *gather)
+    constants = {"BM": bm, "BK": bk, "SPLIT": bool(split), "GATHER": conv}
+    constants |= {"HAS_MASK": grad_block_mask is not None} | _dot_options(x.dtype) | meta
+    programs = tiles * (n_segments if split else 1)
     _launch(kernels.grad_weight_kernel, programs, x.device, *arguments, **constants, **options)
+    if out is None:
+        return grad_values
+    # Split over the rows: fp32 sums per segment, then added in order (no atomics).
     total, rblock = grad_values.numel(), 1024
     _launch(
         kernels.sum_segments_kernel,
         triton.cdiv(total, rblock),
         x.device,
-        partials,
+        out,
         grad_values,
         total,
         n_segments,
@@ -304,6 +322,132 @@ def _processor_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-conv_forward, conv_grad_input, conv_grad_weight = im2col_convolution(
-    forward, grad_input, grad_weight
-)
+# ---------------------------------------------------------------- convolution (implicit GEMM)
+
+
+def _check_conv(x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, geometry) -> None:
+    _check_layout(values, layout)
+    n, h, w, c = x.shape
+    _check("x", x, (n, h, w, c), values)
+    if layout.shape[1] != geometry.taps * c or c % layout.block_size[1]:
+        raise ValueError(
+            f"triton backend: layout {layout.shape} with blocks {layout.block_size} does not "
+            f"fit {c} channels x {geometry.taps} taps"
+        )
+
+
+def conv_forward(
+    x: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    bias: torch.Tensor | None,
+    geometry: ConvGeometry,
+    meta: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """``y [N, OH, OW, C_out]`` of channels-last ``x``, the patches gathered in the kernel."""
+    _check_conv(x, values, layout, geometry)
+    m = layout.shape[0]
+    if bias is not None:
+        _check("bias", bias, (m,), values)
+    out_hw = geometry.output_size((x.shape[1], x.shape[2]))
+    pixels = x.shape[0] * out_hw[0] * out_hw[1]
+    y = x.new_empty(x.shape[0], *out_hw, m)
+    if pixels == 0 or m == 0:
+        return y
+    bm, bk = layout.block_size
+    meta = meta or meta_parameters("forward", (bm, bk), x.dtype, pixels)
+    options, meta = _split_launch_options(dict(meta))
+    meta.pop("CHUNK", None)  # the conv kernel reduces a whole block (one tap) at a time
+    stage_bytes = (meta["BLOCK_N"] + bm) * bk * x.element_size()
+    options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
+    _launch(
+        kernels.conv_forward_kernel,
+        triton.cdiv(pixels, meta["BLOCK_N"]) * layout.block_grid[0],
+        x.device,
+        x,
+        values,
+        bias if bias is not None else y,  # never read without HAS_BIAS
+        y,
+        layout.row_offsets,
+        layout.col_indices,
+        pixels,
+        m,
+        layout.block_grid[0],
+        *_gather_geometry(x, geometry, out_hw),
+        BM=bm,
+        BK=bk,
+        HAS_BIAS=bias is not None,
+        **_dot_options(x.dtype),
+        **meta,
+        **options,
+    )
+    return y
+
+
+def conv_grad_input(
+    grad_out: torch.Tensor,
+    values: torch.Tensor,
+    layout: BlockLayout,
+    geometry: ConvGeometry,
+    in_hw: tuple[int, int],
+    meta: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """Channels-last ``dx [N, H, W, C_in]``, every element written once (no col2im)."""
+    _check_layout(values, layout)
+    n, out_h, out_w, m = grad_out.shape
+    _check("grad_out", grad_out, (n, out_h, out_w, layout.shape[0]), values)
+    bm, bk = layout.block_size
+    channels = layout.shape[1] // geometry.taps
+    grad_x = grad_out.new_empty(n, *in_hw, channels)
+    pixels = grad_x.numel() // max(channels, 1)
+    if pixels == 0 or channels == 0:
+        return grad_x
+    meta = meta or meta_parameters("grad_input", (bm, bk), grad_out.dtype, pixels)
+    options, meta = _split_launch_options(dict(meta))
+    meta.pop("CHUNK", None)
+    stage_bytes = (meta["BLOCK_N"] + bk) * bm * grad_out.element_size()
+    options = fit_stages(options, stage_bytes, shared_memory_limit(grad_out.device))
+    groups = channels // bk
+    _launch(
+        kernels.conv_grad_input_kernel,
+        triton.cdiv(pixels, meta["BLOCK_N"]) * groups,
+        grad_out.device,
+        grad_out,
+        values,
+        grad_x,
+        layout.transpose_offsets,
+        layout.transpose_block_ids,
+        layout.row_indices,
+        pixels,
+        m,
+        groups,
+        geometry.taps,
+        *_gather_geometry(grad_x, geometry, (out_h, out_w)),
+        BM=bm,
+        BK=bk,
+        **_dot_options(grad_out.dtype),
+        **meta,
+        **options,
+    )
+    return grad_x
+
+
+def conv_grad_weight(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    layout: BlockLayout,
+    grad_block_mask: torch.Tensor | None,
+    geometry: ConvGeometry,
+    meta: dict[str, int] | None = None,
+) -> torch.Tensor:
+    """``dW`` of the convolution: the weight-gradient kernel gathering patches itself."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"triton backend supports {SUPPORTED_DTYPES}, got {x.dtype}")
+    n, h, w, c = x.shape
+    _check("x", x, (n, h, w, c), x)
+    out_hw = geometry.output_size((h, w))
+    _check("grad_out", grad_out, (n, *out_hw, layout.shape[0]), x)
+    _check_block_size(layout)
+    rows = n * out_hw[0] * out_hw[1]
+    gather = _gather_geometry(x, geometry, out_hw)
+    return _weight_gradient(grad_out, x, layout, grad_block_mask, meta, rows, gather, True)
