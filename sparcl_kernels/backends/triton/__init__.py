@@ -152,18 +152,24 @@ def forward(
     _check("x", x, (n, k), values)
     if bias is not None:
         _check("bias", bias, (m,), values)
-    y = x.new_empty(n, m)
-    if n == 0 or m == 0:
+    return _forward(x, values, layout, bias, meta, x.new_empty(n, m), _LINEAR, False)
+
+
+def _forward(x, values, layout, bias, meta, y, gather, conv) -> torch.Tensor:
+    """The forward launch shared by the linear and the convolution (``conv``: ``y``'s rows
+    are output pixels, patches gathered with ``gather``)."""
+    m, k = layout.shape
+    rows = y.numel() // m if m else 0
+    if rows == 0 or m == 0:
         return y
     bm, bk = layout.block_size
-    meta = meta or meta_parameters("forward", (bm, bk), x.dtype, n)
+    meta = meta or meta_parameters("forward", (bm, bk), x.dtype, rows)
     options, meta = _split_launch_options(dict(meta))
     stage_bytes = (meta["BLOCK_N"] + bm) * meta["CHUNK"] * x.element_size()
     options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
-    programs = triton.cdiv(n, meta["BLOCK_N"]) * layout.block_grid[0]
     _launch(
         kernels.forward_kernel,
-        programs,
+        triton.cdiv(rows, meta["BLOCK_N"]) * layout.block_grid[0],
         x.device,
         x,
         values,
@@ -171,13 +177,15 @@ def forward(
         y,
         layout.row_offsets,
         layout.col_indices,
-        n,
+        rows,
         k,
         m,
         layout.block_grid[0],
+        *gather,
         BM=bm,
         BK=bk,
         HAS_BIAS=bias is not None,
+        GATHER=conv,
         **_dot_options(x.dtype),
         **meta,
         **options,
@@ -350,38 +358,8 @@ def conv_forward(
     if bias is not None:
         _check("bias", bias, (m,), values)
     out_hw = geometry.output_size((x.shape[1], x.shape[2]))
-    pixels = x.shape[0] * out_hw[0] * out_hw[1]
     y = x.new_empty(x.shape[0], *out_hw, m)
-    if pixels == 0 or m == 0:
-        return y
-    bm, bk = layout.block_size
-    meta = meta or meta_parameters("forward", (bm, bk), x.dtype, pixels)
-    options, meta = _split_launch_options(dict(meta))
-    meta.pop("CHUNK", None)  # the conv kernel reduces a whole block (one tap) at a time
-    stage_bytes = (meta["BLOCK_N"] + bm) * bk * x.element_size()
-    options = fit_stages(options, stage_bytes, shared_memory_limit(x.device))
-    _launch(
-        kernels.conv_forward_kernel,
-        triton.cdiv(pixels, meta["BLOCK_N"]) * layout.block_grid[0],
-        x.device,
-        x,
-        values,
-        bias if bias is not None else y,  # never read without HAS_BIAS
-        y,
-        layout.row_offsets,
-        layout.col_indices,
-        pixels,
-        m,
-        layout.block_grid[0],
-        *_gather_geometry(x, geometry, out_hw),
-        BM=bm,
-        BK=bk,
-        HAS_BIAS=bias is not None,
-        **_dot_options(x.dtype),
-        **meta,
-        **options,
-    )
-    return y
+    return _forward(x, values, layout, bias, meta, y, _gather_geometry(x, geometry, out_hw), True)
 
 
 def conv_grad_input(

@@ -29,6 +29,34 @@ def _grouped_tile(pid, n_tiles_n, n_tiles_other, GROUP: tl.constexpr):
 
 
 @triton.jit
+def _x_tile(
+    x_ptr, rows, row_ok, x_first, cols, k,
+    H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW, GATHER: tl.constexpr,
+):  # fmt: skip
+    """The ``[rows, cols]`` operand tile a weight block column starting at ``x_first`` reads.
+
+    Linear (``GATHER`` off): rows of ``x [N, k]``. Convolution: ``rows`` are output pixels
+    of ``[N, OH, OW]`` and the tile gathers, from channels-last ``x [N, H, W, C]``, the input
+    pixels that the block's kernel tap reads (zero in the padding): an implicit GEMM, no
+    patch matrix. ``x_first // C`` is the tap, ``x_first % C`` the first channel.
+    """
+    if GATHER:
+        tap = x_first // C
+        channels = x_first % C + cols
+        image = rows // (OH * OW)
+        pixel = rows % (OH * OW)
+        ih = (pixel // OW) * SH - PH + (tap // KW) * DH
+        iw = (pixel % OW) * SW - PW + (tap % KW) * DW
+        ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+        source = ((image * H + ih) * W + iw) * C
+        tile = tl.load(x_ptr + source[:, None] + channels[None, :], mask=ok[:, None], other=0.0)
+    else:
+        source = rows[:, None] * k + (x_first + cols)[None, :]
+        tile = tl.load(x_ptr + source, mask=row_ok[:, None], other=0.0)
+    return tile
+
+
+@triton.jit
 def forward_kernel(
     x_ptr,
     values_ptr,
@@ -40,6 +68,7 @@ def forward_kernel(
     k,
     m,
     n_block_rows,
+    H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW,  # convolution geometry (GATHER)
     pid_offset,
     BM: tl.constexpr,
     BK: tl.constexpr,
@@ -47,11 +76,16 @@ def forward_kernel(
     CHUNK: tl.constexpr,
     GROUP: tl.constexpr,
     HAS_BIAS: tl.constexpr,
+    GATHER: tl.constexpr,
     PRECISION: tl.constexpr,
     UPCAST: tl.constexpr,
-):
-    """``y[:, r] = sum over stored blocks (r, c) of x[:, c] @ W[r, c].T (+ bias)``."""
-    pid = tl.program_id(0) + pid_offset
+):  # fmt: skip
+    """``y[:, r] = sum over stored blocks (r, c) of X[:, c] @ W[r, c].T (+ bias)``.
+
+    ``X`` is ``x [n, k]``, or with ``GATHER`` the implicit patch matrix of a convolution
+    (``n`` output pixels; see ``_x_tile``).
+    """
+    pid = tl.program_id(0).to(tl.int64) + pid_offset
     tile_n, block_row = _grouped_tile(pid, tl.cdiv(n, BLOCK_N), n_block_rows, GROUP)
     rows = (tile_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
     row_ok = rows < n
@@ -65,11 +99,10 @@ def forward_kernel(
         col = tl.load(col_indices_ptr + p).to(tl.int64)
         block = values_ptr + p * (BM * BK)
         for kk in tl.static_range(0, BK, CHUNK):
-            x_tile = tl.load(
-                x_ptr + rows[:, None] * k + (col * BK + kk + inner)[None, :],
-                mask=row_ok[:, None],
-                other=0.0,
-            )
+            x_tile = _x_tile(
+                x_ptr, rows, row_ok, col * BK + kk, inner, k,
+                H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW, GATHER,
+            )  # fmt: skip
             w_tile = tl.load(block + out_cols[:, None] * BK + (kk + inner)[None, :])
             if UPCAST:
                 x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
@@ -127,34 +160,6 @@ def grad_input_kernel(
             acc += tl.dot(dy_tile, w_tile, input_precision=PRECISION)
     target = grad_x_ptr + rows[:, None] * k + (block_col * BK + out_cols)[None, :]
     tl.store(target, acc.to(grad_x_ptr.dtype.element_ty), mask=row_ok[:, None])
-
-
-@triton.jit
-def _x_tile(
-    x_ptr, rows, row_ok, x_first, cols, k,
-    H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW, GATHER: tl.constexpr,
-):  # fmt: skip
-    """The ``[rows, cols]`` operand tile a weight block column starting at ``x_first`` reads.
-
-    Linear (``GATHER`` off): rows of ``x [N, k]``. Convolution: ``rows`` are output pixels
-    of ``[N, OH, OW]`` and the tile gathers, from channels-last ``x [N, H, W, C]``, the input
-    pixels that the block's kernel tap reads (zero in the padding): an implicit GEMM, no
-    patch matrix. ``x_first // C`` is the tap, ``x_first % C`` the first channel.
-    """
-    if GATHER:
-        tap = x_first // C
-        channels = x_first % C + cols
-        image = rows // (OH * OW)
-        pixel = rows % (OH * OW)
-        ih = (pixel // OW) * SH - PH + (tap // KW) * DH
-        iw = (pixel % OW) * SW - PW + (tap % KW) * DW
-        ok = row_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-        source = ((image * H + ih) * W + iw) * C
-        tile = tl.load(x_ptr + source[:, None] + channels[None, :], mask=ok[:, None], other=0.0)
-    else:
-        source = rows[:, None] * k + (x_first + cols)[None, :]
-        tile = tl.load(x_ptr + source, mask=row_ok[:, None], other=0.0)
-    return tile
 
 
 @triton.jit
@@ -257,42 +262,6 @@ def grad_weight_kernel(
                 TILE_M, TILE_K, BLOCK_N, PRECISION, UPCAST,
             )  # fmt: skip
         tl.store(out_ptr + tile_offsets, acc.to(out_ptr.dtype.element_ty))
-
-
-@triton.jit
-def conv_forward_kernel(
-    x_ptr, values_ptr, bias_ptr, y_ptr, row_offsets_ptr, col_indices_ptr,
-    n_pixels, m, n_block_rows,
-    H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW,
-    pid_offset,
-    BM: tl.constexpr, BK: tl.constexpr, BLOCK_N: tl.constexpr, GROUP: tl.constexpr,
-    HAS_BIAS: tl.constexpr, PRECISION: tl.constexpr, UPCAST: tl.constexpr,
-):  # fmt: skip
-    """``y [N*OH*OW, m]`` of channels-last ``x``: the forward kernel's loop over a block
-    row's stored blocks, each reading the input pixels of its tap (implicit GEMM)."""
-    pid = tl.program_id(0).to(tl.int64) + pid_offset
-    tile_n, block_row = _grouped_tile(pid, tl.cdiv(n_pixels, BLOCK_N), n_block_rows, GROUP)
-    rows = (tile_n * BLOCK_N + tl.arange(0, BLOCK_N)).to(tl.int64)
-    row_ok = rows < n_pixels
-    out_cols = tl.arange(0, BM)
-    channels = tl.arange(0, BK)
-    acc = tl.zeros((BLOCK_N, BM), dtype=tl.float32)
-    start = tl.load(row_offsets_ptr + block_row).to(tl.int64)
-    end = tl.load(row_offsets_ptr + block_row + 1).to(tl.int64)
-    for p in range(start, end):
-        x_first = tl.load(col_indices_ptr + p).to(tl.int64) * BK
-        x_tile = _x_tile(
-            x_ptr, rows, row_ok, x_first, channels, 0,
-            H, W, C, OH, OW, KW, SH, SW, PH, PW, DH, DW, True,
-        )  # fmt: skip
-        w_tile = tl.load(values_ptr + p * (BM * BK) + out_cols[:, None] * BK + channels[None, :])
-        if UPCAST:
-            x_tile, w_tile = x_tile.to(tl.float32), w_tile.to(tl.float32)
-        acc += tl.dot(x_tile, tl.trans(w_tile), input_precision=PRECISION)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + block_row * BM + out_cols)[None, :].to(tl.float32)
-    target = y_ptr + rows[:, None] * m + (block_row * BM + out_cols)[None, :]
-    tl.store(target, acc.to(y_ptr.dtype.element_ty), mask=row_ok[:, None])
 
 
 @triton.jit
