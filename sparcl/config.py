@@ -51,8 +51,13 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.block_size = str(self.block_size)  # configs saved before "auto" hold an int
+        kind = method_class(self.model).Options
         if self.options is None:
-            self.options = method_class(self.model).Options()
+            self.options = kind()
+        elif type(self.options) is not kind:
+            raise ValueError(
+                f"--model {self.model} takes {kind.__name__}, got {type(self.options).__name__}"
+            )
 
     def __getattr__(self, name: str) -> object:
         # Only reached for names that are not the config's own: the method's settings.
