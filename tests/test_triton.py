@@ -270,3 +270,29 @@ def test_kernels_launch_on_the_tensors_device_not_the_current_one():
     )
     expected = reference.grad_weight(grad_out.cpu(), x.cpu(), layout.to("cpu"), grad_mask.cpu())
     torch.testing.assert_close(grad_values.cpu(), expected, **_tolerance(torch.float32, 64))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("backend_name", ["triton", "cuda"])
+def test_masked_training_step_is_captured_by_a_cuda_graph(backend_name):
+    """No host synchronisation in forward or backward: the step replays from a CUDA graph."""
+    layout, values, x, grad_out, bias, grad_mask = _case((32, 32), (4, 3), 0.5, 256)
+    values.requires_grad_()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):  # warm up (compiles the kernels) off the default stream
+        for _ in range(2):
+            values.grad = None
+            y = sk.block_sparse_linear(x, values, layout, bias, grad_mask, backend=backend_name)
+            y.backward(grad_out)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    values.grad = None
+    with torch.cuda.graph(graph):
+        y = sk.block_sparse_linear(x, values, layout, bias, grad_mask, backend=backend_name)
+        y.backward(grad_out)
+    graph.replay()
+    torch.cuda.synchronize()
+    expected = reference.grad_weight(grad_out, x, layout, grad_mask)
+    torch.testing.assert_close(values.grad, expected, **_tolerance(torch.float32, 256))
