@@ -1,19 +1,23 @@
-"""Autograd-aware block-sparse ops, registered with ``torch.library``.
+"""Autograd-aware block-sparse ops.
 
-Three custom ops carry the three passes (forward, input gradient, weight gradient) of both
-the linear and the convolution; autograd is registered on the forward op and calls the other
-two, so ``torch.compile`` sees opaque ops
-with fake implementations and traces through forward and backward without graph breaks.
-Argument checks live here, at the public boundary; kernels receive checked, contiguous 2-D
-operands and a :class:`~sparcl_kernels.layout.BlockLayout`.
+Three passes (forward, input gradient, weight gradient) serve both the linear and the
+convolution. Each is registered as a ``torch.library`` custom op, with autograd on the forward
+op calling the other two, so ``torch.compile``/``torch.export`` and dispatch modes (fake
+tensors, FLOP counters) see opaque ops with fake implementations and trace forward and
+backward without graph breaks. A plain eager call runs the same passes through a
+``torch.autograd.Function`` instead: the custom-op wrapper costs ~0.35 ms per layer call
+(forward + backward; pytree flattening and Python re-dispatch), more than some sparse kernels
+take (bench/RESULTS.md, issue 15). Argument checks live here, at the public boundary; kernels
+receive checked, contiguous operands and a :class:`~sparcl_kernels.layout.BlockLayout`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from sparcl_kernels.backends import backend_for_block_size, get_backend, resolve_backend
 from sparcl_kernels.geometry import ConvGeometry
@@ -30,8 +34,81 @@ def _layout(block_size: tuple[int, int], index: list[Tensor]) -> BlockLayout:
     return BlockLayout(shape, (bm, bk), *index)
 
 
-# Three custom ops carry the three passes of both the linear (``geometry == []``) and the
-# convolution (``geometry``: a ConvGeometry's eight ints; activations channels-last).
+# ---------------------------------------------------------------- the three passes
+#
+# ``geometry == []`` is the linear; otherwise a ConvGeometry's eight ints (activations
+# channels-last).
+
+
+def _forward_pass(
+    x: Tensor,
+    values: Tensor,
+    layout: BlockLayout,
+    bias: Tensor | None,
+    geometry: list[int],
+    backend: str,
+) -> Tensor:
+    kernels = get_backend(backend)
+    x, values = x.contiguous(), values.contiguous()
+    if not geometry:
+        return kernels.forward(x, values, layout, bias)
+    return kernels.conv_forward(x, values, layout, bias, ConvGeometry(*geometry))
+
+
+def _grad_input_pass(
+    grad_out: Tensor,
+    values: Tensor,
+    layout: BlockLayout,
+    geometry: list[int],
+    input_shape: list[int],
+    backend: str,
+) -> Tensor:
+    kernels = get_backend(backend)
+    grad_out, values = grad_out.contiguous(), values.contiguous()
+    if not geometry:
+        return kernels.grad_input(grad_out, values, layout)
+    in_hw = (input_shape[1], input_shape[2])
+    return kernels.conv_grad_input(grad_out, values, layout, ConvGeometry(*geometry), in_hw)
+
+
+def _grad_weight_pass(
+    grad_out: Tensor,
+    x: Tensor,
+    layout: BlockLayout,
+    grad_block_mask: Tensor | None,
+    geometry: list[int],
+    backend: str,
+) -> Tensor:
+    kernels = get_backend(backend)
+    grad_out, x = grad_out.contiguous(), x.contiguous()
+    if not geometry:
+        return kernels.grad_weight(grad_out, x, layout, grad_block_mask)
+    return kernels.conv_grad_weight(grad_out, x, layout, grad_block_mask, ConvGeometry(*geometry))
+
+
+_BIAS = 3  # position of ``bias`` among the forward's inputs
+
+
+def _gradients(
+    ctx,
+    grad_out: Tensor,
+    x: Tensor,
+    grad_input: Callable[[Tensor], Tensor],
+    grad_weight: Callable[[Tensor], Tensor],
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """(grad_x, grad_values, grad_bias), each computed only if autograd asks for it."""
+    grad_out = grad_out.contiguous()
+    grad_x = grad_values = grad_bias = None
+    if ctx.needs_input_grad[0]:
+        grad_x = grad_input(grad_out)
+    if ctx.needs_input_grad[1]:
+        grad_values = grad_weight(grad_out)
+    if ctx.has_bias and ctx.needs_input_grad[_BIAS]:
+        grad_bias = grad_out.sum(dim=tuple(range(grad_out.dim() - 1)))
+    return grad_x, grad_values, grad_bias
+
+
+# ---------------------------------------------------------------- custom ops (traced calls)
 
 
 @torch.library.custom_op("sparcl_kernels::forward", mutates_args=())
@@ -45,11 +122,7 @@ def _forward_op(
     backend: str,
 ) -> Tensor:
     # grad_block_mask is unused here; it is an input so that autograd can save it.
-    kernels, layout = get_backend(backend), _layout(values.shape[1:], index)
-    x, values = x.contiguous(), values.contiguous()
-    if not geometry:
-        return kernels.forward(x, values, layout, bias)
-    return kernels.conv_forward(x, values, layout, bias, ConvGeometry(*geometry))
+    return _forward_pass(x, values, _layout(values.shape[1:], index), bias, geometry, backend)
 
 
 @_forward_op.register_fake
@@ -70,12 +143,8 @@ def _grad_input_op(
     input_shape: list[int],
     backend: str,
 ) -> Tensor:
-    kernels, layout = get_backend(backend), _layout(values.shape[1:], index)
-    grad_out, values = grad_out.contiguous(), values.contiguous()
-    if not geometry:
-        return kernels.grad_input(grad_out, values, layout)
-    in_hw = (input_shape[1], input_shape[2])
-    return kernels.conv_grad_input(grad_out, values, layout, ConvGeometry(*geometry), in_hw)
+    layout = _layout(values.shape[1:], index)
+    return _grad_input_pass(grad_out, values, layout, geometry, input_shape, backend)
 
 
 @_grad_input_op.register_fake
@@ -93,19 +162,13 @@ def _grad_weight_op(
     geometry: list[int],
     backend: str,
 ) -> Tensor:
-    kernels, layout = get_backend(backend), _layout(block_size, index)
-    grad_out, x = grad_out.contiguous(), x.contiguous()
-    if not geometry:
-        return kernels.grad_weight(grad_out, x, layout, grad_block_mask)
-    return kernels.conv_grad_weight(grad_out, x, layout, grad_block_mask, ConvGeometry(*geometry))
+    layout = _layout(block_size, index)
+    return _grad_weight_pass(grad_out, x, layout, grad_block_mask, geometry, backend)
 
 
 @_grad_weight_op.register_fake
 def _(grad_out, x, index, grad_block_mask, block_size, geometry, backend):
     return x.new_empty(index[1].shape[0], *block_size)
-
-
-_BIAS = 3  # position of ``bias`` among the forward op's inputs
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -117,18 +180,17 @@ def _setup_context(ctx, inputs, output) -> None:
 
 def _backward(ctx, grad_out: Tensor):
     x, values, *index, grad_block_mask = ctx.saved_tensors
-    grad_out = grad_out.contiguous()
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = _grad_input_op(grad_out, values, index, ctx.geometry, list(x.shape), ctx.backend)
-    if ctx.needs_input_grad[1]:
-        block_size = list(values.shape[1:])
-        grad_values = _grad_weight_op(
-            grad_out, x, index, grad_block_mask, block_size, ctx.geometry, ctx.backend
-        )
-    if ctx.has_bias and ctx.needs_input_grad[_BIAS]:
-        grad_bias = grad_out.sum(dim=tuple(range(grad_out.dim() - 1)))
-    return grad_x, grad_values, _no_grad(index), grad_bias, None, _no_grad(ctx.geometry), None
+    geometry, backend = ctx.geometry, ctx.backend
+    grad_x, grad_values, grad_bias = _gradients(
+        ctx,
+        grad_out,
+        x,
+        lambda dy: _grad_input_op(dy, values, index, geometry, list(x.shape), backend),
+        lambda dy: _grad_weight_op(
+            dy, x, index, grad_block_mask, list(values.shape[1:]), geometry, backend
+        ),
+    )
+    return grad_x, grad_values, _no_grad(index), grad_bias, None, _no_grad(geometry), None
 
 
 def _no_grad(value: list) -> list | None:
@@ -138,6 +200,66 @@ def _no_grad(value: list) -> list | None:
 
 
 _forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ---------------------------------------------------------------- eager calls
+
+
+class _EagerForward(torch.autograd.Function):
+    """The forward op's autograd for plain eager calls (same passes, no custom-op dispatch).
+
+    Old-style ``forward(ctx, ...)``: with a separate ``setup_context``, ``apply`` binds the
+    arguments through ``inspect.signature`` on every call (~60 us)."""
+
+    @staticmethod
+    def forward(ctx, x, values, layout, bias, grad_block_mask, geometry, backend):
+        ctx.save_for_backward(x, values, grad_block_mask)
+        ctx.layout, ctx.has_bias = layout, bias is not None
+        ctx.geometry, ctx.backend = geometry, backend
+        return _forward_pass(x, values, layout, bias, geometry, backend)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):
+        x, values, grad_block_mask = ctx.saved_tensors
+        layout, geometry, backend = ctx.layout, ctx.geometry, ctx.backend
+        grad_x, grad_values, grad_bias = _gradients(
+            ctx,
+            grad_out,
+            x,
+            lambda dy: _grad_input_pass(dy, values, layout, geometry, list(x.shape), backend),
+            lambda dy: _grad_weight_pass(dy, x, layout, grad_block_mask, geometry, backend),
+        )
+        return grad_x, grad_values, None, grad_bias, None, None, None
+
+
+_PLAIN_TENSOR_TYPES = (Tensor, nn.Parameter)
+
+
+def _traced(*tensors: Tensor | None) -> bool:
+    """Whether this call must go through the custom op: while torch.compile or torch.export
+    trace, under a dispatch mode (fake tensors, make_fx, FLOP counters), and for tensor
+    subclasses or functorch transforms, all of which rely on the op's registrations."""
+    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
+        return True
+    if torch._C._are_functorch_transforms_active():
+        return True
+    return any(t is not None and type(t) not in _PLAIN_TENSOR_TYPES for t in tensors)
+
+
+def _apply_forward(
+    x: Tensor,
+    values: Tensor,
+    layout: BlockLayout,
+    bias: Tensor | None,
+    grad_block_mask: Tensor | None,
+    geometry: list[int],
+    backend: str,
+) -> Tensor:
+    """The forward pass with autograd, through the custom op when traced (see ``_traced``)."""
+    if _traced(x, values, bias, grad_block_mask):
+        index = layout.tensors()
+        return _forward_op(x, values, index, bias, grad_block_mask, geometry, backend)
+    return _EagerForward.apply(x, values, layout, bias, grad_block_mask, geometry, backend)
 
 
 def block_sparse_linear(
@@ -173,7 +295,7 @@ def block_sparse_linear(
     m, k = layout.shape
     leading = x.shape[:-1]
     x2d = x.reshape(-1, k).contiguous()
-    y = _forward_op(x2d, values.contiguous(), layout.tensors(), bias, grad_block_mask, [], name)
+    y = _apply_forward(x2d, values.contiguous(), layout, bias, grad_block_mask, [], name)
     return y.view(*leading, m)
 
 
@@ -253,10 +375,10 @@ def block_sparse_conv2d(
     if out_h < 1 or out_w < 1:
         _fail(ValueError, op, f"input {tuple(x.shape)} is too small for this convolution")
     name = _select_backend(backend, x.device, x.dtype, layout.block_size, op)
-    y = _forward_op(
+    y = _apply_forward(
         x.permute(0, 2, 3, 1).contiguous(),
         values.contiguous(),
-        layout.tensors(),
+        layout,
         bias,
         grad_block_mask,
         list(geometry),
