@@ -30,6 +30,28 @@ inline Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
   return {index / (height * width), (index / width) % height, index % width};
 }
 
+// Consecutive pixels from `index` on, without the three integer divisions of pixel_of per
+// pixel: at a few blocks per tile those cost as much as the tile's multiply-adds.
+class PixelWalk {
+ public:
+  PixelWalk(int64_t index, int64_t height, int64_t width)
+      : pixel_(pixel_of(index, height, width)), height_(height), width_(width) {}
+
+  // The current pixel; the walk moves on to the next one.
+  Pixel next() {
+    const Pixel current = pixel_;
+    if (++pixel_.col == width_) {
+      pixel_.col = 0;
+      if (++pixel_.row == height_) pixel_.row = 0, ++pixel_.image;
+    }
+    return current;
+  }
+
+ private:
+  Pixel pixel_;
+  int64_t height_, width_;
+};
+
 // Where tap `tap` of output pixel `p` reads the input, or -1 inside the padding.
 inline int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
   const int64_t ih = p.row * g.stride_h - g.pad_h + (tap / g.kernel_w) * g.dilation_h;
@@ -255,10 +277,11 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
     for (int64_t item = first; item < last; ++item) {
       const int64_t r = item / grid.chunks, p0 = (item % grid.chunks) * kPixelChunk;
       const int64_t count = std::min(kPixelChunk, pixels - p0);
+      PixelWalk walk(p0, g.out_h, g.out_w);  // accumulate_slab asks for tiles in order
       const auto tile_rows = [&](int64_t n) {
         ForwardRows rows{x, zeros, &g, &taps, true, {}, {}, {}, {}};
         for (int i = 0; i < kTile && n + i < count; ++i)
-          rows.interior &= rows.locate(i, pixel_of(p0 + n + i, g.out_h, g.out_w));
+          rows.interior &= rows.locate(i, walk.next());
         return rows;
       };
       const auto tile_out = [&](int64_t n) {
@@ -292,14 +315,14 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
         const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
         GradInputRows rows{dy, zeros, &L, &g, &plan, true, {}, {}, {}, {}};
         detail::ListedOut<kTile> out{};
+        PixelWalk walk(e0, height, width);  // pixels of the phase grid, tiles taken in order
         const auto locate = [&](int64_t n) {  // the tile of phase pixels e0 + n ...
           rows.interior = true;
           for (int i = 0; i < kTile && n + i < count; ++i) {
-            const int64_t e = e0 + n + i;
-            const int64_t image = e / (height * width), a = (e / width) % height, b = e % width;
-            rows.interior &= rows.locate(i, image, a, b);
-            const int64_t ih = ph + a * g.stride_h, iw = pw + b * g.stride_w;
-            out.rows[i] = dx + ((image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
+            const Pixel q = walk.next();  // q.row, q.col: phase row and column
+            rows.interior &= rows.locate(i, q.image, q.row, q.col);
+            const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
+            out.rows[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
           }
         };
         if (sb == se) {  // no block reaches this phase of this channel block: zeros
