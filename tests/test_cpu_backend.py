@@ -71,6 +71,43 @@ def test_thread_count_does_not_change_results(threads):
 
 
 @per_isa
+@pytest.mark.parametrize(
+    "batch, size, stride, active",
+    [(3, 39, 1, 3), (5, 60, 2, 1), (2, 48, 1, 0), (1, 70, 1, 40)],
+    ids=["3-blocks", "1-block-stride2", "all-masked", "40-blocks"],
+)
+def test_conv_weight_gradient_over_pixel_segments(threads, batch, size, stride, active):
+    """Beyond 4096 output pixels the conv weight gradient sums per-segment partials (so that
+    a few active blocks still use every thread): it matches the dense gradient, is exactly
+    zero where masked, and does not depend on the thread count."""
+    generator = torch.Generator().manual_seed(batch + size)
+    mask = torch.zeros(2, 9 * 4, dtype=torch.bool)
+    mask.view(-1)[torch.randperm(mask.numel(), generator=generator)[:40]] = True
+    layout = BlockLayout.from_block_mask(mask, 16)
+    grad_mask = torch.zeros(layout.nnz, dtype=torch.bool)
+    grad_mask[torch.randperm(layout.nnz, generator=generator)[:active]] = True
+    x = torch.randn(batch, 64, size, size, generator=generator).requires_grad_()
+    values = torch.randn(layout.values_shape, generator=generator).requires_grad_()
+    geometry = ((3, 3), (stride, stride), (1, 1))
+    y = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=grad_mask)
+    assert y.shape[0] * y.shape[2] * y.shape[3] > 4096
+    grad_out = torch.randn(y.shape, generator=generator)
+    (grad_values,) = torch.autograd.grad(y, values, grad_out)
+    weight = layout.to_dense(values.detach().double()).view(32, 3, 3, 64).permute(0, 3, 1, 2)
+    weight.requires_grad_()
+    dense = torch.nn.functional.conv2d(x.detach().double(), weight, stride=stride, padding=1)
+    dense.backward(grad_out.double())
+    expected = layout.to_blocks(weight.grad.permute(0, 2, 3, 1).reshape(32, -1))
+    expected = expected.float() * grad_mask.view(-1, 1, 1)
+    torch.testing.assert_close(grad_values, expected, rtol=1e-4, atol=1e-3)
+    assert torch.all(grad_values[~grad_mask] == 0)
+    torch.set_num_threads(3 - threads)
+    y_other = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=grad_mask)
+    (grad_other,) = torch.autograd.grad(y_other, values, grad_out)
+    assert torch.equal(grad_values, grad_other)
+
+
+@per_isa
 @settings(max_examples=40, deadline=None)
 @given(
     bm=st.sampled_from([1, 3, 8, 16, 24, 32]),

@@ -345,16 +345,16 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
   });
 }
 
-// Weight gradient of block j: the outer products of the output-gradient rows and the input
-// rows its tap reads, over every output pixel whose tap lands inside the input.
+// Weight gradient of block j over output pixels [begin, end): the outer products of the
+// output-gradient rows and the input rows its tap reads, for the pixels whose tap lands
+// inside the input. Writes the bm x bk result to `out`.
 template <int W>
-void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t j,
-                            const BlockLayoutView& L, const ConvGeometry& g,
-                            const BlockTaps& taps) {
+void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t j,
+                            int64_t begin, int64_t end, const BlockLayoutView& L,
+                            const ConvGeometry& g, const BlockTaps& taps) {
   const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[j]) * L.bm;
   const float* xb = x + taps.channel[j];
-  float* out = dw + j * L.bm * L.bk;
   const float* dy_rows[kSliceRows];
   const float* x_rows[kSliceRows];
   bool written = false;
@@ -365,20 +365,71 @@ void grad_weight_block_simd(const float* dy, const float* x, float* dw, int64_t 
     written = true;
     count = 0;
   };
-  for (int64_t n = 0; n < g.batch; ++n)
-    for (int64_t oh = 0; oh < g.out_h; ++oh) {
-      const int64_t ih = oh * g.stride_h + taps.row[j];
-      if (ih < 0 || ih >= g.in_h) continue;  // padding contributes nothing
-      const int64_t p_row = (n * g.out_h + oh) * g.out_w, q_row = (n * g.in_h + ih) * g.in_w;
-      for (int64_t ow = 0; ow < g.out_w; ++ow) {
-        const int64_t iw = ow * g.stride_w + taps.col[j];
-        if (iw < 0 || iw >= g.in_w) continue;
-        dy_rows[count] = dyb + (p_row + ow) * cout;
-        x_rows[count] = xb + (q_row + iw) * g.channels;
-        if (++count == kSliceRows) flush();
-      }
-    }
+  PixelWalk walk(begin, g.out_h, g.out_w);
+  for (int64_t p = begin; p < end; ++p) {
+    const Pixel q = walk.next();
+    const int64_t ih = q.row * g.stride_h + taps.row[j], iw = q.col * g.stride_w + taps.col[j];
+    if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;  // padding: nothing
+    dy_rows[count] = dyb + p * cout;
+    x_rows[count] = xb + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels;
+    if (++count == kSliceRows) flush();
+  }
   if (count || !written) flush();
+}
+
+// Output pixels per weight-gradient segment, and the number of (block, segment) items the
+// segments aim at: enough to balance any thread count, few enough to keep partials small.
+constexpr int64_t kSegmentPixels = 4096;
+constexpr int64_t kWeightGradientItems = 64;
+
+// The weight-gradient pass. One block per work item leaves threads idle when a layer has few
+// active blocks over many pixels (the wide early layers at high sparsity, and after a
+// gradient mask): then each block's pixels are cut into fixed segments whose partial sums
+// are added in segment order. The segments depend on the problem only, never on the thread
+// count, so neither does the result.
+template <int W>
+void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_mask,
+                      float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
+                      int threads) {
+  const BlockTaps taps = block_taps(L, g);
+  const int64_t pixels = g.batch * g.out_h * g.out_w, block_elems = L.bm * L.bk;
+  const int64_t active = count_active(grad_block_mask, L.nnz);
+  const int64_t segments = std::max<int64_t>(
+      1, std::min((pixels + kSegmentPixels - 1) / kSegmentPixels,
+                  kWeightGradientItems / std::max<int64_t>(active, 1)));
+  if (segments == 1) {
+    return weight_gradient_pass(grad_block_mask, L.nnz, block_elems, grad_values, threads,
+                                [&](int64_t j) {
+                                  grad_weight_block_simd<W>(dy, x, grad_values + j * block_elems,
+                                                            j, 0, pixels, L, g, taps);
+                                });
+  }
+  int32_t* ids = detail::index_workspace(active, 1);
+  for (int64_t j = 0, a = 0; j < L.nnz; ++j)
+    if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
+  float* partials = detail::thread_workspace(active * segments * block_elems, 0);
+  run_parallel(threads, [&](int t, int nt) {
+    int64_t begin, end;
+    even_share(active * segments, t, nt, &begin, &end);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t first = (item % segments) * kSegmentPixels;
+      grad_weight_block_simd<W>(dy, x, partials + item * block_elems, ids[item / segments],
+                                first, std::min(pixels, first + kSegmentPixels), L, g, taps);
+    }
+    detail::barrier();
+    even_share(L.nnz, t, nt, &begin, &end);
+    for (int64_t j = begin; j < end; ++j)
+      if (grad_block_mask && !grad_block_mask[j])
+        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
+    even_share(active, t, nt, &begin, &end);
+    for (int64_t a = begin; a < end; ++a) {
+      float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
+      const float* partial = partials + a * segments * block_elems;
+      std::copy_n(partial, block_elems, out);
+      for (int64_t s = 1; s < segments; ++s)
+        for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[s * block_elems + e];
+    }
+  });
 }
 
 // ------------------------------------------------------------------ portable paths
@@ -490,20 +541,18 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
 template <typename T>
 void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* grad_values,
                  const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
-  const auto share = [&](const auto& compute) {
-    weight_gradient_pass(grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads, compute);
-  };
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bk, exec.max_width)) {
-      const BlockTaps taps = block_taps(L, g);
       return detail::with_width(width, [&](auto W) {
-        share([&](int64_t j) {
-          grad_weight_block_simd<decltype(W)::value>(grad_out, x, grad_values, j, L, g, taps);
-        });
+        grad_weight_simd<decltype(W)::value>(grad_out, x, grad_block_mask, grad_values, L, g,
+                                             exec.threads);
       });
     }
   }
-  share([&](int64_t j) { grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g); });
+  weight_gradient_pass(grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads,
+                       [&](int64_t j) {
+                         grad_weight_block_generic<T>(grad_out, x, grad_values, j, L, g);
+                       });
 }
 
 }  // namespace conv

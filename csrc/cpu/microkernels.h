@@ -88,8 +88,9 @@ inline float* thread_workspace(int64_t count, int slot) {
 }
 
 // The index counterpart of thread_workspace (per-call plans of block ids).
-inline int32_t* index_workspace(int64_t count) {
-  static thread_local std::vector<int32_t> buffer;
+inline int32_t* index_workspace(int64_t count, int slot = 0) {
+  static thread_local std::vector<int32_t> buffers[2];
+  auto& buffer = buffers[slot];
   if (buffer.size() < static_cast<size_t>(count)) buffer.resize(count, 0);
   return buffer.data();
 }
