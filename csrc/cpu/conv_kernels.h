@@ -365,14 +365,27 @@ void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t
     written = true;
     count = 0;
   };
-  PixelWalk walk(begin, g.out_h, g.out_w);
-  for (int64_t p = begin; p < end; ++p) {
-    const Pixel q = walk.next();
-    const int64_t ih = q.row * g.stride_h + taps.row[j], iw = q.col * g.stride_w + taps.col[j];
-    if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;  // padding: nothing
-    dy_rows[count] = dyb + p * cout;
-    x_rows[count] = xb + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels;
-    if (++count == kSliceRows) flush();
+  // Output columns whose tap lands inside the input (iw = ow * stride_w + col in [0, in_w)):
+  // the same for every row, so no pixel is tested.
+  const int64_t col = taps.col[j];
+  const int64_t ow_first = col >= 0 ? 0 : (g.stride_w - 1 - col) / g.stride_w;
+  const int64_t ow_end =
+      col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
+  const int64_t first_row = begin / g.out_w;
+  int64_t image = first_row / g.out_h, oh = first_row % g.out_h;
+  for (int64_t r = first_row; r * g.out_w < end; ++r) {
+    const int64_t ih = oh * g.stride_h + taps.row[j];
+    if (ih >= 0 && ih < g.in_h) {  // rows in the padding contribute nothing
+      const int64_t lo = std::max(ow_first, begin - r * g.out_w);
+      const int64_t hi = std::min(ow_end, end - r * g.out_w);
+      const int64_t dy_pixel = r * g.out_w, x_pixel = (image * g.in_h + ih) * g.in_w + col;
+      for (int64_t ow = lo; ow < hi; ++ow) {
+        dy_rows[count] = dyb + (dy_pixel + ow) * cout;
+        x_rows[count] = xb + (x_pixel + ow * g.stride_w) * g.channels;
+        if (++count == kSliceRows) flush();
+      }
+    }
+    if (++oh == g.out_h) oh = 0, ++image;
   }
   if (count || !written) flush();
 }
