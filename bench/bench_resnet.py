@@ -21,11 +21,12 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import resource
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from timing import emit, interleaved_medians
+from timing import breakdown_table, emit, interleaved_medians, profiled_ops
 from torch import nn
 
 import sparcl_kernels as sk
@@ -136,15 +137,25 @@ PROFILED_OPS = (
 )
 
 
+def minor_page_faults() -> int:
+    """Page faults this process took so far that needed no disk read (first touches of memory
+    the allocator got from the kernel)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 def profile_table(block: int, sparsity: float, batch: int, steps: int = 3) -> list[str]:
-    """Microseconds per call of the ops around the convolutions, in each variant."""
+    """Microseconds per call of the ops around the convolutions in each variant, the minor
+    page faults per step, and where the step's time goes in the sparse and dense models."""
     per_call: dict[str, dict[str, float]] = {}
+    faults: dict[str, float] = {}
+    profiles = {}
     for name, step in variants(sparsity, block, batch).items():
         step()
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            for _ in range(steps):
-                step()
-        events = {e.key: e for e in prof.key_averages()}
+        before = minor_page_faults()
+        for _ in range(steps):
+            step()
+        faults[name] = (minor_page_faults() - before) / steps
+        profiles[name] = events, _ = profiled_ops(step, steps)
         per_call[name] = {
             op: events[op].cpu_time_total / events[op].count if op in events else 0.0
             for op in PROFILED_OPS
@@ -158,6 +169,10 @@ def profile_table(block: int, sparsity: float, batch: int, steps: int = 3) -> li
     ]
     for op in PROFILED_OPS:
         lines.append(f"| `{op}` | " + " | ".join(f"{per_call[n][op]:.0f}" for n in names) + " |")
+    cells = " | ".join(f"{faults[n]:.0f}" for n in names)
+    lines.append(f"| minor page faults per step | {cells} |")
+    lines += ["\nWhere the step's time goes (self CPU time by op category, same profile):\n"]
+    lines += breakdown_table({n: profiles[n] for n in ("dense channels_last", "sparsify")})
     return lines
 
 

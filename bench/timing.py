@@ -11,11 +11,13 @@ from sparcl_kernels.measure import (
 )
 
 __all__ = [
+    "breakdown_table",
     "current_rss_mb",
     "emit",
     "interleaved_medians",
     "on_isa",
     "peak_rss_mb",
+    "profiled_ops",
     "supported_isas",
 ]
 
@@ -45,3 +47,51 @@ def emit(text: str, markdown: str | None) -> None:
     if markdown:
         with open(markdown, "w") as handle:
             handle.write(text + "\n")
+
+
+# Where a training step's time goes: self CPU time of the ops of each category. A sparse
+# layer's autograd nodes (_EagerForward and its backward) include the C++ kernels they call.
+STEP_CATEGORIES = {
+    "sparse convs, forward": ("_EagerForward",),
+    "sparse convs, backward": ("_EagerForwardBackward",),
+    "dense convs": ("aten::mkldnn_convolution", "aten::convolution_backward"),
+    "BatchNorm": ("aten::native_batch_norm", "aten::native_batch_norm_backward"),
+    "ReLU": ("aten::clamp_min", "aten::threshold_backward"),
+    "residual adds": ("aten::add",),
+}
+REST = "everything else (optimizer, loss, autograd engine, Python)"
+
+
+def profiled_ops(step: Callable[[], object], steps: int = 3) -> tuple[dict, int]:
+    """torch.profiler's per-op averages over ``steps`` calls of ``step`` (after one warm-up)."""
+    import torch
+
+    step()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    return {event.key: event for event in prof.key_averages()}, steps
+
+
+def _breakdown(events: dict, steps: int) -> dict[str, float]:
+    total = sum(event.self_cpu_time_total for event in events.values())
+    us = {
+        category: sum(events[key].self_cpu_time_total for key in keys if key in events)
+        for category, keys in STEP_CATEGORIES.items()
+    }
+    us[REST] = total - sum(us.values())
+    us["the step (profiled)"] = total
+    return {category: value / steps / 1e3 for category, value in us.items()}
+
+
+def breakdown_table(profiles: dict[str, tuple[dict, int]]) -> list[str]:
+    """Milliseconds per step by op category, one column per profiled variant."""
+    columns = {name: _breakdown(*profile) for name, profile in profiles.items()}
+    lines = [
+        "| ms per step | " + " | ".join(columns) + " |",
+        "|---|" + "---|" * len(columns),
+    ]
+    for category in next(iter(columns.values())):
+        cells = " | ".join(f"{column[category]:.1f}" for column in columns.values())
+        lines.append(f"| {category} | {cells} |")
+    return lines

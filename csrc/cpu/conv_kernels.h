@@ -266,30 +266,32 @@ void forward_simd(const float* x, const float* values, const float* bias, float*
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
   float* values_t = detail::thread_workspace(L.nnz * L.bm * L.bk, 0);
   const float* zeros = detail::thread_workspace(g.channels, 1);
-  const ItemGrid grid{L.row_offsets, L.block_rows, (pixels + kPixelChunk - 1) / kPixelChunk};
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const BlockTaps taps = block_taps(L, g);
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(L.nnz, t, nt, &begin, &end);
     detail::transpose_blocks(values, values_t, begin, end, L.bm, L.bk);
     detail::barrier();
-    const int64_t first = grid.first_item(t, nt), last = grid.first_item(t + 1, nt);
-    for (int64_t item = first; item < last; ++item) {
-      const int64_t r = item / grid.chunks, p0 = (item % grid.chunks) * kPixelChunk;
-      const int64_t count = std::min(kPixelChunk, pixels - p0);
-      PixelWalk walk(p0, g.out_h, g.out_w);  // accumulate_slab asks for tiles in order
-      const auto tile_rows = [&](int64_t n) {
-        ForwardRows rows{x, zeros, &g, &taps, true, {}, {}, {}, {}};
-        for (int i = 0; i < kTile && n + i < count; ++i)
-          rows.interior &= rows.locate(i, walk.next());
-        return rows;
-      };
-      const auto tile_out = [&](int64_t n) {
-        return detail::StridedOut{y + (p0 + n) * cout + r * L.bm, cout};
-      };
-      detail::accumulate_slab<W>(count, tile_rows, tile_out, values_t, L.bk, L.bm, nullptr,
-                                 L.row_offsets[r], L.row_offsets[r + 1],
-                                 bias ? bias + r * L.bm : nullptr);
+    // Each thread writes every channel of a contiguous range of output pixels, the way the
+    // element-wise ops that read y next split their work (split by block row, each core
+    // read half of their input from the other core's cache). Every chunk costs the same.
+    even_share(chunks, t, nt, &begin, &end);
+    const int64_t stop = std::min(pixels, end * kPixelChunk);
+    PixelWalk walk(begin * kPixelChunk, g.out_h, g.out_w);
+    for (int64_t p0 = begin * kPixelChunk; p0 < stop; p0 += kTile) {
+      const int64_t count = std::min<int64_t>(kTile, stop - p0);
+      ForwardRows rows{x, zeros, &g, &taps, true, {}, {}, {}, {}};
+      for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
+      const auto tile_rows = [&](int64_t) { return rows; };  // one tile, all block rows
+      for (int64_t r = 0; r < L.block_rows; ++r) {
+        const auto tile_out = [&](int64_t) {
+          return detail::StridedOut{y + p0 * cout + r * L.bm, cout};
+        };
+        detail::accumulate_slab<W>(count, tile_rows, tile_out, values_t, L.bk, L.bm, nullptr,
+                                   L.row_offsets[r], L.row_offsets[r + 1],
+                                   bias ? bias + r * L.bm : nullptr);
+      }
     }
   });
 }
@@ -307,9 +309,11 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
       const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
       const int64_t pixels = g.batch * height * width;
       const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
-#pragma omp for schedule(dynamic, 1)
+      // Chunk-major items in contiguous shares: each thread writes every channel of a range
+      // of input pixels, as the element-wise ops that read grad_x next split their work.
+#pragma omp for schedule(static)
       for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
-        const int64_t cb = item / chunks, e0 = (item % chunks) * kPixelChunk;
+        const int64_t cb = item % channel_blocks, e0 = (item / channel_blocks) * kPixelChunk;
         const int64_t count = std::min(kPixelChunk, pixels - e0);
         const int64_t group = cb * plan.phases + phase;
         const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
