@@ -23,7 +23,14 @@ import multiprocessing
 import os
 
 import torch
-from timing import current_rss_mb, emit, interleaved_medians, peak_rss_mb
+from timing import (
+    breakdown_table,
+    current_rss_mb,
+    emit,
+    interleaved_medians,
+    peak_rss_mb,
+    profiled_ops,
+)
 
 import sparcl_kernels as sk
 from sparcl.data import augment, load_dataset
@@ -153,6 +160,9 @@ def main() -> None:
         help="allocators to measure peak memory under (those not installed are skipped)",
     )
     parser.add_argument("--memory", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--profile", action="store_true", help="add where each step's time goes, by op category"
+    )
     parser.add_argument("--markdown")
     args = parser.parse_args()
     data = load_dataset("seq-fmnist", args.data_dir)
@@ -200,6 +210,11 @@ def main() -> None:
             f"| {name} | {times[name] * 1e3:.0f} | {speedup:.2f}x | {reduction:.2f}x | "
             f"{speedup / reduction:.0%} |"
         )
+    if args.profile:
+        profiled = ["dense DER++ channels_last"]
+        profiled += [f"SparCL-DER++ block {s:g}" for s in args.sparsities]
+        lines += ["", "Where the step's time goes (torch.profiler, 3 steps, self CPU time):", ""]
+        lines += breakdown_table({n: profiled_ops(stepper(variants[n])) for n in profiled})
     if args.memory:
         names_kinds = {"dense DER++": ("dense", 0.0)}
         names_kinds.update({f"SparCL-DER++ {k} {s:g}": (k, s) for k, s in kinds})
