@@ -240,6 +240,9 @@ void run_all(std::mt19937& rng, const std::string& tag) {
         for (const int threads : {1, 2})
           check_conv<T>(c.cin, c.cout, c.kh, c.kw, c.stride, c.pad, c.dilation, c.h, c.w, c.batch,
                         block[0], block[1], density, threads, rng, tag);
+  // Over 4096 output pixels with few active blocks: the weight gradient sums pixel segments.
+  for (const int threads : {1, 2})
+    check_conv<T>(8, 16, 3, 3, 1, 1, 1, 34, 33, 4, 8, 8, 0.3, threads, rng, tag);
 }
 
 }  // namespace
