@@ -81,10 +81,16 @@ def _worker(rank: int, store: str, out: str) -> None:
     layer.set_block_mask(mask)
     with pytest.raises(RuntimeError, match="disagree on the masks"):
         cluster.check_consistent(torch.nn.Sequential(layer))
-    # No rank tears gloo down while the other may still be finishing the last collective
-    # (seen once in CI: "terminate called without an active exception", SIGABRT).
+    # No rank tears gloo down while the other may still be finishing the last collective.
     dist.barrier()
     dist.destroy_process_group()
+    # Then leave without the interpreter's teardown: in two of five full-suite runs (never
+    # alone) a rank aborted after its work was done and saved, with "terminate called without
+    # an active exception" from a C++ destructor and no Python error. Failures before this
+    # line still fail the test; the torchrun test below exits the normal way.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def test_two_ranks_replicate_the_buffer_and_match_one_process(tmp_path):
