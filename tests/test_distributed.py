@@ -85,9 +85,9 @@ def _worker(rank: int, store: str, out: str) -> None:
     dist.barrier()
     dist.destroy_process_group()
     # Then leave without the interpreter's teardown: in two of five full-suite runs (never
-    # alone) a rank aborted after its work was done and saved, with "terminate called without
-    # an active exception" from a C++ destructor and no Python error. Failures before this
-    # line still fail the test; the torchrun test below exits the normal way.
+    # alone) a rank aborted with "terminate called without an active exception" and no Python
+    # error, most likely a C++ destructor at exit (not reproduced in isolation). Failures
+    # before this line still fail the test; the torchrun test below exits the normal way.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(0)
