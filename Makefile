@@ -10,7 +10,7 @@ NATIVE_SOURCES := $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h csrc/cuda/*.cu csrc/cud
 	csrc/common/*.h)
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-.PHONY: test test-arm lint format run demo clean tcmalloc gpu-check
+.PHONY: test test-arm test-torch-2.14 lint format run demo clean tcmalloc gpu-check
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,8 +29,41 @@ format: $(VENV)/.deps
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
+# CI (CI=true) also runs the suite against torch 2.14 (test-torch-2.14, below).
 test: lint test-arm $(VENV)/.built tcmalloc
 	$(PY) -m pytest
+	$(if $(filter true 1,$(CI)),$(MAKE) test-torch-2.14)
+
+# A copy of the working tree (tracked and untracked files, not ignored ones) in $(1), keeping its
+# build/ folder for incremental builds: extensions built there against another torch must never
+# replace the ones .venv imports.
+define copy_tree
+	mkdir -p $(1)
+	find $(1) -mindepth 1 -maxdepth 1 ! -name build -exec rm -rf {} +
+	git ls-files -z -co --exclude-standard | tar --null --ignore-failed-read -T - -cf - | tar -xf - -C $(1)
+endef
+
+# The torch release users install today: 2.14 (C++20 headers; on this project's machines its
+# CUDA 13.0 build, ~5.5 GB, lies on disk and runs on the CPU). Its own venv, without the dev
+# file's torch/triton pins (torch picks its triton); both extensions built, the CUDA one without
+# a GPU; the suite runs on the CPU with the GPU tests deselected as usual. About 6 minutes.
+TORCH_NEXT := 2.14.1
+VENV_NEXT := .venv-torch214
+TREE_NEXT := build/torch-2.14
+PY_NEXT := $(abspath $(VENV_NEXT))/bin/python
+
+$(VENV_NEXT)/.deps: requirements-dev.txt
+	test -x $(PY_NEXT) || $(PYTHON) -m venv $(VENV_NEXT)
+	grep -v -E '^(torch|triton)==' requirements-dev.txt > $(VENV_NEXT)/requirements.txt
+	$(PY_NEXT) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_NEXT) \
+		-r $(VENV_NEXT)/requirements.txt
+	touch $@
+
+test-torch-2.14: $(VENV_NEXT)/.deps tcmalloc
+	$(call copy_tree,$(TREE_NEXT))
+	cd $(TREE_NEXT) && SPARCL_BUILD_CUDA=1 $(PY_NEXT) setup.py --quiet build_ext --inplace
+	cd $(TREE_NEXT) && $(PY_NEXT) -c "import sparcl_kernels._cpu, sparcl_kernels._cuda"
+	cd $(TREE_NEXT) && PYTHONPATH=. $(PY_NEXT) -m pytest -p no:cacheprovider
 
 # sparcl train preloads tcmalloc when it is installed (glibc's malloc hides the memory saving
 # of sparse training); installed like the data, from Debian's archive.
@@ -42,15 +75,16 @@ tcmalloc:
 # g++-aarch64-linux-gnu and run under qemu-user (installed when missing). Correctness only:
 # emulated timings mean nothing.
 ARM_CXX := aarch64-linux-gnu-g++
+CXX_STD := $(shell sed -n 's/^CXX_STANDARD = "\(.*\)"/\1/p' sparcl_kernels/toolchain.py)
 ARM_TEST := build/test_kernels_aarch64
 CPU_KERNEL_SOURCES := csrc/cpu/dispatch.cpp $(wildcard csrc/cpu/kernels_*.cpp)
 
-$(ARM_TEST): csrc/cpu/tests/test_kernels.cpp $(CPU_KERNEL_SOURCES) $(wildcard csrc/cpu/*.h)
+$(ARM_TEST): sparcl_kernels/toolchain.py csrc/cpu/tests/test_kernels.cpp $(CPU_KERNEL_SOURCES) $(wildcard csrc/cpu/*.h)
 	@command -v $(ARM_CXX) >/dev/null && command -v qemu-aarch64 >/dev/null || \
 		{ $(SUDO) apt-get update -qq && \
 		  $(SUDO) apt-get install -y -qq g++-aarch64-linux-gnu qemu-user >/dev/null; }
 	mkdir -p $(dir $@)
-	$(ARM_CXX) -O2 -std=c++17 -ffp-contract=fast -fopenmp -Wall -Wextra -Werror \
+	$(ARM_CXX) -O2 -std=$(CXX_STD) -ffp-contract=fast -fopenmp -Wall -Wextra -Werror \
 		csrc/cpu/tests/test_kernels.cpp $(CPU_KERNEL_SOURCES) -o $@
 
 test-arm: $(ARM_TEST)
@@ -70,9 +104,15 @@ run: $(VENV)/.built $(FMNIST) tcmalloc
 		--alpha 0.1 --beta 0.5 --mask_current_logits --dgm_interval 10 --output_dir runs
 
 # On a machine with a CUDA GPU: GPU tests, compute-sanitizer, tuner and GPU tables in one
-# markdown report (bench/gpu_check.md), within ten minutes. Elsewhere it stops at once.
-gpu-check: $(VENV)/.built
-	$(PY) bench/gpu_check.py --report bench/gpu_check.md
+# markdown report (bench/gpu_check.md), within ten minutes. Elsewhere it stops at once. It runs
+# GPU_PYTHON (a Python whose torch has CUDA: .venv's pinned torch is a CPU build) in a copy of
+# the tree, and builds the CUDA extension there first if it is missing.
+GPU_PYTHON ?= python3
+GPU_TREE := build/gpu-check
+
+gpu-check:
+	$(call copy_tree,$(GPU_TREE))
+	cd $(GPU_TREE) && $(GPU_PYTHON) bench/gpu_check.py --report $(abspath bench/gpu_check.md)
 
 demo: $(VENV)/.built
 	$(PY) bench/demo.py

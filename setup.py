@@ -3,11 +3,18 @@
 The CPU extension (csrc/cpu) is always built, with ninja, on every architecture and compiler:
 no instruction-set flag is passed (x86-64 compiles its AVX2 and AVX-512 kernels through
 target pragmas and picks one at run time; aarch64 gets NEON as its baseline), and a compiler
-without OpenMP builds single-threaded kernels with a warning. The CUDA extension (csrc/cuda)
-is built only where the installed torch has CUDA. torch must already be installed: use
+without OpenMP builds single-threaded kernels with a warning.
+
+The CUDA extension (csrc/cuda) is built wherever the installed torch is a CUDA build and a CUDA
+toolkit is found, GPU present or not (wheels, Docker images and cluster login nodes build without
+one). ``SPARCL_BUILD_CUDA=1`` makes a missing toolkit an error, ``0`` skips the extension, unset
+or ``auto`` builds it when it can and says so either way. The toolkit is ``$CUDA_HOME``, else the
+one the ``nvcc`` on PATH belongs to; ``TORCH_CUDA_ARCH_LIST`` picks the GPU targets (default in
+sparcl_kernels/toolchain.py). torch must already be installed: use
 ``pip install --no-build-isolation -e .`` (the Makefile does).
 """
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -19,6 +26,19 @@ from pathlib import Path
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
+
+
+def _load_toolchain():
+    """sparcl_kernels/toolchain.py, without importing the package (it needs the extensions)."""
+    spec = importlib.util.spec_from_file_location(
+        "sparcl_toolchain", ROOT / "sparcl_kernels" / "toolchain.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+toolchain = _load_toolchain()
 
 _OPENMP_PROBE = "#include <omp.h>\nint main() { return omp_get_max_threads() > 0 ? 0 : 1; }\n"
 
@@ -50,18 +70,60 @@ def _openmp_flags(compiler: str) -> tuple[list[str], list[str]]:
 def _cpu_flags() -> tuple[list[str], list[str]]:
     """Flags for the CPU extension on this platform and compiler (no instruction-set flag)."""
     if sys.platform == "win32":
-        return ["/O2", "/std:c++17", "/openmp"], []
+        return ["/O2", f"/std:{toolchain.CXX_STANDARD}", "/openmp"], []
     compiler = os.environ.get("CXX") or shutil.which("c++") or "c++"
     # -ffp-contract=fast: the micro-kernels' a * b + c becomes one fused multiply-add where the
     # instruction set has one (ISO C++ modes otherwise turn contraction off).
-    compile_flags = ["-O3", "-std=c++17", "-ffp-contract=fast"]
+    compile_flags = ["-O3", f"-std={toolchain.CXX_STANDARD}", "-ffp-contract=fast"]
     openmp_compile, openmp_link = _openmp_flags(compiler)
     return compile_flags + openmp_compile, openmp_link
 
 
+def _point_torch_at_cuda_toolkit() -> None:
+    """Set ``CUDA_HOME`` to the toolkit found, before ``torch.utils.cpp_extension`` is imported
+    (it reads the variable once, and guesses wrong for an nvcc wrapper outside the toolkit)."""
+    home = toolchain.find_cuda_home()
+    if home is not None:
+        os.environ["CUDA_HOME"] = str(home)
+
+
+def _cuda_extension(mode: str, cuda_sources: list[str]):
+    """The CUDA extension, or ``None`` with the reason printed (an error when it was asked for)."""
+    import torch
+    from torch.utils import cpp_extension
+
+    if not torch.version.cuda:
+        reason = f"torch {torch.__version__} is not a CUDA build"
+    elif not cpp_extension.CUDA_HOME:
+        reason = "no CUDA toolkit found (set CUDA_HOME, or put nvcc on PATH)"
+    else:
+        reason = None
+    if reason is not None:
+        if mode == "on":
+            variable = toolchain.BUILD_CUDA_VAR
+            raise SystemExit(f"{variable}=1 but the CUDA extension cannot build: {reason}")
+        print(f"sparcl_kernels: not building the CUDA extension: {reason}", file=sys.stderr)
+        return None
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = toolchain.default_cuda_arch_list(torch.version.cuda)
+    print(
+        f"sparcl_kernels: building the CUDA extension with {cpp_extension.CUDA_HOME} for "
+        f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}",
+        file=sys.stderr,
+    )
+    standard = f"-std={toolchain.CXX_STANDARD}"
+    return cpp_extension.CUDAExtension(
+        "sparcl_kernels._cuda",
+        cuda_sources,
+        extra_compile_args={"cxx": ["-O3", standard], "nvcc": ["-O3", standard]},
+    )
+
+
 def _extensions():
+    cuda_mode = toolchain.build_cuda_mode()
+    if cuda_mode != "off":
+        _point_torch_at_cuda_toolkit()
     try:
-        import torch
         from torch.utils import cpp_extension
     except ImportError as error:  # pragma: no cover - exercised only by a broken install
         raise SystemExit(
@@ -84,15 +146,10 @@ def _extensions():
     cuda_sources = sorted(
         str(p.relative_to(ROOT)) for p in (ROOT / "csrc" / "cuda").glob("*.c[up]*")
     )
-    if cuda_sources and torch.cuda.is_available() and cpp_extension.CUDA_HOME:
-        # sm_75 and newer (TORCH_CUDA_ARCH_LIST picks archs); bf16 uses tensor cores from sm_80.
-        extensions.append(
-            cpp_extension.CUDAExtension(
-                "sparcl_kernels._cuda",
-                cuda_sources,
-                extra_compile_args={"cxx": ["-O3", "-std=c++17"], "nvcc": ["-O3", "-std=c++17"]},
-            )
-        )
+    if cuda_sources and cuda_mode != "off":
+        cuda = _cuda_extension(cuda_mode, cuda_sources)
+        if cuda is not None:
+            extensions.append(cuda)
     return extensions, {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
@@ -104,7 +161,7 @@ setup(
     description="Block-sparse training kernels for PyTorch and SparCL continual learning",
     packages=find_packages(include=["sparcl_kernels", "sparcl_kernels.*", "sparcl", "sparcl.*"]),
     python_requires=">=3.10",
-    install_requires=["torch>=2.5,<2.15", "numpy>=1.24"],
+    install_requires=["torch>=2.13,<2.15", "numpy>=1.24"],
     extras_require={
         "triton": ["triton>=3.2"],
         "cl": ["tqdm>=4.60", "pyyaml>=6.0", "matplotlib>=3.7"],

@@ -1,20 +1,23 @@
 """Everything a first CUDA GPU should run, in one command that fits in ten minutes.
 
-    make gpu-check            # = python bench/gpu_check.py --report bench/gpu_check.md
+    make gpu-check   # = $GPU_PYTHON bench/gpu_check.py in a copy of the tree (Makefile)
 
 Steps, each under its own time limit, each recorded in the report whatever its outcome:
-the GPU tests (``pytest -m gpu``: every backend's conformance cases on CUDA tensors and the
-Triton/CUDA sweeps), the CUDA kernels under ``compute-sanitizer`` (memcheck and racecheck)
-on small cases, a quick run of the Triton tuner, and the GPU benchmark tables (cuBLAS vs
-Triton vs CUDA vs torch's BSR; all three passes plus the masked weight gradient; 32x32 and
-128x128 blocks; bf16 and fp32; 256 to 32K rows). The report is markdown, ready to paste into
-bench/RESULTS.md. Without a CUDA GPU it stops at once with a non-zero exit status.
+building both extensions in place with this Python's torch (the CUDA one for this GPU's
+architecture unless ``TORCH_CUDA_ARCH_LIST`` says otherwise), the GPU tests (``pytest -m
+gpu``: every backend's conformance cases on CUDA tensors and the Triton/CUDA sweeps), the
+CUDA kernels under ``compute-sanitizer`` (memcheck and racecheck) on small cases, a quick run
+of the Triton tuner, and the GPU benchmark tables (cuBLAS vs Triton vs CUDA vs torch's BSR;
+all three passes plus the masked weight gradient; 32x32 and 128x128 blocks; bf16 and fp32;
+256 to 32K rows). The report is markdown, ready to paste into bench/RESULTS.md. Without a
+CUDA GPU it stops at once with a non-zero exit status.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
+import os
 import shutil
 import subprocess
 import sys
@@ -49,12 +52,14 @@ print("sanitizer workload done")
 """
 
 
-def run_step(title: str, command: list[str], limit: float) -> tuple[str, str]:
+def run_step(
+    title: str, command: list[str], limit: float, env: dict[str, str] | None = None
+) -> tuple[str, str]:
     """Run ``command``; (status line, last lines of its output) for the report."""
     start = time.perf_counter()
     try:
         done = subprocess.run(
-            command, cwd=ROOT, capture_output=True, text=True, timeout=max(limit, 1.0)
+            command, cwd=ROOT, capture_output=True, text=True, timeout=max(limit, 1.0), env=env
         )
         output, status = done.stdout + done.stderr, f"exit {done.returncode}"
     except subprocess.TimeoutExpired as error:
@@ -63,6 +68,16 @@ def run_step(title: str, command: list[str], limit: float) -> tuple[str, str]:
     seconds = time.perf_counter() - start
     print(f"gpu-check: {title}: {status} ({seconds:.0f} s)", file=sys.stderr, flush=True)
     return f"{status}, {seconds:.0f} s", "\n".join(output.strip().splitlines()[-40:])
+
+
+def build_extensions(python: str, arch: str) -> tuple[str, str, str]:
+    """(title, status, output) of building both extensions in place with this Python's torch
+    (incremental: ninja redoes only what changed)."""
+    env = {**os.environ, "SPARCL_BUILD_CUDA": "1"}
+    env.setdefault("TORCH_CUDA_ARCH_LIST", arch)
+    title = f"build (CPU + CUDA extensions, TORCH_CUDA_ARCH_LIST={env['TORCH_CUDA_ARCH_LIST']})"
+    command = [python, "setup.py", "--quiet", "build_ext", "--inplace"]
+    return (title, *run_step(title, command, 300, env))
 
 
 def main() -> int:
@@ -80,6 +95,8 @@ def main() -> int:
         return 2
     deadline = time.perf_counter() + BUDGET_SECONDS
     python = sys.executable
+    major, minor = torch.cuda.get_device_capability()
+    built = build_extensions(python, f"{major}.{minor}")
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     (work / "sanitizer_cases.py").write_text(SANITIZER_CASES)
     sanitizer = shutil.which("compute-sanitizer")
@@ -110,7 +127,7 @@ def main() -> int:
             command += ["--blocks", "32", "128", "--sparsities", "0.75", "0.9"]
             command += ["--repeats", "10", "--markdown", str(work / f"{backend}-{dtype}.md")]
             steps.append((f"benchmark {backend} {dtype}", command, 60))
-    sections = []
+    sections = [built]
     for title, command, limit in steps:
         remaining = deadline - time.perf_counter()
         if command is None:

@@ -9,6 +9,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from sparcl_kernels.toolchain import CXX_STANDARD
+
 CPU_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cpu"
 
 
@@ -18,7 +20,7 @@ def test_kernels_with_portable_vectors_match_the_scalar_reference(tmp_path):
     sources = [CPU_DIR / "tests" / "test_kernels.cpp", CPU_DIR / "dispatch.cpp"]
     sources += sorted(CPU_DIR.glob("kernels_*.cpp"))
     binary = tmp_path / "test_kernels"
-    flags = ["-O1", "-std=c++17", "-fopenmp", "-Wall", "-Wextra", "-Werror"]
+    flags = ["-O1", f"-std={CXX_STANDARD}", "-fopenmp", "-Wall", "-Wextra", "-Werror"]
     build = subprocess.run(
         [compiler, *flags, "-DSPARCL_PORTABLE_VECTORS", *map(str, sources), "-o", str(binary)],
         capture_output=True,

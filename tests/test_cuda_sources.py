@@ -5,7 +5,6 @@ compiles against torch's headers. On a GPU, tests marked ``gpu`` compare it with
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -14,6 +13,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from sparcl_kernels import toolchain
 
 CUDA_DIR = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
 CU_SOURCES = sorted(CUDA_DIR.glob("*.cu"))
@@ -26,9 +27,12 @@ def _run(command: list[str], cwd: Path | None = None) -> str:
     return output
 
 
+CUDA_HOME = toolchain.find_cuda_home()
+STD = f"-std={toolchain.CXX_STANDARD}"
+
+
 def _nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME") or os.environ.get("CUDA_PATH")
-    candidate = Path(home) / "bin" / "nvcc" if home else None
+    candidate = CUDA_HOME / "bin" / "nvcc" if CUDA_HOME else None
     if candidate is not None and candidate.is_file():
         return str(candidate)
     return shutil.which("nvcc")
@@ -43,7 +47,7 @@ def test_plan_unit_tests_pass_on_the_cpu(tmp_path):
     assert compiler, "a C++ compiler is needed (it also builds the CPU extension)"
     binary = tmp_path / "test_plan"
     source = CUDA_DIR / "tests" / "test_plan.cpp"
-    _run([compiler, "-std=c++17", "-Wall", "-Wextra", "-Werror", str(source), "-o", str(binary)])
+    _run([compiler, STD, "-Wall", "-Wextra", "-Werror", str(source), "-o", str(binary)])
     assert "plan tests passed" in _run([str(binary)])
 
 
@@ -57,7 +61,7 @@ def test_cu_sources_compile_for_sm75_sm80_and_sm90_with_warnings_as_errors(sourc
             str(source),
             "-o",
             str(tmp_path / "out.o"),
-            "-std=c++17",
+            STD,
             "-O3",
             "-gencode=arch=compute_75,code=sm_75",  # Turing: bf16 without tensor cores
             "-gencode=arch=compute_80,code=sm_80",
@@ -73,22 +77,23 @@ def test_binding_compiles_against_torch_headers(tmp_path):
     """The binding is built only where torch has CUDA; check its C++ against torch's API here.
 
     The CPU wheel ships the c10/ATen CUDA headers but not one generated header; an empty
-    stand-in is enough for a syntax check.
+    stand-in is enough for a syntax check there (a CUDA build of torch has the real one).
     """
-    from torch.utils.cpp_extension import CUDA_HOME, include_paths
+    from torch.utils.cpp_extension import include_paths
 
     compiler = shutil.which("c++") or shutil.which("g++")
-    cuda_include = Path(CUDA_HOME or "/usr/local/cuda") / "include"
-    if not (cuda_include / "cuda_runtime.h").is_file():
+    if CUDA_HOME is None or not (CUDA_HOME / "include" / "cuda_runtime.h").is_file():
         pytest.skip("CUDA headers not installed")
-    stub = tmp_path / "c10" / "cuda" / "impl"
-    stub.mkdir(parents=True)
-    (stub / "cuda_cmake_macros.h").write_text("#pragma once\n")
-    system = [tmp_path, *include_paths(), sysconfig.get_paths()["include"], cuda_include]
+    system = [*include_paths(), sysconfig.get_paths()["include"], CUDA_HOME / "include"]
+    macros = Path("c10") / "cuda" / "impl" / "cuda_cmake_macros.h"
+    if not any((Path(path) / macros).is_file() for path in include_paths()):
+        (tmp_path / macros).parent.mkdir(parents=True)
+        (tmp_path / macros).write_text("#pragma once\n")
+        system.insert(0, tmp_path)
     _run(
         [
             compiler,
-            "-std=c++17",
+            STD,
             "-fsyntax-only",
             "-Wall",
             "-Wextra",
