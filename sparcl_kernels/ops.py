@@ -13,7 +13,7 @@ receive checked, contiguous operands and a :class:`~sparcl_kernels.layout.BlockL
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from dataclasses import dataclass
 from typing import NoReturn
 
 import torch
@@ -86,26 +86,80 @@ def _grad_weight_pass(
     return kernels.conv_grad_weight(grad_out, x, layout, grad_block_mask, ConvGeometry(*geometry))
 
 
-_BIAS = 3  # position of ``bias`` among the forward's inputs
+# ---------------------------------------------------------------- derivatives of every order
+#
+# The three passes are the three partial derivatives of one bilinear form <g, conv(x, W)> (the
+# linear is the 1x1 case): forward = d/dg, grad_input = d/dx, grad_weight = d/dW. So the
+# vector-Jacobian product of each pass is made of the passes themselves, and derivatives of
+# any order (gradient penalties, Hessian-vector products) are exact with no other kernel. A
+# pass is applied along one of four routes: "op" (the torch.library custom ops, while traced),
+# "eager" (autograd Functions, plain calls), "func" (the same Functions in the form torch.func
+# needs) and "raw" (kernels without autograd: a backward pass that builds no graph).
 
 
-def _gradients(
-    ctx,
-    grad_out: Tensor,
-    x: Tensor,
-    grad_input: Callable[[Tensor], Tensor],
-    grad_weight: Callable[[Tensor], Tensor],
-) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
-    """(grad_x, grad_values, grad_bias), each computed only if autograd asks for it."""
-    grad_out = grad_out.contiguous()
-    grad_x = grad_values = grad_bias = None
-    if ctx.needs_input_grad[0]:
-        grad_x = grad_input(grad_out)
-    if ctx.needs_input_grad[1]:
-        grad_values = grad_weight(grad_out)
-    if ctx.has_bias and ctx.needs_input_grad[_BIAS]:
-        grad_bias = grad_out.sum(dim=tuple(range(grad_out.dim() - 1)))
-    return grad_x, grad_values, grad_bias
+@dataclass(frozen=True)
+class _Spec:
+    """What a pass needs besides its tensors: ``geometry == []`` is the linear."""
+
+    layout: BlockLayout
+    geometry: list[int]
+    backend: str
+
+
+def _call_forward(route: str, spec: _Spec, x, values, bias=None, mask=None) -> Tensor:
+    if route == "raw":
+        return _forward_pass(x, values, spec.layout, bias, spec.geometry, spec.backend)
+    if route == "op":
+        index = spec.layout.tensors()
+        return _forward_op(x, values, index, bias, mask, spec.geometry, spec.backend)
+    return _FUNCTIONS[route][0].apply(x, values, bias, mask, spec)
+
+
+def _call_grad_input(route: str, spec: _Spec, grad_out, values, input_shape) -> Tensor:
+    shape = list(input_shape)
+    if route == "raw":
+        return _grad_input_pass(grad_out, values, spec.layout, spec.geometry, shape, spec.backend)
+    if route == "op":
+        index = spec.layout.tensors()
+        return _grad_input_op(grad_out, values, index, spec.geometry, shape, spec.backend)
+    return _FUNCTIONS[route][1].apply(grad_out, values, shape, spec)
+
+
+def _call_grad_weight(route: str, spec: _Spec, grad_out, x, mask) -> Tensor:
+    if route == "raw":
+        return _grad_weight_pass(grad_out, x, spec.layout, mask, spec.geometry, spec.backend)
+    if route == "op":
+        index, block = spec.layout.tensors(), list(spec.layout.block_size)
+        return _grad_weight_op(grad_out, x, index, mask, block, spec.geometry, spec.backend)
+    return _FUNCTIONS[route][2].apply(grad_out, x, mask, spec)
+
+
+def _forward_vjp(route, spec, needs, grad, x, values, mask, has_bias):
+    """(d x, d values, d bias) of ``forward(x, values) + bias`` for the output gradient."""
+    grad = grad.contiguous()
+    dx = _call_grad_input(route, spec, grad, values, x.shape) if needs[0] else None
+    dvalues = _call_grad_weight(route, spec, grad, x, mask) if needs[1] else None
+    dbias = grad.sum(dim=tuple(range(grad.dim() - 1))) if has_bias and needs[2] else None
+    return dx, dvalues, dbias
+
+
+def _grad_input_vjp(route, spec, needs, grad, grad_out, values):
+    """(d grad_out, d values) of ``grad_input(grad_out, values)``: its transpose is forward."""
+    grad = grad.contiguous()
+    dgrad_out = _call_forward(route, spec, grad, values) if needs[0] else None
+    dvalues = _call_grad_weight(route, spec, grad_out, grad, None) if needs[1] else None
+    return dgrad_out, dvalues
+
+
+def _grad_weight_vjp(route, spec, needs, grad, grad_out, x, mask):
+    """(d grad_out, d x) of the masked ``grad_weight(grad_out, x)``: masked blocks are constant
+    zeros, so their incoming gradient is dropped."""
+    if mask is not None:
+        grad = grad * mask.view(-1, 1, 1).to(grad.dtype)
+    grad = grad.contiguous()
+    dgrad_out = _call_forward(route, spec, x, grad) if needs[0] else None
+    dx = _call_grad_input(route, spec, grad_out, grad, x.shape) if needs[1] else None
+    return dgrad_out, dx
 
 
 # ---------------------------------------------------------------- custom ops (traced calls)
@@ -171,26 +225,8 @@ def _(grad_out, x, index, grad_block_mask, block_size, geometry, backend):
     return x.new_empty(index[1].shape[0], *block_size)
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, values, index, bias, grad_block_mask, geometry, backend = inputs
-    ctx.save_for_backward(x, values, *index, grad_block_mask)
-    ctx.has_bias = bias is not None
-    ctx.geometry, ctx.backend = list(geometry), backend
-
-
-def _backward(ctx, grad_out: Tensor):
-    x, values, *index, grad_block_mask = ctx.saved_tensors
-    geometry, backend = ctx.geometry, ctx.backend
-    grad_x, grad_values, grad_bias = _gradients(
-        ctx,
-        grad_out,
-        x,
-        lambda dy: _grad_input_op(dy, values, index, geometry, list(x.shape), backend),
-        lambda dy: _grad_weight_op(
-            dy, x, index, grad_block_mask, list(values.shape[1:]), geometry, backend
-        ),
-    )
-    return grad_x, grad_values, _no_grad(index), grad_bias, None, _no_grad(geometry), None
+def _spec_of(block_size, index, geometry, backend) -> _Spec:
+    return _Spec(_layout(tuple(block_size), list(index)), list(geometry), backend)
 
 
 def _no_grad(value: list) -> list | None:
@@ -199,51 +235,159 @@ def _no_grad(value: list) -> list | None:
     return [None] * len(value) if all(isinstance(v, Tensor) for v in value) else None
 
 
-_forward_op.register_autograd(_backward, setup_context=_setup_context)
+def _forward_op_context(ctx, inputs, output) -> None:
+    x, values, index, bias, grad_block_mask, geometry, backend = inputs
+    ctx.save_for_backward(x, values, grad_block_mask)
+    ctx.spec = _spec_of(values.shape[1:], index, geometry, backend)
+    ctx.has_bias, ctx.n_index = bias is not None, len(index)
 
 
-# ---------------------------------------------------------------- eager calls
+def _forward_op_backward(ctx, grad: Tensor):
+    x, values, mask = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[3])
+    dx, dvalues, dbias = _forward_vjp("op", ctx.spec, needs, grad, x, values, mask, ctx.has_bias)
+    return dx, dvalues, [None] * ctx.n_index, dbias, None, _no_grad(ctx.spec.geometry), None
 
 
-class _EagerForward(torch.autograd.Function):
-    """The forward op's autograd for plain eager calls (same passes, no custom-op dispatch).
+def _grad_input_op_context(ctx, inputs, output) -> None:
+    grad_out, values, index, geometry, input_shape, backend = inputs
+    ctx.save_for_backward(grad_out, values)
+    ctx.spec = _spec_of(values.shape[1:], index, geometry, backend)
+    ctx.n_index, ctx.input_shape = len(index), list(input_shape)
 
-    Old-style ``forward(ctx, ...)``: with a separate ``setup_context``, ``apply`` binds the
-    arguments through ``inspect.signature`` on every call (~60 us)."""
 
-    @staticmethod
-    def forward(ctx, x, values, layout, bias, grad_block_mask, geometry, backend):
-        ctx.save_for_backward(x, values, grad_block_mask)
-        ctx.layout, ctx.has_bias = layout, bias is not None
-        ctx.geometry, ctx.backend = geometry, backend
-        return _forward_pass(x, values, layout, bias, geometry, backend)
+def _grad_input_op_backward(ctx, grad: Tensor):
+    grad_out, values = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:2]
+    dgrad_out, dvalues = _grad_input_vjp("op", ctx.spec, needs, grad, grad_out, values)
+    geometry = _no_grad(ctx.spec.geometry)
+    return dgrad_out, dvalues, [None] * ctx.n_index, geometry, _no_grad(ctx.input_shape), None
 
-    @staticmethod
-    def backward(ctx, grad_out: Tensor):
-        x, values, grad_block_mask = ctx.saved_tensors
-        layout, geometry, backend = ctx.layout, ctx.geometry, ctx.backend
-        grad_x, grad_values, grad_bias = _gradients(
-            ctx,
-            grad_out,
-            x,
-            lambda dy: _grad_input_pass(dy, values, layout, geometry, list(x.shape), backend),
-            lambda dy: _grad_weight_pass(dy, x, layout, grad_block_mask, geometry, backend),
-        )
-        return grad_x, grad_values, None, grad_bias, None, None, None
 
+def _grad_weight_op_context(ctx, inputs, output) -> None:
+    grad_out, x, index, grad_block_mask, block_size, geometry, backend = inputs
+    ctx.save_for_backward(grad_out, x, grad_block_mask)
+    ctx.spec = _spec_of(block_size, index, geometry, backend)
+    ctx.n_index, ctx.block_size = len(index), list(block_size)
+
+
+def _grad_weight_op_backward(ctx, grad: Tensor):
+    grad_out, x, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:2]
+    dgrad_out, dx = _grad_weight_vjp("op", ctx.spec, needs, grad, grad_out, x, mask)
+    geometry, block = _no_grad(ctx.spec.geometry), _no_grad(ctx.block_size)
+    return dgrad_out, dx, [None] * ctx.n_index, None, block, geometry, None
+
+
+_forward_op.register_autograd(_forward_op_backward, setup_context=_forward_op_context)
+_grad_input_op.register_autograd(_grad_input_op_backward, setup_context=_grad_input_op_context)
+_grad_weight_op.register_autograd(_grad_weight_op_backward, setup_context=_grad_weight_op_context)
+
+
+# ---------------------------------------------------------------- eager and torch.func calls
+
+
+def _save_forward(ctx, x, values, bias, mask, spec) -> None:
+    ctx.save_for_backward(x, values, mask)
+    ctx.spec, ctx.has_bias = spec, bias is not None
+
+
+def _forward_backward(ctx, route: str, grad: Tensor):
+    x, values, mask = ctx.saved_tensors
+    needs = (ctx.needs_input_grad[0], ctx.needs_input_grad[1], ctx.needs_input_grad[2])
+    dx, dvalues, dbias = _forward_vjp(route, ctx.spec, needs, grad, x, values, mask, ctx.has_bias)
+    return dx, dvalues, dbias, None, None
+
+
+def _save_grad_input(ctx, grad_out, values, input_shape, spec) -> None:
+    ctx.save_for_backward(grad_out, values)
+    ctx.spec = spec
+
+
+def _grad_input_backward(ctx, route: str, grad: Tensor):
+    grad_out, values = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:2]
+    return (*_grad_input_vjp(route, ctx.spec, needs, grad, grad_out, values), None, None)
+
+
+def _save_grad_weight(ctx, grad_out, x, mask, spec) -> None:
+    ctx.save_for_backward(grad_out, x, mask)
+    ctx.spec = spec
+
+
+def _grad_weight_backward(ctx, route: str, grad: Tensor):
+    grad_out, x, mask = ctx.saved_tensors
+    needs = ctx.needs_input_grad[:2]
+    return (*_grad_weight_vjp(route, ctx.spec, needs, grad, grad_out, x, mask), None, None)
+
+
+def _compute_forward(x, values, bias, mask, spec):
+    return _call_forward("raw", spec, x, values, bias)
+
+
+def _compute_grad_input(grad_out, values, input_shape, spec):
+    return _call_grad_input("raw", spec, grad_out, values, input_shape)
+
+
+def _compute_grad_weight(grad_out, x, mask, spec):
+    return _call_grad_weight("raw", spec, grad_out, x, mask)
+
+
+def _functions(name: str, compute, save, backward) -> tuple[type, type]:
+    """The eager and the torch.func autograd Function of one pass.
+
+    Eager: old-style ``forward(ctx, ...)`` (with a separate ``setup_context``, ``apply`` binds
+    the arguments through ``inspect.signature`` on every call, ~60 us); its backward runs the
+    raw kernels unless it must build a graph (``create_graph=True``). torch.func needs the
+    ``setup_context`` form, and its backward always stays differentiable (nested transforms).
+    """
+
+    def eager_forward(ctx, *args):
+        save(ctx, *args)
+        return compute(*args)
+
+    def eager_backward(ctx, grad):
+        return backward(ctx, "eager" if torch.is_grad_enabled() else "raw", grad)
+
+    eager = type(
+        f"_Eager{name}",
+        (torch.autograd.Function,),
+        {"forward": staticmethod(eager_forward), "backward": staticmethod(eager_backward)},
+    )
+    func = type(
+        f"_Func{name}",
+        (torch.autograd.Function,),
+        {
+            "forward": staticmethod(compute),
+            "setup_context": staticmethod(lambda ctx, inputs, output: save(ctx, *inputs)),
+            "backward": staticmethod(lambda ctx, grad: backward(ctx, "func", grad)),
+        },
+    )
+    return eager, func
+
+
+_PASSES = (
+    _functions("Forward", _compute_forward, _save_forward, _forward_backward),
+    _functions("GradInput", _compute_grad_input, _save_grad_input, _grad_input_backward),
+    _functions("GradWeight", _compute_grad_weight, _save_grad_weight, _grad_weight_backward),
+)
+# route -> (forward, grad_input, grad_weight) Functions
+_FUNCTIONS = {route: tuple(p[i] for p in _PASSES) for i, route in enumerate(("eager", "func"))}
 
 _PLAIN_TENSOR_TYPES = (Tensor, nn.Parameter)
 
 
-def _traced(*tensors: Tensor | None) -> bool:
-    """Whether this call must go through the custom op: while torch.compile or torch.export
-    trace, under a dispatch mode (fake tensors, make_fx, FLOP counters), and for tensor
-    subclasses or functorch transforms, all of which rely on the op's registrations."""
+def _route(*tensors: Tensor | None) -> str:
+    """How a call runs: "op" while torch.compile or torch.export trace, under a dispatch mode
+    (fake tensors, make_fx, FLOP counters) and for tensor subclasses, which rely on the op's
+    registrations; "func" under torch.func transforms; "eager" otherwise."""
     if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack():
-        return True
+        return "op"
+    if any(t is not None and type(t) not in _PLAIN_TENSOR_TYPES for t in tensors):
+        return "op"
     if torch._C._are_functorch_transforms_active():
-        return True
-    return any(t is not None and type(t) not in _PLAIN_TENSOR_TYPES for t in tensors)
+        return "func"
+    return "eager"
 
 
 def _apply_forward(
@@ -255,11 +399,10 @@ def _apply_forward(
     geometry: list[int],
     backend: str,
 ) -> Tensor:
-    """The forward pass with autograd, through the custom op when traced (see ``_traced``)."""
-    if _traced(x, values, bias, grad_block_mask):
-        index = layout.tensors()
-        return _forward_op(x, values, index, bias, grad_block_mask, geometry, backend)
-    return _EagerForward.apply(x, values, layout, bias, grad_block_mask, geometry, backend)
+    """The forward pass with autograd of every order, along the route ``_route`` picks."""
+    route = _route(x, values, bias, grad_block_mask)
+    spec = _Spec(layout, geometry, backend)
+    return _call_forward(route, spec, x, values, bias, grad_block_mask)
 
 
 def block_sparse_linear(
