@@ -90,7 +90,7 @@ def conv_table(
         for (_, conv, _), x in zip(convs, inputs_cl, strict=True):
             per_tap.append((SparseConv2d.from_dense(conv, sparsity, block), x))
             coarse = SparseConv2d.from_dense(conv, sparsity, block)
-            coarse.set_block_mask(all_taps_mask(conv, block, sparsity))
+            coarse.set_block_mask(all_taps_mask(conv, block, sparsity), optimizer=None)
             all_taps.append((coarse, x))
         for isa in isas:
             fns[f"per-tap {sparsity:g} {isa}"] = on_isa(isa, step_fn(per_tap))

@@ -78,7 +78,7 @@ def _worker(rank: int, store: str, out: str) -> None:
     layer = SparseLinear(32, 32, block_size=16, sparsity=0.5)
     mask = torch.zeros(2, 2, dtype=torch.bool)
     mask[rank, 0] = True
-    layer.set_block_mask(mask)
+    layer.set_block_mask(mask, optimizer=None)
     with pytest.raises(RuntimeError, match="disagree on the masks"):
         cluster.check_consistent(torch.nn.Sequential(layer))
     # No rank tears gloo down while the other may still be finishing the last collective.

@@ -256,7 +256,7 @@ def test_state_dict_round_trip_including_layout(make):
     torch.manual_seed(3)
     source, target = make(), make()
     grid = source.layout.block_grid
-    source.set_block_mask(torch.rand(grid) < 0.3)  # a different nnz than target's
+    source.set_block_mask(torch.rand(grid) < 0.3, optimizer=None)  # a different nnz than target's
     buffer = io.BytesIO()
     torch.save(source.state_dict(), buffer)
     buffer.seek(0)
@@ -337,13 +337,13 @@ def test_update_blocks_rejects_growing_stored_positions():
     layer = SparseLinear(32, 32, block_size=8, sparsity=0.5)
     stored = layer.layout.block_mask().nonzero()[:1]
     with pytest.raises(ValueError, match="already stored"):
-        layer.update_blocks(grow=stored)
+        layer.update_blocks(grow=stored, optimizer=None)
 
 
 def test_set_block_mask_changing_nnz():
     layer = SparseLinear(32, 32, block_size=8, sparsity=0.5)
     mask = torch.ones(4, 4, dtype=torch.bool)
-    layer.set_block_mask(mask)
+    layer.set_block_mask(mask, optimizer=None)
     assert layer.values.shape == (16, 8, 8)
     assert layer.sparsity == 0.0
 
@@ -469,3 +469,52 @@ def test_mixed_model_trains_under_autocast_like_its_dense_twin(device, dtype):
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
     optimizer.step()  # fp32 master values take the step
     assert torch.isfinite(net.head.values).all()
+
+
+# ---------------------------------------------------------------- no silent wrong state (26)
+
+
+@pytest.mark.parametrize("change", ["set_block_mask", "update_blocks"])
+def test_layout_change_requires_an_explicit_optimizer(change):
+    """Left out, a grown block kept another block's Adam moments and moved on a zero gradient."""
+    torch.manual_seed(5)
+    layer = SparseLinear(32, 32, block_size=8, sparsity=0.5)
+    optimizer = torch.optim.Adam(layer.parameters(), lr=0.01)
+    _train_step(layer, optimizer, torch.randn(4, 32))
+    before = layer.values.detach().clone()
+    mask = layer.layout.block_mask()
+    free, stored = (~mask).nonzero()[:1], mask.nonzero()[:1]
+    new_mask = mask.clone()
+    new_mask[tuple(free[0])], new_mask[tuple(stored[0])] = True, False
+
+    def apply(**kwargs):
+        if change == "set_block_mask":
+            layer.set_block_mask(new_mask, **kwargs)
+        else:
+            layer.update_blocks(prune=torch.tensor([0]), grow=free, **kwargs)
+
+    with pytest.raises(TypeError, match="optimizer="):
+        apply()
+    assert torch.equal(layer.values, before)  # nothing changed
+    with pytest.raises(ValueError, match="does not optimise"):
+        apply(optimizer=torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))]))
+    apply(optimizer=optimizer)
+    layer.values.grad = torch.zeros_like(layer.values)
+    grown = layer.values.detach() == 0
+    optimizer.step()  # zero gradient, zeroed moments: grown blocks stay at zero
+    assert torch.all(layer.values[grown.flatten(1).all(1)] == 0)
+
+
+def test_partial_load_of_another_layout_without_values_is_refused():
+    source = SparseLinear(32, 32, block_size=8, sparsity=0.25)
+    target = SparseLinear(32, 32, block_size=8, sparsity=0.75)
+    state = {k: v for k, v in source.state_dict().items() if k != "values"}
+    before = target.values.detach().clone()
+    with pytest.raises(RuntimeError, match="'values' is missing"):
+        target.load_state_dict(state, strict=False)
+    assert torch.equal(target.values, before) and torch.equal(
+        target.block_mask, target.layout.block_mask()
+    )
+    same_layout = {k: v for k, v in target.state_dict().items() if k != "values"}
+    result = target.load_state_dict(same_layout, strict=False)  # nothing to adopt: fine
+    assert result.missing_keys == ["values"]

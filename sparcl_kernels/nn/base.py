@@ -15,6 +15,16 @@ from torch import Tensor, nn
 from sparcl_kernels.layout import BlockLayout
 from sparcl_kernels.ops import check_grad_block_mask
 
+
+class _Required:
+    def __repr__(self) -> str:
+        return "<required>"
+
+
+# ``optimizer`` of a layout change has no default: left out, a grown block silently inherited
+# another block's Adam moments or momentum and moved on a zero gradient.
+REQUIRED = _Required()
+
 _INDEX_BUFFERS = (
     "row_offsets",
     "col_indices",
@@ -82,18 +92,43 @@ class BlockSparseWeight(nn.Module):
 
     # ------------------------------------------------------------------ layout updates
 
+    def _check_optimizer(self, optimizer: object, method: str) -> None:
+        if optimizer is REQUIRED:
+            raise TypeError(
+                f"{type(self).__name__}.{method}: pass optimizer= the optimizer that holds state "
+                "for this layer's values (its momentum / moments move with their blocks), or "
+                "optimizer=None if none does; without it a grown block would keep another "
+                "block's optimizer state"
+            )
+        if optimizer is None:
+            return
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise TypeError(
+                f"{type(self).__name__}.{method}: optimizer must be a torch.optim.Optimizer "
+                f"or None, got {type(optimizer).__name__}"
+            )
+        if not any(p is self.values for g in optimizer.param_groups for p in g["params"]):
+            raise ValueError(
+                f"{type(self).__name__}.{method}: the optimizer does not optimise this "
+                "layer's values (pass the one that does, or optimizer=None)"
+            )
+
     @torch.no_grad()
     def set_block_mask(
-        self, block_mask: Tensor, optimizer: torch.optim.Optimizer | None = None
+        self, block_mask: Tensor, *, optimizer: torch.optim.Optimizer | _Required | None = REQUIRED
     ) -> None:
         """Switch to a new set of stored blocks, in place.
 
-        Blocks stored before and after keep their values and, if ``optimizer`` is given, their
-        optimizer state (any per-parameter state tensor shaped like ``values``: SGD momentum,
-        Adam moments) bit for bit. Newly stored blocks start at zero with zeroed state. When
-        the number of stored blocks is unchanged, ``values`` and the state tensors keep their
-        storage (no re-allocation). The gradient and the grad block mask are cleared.
+        Blocks stored before and after keep their values and their ``optimizer`` state (any
+        per-parameter state tensor shaped like ``values``: SGD momentum, Adam moments) bit for
+        bit. Newly stored blocks start at zero with zeroed state. ``optimizer`` must be given:
+        the optimizer whose state for ``values`` moves with the blocks, or ``None`` when no
+        optimizer holds any (a ``TypeError`` otherwise: the layer cannot see an optimizer's
+        state, and stale state on grown blocks is a silent wrong answer). When the number of
+        stored blocks is unchanged, ``values`` and the state tensors keep their storage (no
+        re-allocation). The gradient and the grad block mask are cleared.
         """
+        self._check_optimizer(optimizer, "set_block_mask")
         if not isinstance(block_mask, Tensor) or block_mask.dtype != torch.bool:
             raise TypeError("block_mask must be a bool tensor")
         old = self.layout
@@ -130,7 +165,8 @@ class BlockSparseWeight(nn.Module):
         self,
         prune: Tensor | None = None,
         grow: Tensor | None = None,
-        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        optimizer: torch.optim.Optimizer | _Required | None = REQUIRED,
     ) -> None:
         """Prune stored blocks and grow new ones in one layout change.
 
@@ -138,8 +174,10 @@ class BlockSparseWeight(nn.Module):
             prune: stored-block ids (int tensor) or a bool mask over the ``nnz`` stored blocks.
             grow: bool ``[M/bm, K/bk]`` mask of block positions to add (must be unstored) or
                 an int tensor ``[g, 2]`` of (block row, block col) positions.
-            optimizer: whose state for ``values`` is remapped (see :meth:`set_block_mask`).
+            optimizer: whose state for ``values`` is remapped, or ``None``; required (see
+                :meth:`set_block_mask`).
         """
+        self._check_optimizer(optimizer, "update_blocks")
         layout = self.layout
         mask = layout.block_mask()
         if prune is not None:
@@ -155,7 +193,7 @@ class BlockSparseWeight(nn.Module):
             if positions.numel() and layout.block_mask()[positions[:, 0], positions[:, 1]].any():
                 raise ValueError("grow names block positions that are already stored")
             mask[positions[:, 0], positions[:, 1]] = True
-        self.set_block_mask(mask, optimizer)
+        self.set_block_mask(mask, optimizer=optimizer)
 
     # ------------------------------------------------------------------ state dict
 
@@ -188,6 +226,15 @@ class BlockSparseWeight(nn.Module):
         mask = state_dict.get(prefix + "block_mask")
         if isinstance(mask, Tensor) and tuple(mask.shape) == self.layout.block_grid:
             layout = BlockLayout.from_block_mask(mask.to(self.block_mask.device), self.block_size)
+            changed = not torch.equal(mask.to(self.block_mask.device), self.block_mask)
+            if changed and prefix + "values" not in state_dict:
+                # Adopting the layout would leave `values` uninitialised or on the wrong blocks.
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {type(self).__name__}: "
+                    f"'{prefix}block_mask' is another layout ({layout.nnz} stored blocks, this "
+                    f"layer {self.values.shape[0]}) and '{prefix}values' is missing: a layout "
+                    "change needs its values"
+                )
             self._store_layout(layout)
             if self.values.shape != layout.values_shape:
                 self.values.data = self.values.data.new_empty(layout.values_shape)
