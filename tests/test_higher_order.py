@@ -10,6 +10,7 @@ from conftest import random_block_mask
 import sparcl_kernels as sk
 from sparcl_kernels import BlockLayout, ops
 
+
 @pytest.fixture(params=["reference", "cpu"])
 def backend(request):
     return request.param

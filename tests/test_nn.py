@@ -518,3 +518,9 @@ def test_partial_load_of_another_layout_without_values_is_refused():
     same_layout = {k: v for k, v in target.state_dict().items() if k != "values"}
     result = target.load_state_dict(same_layout, strict=False)  # nothing to adopt: fine
     assert result.missing_keys == ["values"]
+
+
+@pytest.mark.parametrize("kernel_size", [(0, 3), (3, 0)])
+def test_conv_with_an_empty_kernel_fails_at_construction(kernel_size):
+    with pytest.raises(ValueError, match="SparseConv2d: kernel_size"):
+        SparseConv2d(8, 8, kernel_size, block_size=8, sparsity=0.5)

@@ -25,6 +25,13 @@ sparcl::BlockLayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offs
   sparcl::binding::check_layout_index(kDevice, row_offsets, col_indices, row_indices,
                                       transpose_offsets, transpose_block_ids);
   TORCH_CHECK(bm > 0 && bk > 0, "block sizes must be positive");
+  const int64_t nnz = col_indices.numel();
+  // One read each (host memory): stops a values/layout mismatch from reading past values.
+  TORCH_CHECK(row_offsets.data_ptr<int32_t>()[row_offsets.numel() - 1] == nnz &&
+                  transpose_offsets.data_ptr<int32_t>()[transpose_offsets.numel() - 1] == nnz,
+              "row_offsets and transpose_offsets must end at nnz = ", nnz);
+  sparcl::binding::check_layout_contents(row_offsets, col_indices, row_indices, transpose_offsets,
+                                         transpose_block_ids);
   return {row_offsets.numel() - 1,
           transpose_offsets.numel() - 1,
           bm,
@@ -41,8 +48,7 @@ Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
                const Tensor& col_indices, const Tensor& row_indices,
                const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
                const std::optional<Tensor>& bias) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
   check_operand(x, values, "x", 2);
@@ -64,8 +70,7 @@ Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
 Tensor grad_input(const Tensor& grad_out, const Tensor& values, const Tensor& row_offsets,
                   const Tensor& col_indices, const Tensor& row_indices,
                   const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
   check_operand(grad_out, values, "grad_out", 2);
@@ -85,15 +90,12 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t 
                    const std::optional<Tensor>& grad_block_mask) {
   const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
                               transpose_block_ids);
-  check_operand(x, grad_out, "x", 2);
+  check_operand(x, x, "x", 2);
+  check_operand(grad_out, x, "grad_out", 2);
   TORCH_CHECK(x.size(1) == view.cols() && grad_out.size(1) == view.rows() &&
                   x.size(0) == grad_out.size(0),
               "x and grad_out shapes do not match the layout");
-  if (grad_block_mask) {
-    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool && grad_block_mask->is_contiguous() &&
-                    grad_block_mask->numel() == view.nnz,
-                "grad_block_mask must be a contiguous bool tensor of nnz entries");
-  }
+  sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
   Tensor grad_values = torch::empty({view.nnz, view.bm, view.bk}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_grad_weight", [&] {
     sparcl::block_sparse_grad_weight<scalar_t>(
@@ -130,8 +132,7 @@ Tensor conv_forward(const Tensor& x, const Tensor& values, const Tensor& row_off
                     const Tensor& col_indices, const Tensor& row_indices,
                     const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
                     const std::optional<Tensor>& bias, const std::vector<int64_t>& geometry) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
   check_operand(x, values, "x", 4);
@@ -155,8 +156,7 @@ Tensor conv_grad_input(const Tensor& grad_out, const Tensor& values, const Tenso
                        const Tensor& col_indices, const Tensor& row_indices,
                        const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
                        const std::vector<int64_t>& geometry, int64_t in_h, int64_t in_w) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
   check_operand(grad_out, values, "grad_out", 4);
@@ -184,18 +184,14 @@ Tensor conv_grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int
                         const std::vector<int64_t>& geometry) {
   const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
                               transpose_block_ids);
-  check_operand(x, grad_out, "x", 4);
+  check_operand(x, x, "x", 4);
   check_operand(grad_out, x, "grad_out", 4);
   const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
   check_conv_layout(view, g);
   TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
                   grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
               "grad_out shape does not match the convolution");
-  if (grad_block_mask) {
-    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool &&
-                    grad_block_mask->is_contiguous() && grad_block_mask->numel() == view.nnz,
-                "grad_block_mask must be a contiguous bool tensor of nnz entries");
-  }
+  sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
   Tensor grad_values = torch::empty({view.nnz, view.bm, view.bk}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_conv_grad_weight", [&] {
     sparcl::block_sparse_conv_grad_weight<scalar_t>(

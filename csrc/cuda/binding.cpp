@@ -39,6 +39,8 @@ sc::LayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offsets,
                          const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
   sparcl::binding::check_layout_index(kDevice, row_offsets, col_indices, row_indices,
                                       transpose_offsets, transpose_block_ids);
+  sparcl::binding::check_layout_contents(row_offsets, col_indices, row_indices, transpose_offsets,
+                                         transpose_block_ids);
   const int64_t m = (row_offsets.numel() - 1) * bm, k = (transpose_offsets.numel() - 1) * bk;
   const std::string problem = sc::check_problem(0, m, k, static_cast<int>(bm),
                                                 static_cast<int>(bk));
@@ -63,12 +65,10 @@ Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
                const Tensor& col_indices, const Tensor& row_indices,
                const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
                const std::optional<Tensor>& bias) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const c10::cuda::CUDAGuard guard(values.device());
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
-  check_operand(values, values, "values", 3);
   check_operand(x, values, "x", 2);
   TORCH_CHECK(x.size(1) == view.k, "x must have ", view.k, " columns");
   if (bias) {
@@ -86,12 +86,10 @@ Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
 Tensor grad_input(const Tensor& grad_out, const Tensor& values, const Tensor& row_offsets,
                   const Tensor& col_indices, const Tensor& row_indices,
                   const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
-  TORCH_CHECK(values.dim() == 3 && values.size(0) == col_indices.numel(),
-              "values must be [nnz, bm, bk] with nnz = len(col_indices)");
+  sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const c10::cuda::CUDAGuard guard(values.device());
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
-  check_operand(values, values, "values", 3);
   check_operand(grad_out, values, "grad_out", 2);
   TORCH_CHECK(grad_out.size(1) == view.m, "grad_out must have ", view.m, " columns");
   Tensor grad_x = torch::empty({grad_out.size(0), view.k}, grad_out.options());
@@ -114,13 +112,8 @@ Tensor grad_weight(const Tensor& grad_out, const Tensor& x, const Tensor& row_of
   TORCH_CHECK(x.size(1) == view.k && grad_out.size(1) == view.m && x.size(0) == grad_out.size(0),
               "x must be [N, ", view.k, "] and grad_out [N, ", view.m, "]");
   const bool* mask = nullptr;
-  if (grad_block_mask) {
-    TORCH_CHECK(grad_block_mask->scalar_type() == torch::kBool &&
-                    grad_block_mask->is_contiguous() && grad_block_mask->numel() == view.nnz &&
-                    grad_block_mask->device() == x.device(),
-                "grad_block_mask must be a contiguous bool tensor of nnz entries on x's device");
-    mask = grad_block_mask->data_ptr<bool>();
-  }
+  sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
+  if (grad_block_mask) mask = grad_block_mask->data_ptr<bool>();
   Tensor grad_values = torch::empty({view.nnz, bm, bk}, x.options());
   check_cuda(sc::grad_weight(grad_out.data_ptr(), x.data_ptr(), grad_values.data_ptr(), mask,
                              x.size(0), view, dtype_of(x),

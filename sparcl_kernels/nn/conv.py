@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from sparcl_kernels.geometry import ConvGeometry
 from sparcl_kernels.nn.base import BlockSparseWeight
 from sparcl_kernels.ops import block_sparse_conv2d
 
@@ -87,6 +88,10 @@ class SparseConv2d(BlockSparseWeight):
         self.kernel_size = _pair(conv.kernel_size)
         self.stride, self.padding = _pair(conv.stride), _pair(conv.padding)
         self.dilation = _pair(conv.dilation)
+        try:  # the op's own rule, so a bad geometry fails here and not at the first forward
+            ConvGeometry.of(self.kernel_size, self.stride, self.padding, self.dilation)
+        except ValueError as error:
+            raise ValueError(f"SparseConv2d: {error}") from None
         block = _pair(block_size)
         if self.in_channels % block[1]:
             raise ValueError(
