@@ -33,6 +33,7 @@ from timing import (
 )
 
 import sparcl_kernels as sk
+from sparcl.allocator import environment_for
 from sparcl.data import augment, load_dataset
 from sparcl.flops import count_flops
 from sparcl.masking import attach_element_masks
@@ -99,16 +100,16 @@ def allocator_preload(allocator: str) -> str | None:
 
 @contextlib.contextmanager
 def preloaded(library: str | None):
-    """LD_PRELOAD ``library`` for the processes started inside (spawn copies the environment)."""
-    saved = os.environ.get("LD_PRELOAD")
-    if library is not None:
-        os.environ["LD_PRELOAD"] = library
+    """LD_PRELOAD ``library`` for the processes started inside (spawn copies the environment);
+    None: glibc's malloc, with any inherited allocator preload removed."""
+    saved = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(environment_for(library, saved))
     try:
         yield
     finally:
-        os.environ.pop("LD_PRELOAD", None)
-        if saved is not None:
-            os.environ["LD_PRELOAD"] = saved
+        os.environ.clear()
+        os.environ.update(saved)
 
 
 def peak_memory(

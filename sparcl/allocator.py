@@ -73,13 +73,52 @@ def _requested(argv: Sequence[str]) -> str:
     return known.allocator
 
 
+def _is_allocator_library(entry: str) -> bool:
+    name = os.path.basename(entry)
+    return any(
+        name.startswith(f"lib{a.library}.") or name == f"lib{a.library}" for a in PRELOADABLE
+    )
+
+
+def preload_value(library: str | None, inherited: str | None) -> str | None:
+    """``LD_PRELOAD`` that preloads ``library`` (None: glibc's own malloc) and keeps whatever
+    else was inherited, minus every other allocator: an inherited tcmalloc would otherwise
+    serve a process labelled glibc. None when nothing is left to preload."""
+    kept = [e for e in (inherited or "").replace(":", " ").split() if not _is_allocator_library(e)]
+    entries = ([library] if library else []) + kept
+    return " ".join(entries) or None
+
+
+def environment_for(library: str | None, environ: dict[str, str] | None = None) -> dict[str, str]:
+    """A copy of ``environ`` (default: this process's) whose children run with ``library``
+    preloaded, or with glibc's malloc when it is None (see :func:`preload_value`)."""
+    env = dict(os.environ if environ is None else environ)
+    value = preload_value(library, env.get("LD_PRELOAD"))
+    if value is None:
+        env.pop("LD_PRELOAD", None)
+    else:
+        env["LD_PRELOAD"] = value
+    return env
+
+
+def mapped_allocators() -> list[str]:
+    """The preloadable allocators mapped into this process (read from /proc/self/maps)."""
+    try:
+        with open("/proc/self/maps") as maps:
+            text = maps.read()
+    except OSError:
+        return []
+    return [a.name for a in PRELOADABLE if f"/lib{a.library}." in text]
+
+
 def reexec_with_allocator(argv: Sequence[str]) -> None:
     """For ``sparcl train``: re-execute this process once with the chosen allocator preloaded.
 
     Returns without doing anything for other commands, when already re-executed, or when the
-    choice is glibc (then a one-line note says how to get the saving). The new process keeps
-    the arguments, environment (torchrun's included) and process id, so exit codes and
-    supervisors see one process.
+    choice is glibc and no other allocator is inherited through ``LD_PRELOAD`` (then a
+    one-line note says how to get the saving). The new process keeps the arguments,
+    environment (torchrun's included, minus other allocators' preloads) and process id, so
+    exit codes and supervisors see one process.
     """
     if "train" not in argv[:1] or ACTIVE_ENV in os.environ:
         return
@@ -88,9 +127,9 @@ def reexec_with_allocator(argv: Sequence[str]) -> None:
     except ValueError as error:
         print(f"sparcl train: error: {error}", file=sys.stderr)
         raise SystemExit(2) from error
-    env = dict(os.environ)
+    env = environment_for(library)
     env[ACTIVE_ENV] = name
-    if library is None:
+    if library is None and env.get("LD_PRELOAD") == os.environ.get("LD_PRELOAD"):
         os.environ[ACTIVE_ENV] = name
         if _requested(argv) == "auto":
             print(
@@ -100,21 +139,16 @@ def reexec_with_allocator(argv: Sequence[str]) -> None:
                 file=sys.stderr,
             )
         return
-    env["LD_PRELOAD"] = " ".join(filter(None, [library, env.get("LD_PRELOAD")]))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "sparcl", *argv], env)
 
 
 def describe() -> dict:
-    """The allocator this process runs with, for results.json and the printed summary."""
-    name = os.environ.get(ACTIVE_ENV, "glibc")
-    loaded = name == "glibc"
-    allocator = next((a for a in PRELOADABLE if a.name == name), None)
-    if allocator is not None:
-        try:
-            with open("/proc/self/maps") as maps:
-                loaded = f"lib{allocator.library}" in maps.read()
-        except OSError:
-            loaded = False
-    return {"name": name, "loaded": loaded}
+    """The allocator this process runs with, for results.json and the printed summary:
+    ``name`` is the one actually mapped (glibc when neither preloadable one is), ``requested``
+    the one chosen, ``loaded`` whether they agree."""
+    requested = os.environ.get(ACTIVE_ENV, "glibc")
+    mapped = mapped_allocators()
+    name = mapped[0] if mapped else "glibc"
+    return {"name": name, "requested": requested, "loaded": name == requested, "mapped": mapped}

@@ -108,8 +108,60 @@ def test_run_records_the_allocator_and_its_memory(tmp_path):
     assert "Memory allocator: tcmalloc" in result.stdout
     (results_file,) = (tmp_path / "runs").glob("*/results.json")
     memory = json.loads(results_file.read_text())["memory"]
-    assert memory["allocator"] == {"name": "tcmalloc", "loaded": True}
+    assert memory["allocator"] == {
+        "name": "tcmalloc",
+        "requested": "tcmalloc",
+        "loaded": True,
+        "mapped": ["tcmalloc"],
+    }
     assert memory["peak_rss_mb"] >= memory["baseline_rss_mb"] > 0
     assert memory["training_peak_mb"] == pytest.approx(
         memory["peak_rss_mb"] - memory["baseline_rss_mb"], abs=0.2
     )
+
+
+def test_preload_value_replaces_other_allocators_and_keeps_the_rest():
+    inherited = "/usr/lib/libtcmalloc_minimal.so.4 libfoo.so:/opt/libjemalloc.so.2"
+    assert allocator.preload_value(None, inherited) == "libfoo.so"
+    assert allocator.preload_value("libjemalloc.so.2", inherited) == "libjemalloc.so.2 libfoo.so"
+    assert allocator.preload_value(None, "libtcmalloc_minimal.so.4") is None
+    env = allocator.environment_for(None, {"LD_PRELOAD": "libtcmalloc_minimal.so.4", "A": "1"})
+    assert env == {"A": "1"}
+
+
+def test_glibc_with_an_inherited_preload_reexecutes_without_it(libraries, monkeypatch):
+    monkeypatch.delenv(allocator.ACTIVE_ENV, raising=False)
+    monkeypatch.setenv("LD_PRELOAD", "libtcmalloc_minimal.so.4")
+    calls = []
+    monkeypatch.setattr(allocator.os, "execve", lambda *call: calls.append(call))
+    allocator.reexec_with_allocator(["train", "--allocator", "glibc"])
+    ((_, _, env),) = calls
+    assert "LD_PRELOAD" not in env and env[allocator.ACTIVE_ENV] == "glibc"
+
+
+@pytest.mark.skipif(
+    allocator.installed_library(allocator.PRELOADABLE[0]) is None,
+    reason="tcmalloc not installed (apt-get install libtcmalloc-minimal4)",
+)
+def test_glibc_run_started_under_a_tcmalloc_preload_is_glibc(tmp_path):
+    """Issue 26 item 8: it recorded glibc, loaded, while tcmalloc was mapped."""
+    data = write_fmnist(tmp_path / "data")
+    library = allocator.installed_library(allocator.PRELOADABLE[0])
+    arguments = "train --model sgd --backbone mlp --n_epochs 1 --debug_mode 1 --batch_size 8"
+    result = _sparcl(
+        *arguments.split(),
+        "--allocator",
+        "glibc",
+        "--quiet",
+        "--speedup_repeats",
+        "0",
+        "--data_dir",
+        str(data),
+        "--output_dir",
+        str(tmp_path / "runs"),
+        LD_PRELOAD=library,
+    )
+    assert result.returncode == 0, result.stderr
+    (results_file,) = (tmp_path / "runs").glob("*/results.json")
+    recorded = json.loads(results_file.read_text())["memory"]["allocator"]
+    assert recorded == {"name": "glibc", "requested": "glibc", "loaded": True, "mapped": []}
