@@ -16,7 +16,7 @@ from sparcl.allocator import ALLOCATOR_CHOICES
 from sparcl.config import TrainConfig, add_config_arguments, resolve_config, setting_kinds
 from sparcl.data import MissingDataError, load_dataset
 from sparcl.evaluate import evaluate
-from sparcl.rundir import RunDir
+from sparcl.rundir import RunDir, RunLockedError, StorageError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -86,6 +86,15 @@ def _train(arguments: argparse.Namespace) -> None:
     if arguments.resume:
         config = _resumed_config(arguments)
         run_path = Path(arguments.resume)
+        if RunDir(run_path).finished():
+            print(
+                f"sparcl train: {run_path} has finished (its results.json is written): nothing "
+                "to resume, and nothing was changed. Re-evaluate a checkpoint with `sparcl eval "
+                "--checkpoint`, or start a new run.",
+                file=sys.stderr,
+            )
+            return
+        RunDir(run_path).check_writable()  # a read-only run fails now, not after a task
     else:
         config = resolve_config(arguments)
         _check_output_dir(config.output_dir)
@@ -160,7 +169,14 @@ def _evaluate(arguments: argparse.Namespace) -> None:
     from sparcl.train import build_network
 
     checkpoint = Path(arguments.checkpoint)
+    if not checkpoint.is_file():
+        raise ValueError(f"--checkpoint {checkpoint}: no such file")
     run_path = checkpoint.parent.parent
+    if not (run_path / "config.yaml").is_file():
+        raise ValueError(
+            f"--checkpoint {checkpoint}: expected a checkpoint inside a run directory, "
+            f"RUN/checkpoints/task_<t>.pt with RUN/config.yaml, but {run_path} has no config.yaml"
+        )
     config = TrainConfig.from_dict(
         RunDir.read_config_of(run_path), f"run {run_path}", ignore_other_methods=True
     )
@@ -169,9 +185,17 @@ def _evaluate(arguments: argparse.Namespace) -> None:
     data = load_dataset(config.dataset, config.data_dir)
     torch.manual_seed(config.seed)
     net = build_network(config, data)
-    state = torch.load(checkpoint, weights_only=True)
-    net.load_state_dict(state["net"])
-    seen = state["progress"]["next_task"]
+    try:
+        state = torch.load(checkpoint, weights_only=True)
+        seen = state["progress"]["next_task"]
+        net.load_state_dict(state["net"])
+    except (RuntimeError, KeyError, TypeError, OSError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"--checkpoint {checkpoint} does not fit the network that {run_path / 'config.yaml'} "
+            f"describes (--backbone {config.backbone}, --nf {config.nf}, --sparsity "
+            f"{config.sparsity}): {first}"
+        ) from None
     class_il, task_il = evaluate(net, data, seen)
     print(
         f"Accuracy for {seen} task(s): [Class-IL]: {sum(class_il) / seen:.2f} % "
@@ -189,4 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, MissingDataError) as error:
         print(f"sparcl {arguments.command}: error: {error}", file=sys.stderr)
         return 2
+    except (StorageError, RunLockedError) as error:
+        print(f"sparcl {arguments.command}: error: {error}", file=sys.stderr)
+        return 1
+    except RuntimeError as error:
+        from sparcl.train import TrainingDiverged  # the heavy module is loaded by now
+
+        if not isinstance(error, TrainingDiverged):
+            raise
+        print(
+            f"sparcl {arguments.command}: error: {error}. The run stopped; the checkpoints of "
+            "the tasks completed before are kept, and no results.json was written.",
+            file=sys.stderr,
+        )
+        return 1
     return 0

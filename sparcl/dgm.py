@@ -39,32 +39,42 @@ class GradientMasking:
         self.iteration = 0
         self.computed_blocks = 0  # weight-gradient blocks computed so far
         self.stored_blocks = 0  # weight-gradient blocks a full gradient would have computed
+        # Blocks each layer's mask keeps (None: no mask), counted when the mask is made, so
+        # that accounting never reads a mask back from the GPU.
+        self.kept: list[int | None] = [None] * len(self.layers)
 
     def refreshing(self) -> bool:
         """Whether the current iteration computes the full gradient to pick a new mask."""
         return self.iteration % self.interval == 0
 
+    def _set(self, index: int, mask: torch.Tensor | None, kept: int | None) -> None:
+        self.layers[index].set_grad_mask(mask)
+        self.kept[index] = kept
+
+    def _computed(self, index: int) -> int:
+        kept = self.kept[index]
+        return self.layers[index].n_stored if kept is None else kept
+
     def before_backward(self) -> None:
         """Call before ``loss.backward()``: a refresh iteration computes every stored block."""
         if self.refreshing():
-            for layer in self.layers:
-                layer.set_grad_mask(None)
+            for index in range(len(self.layers)):
+                self._set(index, None, None)
 
     @torch.no_grad()
     def after_backward(self) -> None:
         """Call after ``loss.backward()``: account the work, pick masks on refresh iterations."""
-        for layer in self.layers:
+        for index, layer in enumerate(self.layers):
             nnz = layer.n_stored
-            mask = layer.grad_mask
             self.stored_blocks += nnz
-            self.computed_blocks += nnz if mask is None else int(mask.sum())
+            self.computed_blocks += self._computed(index)
             norms = layer.gradient_norms() if self.refreshing() else None
             if norms is not None:
                 keep = max(1, round(self.keep_fraction * nnz)) if nnz else 0
                 order = torch.sort(norms, descending=True, stable=True).indices
                 new_mask = torch.zeros(nnz, dtype=torch.bool, device=norms.device)
                 new_mask[order[:keep]] = True
-                layer.set_grad_mask(new_mask)
+                self._set(index, new_mask, keep)
         self.iteration += 1
 
     @property
@@ -75,17 +85,14 @@ class GradientMasking:
     def current_density(self) -> float:
         """Fraction of stored units the current gradient masks compute."""
         stored = sum(layer.n_stored for layer in self.layers)
-        kept = sum(
-            layer.n_stored if layer.grad_mask is None else int(layer.grad_mask.sum())
-            for layer in self.layers
-        )
+        kept = sum(self._computed(index) for index in range(len(self.layers)))
         return kept / stored if stored else 1.0
 
     def reset(self) -> None:
         """Start a new mask cycle (e.g. after a layout change cleared the masks)."""
         self.iteration = 0
-        for layer in self.layers:
-            layer.set_grad_mask(None)
+        for index in range(len(self.layers)):
+            self._set(index, None, None)
 
     def state_dict(self) -> dict:
         return {
@@ -98,5 +105,9 @@ class GradientMasking:
     def load_state_dict(self, state: dict) -> None:
         self.iteration = state["iteration"]
         self.computed_blocks, self.stored_blocks = state["computed_blocks"], state["stored_blocks"]
-        for layer, mask in zip(self.layers, state["masks"], strict=True):
-            layer.set_grad_mask(mask)
+        if len(state["masks"]) != len(self.layers):
+            raise ValueError(
+                f"DGM state has {len(state['masks'])} masks for {len(self.layers)} layers"
+            )
+        for index, mask in enumerate(state["masks"]):
+            self._set(index, mask, None if mask is None else int(mask.sum()))

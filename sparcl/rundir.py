@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import errno
+import io
 import json
 import os
 import re
+import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -19,10 +24,86 @@ _CHECKPOINT_NAME = re.compile(r"task_\d+\.pt")
 _CHECKPOINT_KEYS = {"net", "method", "generator", "progress"}
 
 
+_REASONS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "read-only file system",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+}
+
+
+class StorageError(RuntimeError):
+    """A run directory's file could not be written; the message names the path and why."""
+
+
+@contextlib.contextmanager
+def _writing(path: Path, temporary: Path | None = None) -> Iterator[None]:
+    """Turn a failed write of ``path`` into a :class:`StorageError` naming it and the reason,
+    removing the partial ``temporary`` file."""
+    try:
+        yield
+    except OSError as error:
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                temporary.unlink()
+        reason = _REASONS.get(error.errno, error.strerror or str(error))
+        raise StorageError(f"cannot write {path}: {reason}") from error
+
+
+class RunLockedError(RuntimeError):
+    """Another process is training in this run directory."""
+
+
 class RunDir:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+        with _writing(self.path / "checkpoints"):
+            (self.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+
+    def check_writable(self) -> None:
+        """Fail now, not after a task's compute, if the run directory or its checkpoints
+        folder cannot take a file."""
+        for folder in (self.path, self.path / "checkpoints"):
+            probe = folder / f".write-probe-{os.getpid()}"
+            with _writing(folder, probe):
+                probe.write_bytes(b"x")
+                probe.unlink()
+
+    @property
+    def results_file(self) -> Path:
+        return self.path / "results.json"
+
+    def finished(self) -> bool:
+        """Whether the run completed (its results.json is written only at the very end)."""
+        return self.results_file.is_file()
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold ``run.lock`` while training: a second ``sparcl train`` on this directory (two
+        ``--resume`` at once) is refused, naming the first one's process. The lock goes with
+        its process, so a killed run leaves nothing to clean up."""
+        import fcntl  # POSIX; sparcl train runs on Linux and macOS
+
+        path = self.path / "run.lock"
+        with _writing(path):
+            handle = open(path, "a+")  # noqa: SIM115 - held for the whole run
+        try:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                holder = handle.read().strip() or "another process"
+                raise RunLockedError(
+                    f"{self.path} is in use by {holder}: wait for it to finish or stop it"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"sparcl train (pid {os.getpid()} on {socket.gethostname()})\n")
+            handle.flush()
+            yield
+        finally:
+            handle.close()
 
     @classmethod
     def create_unique(cls, parent: str | Path, name: str) -> Path:
@@ -49,17 +130,19 @@ class RunDir:
         """The saved config.yaml of an existing run directory."""
         config = Path(path) / "config.yaml"
         if not config.is_file():
-            raise ValueError(f"{path} is not a run directory (no config.yaml)")
+            raise ValueError(
+                f"{path} is not a run directory: expected {config}, which a run directory of "
+                "`sparcl train` has beside its checkpoints/ folder"
+            )
         return yaml.safe_load(config.read_text())
 
     def write_metrics(self, rows: list[dict]) -> None:
         """Rewrite metrics.csv from all rows so far (a resumed run keeps the earlier ones)."""
-        temporary = self.path / "metrics.csv.tmp"
-        with open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=METRIC_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(temporary, self.path / "metrics.csv")
+        text = io.StringIO(newline="")
+        writer = csv.DictWriter(text, fieldnames=METRIC_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        _atomic_write_text(self.path / "metrics.csv", text.getvalue())
 
     def write_results(self, results: dict) -> None:
         _atomic_write_text(self.path / "results.json", json.dumps(results, indent=2) + "\n")
@@ -68,9 +151,15 @@ class RunDir:
         """Write ``task_<t>.pt`` atomically, then point ``latest.txt`` at it."""
         target = self.path / "checkpoints" / f"task_{task}.pt"
         temporary = target.with_suffix(".pt.tmp")
-        torch.save(state, temporary)
+        # Serialised in memory first: torch.save writing a file reports a full disk as an
+        # opaque "[enforce fail at inline_container.cc]" error with no errno.
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        with _writing(target, temporary):
+            temporary.write_bytes(buffer.getbuffer())
         faults.crash_point("checkpoint-write")
-        os.replace(temporary, target)
+        with _writing(target, temporary):
+            os.replace(temporary, target)
         _atomic_write_text(self.path / "checkpoints" / "latest.txt", target.name + "\n")
         return target
 
@@ -138,7 +227,8 @@ class RunDir:
                 for j, value in enumerate(row):
                     axis.text(j, i, f"{value:.0f}", ha="center", va="center", color="white")
         figure.colorbar(image, ax=axes)
-        figure.savefig(self.path / "acc_matrix.png", dpi=100)
+        with _writing(self.path / "acc_matrix.png"):
+            figure.savefig(self.path / "acc_matrix.png", dpi=100)
         plt.close(figure)
 
         figure, axis = plt.subplots(figsize=(6, 4))
@@ -151,11 +241,13 @@ class RunDir:
             )
         axis.set(xlabel="after training task", ylabel="Class-IL accuracy (%)", ylim=(0, 100))
         axis.legend()
-        figure.savefig(self.path / "task_accuracy.png", dpi=100)
+        with _writing(self.path / "task_accuracy.png"):
+            figure.savefig(self.path / "task_accuracy.png", dpi=100)
         plt.close(figure)
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    with _writing(path, temporary):
+        temporary.write_text(text)
+        os.replace(temporary, path)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import hashlib
+import math
 import platform
 import socket
 import subprocess
@@ -131,6 +133,34 @@ def layer_sparsity(net: nn.Module) -> dict[str, float]:
     return {name: round(1.0 - d, 6) for name, d in densities.items() if d is not None}
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss or the weights became non-finite: the run stops before anything is saved from
+    that point on (no checkpoint of the task, no results.json)."""
+
+
+def check_finite_loss(loss: float, task: int, epoch: int, step: int) -> None:
+    """Raise :class:`TrainingDiverged` naming where, if ``loss`` (a step's) is inf or NaN."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(
+            f"the loss became {loss} at task {task + 1}, epoch {epoch + 1}, step {step + 1}: "
+            "training diverged (a learning rate too high for this model?)"
+        )
+
+
+def check_finite_weights(net: nn.Module, task: int) -> None:
+    """Raise :class:`TrainingDiverged` if a parameter or buffer holds inf or NaN."""
+    bad = [
+        name
+        for name, tensor in net.state_dict().items()
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise TrainingDiverged(
+            f"after task {task + 1}, {len(bad)} weight tensors hold inf or NaN "
+            f"({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})"
+        )
+
+
 @dataclass
 class Progress:
     """Everything a run accumulates, and what a checkpoint must restore."""
@@ -205,10 +235,11 @@ def train_task(
             disable=True if config.quiet or not method.cluster.is_main else None,
         )
         losses, examples, start = [], 0, time.perf_counter()
-        for batch_positions in bar:
+        for step, batch_positions in enumerate(bar):
             batch = indices[batch_positions]
             raw, labels = data.train_images[batch], data.train_labels[batch]
             loss = method.observe(augment(raw, data.protocol, augment_stream), labels, raw, task)
+            check_finite_loss(loss, task, epoch, step)  # before DDR, TDM or DGM act on it
             method.after_observe(batch_positions, labels)
             losses.append(loss)
             examples += len(batch)
@@ -357,8 +388,7 @@ def build_method(
 def finish_task(config, net, method, data, task: int, seconds: float, examples: int, progress):
     """Evaluate after ``task`` and record it in ``progress`` (on every rank alike)."""
     cluster = method.cluster
-    cluster.average_buffers(net)  # BatchNorm statistics were per rank during the task
-    cluster.check_consistent(net)
+    cluster.check_consistent(net, f"at the end of task {task + 1}")
     limit = DEBUG_EVAL_EXAMPLES if config.debug_mode else 0
     class_il, task_il = evaluate(net, data, task + 1, limit=limit, cluster=cluster)
     progress.class_il.append(class_il)
@@ -424,9 +454,19 @@ def train(
         memory.load_torch_runtime()
         baseline_rss_mb = memory.current_rss_mb()
     net = build_network(config, data)
+    if cluster.enabled:
+        cluster.sync_batch_norm(net)  # BatchNorm over the global batch, as in one process
     cluster.broadcast_module(net)
     generator = torch.Generator().manual_seed(config.seed + 1)
     method = build_method(config, net, data, generator, cluster)
+    with run_dir.lock() if cluster.is_main else contextlib.nullcontext():
+        return _run_tasks(
+            config, run_dir, resume, data, cluster, net, generator, method, baseline_rss_mb
+        )
+
+
+def _run_tasks(config, run_dir, resume, data, cluster, net, generator, method, baseline_rss_mb):
+    """train()'s work once the run directory is locked."""
     progress = Progress()
     latest = run_dir.latest_checkpoint() if resume else None
     if latest is not None:
@@ -438,6 +478,7 @@ def train(
     for task in range(progress.next_task, data.protocol.n_tasks):
         seconds, examples = train_task(method, data, task, config, generator, progress)
         method.end_task(task)
+        check_finite_weights(net, task)  # a checkpoint of NaN weights would resume into NaN
         finish_task(config, net, method, data, task, seconds, examples, progress)
         if cluster.is_main:
             run_dir.write_metrics(progress.metrics_rows)

@@ -305,3 +305,115 @@ def test_state_dict_of_another_geometry_is_refused(make):
     source = SparseConv2d(16, 32, 3, block_size=8, sparsity=0.5)
     with pytest.raises(RuntimeError, match=r"the saved layer's geometry"):
         make().load_state_dict(source.state_dict())
+
+
+# ---------------------------------------------------------------- never overwrite or bless (26)
+
+
+def test_resume_of_a_finished_run_changes_nothing(tmp_path, fmnist_dir, capsys):
+    run = _finished_run(tmp_path, fmnist_dir)
+    files = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 0
+    assert "has finished" in capsys.readouterr().err
+    after = {p: (p.read_bytes(), p.stat().st_mtime_ns) for p in run.rglob("*") if p.is_file()}
+    assert after == files
+
+
+@pytest.mark.parametrize(
+    "model", ["--model sgd", "--model sparcl-derpp --buffer_size 20 --sparsity 0.5"]
+)
+def test_a_diverging_run_stops_and_writes_no_results(tmp_path, fmnist_dir, capsys, model):
+    args = [*model.split(), *"--backbone mlp --n_epochs 2 --debug_mode 1 --batch_size 8".split()]
+    args += ["--lr", "1e6", "--quiet", "--data_dir", str(fmnist_dir)]
+    code = main(["train", *args, "--output_dir", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    assert re.search(r"loss became (nan|inf) at task \d+, epoch \d+, step \d+", err), err
+    run = _run_dir(tmp_path / "runs")
+    assert not (run / "results.json").exists()
+    for checkpoint in (run / "checkpoints").glob("task_*.pt"):
+        state = torch.load(checkpoint, weights_only=True)["net"]
+        assert all(torch.isfinite(t).all() for t in state.values() if t.is_floating_point())
+
+
+def test_non_finite_weights_are_never_checkpointed():
+    from sparcl.train import TrainingDiverged, check_finite_weights
+
+    net = nn.Linear(3, 2)
+    check_finite_weights(net, 0)
+    with torch.no_grad():
+        net.bias[1] = float("inf")
+    with pytest.raises(TrainingDiverged, match="after task 3, 1 weight tensors hold inf or NaN"):
+        check_finite_weights(net, 2)
+
+
+def _failing_writes(monkeypatch, suffix: str, errno_code: int):
+    original = Path.write_bytes
+
+    def write_bytes(self, data):
+        if self.name.endswith(suffix):
+            original(self, b"partial")  # a partly written file, as a full disk leaves
+            raise OSError(errno_code, os.strerror(errno_code))
+        return original(self, data)
+
+    monkeypatch.setattr(Path, "write_bytes", write_bytes)
+
+
+def test_a_full_disk_names_the_file_and_leaves_no_partial_file(
+    tmp_path, fmnist_dir, capsys, monkeypatch
+):
+    import errno
+
+    _failing_writes(monkeypatch, ".pt.tmp", errno.ENOSPC)
+    args = ["train", *TINY.split(), "--quiet", "--data_dir", str(fmnist_dir)]
+    assert main([*args, "--output_dir", str(tmp_path / "runs")]) == 1
+    err = capsys.readouterr().err
+    assert "cannot write" in err and "task_1.pt: no space left on the device" in err, err
+    assert "enforce fail" not in err
+    run = _run_dir(tmp_path / "runs")
+    assert not list((run / "checkpoints").glob("*.tmp"))
+
+
+def test_an_unwritable_run_directory_fails_before_resuming(
+    tmp_path, fmnist_dir, capsys, monkeypatch
+):
+    import errno
+
+    run = _finished_run(tmp_path, fmnist_dir)
+    (run / "results.json").unlink()  # an unfinished run
+    (run / "checkpoints" / "task_5.pt").unlink()
+    (run / "checkpoints" / "latest.txt").write_text("task_4.pt\n")
+    _failing_writes(monkeypatch, f".write-probe-{os.getpid()}", errno.EROFS)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run)]) == 1
+    err = capsys.readouterr().err
+    assert f"cannot write {run}: read-only file system" in err, err
+    assert not (run / "checkpoints" / "task_5.pt").exists()
+
+
+def test_a_second_resume_of_a_run_in_use_is_refused(tmp_path, fmnist_dir, capsys):
+    run = _finished_run(tmp_path, fmnist_dir)
+    (run / "results.json").unlink()
+    capsys.readouterr()
+    with RunDir(run).lock():
+        assert main(["train", "--resume", str(run)]) == 1
+    assert f"is in use by sparcl train (pid {os.getpid()}" in capsys.readouterr().err
+    assert not (run / "results.json").exists()
+
+
+def test_eval_says_what_it_expected(tmp_path, fmnist_dir, capsys):
+    run = _finished_run(tmp_path, fmnist_dir)
+    loose = tmp_path / "task_5.pt"
+    loose.write_bytes((run / "checkpoints" / "task_5.pt").read_bytes())
+    capsys.readouterr()
+    assert main(["eval", "--checkpoint", str(loose)]) == 2
+    assert "expected a checkpoint inside a run directory" in capsys.readouterr().err
+    other = tmp_path / "other"
+    (other / "checkpoints").mkdir(parents=True)
+    config = (run / "config.yaml").read_text().replace("backbone: mlp", "backbone: resnet18")
+    (other / "config.yaml").write_text(config.replace("nf: 64", "nf: 4"))
+    (other / "checkpoints" / "task_5.pt").write_bytes(loose.read_bytes())
+    assert main(["eval", "--checkpoint", str(other / "checkpoints" / "task_5.pt")]) == 2
+    err = capsys.readouterr().err
+    assert "does not fit the network" in err and "--backbone resnet18" in err, err

@@ -117,6 +117,7 @@ class SparclMixin:
     def begin_epoch(self, task: int, epoch: int) -> None:
         if self.tdm.begin_epoch(epoch, self.optimizer):
             self.dgm.reset()  # layout changes clear gradient masks: start a new cycle
+            self.cluster.check_consistent(self.net, f"after TDM's update of epoch {epoch + 1}")
         if self.ddr is not None:
             self.ddr.begin_epoch(epoch)
 
@@ -126,9 +127,12 @@ class SparclMixin:
         return self.ddr.active_positions()
 
     def observe(self, inputs, labels, raw_inputs, task) -> float:
+        refreshing = self.dgm.refreshing()
         self.dgm.before_backward()  # the forward pass captures the gradient mask
         loss = super().observe(inputs, labels, raw_inputs, task)
         self.dgm.after_backward()
+        if refreshing:  # ranks that picked different masks would sum mismatched blocks
+            self.cluster.check_consistent(self.net, "after a DGM refresh")
         return loss
 
     def after_observe(self, positions: torch.Tensor, labels: torch.Tensor) -> None:

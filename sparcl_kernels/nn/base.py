@@ -61,6 +61,19 @@ class BlockSparseWeight(nn.Module):
         for name, tensor in zip(_INDEX_BUFFERS, layout.tensors(), strict=True):
             self.register_buffer(name, tensor, persistent=False)
 
+    def rederive_layout(self) -> None:
+        """Re-derive the index buffers from the ``block_mask`` buffer, after something wrote
+        that buffer directly (a distributed broadcast, ``copy_``): the index buffers are not
+        in the state dict and would otherwise describe the old layout."""
+        layout = BlockLayout.from_block_mask(self.block_mask, self.block_size)
+        if layout.values_shape != tuple(self.values.shape):
+            raise ValueError(
+                f"{type(self).__name__}: block_mask stores {layout.nnz} blocks but values has "
+                f"{self.values.shape[0]}; write both, or use set_block_mask"
+            )
+        self._store_layout(layout)
+        self.grad_block_mask = None
+
     @property
     def layout(self) -> BlockLayout:
         """The current :class:`BlockLayout` (a view of this module's buffers)."""
