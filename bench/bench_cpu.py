@@ -18,7 +18,15 @@ import warnings
 from dataclasses import dataclass
 
 import torch
-from timing import emit, interleaved_medians, on_isa, supported_isas
+from timing import (
+    efficiency,
+    emit,
+    interleaved_medians,
+    isa_peaks,
+    machine_line,
+    on_isa,
+    supported_isas,
+)
 from tqdm import tqdm
 
 import sparcl_kernels as sk
@@ -39,6 +47,14 @@ class Row:
     ours_ms: dict[str, float]
     bsr_forward_ms: float | None
     masked_weight_grad_ms: float  # weight grad with a grad mask keeping 20% of stored blocks
+    stored_flops: float  # one pass's multiply-adds on the stored blocks, x2
+
+    def pass_flops(self, pass_name: str, stored: bool) -> float:
+        """FLOPs of ``pass_name`` on the stored blocks (``stored``) or on the dense weight."""
+        one = (
+            self.stored_flops if stored else 2.0 * self.batch * self.in_features * self.out_features
+        )
+        return 3 * one if pass_name == "all three" else one
 
 
 def measure(
@@ -53,6 +69,7 @@ def measure(
     bias = torch.nn.Parameter(dense.bias.detach().clone())
     x = torch.randn(batch, in_f, generator=generator)
     x_t = x.t().contiguous()
+    x_grad = x.clone().requires_grad_()  # "all three": the input gradient is computed too
     grad_out = torch.randn(batch, out_f, generator=generator)
     grad_mask = torch.rand(layout.nnz, generator=generator) < 0.2
     cpu = get_backend("cpu")
@@ -62,11 +79,12 @@ def measure(
 
     def dense_step():
         dense.zero_grad(set_to_none=True)
-        dense(x).backward(grad_out)
+        x_grad.grad = None
+        dense(x_grad).backward(grad_out)
 
     def ours_step():
-        values.grad = bias.grad = None
-        sk.block_sparse_linear(x, values, layout, bias, backend="cpu").backward(grad_out)
+        values.grad = bias.grad = x_grad.grad = None
+        sk.block_sparse_linear(x_grad, values, layout, bias, backend="cpu").backward(grad_out)
 
     ours = {
         "forward": lambda: cpu.forward(x, values.detach(), layout, bias.detach()),
@@ -100,6 +118,7 @@ def measure(
             {p: times[f"{isa} {p}"] * 1e3 for p in PASSES},
             times["bsr forward"] * 1e3 if "bsr forward" in times else None,
             times[f"{isa} masked"] * 1e3,
+            2.0 * batch * layout.nnz * block * block,
         )
         for isa in isas
     ]
@@ -115,15 +134,19 @@ def break_even(rows: list[Row], pass_name: str) -> dict[tuple, str]:
     return result
 
 
-def tables(rows: list[Row]) -> str:
+def tables(rows: list[Row], peaks: dict[str, float]) -> str:
+    """One table per pass; GFLOP/s (on stored blocks for ours, on the whole weight for dense)
+    with its fraction of the ISA's measured peak (dense: of the best ISA's)."""
     lines = []
+    best_peak = max(peaks.values())
     for pass_name in PASSES:
         even = break_even(rows, pass_name)
         lines += [
             f"\n### {pass_name}\n",
             "| in x out | N | block | sparsity | ISA | dense ms | ours ms | BSR fwd ms "
-            "| ours vs dense | of ideal 1/(1-s) | break-even s |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "| ours vs dense | of ideal 1/(1-s) | break-even s | ours GFLOP/s (of peak) "
+            "| dense GFLOP/s (of peak) |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in rows:
             dense_ms, ours_ms = r.dense_ms[pass_name], r.ours_ms[pass_name]
@@ -134,7 +157,9 @@ def tables(rows: list[Row]) -> str:
             lines.append(
                 f"| {r.in_features}x{r.out_features} | {r.batch} | {r.block} | {r.sparsity:g} "
                 f"| {r.isa} | {dense_ms:.3f} | {ours_ms:.3f} | {bsr} | {speedup:.2f}x "
-                f"| {speedup / ideal:.0%} | {even.get(key, '> max')} |"
+                f"| {speedup / ideal:.0%} | {even.get(key, '> max')} "
+                f"| {efficiency(r.pass_flops(pass_name, True), ours_ms / 1e3, peaks[r.isa])} "
+                f"| {efficiency(r.pass_flops(pass_name, False), dense_ms / 1e3, best_peak)} |"
             )
     lines += [
         "\n### weight grad with a grad mask keeping 20% of stored blocks\n",
@@ -178,6 +203,7 @@ def main() -> None:
 
     grid = list(itertools.product(shapes, args.batches, args.blocks, args.sparsities))
     isas = args.isas or supported_isas()
+    peaks = isa_peaks(isas, args.threads)
     rows = [
         row
         for (in_f, out_f), batch, block, sparsity in tqdm(grid, desc="configurations")
@@ -188,7 +214,7 @@ def main() -> None:
         f"{platform.machine()} · cpu backend {sk.backend_info()['backends']['cpu']}"
         f" · medians of {args.repeats} interleaved repeats · fp32"
     )
-    text = header + "\n" + tables(rows)
+    text = header + "\n" + machine_line(peaks, args.threads) + "\n" + tables(rows, peaks)
     emit(text, args.markdown)
 
 

@@ -12,6 +12,9 @@ from sparcl_kernels.measure import (
 
 __all__ = [
     "breakdown_table",
+    "efficiency",
+    "isa_peaks",
+    "machine_line",
     "current_rss_mb",
     "emit",
     "interleaved_medians",
@@ -27,6 +30,33 @@ def supported_isas() -> list[str]:
     from sparcl_kernels.backends import cpu
 
     return cpu.describe()["supported_isas"]
+
+
+def isa_peaks(isas: list[str], threads: int) -> dict[str, float]:
+    """The measured fp32 multiply-add peak (GFLOP/s, ``threads`` threads) of each instruction
+    set, each at its native width: what kernel efficiencies are fractions of."""
+    from sparcl_kernels.backends import cpu
+
+    peaks = {}
+    for isa in isas:
+        cpu.select_isa(isa)
+        peaks[isa] = cpu.fma_peak(threads)
+    cpu.select_isa(None)
+    return peaks
+
+
+def machine_line(peaks: dict[str, float], threads: int) -> str:
+    """The table header naming the machine: CPU model, threads and each ISA's measured peak."""
+    from sparcl_kernels.measure import cpu_model
+
+    measured = ", ".join(f"{isa} {gflops:.0f}" for isa, gflops in peaks.items())
+    return f"CPU: {cpu_model()} · {threads} threads · measured FMA peak GFLOP/s: {measured}"
+
+
+def efficiency(flops: float, seconds: float, peak_gflops: float) -> str:
+    """``GFLOP/s (fraction of peak)`` for ``flops`` done in ``seconds``."""
+    gflops = flops / seconds * 1e-9
+    return f"{gflops:.0f} ({gflops / peak_gflops:.0%})"
 
 
 def on_isa(isa: str, fn: Callable[[], object]) -> Callable[[], object]:

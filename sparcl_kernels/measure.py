@@ -38,6 +38,39 @@ def _status_mb(field: str) -> float | None:
     return None
 
 
+def fma_peak(threads: int | None = None, seconds: float = 0.3) -> dict:
+    """This machine's fp32 multiply-add peak for the CPU kernels' instruction set in use.
+
+    Returns ``{"isa", "threads", "gflops", "cpu"}`` (``cpu``: the model name the OS reports),
+    so that kernel tables can state GFLOP/s on stored blocks as a fraction of the physical
+    limit, measured on the same machine in the same run. Needs the CPU extension.
+    """
+    from sparcl_kernels.backends import get_backend  # measure itself stays kernel-agnostic
+
+    cpu = get_backend("cpu")
+    threads = threads or cpu.describe()["threads"]
+    return {
+        "isa": cpu.describe()["isa"],
+        "threads": threads,
+        "gflops": cpu.fma_peak(threads, seconds),
+        "cpu": cpu_model(),
+    }
+
+
+def cpu_model() -> str:
+    """The processor's model name (``lscpu``'s "Model name"), or the platform's description."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith(("model name", "Model name")):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def current_rss_mb() -> float | None:
     """Resident memory of this process now (MB; Linux, None elsewhere)."""
     return _status_mb("VmRSS")

@@ -220,4 +220,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("active_isa", &sparcl::active_isa, "instruction set in use");
   m.def("active_vector_width", &sparcl::active_vector_width, "fp32 vector width in use (floats)");
   m.def("openmp", &sparcl::built_with_openmp, "whether the kernels were built with OpenMP");
+  m.def("fma_peak", &sparcl::fma_peak_gflops, "measured fp32 multiply-add GFLOP/s of the ISA "
+        "in use on `threads` threads", pybind11::arg("threads"), pybind11::arg("seconds") = 0.3);
 }

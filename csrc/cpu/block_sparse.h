@@ -67,4 +67,8 @@ int active_vector_width();
 // Whether the kernels were built with OpenMP (without it they run on one thread).
 bool built_with_openmp();
 
+// The fp32 multiply-add peak of the instruction set in use (its native vector width), in
+// GFLOP/s on `threads` threads together, measured over about `seconds`.
+double fma_peak_gflops(int threads, double seconds);
+
 }  // namespace sparcl

@@ -110,6 +110,10 @@ std::string active_isa() { return choice().table->isa; }
 
 int active_vector_width() { return choice().max_width; }
 
+double fma_peak_gflops(int threads, double seconds) {
+  return choice().table->fma_gflops(threads, seconds);
+}
+
 bool built_with_openmp() {
 #ifdef _OPENMP
   return true;

@@ -9,6 +9,7 @@
 // only this namespace is compiled for the instruction set.
 #include "conv_kernels.h"
 #include "linear_kernels.h"
+#include "peak.h"
 
 namespace sparcl::SPARCL_ISA_NS {
 
@@ -20,7 +21,8 @@ constexpr KernelsOf<T> kernels_of() {
 
 const KernelTable* kernel_table() {
   static const KernelTable table{SPARCL_STRINGIFY(SPARCL_ISA_NS), SPARCL_ISA_WIDTH,
-                                 kernels_of<float>(), kernels_of<double>()};
+                                 kernels_of<float>(), kernels_of<double>(),
+                                 &peak::fma_gflops};
   return &table;
 }
 

@@ -40,6 +40,8 @@ struct KernelTable {
   int native_width;  // floats per hardware vector register
   KernelsOf<float> f32;
   KernelsOf<double> f64;
+  // Measured fp32 multiply-add peak of this instruction set in GFLOP/s: (threads, seconds).
+  double (*fma_gflops)(int, double);
 };
 
 // The table of each instruction set compiled into this build (null where not compiled).

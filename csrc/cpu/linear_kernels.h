@@ -107,13 +107,15 @@ void grad_input_loops(const T* dy, const T* values, T* dx, int64_t n0, int64_t n
   }
 }
 
-// Weight gradient of stored block j over the whole batch (strided rows: no pointer lists).
+// Weight gradient of stored block j over batch rows [r0, r1), added to the block when
+// `accumulate` (strided rows: no pointer lists).
 template <int W>
-void grad_weight_block(const float* dy, const float* x, float* dw, int64_t n, int64_t j,
-                       const BlockLayoutView& L) {
-  const detail::StridedRows rows{dy + static_cast<int64_t>(L.row_indices[j]) * L.bm, L.rows(),
-                                 x + static_cast<int64_t>(L.col_indices[j]) * L.bk, L.cols()};
-  detail::outer_product_block<W>(rows, n, L.bm, L.bk, false, dw + j * L.bm * L.bk);
+void grad_weight_block(const float* dy, const float* x, float* dw, int64_t r0, int64_t r1,
+                       bool accumulate, int64_t j, const BlockLayoutView& L) {
+  const detail::StridedRows rows{
+      dy + r0 * L.rows() + static_cast<int64_t>(L.row_indices[j]) * L.bm, L.rows(),
+      x + r0 * L.cols() + static_cast<int64_t>(L.col_indices[j]) * L.bk, L.cols()};
+  detail::outer_product_block<W>(rows, r1 - r0, L.bm, L.bk, accumulate, dw + j * L.bm * L.bk);
 }
 
 template <typename T>
@@ -208,10 +210,16 @@ void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* 
   };
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bk, exec.max_width)) {
+      // The batch in chunks whose operand rows stay in L2 across the blocks that read them
+      // (one pass over the whole batch per block re-read both operands from memory).
+      const int64_t chunk = weight_gradient_chunk(n, L.rows() + L.cols());
       detail::with_width(width, [&](auto W) {
-        share([&](int64_t j) {
-          grad_weight_block<decltype(W)::value>(grad_out, x, grad_values, n, j, L);
-        });
+        chunked_weight_gradient_pass(
+            grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads, n, chunk,
+            [&](int64_t j, int64_t r0, int64_t r1, bool accumulate) {
+              grad_weight_block<decltype(W)::value>(grad_out, x, grad_values, r0, r1,
+                                                    accumulate, j, L);
+            });
       });
       return;
     }

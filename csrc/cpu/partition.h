@@ -53,25 +53,29 @@ inline int64_t count_active(const bool* grad_block_mask, int64_t nnz) {
   return grad_block_mask ? std::count(grad_block_mask, grad_block_mask + nnz, true) : nnz;
 }
 
-// Thread t's share of a weight-gradient pass: zero-fills its even share of the blocks the mask
-// switches off (no products for them), and calls compute(j) for an equal share of the
-// `active` blocks, in storage order so that blocks sharing rows stay cached.
-template <typename T, typename Compute>
-void weight_gradient_share(const bool* grad_block_mask, int64_t nnz, int64_t active,
-                           int64_t block_elems, T* grad_values, int t, int threads,
-                           const Compute& compute) {
-  int64_t begin, end;
-  even_share(nnz, t, threads, &begin, &end);
-  for (int64_t j = begin; j < end; ++j)
-    if (grad_block_mask && !grad_block_mask[j])
-      std::fill_n(grad_values + j * block_elems, block_elems, T(0));
+// Calls f(j) for thread t's equal share of the `active` blocks the mask keeps, in storage
+// order so that blocks sharing rows stay cached.
+template <typename F>
+void for_active_share(const bool* grad_block_mask, int64_t nnz, int64_t active, int t,
+                      int threads, const F& f) {
   int64_t first, last;
   even_share(active, t, threads, &first, &last);
   int64_t rank = 0;
   for (int64_t j = 0; j < nnz && rank < last; ++j) {
     if (grad_block_mask && !grad_block_mask[j]) continue;
-    if (rank++ >= first) compute(j);
+    if (rank++ >= first) f(j);
   }
+}
+
+// Zero-fills thread t's even share of the blocks the mask switches off (no products for them).
+template <typename T>
+void zero_masked_share(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
+                       T* grad_values, int t, int threads) {
+  if (!grad_block_mask) return;
+  int64_t begin, end;
+  even_share(nnz, t, threads, &begin, &end);
+  for (int64_t j = begin; j < end; ++j)
+    if (!grad_block_mask[j]) std::fill_n(grad_values + j * block_elems, block_elems, T(0));
 }
 
 // A whole weight-gradient pass on `threads` threads: compute(j) for every block the mask
@@ -81,7 +85,38 @@ void weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int64_t bloc
                           T* grad_values, int threads, const Compute& compute) {
   const int64_t active = count_active(grad_block_mask, nnz);
   detail::run_parallel(threads, [&](int t, int nt) {
-    weight_gradient_share(grad_block_mask, nnz, active, block_elems, grad_values, t, nt, compute);
+    zero_masked_share(grad_block_mask, nnz, block_elems, grad_values, t, nt);
+    for_active_share(grad_block_mask, nnz, active, t, nt, compute);
+  });
+}
+
+// Batch rows per chunk of a chunked weight-gradient pass: a chunk's rows of both operands
+// (`row_elems` floats per batch row) stay in a core's L2 while every block reads them; at
+// least 16 rows, so that loading and storing the accumulator tiles stays small next to the
+// multiply-adds.
+inline int64_t weight_gradient_chunk(int64_t n, int64_t row_elems) {
+  constexpr int64_t kBudgetFloats = 512 * 1024 / sizeof(float);
+  const int64_t rows = kBudgetFloats / std::max<int64_t>(row_elems, 1);
+  return std::clamp<int64_t>(rows, 16, std::max<int64_t>(n, 1));
+}
+
+// A weight-gradient pass over a long batch: the batch is cut into chunks of `chunk` rows,
+// outermost, and compute(j, r0, r1, accumulate) adds rows [r0, r1) to block j (accumulate is
+// false for the first chunk, which overwrites). Each block still sums its rows in order into
+// one accumulator, so results equal the unchunked pass bit for bit; an empty batch gives
+// every kept block one call with r0 == r1 (zeros through the same kernels).
+template <typename T, typename Compute>
+void chunked_weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
+                                  T* grad_values, int threads, int64_t n, int64_t chunk,
+                                  const Compute& compute) {
+  const int64_t active = count_active(grad_block_mask, nnz);
+  detail::run_parallel(threads, [&](int t, int nt) {
+    zero_masked_share(grad_block_mask, nnz, block_elems, grad_values, t, nt);
+    for (int64_t r0 = 0; r0 < std::max<int64_t>(n, 1); r0 += chunk) {
+      const int64_t r1 = std::min(n, r0 + chunk);
+      for_active_share(grad_block_mask, nnz, active, t, nt,
+                       [&](int64_t j) { compute(j, r0, r1, r0 > 0); });
+    }
   });
 }
 

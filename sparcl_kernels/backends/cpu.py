@@ -59,6 +59,20 @@ def describe() -> dict[str, Any]:
     }
 
 
+def fma_peak(threads: int | None = None, seconds: float = 0.3) -> float:
+    """The measured fp32 multiply-add peak (GFLOP/s) of the instruction set in use, at its
+    native vector width, on ``threads`` threads together (default: the kernels' thread count).
+
+    Independent multiply-add chains in registers, after a warm-up: the limit a kernel's
+    GFLOP/s on stored blocks is compared with. It takes about ``seconds`` (at least 0.01).
+    """
+    if threads is None:
+        threads = torch.get_num_threads() if _cpu.openmp() else 1
+    if threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return float(_cpu.fma_peak(int(threads), max(float(seconds), 0.01)))
+
+
 select_isa(os.environ.get(ISA_ENV_VAR) or None, source=f"${ISA_ENV_VAR}")
 
 
