@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 import sparcl_kernels as sk
 from sparcl_kernels import BlockLayout
+from sparcl_kernels.backends import get_backend
 
 # Kernel tests run once per instruction-set variant of the kernels this CPU can run.
 per_isa = pytest.mark.usefixtures("cpu_isa")
@@ -68,6 +69,28 @@ def test_thread_count_does_not_change_results(threads):
     y_other = sk.block_sparse_linear(x, values, layout, backend="cpu")
     # Each output element is reduced by one thread in a fixed order: bitwise identical.
     assert torch.equal(y, y_other)
+
+
+@per_isa
+@pytest.mark.parametrize("masked", [False, True])
+def test_linear_weight_gradient_over_batch_chunks(threads, masked):
+    """A batch longer than one chunk of the weight gradient (its operand rows are cut to 512 KB:
+    256 rows of 256 + 256 floats here): every chunk is added in order, bitwise across thread
+    counts, and equals the fp64 dense gradient."""
+    generator = torch.Generator().manual_seed(5)
+    layout = BlockLayout.from_dense(torch.randn(256, 256), (32, 32), 0.7)
+    x = torch.randn(700, 256, generator=generator)
+    grad_out = torch.randn(700, 256, generator=generator)
+    mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
+    backend = get_backend("cpu")
+    ours = backend.grad_weight(grad_out, x, layout, mask)
+    expected = layout.to_blocks(grad_out.double().t() @ x.double())
+    if mask is not None:
+        expected[~mask] = 0
+        assert torch.all(ours[~mask] == 0)
+    torch.testing.assert_close(ours.double(), expected, rtol=1e-4, atol=1e-3)
+    torch.set_num_threads(3 - threads)
+    assert torch.equal(backend.grad_weight(grad_out, x, layout, mask), ours)
 
 
 @per_isa

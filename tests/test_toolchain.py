@@ -89,7 +89,9 @@ def test_default_gpu_targets_follow_the_cuda_version():
 
 def test_cxx_standard_is_one_torch_214_accepts():
     assert toolchain.CXX_STANDARD in ("c++20", "c++23")
-    planned = subprocess.run(["make", "-n", "test-arm"], cwd=ROOT, capture_output=True, text=True)
+    planned = subprocess.run(
+        ["make", "-n", "-B", "build/test_kernels_aarch64"], cwd=ROOT, capture_output=True, text=True
+    )
     assert f"-std={toolchain.CXX_STANDARD}" in planned.stdout, planned.stdout + planned.stderr
 
 

@@ -1,11 +1,11 @@
-// The kernels for x86-64 AVX-512F (Skylake-SP and later, Zen 4): the AVX2 tiles at twice the width.
+// The kernels for x86-64 AVX-512F (Skylake-SP and later, Zen 4): 16-float vectors, 12-row tiles.
 // Compiled for that instruction set only; dispatch.cpp runs them only where the CPU has it.
 #include "isa_prelude.h"
 
 #if SPARCL_X86_DISPATCH
 #define SPARCL_ISA_NS avx512
 #define SPARCL_ISA_WIDTH 16
-#define SPARCL_TILE_ROWS 6
+#define SPARCL_TILE_ROWS 12
 #define SPARCL_MAX_VECTORS 2
 
 #if defined(__clang__)

@@ -225,6 +225,8 @@ void run_all(std::mt19937& rng, const std::string& tag) {
           check_linear<T>(3, 4, block[0], block[1], density, n, threads, rng, tag);
   // One full block row among empty ones: uneven work split across threads.
   check_linear<T>(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
+  // A batch longer than one weight-gradient chunk (512 KB of operand rows: 256 rows here).
+  check_linear<T>(8, 8, 32, 32, 0.3, 600, 2, rng, tag);
 
   struct ConvCase {
     int64_t cin, cout, kh, kw, stride, pad, dilation, h, w, batch;
@@ -263,6 +265,16 @@ int main() {
       tested += (tested.empty() ? "" : ", ") + tag;
     }
   }
+  for (const std::string& isa : sparcl::supported_isas()) {
+    sparcl::select_isa(isa, 0);
+    const double peak = sparcl::fma_peak_gflops(2, 0.01);
+    ++checks;
+    if (!(peak > 0.0)) {
+      std::printf("FAIL fma_peak_gflops on %s: %g\n", isa.c_str(), peak);
+      ++failures;
+    }
+  }
+  sparcl::select_isa("", 0);
   if (sparcl::select_isa("no-such-isa", 0).empty()) {
     std::printf("FAIL an unknown instruction set was accepted\n");
     ++failures;
