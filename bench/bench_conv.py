@@ -18,7 +18,16 @@ import datetime
 import multiprocessing
 
 import torch
-from timing import emit, interleaved_medians, on_isa, peak_rss_mb, supported_isas
+from timing import (
+    efficiency,
+    emit,
+    interleaved_medians,
+    isa_peaks,
+    machine_line,
+    on_isa,
+    peak_rss_mb,
+    supported_isas,
+)
 from torch import nn
 from tqdm import tqdm
 
@@ -59,6 +68,20 @@ def all_taps_mask(conv: nn.Conv2d, block: int, sparsity: float) -> torch.Tensor:
     return flat.view_as(norms).repeat(1, kh * kw)  # columns ordered (tap, channel block)
 
 
+def step_flops(layers: list[tuple[nn.Module, torch.Tensor]]) -> float:
+    """FLOPs of forward + both gradients of ``layers``: on the stored blocks for sparse layers
+    (each block is bm x bk multiply-adds per output pixel), on the whole weight for dense."""
+    total = 0.0
+    for layer, x in layers:
+        kh, kw = layer.kernel_size
+        out_h = (x.shape[2] + 2 * layer.padding[0] - kh) // layer.stride[0] + 1
+        out_w = (x.shape[3] + 2 * layer.padding[1] - kw) // layer.stride[1] + 1
+        sparse = isinstance(layer, SparseConv2d)
+        weights = layer.values.numel() if sparse else layer.weight.numel()
+        total += 3 * 2.0 * x.shape[0] * out_h * out_w * weights
+    return total
+
+
 def step_fn(layers: list[tuple[nn.Module, torch.Tensor]]):
     def step():
         for layer, x in layers:
@@ -72,7 +95,12 @@ def step_fn(layers: list[tuple[nn.Module, torch.Tensor]]):
 
 
 def conv_table(
-    image_size: int, sparsities: list[float], block: int, repeats: int, isas: list[str]
+    image_size: int,
+    sparsities: list[float],
+    block: int,
+    repeats: int,
+    isas: list[str],
+    peaks: dict[str, float],
 ) -> list[str]:
     torch.manual_seed(0)
     convs = block_convs(resnet18(10), image_size)
@@ -81,9 +109,14 @@ def conv_table(
     inputs_cl = [x.to(memory_format=channels_last).requires_grad_() for x in inputs]
     inputs = [x.requires_grad_() for x in inputs]
     dense_cl = [copy.deepcopy(conv).to(memory_format=channels_last) for _, conv, _ in convs]
+    dense_layers = list(zip(dense_cl, inputs_cl, strict=True))
     fns = {
         "dense NCHW": step_fn([(conv, x) for (_, conv, _), x in zip(convs, inputs, strict=True)]),
-        "dense channels_last": step_fn(list(zip(dense_cl, inputs_cl, strict=True))),
+        "dense channels_last": step_fn(dense_layers),
+    }
+    flops = {
+        "dense NCHW": step_flops(dense_layers),
+        "dense channels_last": step_flops(dense_layers),
     }
     for sparsity in sparsities:
         per_tap, all_taps = [], []
@@ -95,19 +128,24 @@ def conv_table(
         for isa in isas:
             fns[f"per-tap {sparsity:g} {isa}"] = on_isa(isa, step_fn(per_tap))
             fns[f"all-taps {sparsity:g} {isa}"] = on_isa(isa, step_fn(all_taps))
+            flops[f"per-tap {sparsity:g} {isa}"] = step_flops(per_tap)
+            flops[f"all-taps {sparsity:g} {isa}"] = step_flops(all_taps)
     times = interleaved_medians(fns, repeats=repeats, warmup=1)
     best = min(("dense NCHW", "dense channels_last"), key=times.__getitem__)
     lines = [
         f"\n#### {image_size}x{image_size} input, batch 32, blocks {block}x{block}\n",
         f"Baseline: {best} (the faster dense format in this run). Sparse layers get "
         "channels_last inputs.\n",
-        "| variant | ISA | sparsity | ms per fwd+bwd of the 16 convs | vs best dense |",
-        "|---|---|---|---|---|",
+        "| variant | ISA | sparsity | ms per fwd+bwd of the 16 convs | vs best dense "
+        "| GFLOP/s on stored blocks (of the ISA's peak) |",
+        "|---|---|---|---|---|---|",
     ]
+    best_peak = max(peaks.values())
     for name in ("dense NCHW", "dense channels_last"):
         lines.append(
             f"| {name} nn.Conv2d | - | 0 | {times[name] * 1e3:.0f} | "
-            f"{times[best] / times[name]:.2f}x |"
+            f"{times[best] / times[name]:.2f}x "
+            f"| {efficiency(flops[name], times[name], best_peak)} |"
         )
     for name, seconds in times.items():
         if name.startswith("dense"):
@@ -115,7 +153,7 @@ def conv_table(
         variant, sparsity, isa = name.split()
         lines.append(
             f"| {variant} blocks | {isa} | {sparsity} | {seconds * 1e3:.0f} | "
-            f"{times[best] / seconds:.2f}x |"
+            f"{times[best] / seconds:.2f}x | {efficiency(flops[name], seconds, peaks[isa])} |"
         )
     return lines
 
@@ -169,12 +207,15 @@ def main() -> None:
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
     isas = args.isas or supported_isas()
+    threads = torch.get_num_threads()
+    peaks = isa_peaks(isas, threads)
     lines = [
-        f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
-        f" · medians of {args.repeats} interleaved repeats · fp32"
+        f"{datetime.date.today()} · torch {torch.__version__} · {threads} threads"
+        f" · medians of {args.repeats} interleaved repeats · fp32",
+        machine_line(peaks, threads) + " (dense: of the widest ISA's peak)",
     ]
     for size in tqdm(args.sizes, desc="input sizes"):
-        lines += conv_table(size, args.sparsities, args.block, args.repeats, isas)
+        lines += conv_table(size, args.sparsities, args.block, args.repeats, isas, peaks)
     if args.memory:
         lines += memory_table(0.9, args.block)
     text = "\n".join(lines)
