@@ -72,6 +72,27 @@ def test_thread_count_does_not_change_results(threads):
 
 
 @per_isa
+def test_linear_forward_and_input_gradient_over_several_bands(threads):
+    """Stored blocks beyond one band (512 KB: 128 blocks of 32x32) and a batch of several
+    chunks: the forward and input gradient run band by band, chunk-major within a band; each
+    output element is still reduced by one tile in a fixed order (bitwise across threads)."""
+    generator = torch.Generator().manual_seed(6)
+    layout = BlockLayout.from_dense(torch.randn(1024, 768), (32, 32), 0.4)
+    assert layout.nnz * 32 * 32 > 2 * 128 * 1024  # at least three bands
+    x = torch.randn(301, 768, generator=generator)
+    grad_out = torch.randn(301, 1024, generator=generator)
+    values = torch.randn(layout.values_shape, generator=generator)
+    backend = get_backend("cpu")
+    y, dx = backend.forward(x, values, layout, None), backend.grad_input(grad_out, values, layout)
+    weight = layout.to_dense(values).double()
+    torch.testing.assert_close(y.double(), x.double() @ weight.t(), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(dx.double(), grad_out.double() @ weight, rtol=1e-4, atol=1e-3)
+    torch.set_num_threads(3 - threads)
+    assert torch.equal(backend.forward(x, values, layout, None), y)
+    assert torch.equal(backend.grad_input(grad_out, values, layout), dx)
+
+
+@per_isa
 @pytest.mark.parametrize("masked", [False, True])
 def test_linear_weight_gradient_over_batch_chunks(threads, masked):
     """A batch longer than one chunk of the weight gradient (its operand rows are cut to 512 KB:

@@ -22,9 +22,22 @@ namespace linear {
 using detail::kTile;
 using detail::run_parallel;
 
-constexpr int64_t kBatchChunk = 8 * kTile;  // batch rows per work item
+// Batch rows per work item of the forward and input gradient: a multiple of the tile height,
+// at most 8 tiles, and few enough that a chunk's operand rows (`row_elems` floats each) fit
+// in a slice of L2 while a band of block rows (columns) reads them (see partition.h).
+inline int64_t batch_chunk(int64_t row_elems) {
+  const int64_t tiles = kCacheSliceFloats / std::max<int64_t>(row_elems, 1) / kTile;
+  return kTile * std::clamp<int64_t>(tiles, 1, 8);
+}
 
-inline int64_t batch_chunks(int64_t n) { return (n + kBatchChunk - 1) / kBatchChunk; }
+// The (chunk, group) grid of a forward (groups = block rows) or input gradient (block
+// columns); its bands live in a per-thread workspace of the calling thread.
+inline ItemGrid item_grid(const int32_t* offsets, int64_t groups, int64_t n, int64_t rows,
+                          int64_t block_elems) {
+  int32_t* band_starts = detail::index_workspace(groups + 1, 1);
+  const int64_t bands = make_bands(offsets, groups, block_elems, band_starts);
+  return {offsets, groups, (n + rows - 1) / rows, band_starts, bands};
+}
 
 // Tile rows of a dense row-major operand: row i of block j is a + i * lda + group[j] * P.
 struct DenseRows {
@@ -133,14 +146,17 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
     }
 }
 
-// Runs item(group, n0, n1) for this thread's share of the (group, batch chunk) grid.
+// Runs item(group, n0, n1) for this thread's share of the (batch chunk, group) grid, in the
+// grid's band order.
 template <typename Item>
-void for_each_item(const ItemGrid& grid, int64_t n, int t, int threads, const Item& item) {
+void for_each_item(const ItemGrid& grid, int64_t n, int64_t chunk_rows, int t, int threads,
+                   const Item& item) {
   const int64_t begin = grid.first_item(t, threads), end = grid.first_item(t + 1, threads);
   for (int64_t it = begin; it < end; ++it) {
-    const int64_t group = it / grid.chunks, chunk = it % grid.chunks;
-    const int64_t n0 = chunk * kBatchChunk;
-    item(group, n0, std::min(n, n0 + kBatchChunk));
+    int64_t band, chunk, group;
+    grid.decode(it, &band, &chunk, &group);
+    const int64_t n0 = chunk * chunk_rows;
+    item(group, n0, std::min(n, n0 + chunk_rows));
   }
 }
 
@@ -150,7 +166,8 @@ template <typename T>
 void forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
              const BlockLayoutView& L, const Execution& exec) {
   if (n == 0 || L.block_rows == 0) return;
-  const ItemGrid grid{L.row_offsets, L.block_rows, batch_chunks(n)};
+  const int64_t rows = batch_chunk(L.cols());
+  const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bm, exec.max_width)) {
       // The forward streams W transposed (outputs contiguous), so the blocks are transposed
@@ -162,7 +179,7 @@ void forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
           even_share(L.nnz, t, nt, &begin, &end);
           detail::transpose_blocks(values, values_t, begin, end, L.bm, L.bk);
           detail::barrier();
-          for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
+          for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
             forward_item<decltype(W)::value>(x, values_t, bias, y, n0, n1, r, L);
           });
         });
@@ -171,7 +188,7 @@ void forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
     }
   }
   run_parallel(exec.threads, [&](int t, int nt) {
-    for_each_item(grid, n, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
+    for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
       forward_loops<T>(x, values, bias, y, n0, n1, r, L);
     });
   });
@@ -181,12 +198,13 @@ template <typename T>
 void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
                 const BlockLayoutView& L, const Execution& exec) {
   if (n == 0 || L.block_cols == 0) return;
-  const ItemGrid grid{L.transpose_offsets, L.block_cols, batch_chunks(n)};
+  const int64_t rows = batch_chunk(L.rows());
+  const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {
-          for_each_item(grid, n, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
+          for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
             grad_input_item<decltype(W)::value>(grad_out, values, grad_x, n0, n1, c, L);
           });
         });
@@ -195,7 +213,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
     }
   }
   run_parallel(exec.threads, [&](int t, int nt) {
-    for_each_item(grid, n, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
+    for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
       grad_input_loops<T>(grad_out, values, grad_x, n0, n1, c, L);
     });
   });

@@ -1,9 +1,13 @@
 // Splitting work between threads by stored blocks, without allocating.
 //
-// Work items are (group, chunk) pairs in group-major order, where a group is a block row
-// (forward) or block column (input gradient) and a chunk is a slice of the batch. An item
-// costs its group's stored-block count plus one (the output it writes even when empty), so
-// threads get equal numbers of stored blocks however uneven the rows are.
+// Work items of the linear forward and input gradient are (chunk, group) pairs, where a group
+// is a block row (forward) or block column (input gradient) and a chunk is a slice of the
+// batch. Groups are cut into bands whose stored blocks fit in a slice of L2, and the items run
+// band by band, chunk-major within a band: a chunk's operand rows stay cached while the band's
+// groups read them, and the band's blocks stay cached across its chunks (both orders alone
+// lose one of the two: group-major re-read the batch per group, chunk-major all the blocks per
+// chunk). An item costs its group's stored-block count plus one (the output it writes even
+// when empty), so threads get equal numbers of stored blocks however uneven the rows are.
 // Compiled once per instruction set, inside its namespace (see isa_kernels.h).
 #pragma once
 
@@ -14,19 +18,62 @@
 
 namespace sparcl::SPARCL_ISA_NS {
 
+// Floats of L2 a band's blocks, and a chunk's operand rows, may each take (512 KB).
+constexpr int64_t kCacheSliceFloats = 512 * 1024 / sizeof(float);
+
+// Cuts groups [0, groups) into bands of at most kCacheSliceFloats floats of stored blocks (a
+// group larger than that is a band alone); writes the first group of each band, then
+// `groups`, to band_starts (groups + 1 entries at most). Returns the number of bands.
+inline int64_t make_bands(const int32_t* offsets, int64_t groups, int64_t block_elems,
+                          int32_t* band_starts) {
+  int64_t bands = 0;
+  int64_t start = 0;
+  band_starts[0] = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t floats = (static_cast<int64_t>(offsets[g + 1]) - offsets[start]) * block_elems;
+    if (g > start && floats > kCacheSliceFloats) {
+      band_starts[++bands] = static_cast<int32_t>(g);
+      start = g;
+    }
+  }
+  band_starts[++bands] = static_cast<int32_t>(groups);
+  return bands;
+}
+
 struct ItemGrid {
-  const int32_t* offsets;  // [groups + 1]: prefix sums of stored blocks per group
+  const int32_t* offsets;      // [groups + 1]: prefix sums of stored blocks per group
   int64_t groups;
-  int64_t chunks;          // batch chunks per group
+  int64_t chunks;              // batch chunks
+  const int32_t* band_starts;  // [bands + 1], from make_bands
+  int64_t bands;
 
   int64_t items() const { return groups * chunks; }
 
+  // Cost of groups [0, g) in one chunk.
+  int64_t group_cost(int64_t g) const { return static_cast<int64_t>(offsets[g]) + g; }
+
+  // The band, chunk and group of an item.
+  void decode(int64_t item, int64_t* band, int64_t* chunk, int64_t* group) const {
+    int64_t lo = 0, hi = bands - 1;
+    while (lo < hi) {
+      const int64_t mid = lo + (hi - lo) / 2;
+      if (chunks * band_starts[mid + 1] <= item) lo = mid + 1; else hi = mid;
+    }
+    const int64_t first = band_starts[lo], width = band_starts[lo + 1] - first;
+    const int64_t local = item - chunks * first;
+    *band = lo;
+    *chunk = local / width;
+    *group = first + local % width;
+  }
+
   // Total cost of items [0, item).
   int64_t cost_before(int64_t item) const {
-    const int64_t g = item / chunks, c = item % chunks;
-    int64_t cost = (static_cast<int64_t>(offsets[g]) + g) * chunks;
-    if (c > 0) cost += c * (static_cast<int64_t>(offsets[g + 1] - offsets[g]) + 1);
-    return cost;
+    if (item >= items()) return chunks * group_cost(groups);
+    int64_t band, chunk, group;
+    decode(item, &band, &chunk, &group);
+    const int64_t first = band_starts[band], last = band_starts[band + 1];
+    return chunks * group_cost(first) + chunk * (group_cost(last) - group_cost(first)) +
+           group_cost(group) - group_cost(first);
   }
 
   // First item of thread `t` of `threads`: the first item whose prefix cost reaches t/threads
