@@ -21,7 +21,8 @@ def evaluate(
 ) -> tuple[list[float], list[float]]:
     """Accuracy (%) on the test split of tasks ``0 .. seen_tasks-1``: (class_il, task_il).
 
-    Class-IL takes the argmax over all classes; Task-IL only over the task's own classes.
+    Class-IL takes the argmax over the classes seen so far (mammoth's; after the last task,
+    all of them); Task-IL only over the task's own classes.
     ``limit`` > 0 evaluates at most that many examples per task (debug runs). Under torchrun
     each rank evaluates its shard of every task and the counts are summed.
     """
@@ -29,6 +30,7 @@ def evaluate(
     was_training = net.training
     net.eval()
     counts = torch.zeros(seen_tasks, 3, dtype=torch.float64)  # class-IL, task-IL, total
+    seen_classes = seen_tasks * data.protocol.classes_per_task
     for task in range(seen_tasks):
         index = data.task_indices(task, "test")
         if limit:
@@ -40,7 +42,7 @@ def evaluate(
             logits = net(normalize(data.test_images[batch], data.protocol))
             labels = data.test_labels[batch]
             own = logits[:, classes.start : classes.stop].argmax(1) + classes.start
-            counts[task, 0] += (logits.argmax(1) == labels).sum().item()
+            counts[task, 0] += (logits[:, :seen_classes].argmax(1) == labels).sum().item()
             counts[task, 1] += (own == labels).sum().item()
         counts[task, 2] += len(index)
     cluster.all_sum(counts)

@@ -149,6 +149,76 @@ def test_derpp_step_equals_one_backward_over_the_summed_loss():
         torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("model", ["er", "sparcl-er"])
+def test_er_loss_is_mammoths_single_mean_and_sparcl_er_keeps_two_means(model):
+    """Issue 28: ``er`` summed two batch means (twice mammoth's gradient at equal sizes)."""
+    import copy
+
+    import torch.nn.functional as F
+
+    from sparcl.methods import method_class
+    from sparcl.models import MLP
+
+    torch.manual_seed(0)
+    cls = method_class(model)
+    options = cls.Options(lr=0.1, buffer_size=50, minibatch_size=6)
+    net = MLP(784, 10)
+    if model == "sparcl-er":
+        import sparcl_kernels as sk
+
+        sk.sparsify(net, 0.5, 16, include=["body.*"])
+    method = cls(net, PROTOCOLS["seq-fmnist"], lambda raw: raw.float() / 255, options)
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8)
+    labels = torch.randint(0, 10, (40,))
+    method.buffer.add(images[:30], labels[:30], torch.randn(30, 10), 0)
+    twin = copy.deepcopy(method)
+    batch, batch_labels = images[30:], labels[30:]  # 10 current, 6 replayed
+    loss = method.observe(batch.float() / 255, batch_labels, batch, 0)
+
+    replay, replay_labels, _ = twin.buffer.sample(6)
+    logits = twin.net(torch.cat([batch, replay]).float() / 255)
+    if model == "er":
+        expected = F.cross_entropy(logits, torch.cat([batch_labels, replay_labels]))
+    else:
+        expected = F.cross_entropy(logits[:10], batch_labels)
+        expected = expected + F.cross_entropy(logits[10:], replay_labels)
+    expected.backward()
+    twin.optimizer.step()
+    assert loss == pytest.approx(expected.item(), rel=1e-5)
+    for ours, reference in zip(method.net.parameters(), twin.net.parameters(), strict=True):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-6)
+
+
+def test_class_il_of_an_intermediate_evaluation_is_over_the_classes_seen():
+    """Issue 28: mammoth's Class-IL after task t takes the argmax over the classes seen so far:
+    the logit of a class not seen yet must not count; after the last task all classes do."""
+    from sparcl.data.protocol import SplitData
+    from sparcl.evaluate import evaluate
+
+    labels = torch.arange(10).repeat_interleave(3)
+    images = torch.zeros(30, 1, 28, 28, dtype=torch.uint8)
+    images[:, 0, 0, 0] = labels.to(torch.uint8) * 20  # the label, readable after normalize
+    empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+    data = SplitData(PROTOCOLS["seq-fmnist"], empty, labels[:0], images, labels)
+
+    class Net(torch.nn.Module):
+        """The right class scores 3, the last class (9) scores 5 for every image."""
+
+        def forward(self, x):
+            centre = x[:, 0, 1, 1:2]  # a zero pixel: its normalised value is the offset
+            label = (x[:, 0, 0:1, 0] - centre) * PROTOCOLS["seq-fmnist"].std[0] * 255 / 20
+            label = label.round().long().squeeze(1)
+            scores = torch.zeros(len(x), 10)
+            scores[torch.arange(len(x)), label] = 3.0
+            scores[:, 9] = 5.0
+            return scores
+
+    class_il, task_il = evaluate(Net(), data, 2)
+    assert class_il == [100.0, 100.0] and task_il == [100.0, 100.0]
+    class_il, task_il = evaluate(Net(), data, 5)
+    assert class_il == [0.0, 0.0, 0.0, 0.0, 50.0] and task_il == [100.0] * 4 + [50.0]
+
+
 # ---------------------------------------------------------------- models
 
 

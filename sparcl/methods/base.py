@@ -153,14 +153,16 @@ class ContinualMethod:
 
     # ------------------------------------------------------------------ shared by observe()
 
-    def current_loss(self, logits: torch.Tensor, labels: torch.Tensor, task: int) -> torch.Tensor:
+    def current_loss(
+        self, logits: torch.Tensor, labels: torch.Tensor, task: int, reduction: str = "mean"
+    ) -> torch.Tensor:
         """Cross-entropy on the current batch, optionally over the current task's classes only."""
         if self.options.mask_current_logits:
             classes = self.protocol.task_classes(task)
             outside = torch.ones(logits.shape[1], dtype=torch.bool)
             outside[classes.start : classes.stop] = False
             logits = logits.masked_fill(outside, float("-inf"))
-        return F.cross_entropy(logits, labels)
+        return F.cross_entropy(logits, labels, reduction=reduction)
 
     def forward_shard(self, inputs: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Logits of this rank's shard of ``inputs`` and the weight of its mean loss."""

@@ -174,5 +174,9 @@ class SparclDerpp(SparclMixin, Derpp):
 
 
 class SparclEr(SparclMixin, Er):
+    """SparCL on ER with the release's replay loss: CE(current) + CE(replay), two batch means
+    (mammoth's ``er`` takes one mean over both: half this gradient at equal batch sizes)."""
+
     name = "sparcl-er"
+    separate_replay_mean: ClassVar[bool] = True
     Options: ClassVar[type[SparclErOptions]] = SparclErOptions
