@@ -12,6 +12,7 @@ from pathlib import Path
 import yaml
 
 from sparcl.data.datasets import PROTOCOLS
+from sparcl.data.protocol import AUGMENTATIONS
 from sparcl.masking import GRANULARITIES
 from sparcl.methods import MethodOptions, method_class, option_fields
 
@@ -31,6 +32,8 @@ class TrainConfig:
 
     model: str = "derpp"
     dataset: str = "seq-fmnist"
+    # "dataset": the reference protocol's (seq-fmnist none, seq-cifar10/seq-tinyimg crop_flip)
+    augmentation: str = "dataset"
     backbone: str = "resnet18"
     nf: int = 64
     n_epochs: int = 50
@@ -74,6 +77,11 @@ class TrainConfig:
             (
                 self.dataset in PROTOCOLS,
                 f"unknown --dataset {self.dataset!r}; choose from {sorted(PROTOCOLS)}",
+            ),
+            (
+                self.augmentation in ("dataset", *AUGMENTATIONS),
+                f"unknown --augmentation {self.augmentation!r}; choose from "
+                f"{('dataset', *AUGMENTATIONS)}",
             ),
             (
                 self.backbone in BACKBONES,

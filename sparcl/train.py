@@ -22,7 +22,7 @@ from tqdm import tqdm
 import sparcl_kernels as sk
 from sparcl import allocator, faults, memory
 from sparcl.config import TrainConfig
-from sparcl.data import SplitData, augment, load_dataset
+from sparcl.data import SplitData, augment, load_dataset, with_augmentation
 from sparcl.distributed import Cluster
 from sparcl.evaluate import evaluate
 from sparcl.flops import count_flops
@@ -334,6 +334,7 @@ def build_results(
         "training_seconds": round(sum(progress.task_seconds), 4),
         "backend": sk.backend_info(),
         "current_logit_masking": config.mask_current_logits,
+        "augmentation": method.protocol.augmentation,
         "versions": {
             "python": platform.python_version(),
             "torch": torch.__version__,
@@ -450,6 +451,7 @@ def train(
     torch.manual_seed(config.seed)
     if data is None:
         data = load_dataset(config.dataset, config.data_dir)
+    data = with_augmentation(data, config.augmentation)
     if baseline_rss_mb is None:
         memory.load_torch_runtime()
         baseline_rss_mb = memory.current_rss_mb()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -289,6 +290,43 @@ def test_sparse_resnet_run_uses_the_fast_path(tmp_path, fmnist_dir):
     assert all(0.4 < s < 0.6 for s in results["layer_sparsity"].values())
     assert results["backend"]["default"]["cpu"] == "cpu"
     assert results["current_logit_masking"] is True
+
+
+def test_augmentation_is_the_protocols_switchable_and_recorded(tmp_path, fmnist_dir):
+    """Issue 28: seq-fmnist always cropped and flipped; mammoth's MNIST protocols do not."""
+    from sparcl.data import augment, normalize
+
+    assert PROTOCOLS["seq-fmnist"].augmentation == "none"
+    assert PROTOCOLS["seq-cifar10"].augmentation == "crop_flip"
+    images = torch.randint(0, 256, (6, 1, 28, 28), dtype=torch.uint8)
+    generator = torch.Generator().manual_seed(0)
+    state = generator.get_state()
+    plain = augment(images, PROTOCOLS["seq-fmnist"], generator)
+    assert torch.equal(plain, normalize(images, PROTOCOLS["seq-fmnist"]))
+    assert torch.equal(generator.get_state(), state)  # nothing drawn: other streams unchanged
+    cropped = dataclasses.replace(PROTOCOLS["seq-fmnist"], augmentation="crop_flip")
+    assert not torch.equal(augment(images, cropped, generator), plain)
+
+    args = ["--model", "derpp", "--backbone", "mlp", "--n_epochs", "1", "--debug_mode", "1"]
+    default = _train([*args, "--buffer_size", "20"], tmp_path / "a", fmnist_dir)
+    switched = _train(
+        [*args, "--buffer_size", "20", "--augmentation", "crop_flip"], tmp_path / "b", fmnist_dir
+    )
+    assert default["augmentation"] == "none" and switched["augmentation"] == "crop_flip"
+    assert default["data_fingerprint"] == switched["data_fingerprint"]  # same data otherwise
+    assert main(["train", "--augmentation", "rotate"]) == 2
+
+
+def test_with_augmentation_replaces_only_the_protocols_augmentation():
+    from sparcl.data import SplitData, with_augmentation
+
+    empty = torch.zeros(0, 1, 28, 28, dtype=torch.uint8)
+    labels = torch.zeros(0, dtype=torch.int64)
+    data = SplitData(PROTOCOLS["seq-fmnist"], empty, labels, empty, labels)
+    assert with_augmentation(data, "dataset") is data
+    changed = with_augmentation(data, "crop_flip")
+    assert changed.protocol == dataclasses.replace(data.protocol, augmentation="crop_flip")
+    assert changed.train_images is data.train_images
 
 
 def _assert_resume_reproduces(args: list[str], kill_after: int, tmp_path, data_dir) -> None:

@@ -179,19 +179,21 @@ def test_torchrun_resnet_with_batchnorm_matches_one_process(tmp_path, fmnist_dir
     variances 0.57 apart from one process); BatchNorm now sees the global batch. Compared
     after task 1: this small ResNet amplifies a rounding difference of 1e-7 in its weights
     to 1e-4 within one step (one process with perturbed weights does the same), so later
-    tasks agree only as far as rounding lets them."""
+    tasks agree only as far as rounding lets them; the per-step test below is exact."""
     data = ["--data_dir", str(fmnist_dir)]
     _torchrun(*RESNET_ARGS, *data, "--output_dir", str(tmp_path / "two"))
     _run([sys.executable, "-m", "sparcl", "train", *RESNET_ARGS, *data, "--output_dir",
           str(tmp_path / "one")])  # fmt: skip
     run, two = _results(tmp_path / "two")
-    single_run, one = _results(tmp_path / "one")
-    assert two["task_il"][0] == pytest.approx(one["task_il"][0], abs=1e-6)
+    single_run, _ = _results(tmp_path / "one")
+    assert two["distributed"]["world_size"] == WORLD
     final = torch.load(run / "checkpoints" / "task_1.pt", weights_only=True)["net"]
     reference = torch.load(single_run / "checkpoints" / "task_1.pt", weights_only=True)["net"]
     assert any("running_var" in name for name in reference)
     for name, tensor in reference.items():
-        torch.testing.assert_close(final[name], tensor, rtol=1e-4, atol=1e-5, msg=name)
+        # 1e-3: rounding grows to ~6e-5 over task 1's steps here; per-rank statistics gave
+        # 0.02 after one step.
+        torch.testing.assert_close(final[name], tensor, rtol=1e-3, atol=1e-3, msg=name)
 
 
 def _resnet_derpp_step(cluster: Cluster) -> dict:

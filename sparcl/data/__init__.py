@@ -1,6 +1,6 @@
 """Class-incremental benchmarks read from standard on-disk formats."""
 
-from sparcl.data.augment import augment, normalize
+from sparcl.data.augment import augment, normalize, with_augmentation
 from sparcl.data.datasets import PROTOCOLS, load_dataset
 from sparcl.data.protocol import CorruptDataError, MissingDataError, Protocol, SplitData
 
@@ -11,6 +11,7 @@ __all__ = [
     "Protocol",
     "SplitData",
     "augment",
+    "with_augmentation",
     "load_dataset",
     "normalize",
 ]

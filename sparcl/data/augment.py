@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
-from sparcl.data.protocol import Protocol
+from sparcl.data.protocol import Protocol, SplitData
 
 
 def normalize(images: torch.Tensor, protocol: Protocol) -> torch.Tensor:
@@ -15,11 +17,15 @@ def normalize(images: torch.Tensor, protocol: Protocol) -> torch.Tensor:
 
 
 def augment(images: torch.Tensor, protocol: Protocol, generator: torch.Generator) -> torch.Tensor:
-    """Random crop (zero padding ``protocol.crop_padding``) and horizontal flip, then normalise.
+    """The protocol's training augmentation, then normalise: with ``"crop_flip"`` a random
+    crop (zero padding ``protocol.crop_padding``) and horizontal flip, with ``"none"`` only
+    the normalisation (``generator`` is not drawn from).
 
     One gather for the whole batch: every image gets its own offsets and flip, drawn from
     ``generator`` so that runs are reproducible.
     """
+    if protocol.augmentation == "none":
+        return normalize(images, protocol)
     n, c, h, w = images.shape
     pad = protocol.crop_padding
     padded = torch.nn.functional.pad(images, (pad, pad, pad, pad))
@@ -35,3 +41,11 @@ def augment(images: torch.Tensor, protocol: Protocol, generator: torch.Generator
         cols.view(n, 1, 1, w),
     ]
     return normalize(cropped, protocol)
+
+
+def with_augmentation(data: SplitData, augmentation: str) -> SplitData:
+    """``data`` whose protocol trains with ``augmentation`` (``"dataset"``: as declared)."""
+    if augmentation == "dataset" or augmentation == data.protocol.augmentation:
+        return data
+    protocol = dataclasses.replace(data.protocol, augmentation=augmentation)
+    return dataclasses.replace(data, protocol=protocol)

@@ -6,10 +6,17 @@ from dataclasses import dataclass
 
 import torch
 
+AUGMENTATIONS = ("none", "crop_flip")
+
 
 @dataclass(frozen=True)
 class Protocol:
-    """A "seq-" benchmark: classes split into equal tasks in label order."""
+    """A "seq-" benchmark: classes split into equal tasks in label order.
+
+    ``augmentation`` is the training augmentation of the reference protocol (mammoth's):
+    ``"crop_flip"`` (random crop with ``crop_padding`` zero padding, horizontal flip when
+    ``horizontal_flip``) or ``"none"``; inputs are normalised either way.
+    """
 
     name: str
     n_tasks: int
@@ -20,6 +27,7 @@ class Protocol:
     std: tuple[float, ...]
     crop_padding: int = 4
     horizontal_flip: bool = True
+    augmentation: str = "crop_flip"
 
     @property
     def n_classes(self) -> int:
