@@ -15,6 +15,7 @@ from sparcl.data.datasets import PROTOCOLS
 from sparcl.data.protocol import AUGMENTATIONS
 from sparcl.masking import GRANULARITIES
 from sparcl.methods import MethodOptions, method_class, option_fields
+from sparcl.models.mlp import DEFAULT_HIDDEN as MLP_HIDDEN
 
 BACKBONES = ("resnet18", "mlp")
 DEBUG_EPOCHS = 2  # --debug_mode caps epochs (and the method's schedule) so smoke runs take seconds
@@ -36,6 +37,7 @@ class TrainConfig:
     augmentation: str = "dataset"
     backbone: str = "resnet18"
     nf: int = 64
+    mlp_hidden_size: int = MLP_HIDDEN  # --backbone mlp (mammoth's default is 100)
     n_epochs: int = 50
     batch_size: int = 32
     seed: int = 0
@@ -99,6 +101,10 @@ class TrainConfig:
             (self.n_epochs > 0, f"--n_epochs must be > 0, got {self.n_epochs}"),
             (self.batch_size > 0, f"--batch_size must be > 0, got {self.batch_size}"),
             (self.nf > 0, f"--nf must be > 0, got {self.nf}"),
+            (
+                self.mlp_hidden_size > 0,
+                f"--mlp_hidden_size must be > 0, got {self.mlp_hidden_size}",
+            ),
             (self.max_train_per_task >= 0, "--max_train_per_task must be >= 0"),
             (self.speedup_repeats >= 0, "--speedup_repeats must be >= 0"),
         ]

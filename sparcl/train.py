@@ -48,7 +48,9 @@ def build_network(config: TrainConfig, data: SplitData, report: bool = False) ->
         net = resnet18(protocol.n_classes, config.nf, protocol.channels)
         sparse_layers = BLOCK_CONV_PATTERNS
     else:
-        net = MLP(protocol.channels * protocol.image_size**2, protocol.n_classes)
+        net = MLP(
+            protocol.channels * protocol.image_size**2, protocol.n_classes, config.mlp_hidden_size
+        )
         sparse_layers = ("body.*",)
     if config.sparse and config.granularity == "unstructured":
         attach_element_masks(net, config.sparsity, include=sparse_layers)

@@ -659,3 +659,22 @@ def test_a_new_method_is_one_file(tmp_path, fmnist_dir, monkeypatch, capsys):
         assert "does not take --toy_scale (an option of toy)" in capsys.readouterr().err
     finally:
         sys.modules.pop("sparcl.methods.toy", None)
+
+
+def test_mlp_is_initialised_as_mammoths_and_its_width_is_an_option(tmp_path, fmnist_dir):
+    """Issue 28 item 4: hidden size fixed at 256 and PyTorch's default initialisation."""
+    from sparcl.models import MLP
+
+    torch.manual_seed(0)
+    net = MLP(784, 10, hidden=100)
+    layers = [m for m in net.modules() if isinstance(m, torch.nn.Linear)]
+    assert [layer.out_features for layer in layers] == [100, 100, 10]
+    for layer in layers:
+        assert torch.all(layer.bias == 0)
+        bound = (6 / (layer.in_features + layer.out_features)) ** 0.5  # Xavier-uniform
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.abs().max() > 0.9 * bound
+    args = ["--model", "sgd", "--backbone", "mlp", "--mlp_hidden_size", "100", "--n_epochs", "1"]
+    results = _train([*args, "--debug_mode", "1"], tmp_path, fmnist_dir)
+    assert results["config"]["mlp_hidden_size"] == 100
+    assert main(["train", "--backbone", "mlp", "--mlp_hidden_size", "0"]) == 2
