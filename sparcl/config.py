@@ -16,6 +16,7 @@ from sparcl.data.protocol import AUGMENTATIONS
 from sparcl.masking import GRANULARITIES
 from sparcl.methods import MethodOptions, method_class, option_fields
 from sparcl.models.mlp import DEFAULT_HIDDEN as MLP_HIDDEN
+from sparcl_kernels.nn.conv import BLOCK_TAPS
 
 BACKBONES = ("resnet18", "mlp")
 DEBUG_EPOCHS = 2  # --debug_mode caps epochs (and the method's schedule) so smoke runs take seconds
@@ -46,6 +47,7 @@ class TrainConfig:
     sparsity: float = 0.0
     block_size: str = "auto"  # "auto" (per layer, see sparcl.train.block_sides) or a side
     granularity: str = "block"  # "unstructured": the release's masked-dense training
+    block_taps: str = "each"  # conv units: one tap's block ("each") or all taps together ("all")
     dense: bool = False
     max_train_per_task: int = 0
     debug_mode: int = 0
@@ -93,6 +95,15 @@ class TrainConfig:
             (
                 self.block_size == "auto" or (self.block_size.isdigit() and int(self.block_size)),
                 f"--block_size must be 'auto' or a positive integer, got {self.block_size!r}",
+            ),
+            (
+                self.block_taps in BLOCK_TAPS,
+                f"unknown --block_taps {self.block_taps!r}; choose from {BLOCK_TAPS}",
+            ),
+            (
+                self.block_taps == "each" or self.granularity == "block",
+                "--block_taps all ties the blocks of block-sparse convolutions: it needs "
+                "--granularity block",
             ),
             (
                 self.granularity in GRANULARITIES,

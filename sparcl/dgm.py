@@ -37,7 +37,7 @@ class GradientMasking:
         self.keep_fraction = keep_fraction
         self.interval = interval
         self.iteration = 0
-        self.computed_blocks = 0  # weight-gradient blocks computed so far
+        self.computed_blocks = 0  # weight-gradient blocks (not units) computed so far
         self.stored_blocks = 0  # weight-gradient blocks a full gradient would have computed
         # Blocks each layer's mask keeps (None: no mask), counted when the mask is made, so
         # that accounting never reads a mask back from the GPU.
@@ -66,8 +66,8 @@ class GradientMasking:
         """Call after ``loss.backward()``: account the work, pick masks on refresh iterations."""
         for index, layer in enumerate(self.layers):
             nnz = layer.n_stored
-            self.stored_blocks += nnz
-            self.computed_blocks += self._computed(index)
+            self.stored_blocks += nnz * layer.blocks_per_unit
+            self.computed_blocks += self._computed(index) * layer.blocks_per_unit
             norms = layer.gradient_norms() if self.refreshing() else None
             if norms is not None:
                 keep = max(1, round(self.keep_fraction * nnz)) if nnz else 0
@@ -83,9 +83,11 @@ class GradientMasking:
         return self.computed_blocks / self.stored_blocks if self.stored_blocks else 1.0
 
     def current_density(self) -> float:
-        """Fraction of stored units the current gradient masks compute."""
-        stored = sum(layer.n_stored for layer in self.layers)
-        kept = sum(self._computed(index) for index in range(len(self.layers)))
+        """Fraction of stored blocks the current gradient masks compute."""
+        stored = sum(layer.n_stored * layer.blocks_per_unit for layer in self.layers)
+        kept = sum(
+            self._computed(index) * layer.blocks_per_unit for index, layer in enumerate(self.layers)
+        )
         return kept / stored if stored else 1.0
 
     def reset(self) -> None:

@@ -28,41 +28,68 @@ GRANULARITIES = ("block", "unstructured")
 
 
 class BlockUnits:
-    """Units are the weight blocks of a block-sparse layer (its layout)."""
+    """Units are the weight blocks of a block-sparse layer (its layout), or, in an all-taps
+    convolution, the ``kh * kw`` blocks of one channel pair kept and dropped together."""
 
     def __init__(self, layer: BlockSparseWeight) -> None:
         self.layer = layer
 
     def stored_mask(self) -> Tensor:
-        return self.layer.layout.block_mask().cpu()
+        return self.layer.unit_mask().cpu()
+
+    @property
+    def blocks_per_unit(self) -> int:
+        return self.layer.tied_columns
 
     @property
     def n_stored(self) -> int:
-        return self.layer.values.shape[0]
+        return self.layer.values.shape[0] // self.blocks_per_unit
 
-    def _per_unit(self, tensor: Tensor) -> Tensor:
-        return tensor.detach().abs().flatten(1).sum(1)
+    def _per_unit(self, per_block: Tensor) -> Tensor:
+        """Sums a per-block quantity ``[nnz]`` over each stored unit's blocks."""
+        if self.blocks_per_unit == 1:
+            return per_block
+        return per_block[self.layer.unit_block_ids()].sum(1)
+
+    def _abs_sum(self, tensor: Tensor) -> Tensor:
+        return self._per_unit(tensor.detach().abs().flatten(1).sum(1))
 
     def importance(self, lam: float) -> Tensor:
-        """``sum |w| + lam * |g|`` per stored block, ``g`` the latest weight gradient."""
-        score = self._per_unit(self.layer.values)
+        """``sum |w| + lam * |g|`` per stored unit, ``g`` the latest weight gradient."""
+        score = self._abs_sum(self.layer.values)
         if self.layer.values.grad is not None:
-            score = score + lam * self._per_unit(self.layer.values.grad)
+            score = score + lam * self._abs_sum(self.layer.values.grad)
         return score
 
     def gradient_norms(self) -> Tensor | None:
         grad = self.layer.values.grad
-        return None if grad is None else grad.flatten(1).norm(dim=1)
+        return None if grad is None else self._per_unit(grad.flatten(1).pow(2).sum(1)).sqrt()
 
     def update(self, prune: Tensor | None, grow: Tensor, optimizer) -> None:
         """Prune stored units ``prune`` (ids) and grow the positions set in ``grow``."""
+        if self.blocks_per_unit > 1:
+            if prune is not None:
+                prune = self.layer.unit_block_ids()[prune.to(self.layer.block_mask.device)]
+                prune = prune.flatten()
+            rows, cols = self.layer.layout.block_grid
+            grow = grow.unsqueeze(1).expand(rows, self.blocks_per_unit, -1).reshape(rows, cols)
         self.layer.update_blocks(prune=prune, grow=grow, optimizer=optimizer)
 
     @property
     def grad_mask(self) -> Tensor | None:
-        return self.layer.grad_block_mask
+        blocks = self.layer.grad_block_mask
+        if blocks is None or self.blocks_per_unit == 1:
+            return blocks
+        return blocks[self.layer.unit_block_ids()[:, 0]]
 
     def set_grad_mask(self, grad_mask: Tensor | None) -> None:
+        if grad_mask is not None and self.blocks_per_unit > 1:
+            if grad_mask.dtype != torch.bool or tuple(grad_mask.shape) != (self.n_stored,):
+                raise ValueError(f"grad_mask must be bool of shape ({self.n_stored},)")
+            ids = self.layer.unit_block_ids()
+            blocks = torch.zeros(self.layer.values.shape[0], dtype=torch.bool, device=ids.device)
+            blocks[ids[grad_mask.to(ids.device)].flatten()] = True
+            grad_mask = blocks
         self.layer.set_grad_block_mask(grad_mask)
 
 
@@ -133,6 +160,8 @@ class MaskedConv2d(ElementMasked, nn.Conv2d):
 
 class ElementUnits:
     """Units are single weights of a masked dense layer."""
+
+    blocks_per_unit = 1
 
     def __init__(self, module: ElementMasked) -> None:
         self.module = module

@@ -58,18 +58,20 @@ def build_network(config: TrainConfig, data: SplitData, report: bool = False) ->
         sides = block_sides(net, config, sparse_layers, report)
         for side in sorted(set(sides.values()), reverse=True):
             include = [name for name, chosen in sides.items() if chosen == side]
-            sk.sparsify(net, config.sparsity, side, include=include)
+            sk.sparsify(net, config.sparsity, side, include=include, block_taps=config.block_taps)
     return net
 
 
 AUTO_BLOCK_SIDES = (32, 16, 8)  # --block_size auto: the largest that keeps a layer meaningful
-MIN_KEPT_BLOCKS = 8  # ... i.e. that leaves at least this many stored blocks at the sparsity
+MIN_KEPT_BLOCKS = 8  # ... i.e. that leaves at least this many stored units at the sparsity
 
 
-def _block_grid(module: nn.Module, side: int) -> int:
+def _unit_grid(module: nn.Module, side: int, block_taps: str) -> int:
+    """Units (what a layout change keeps or drops) of ``module`` at block side ``side``."""
     if isinstance(module, nn.Conv2d):
         kh, kw = module.kernel_size
-        return (module.out_channels // side) * (kh * kw * module.in_channels // side)
+        taps = 1 if block_taps == "all" else kh * kw
+        return (module.out_channels // side) * (taps * module.in_channels // side)
     return (module.out_features // side) * (module.in_features // side)
 
 
@@ -80,8 +82,9 @@ def block_sides(
 
     An explicit ``--block_size`` applies to every layer it divides. ``auto`` gives each layer
     the largest side in AUTO_BLOCK_SIDES that it divides and at which at least
-    MIN_KEPT_BLOCKS blocks stay stored, so that narrow layers keep enough blocks for masks to
-    move (a 32-channel conv has 9 blocks of 32x32 and would keep 1 at 90%); the smallest side
+    MIN_KEPT_BLOCKS units stay stored, so that narrow layers keep enough units for masks to
+    move (a 32-channel conv has 9 blocks of 32x32 and would keep 1 at 90%; with
+    ``--block_taps all`` a unit is a channel pair over all taps); the smallest side
     that divides when none keeps that many. A block size that fits none of the layers is an
     error (the run would be dense under a sparse label); one that leaves some layers dense
     says which, with ``report``.
@@ -104,7 +107,8 @@ def block_sides(
         kept = [
             s
             for s in fitting
-            if (1 - config.sparsity) * _block_grid(modules[name], s) >= MIN_KEPT_BLOCKS
+            if (1 - config.sparsity) * _unit_grid(modules[name], s, config.block_taps)
+            >= MIN_KEPT_BLOCKS
         ]
         sides[name] = kept[0] if kept else fitting[-1]
     if not sides:
@@ -127,6 +131,15 @@ def layer_block_size(net: nn.Module) -> dict[str, list[int]]:
         name: list(module.block_size)
         for name, module in net.named_modules()
         if isinstance(module, sk.nn.SparseLinear | sk.nn.SparseConv2d)
+    }
+
+
+def layer_block_taps(net: nn.Module) -> dict[str, str]:
+    """The tap policy (``"each"`` or ``"all"``) of every block-sparse convolution."""
+    return {
+        name: module.block_taps
+        for name, module in net.named_modules()
+        if isinstance(module, sk.nn.SparseConv2d)
     }
 
 
@@ -330,6 +343,7 @@ def build_results(
         "task_samples_per_second": progress.task_samples_per_second,
         "layer_sparsity": layer_sparsity(net),
         "layer_block_size": layer_block_size(net),
+        "layer_block_taps": layer_block_taps(net),
         "gradient_density": progress.gradient_density,
         "training_flops": progress.training_flops,
         "data_fingerprint": progress.data_fingerprint,

@@ -125,12 +125,18 @@ class BlockLayout:
 
     @classmethod
     def from_dense(
-        cls, weight: torch.Tensor, block_size: int | Sequence[int], sparsity: float
+        cls,
+        weight: torch.Tensor,
+        block_size: int | Sequence[int],
+        sparsity: float,
+        tied_columns: int = 1,
     ) -> BlockLayout:
-        """Layout keeping the ``round((1 - sparsity) * n_blocks)`` blocks of largest Frobenius norm.
+        """Layout keeping the ``round((1 - sparsity) * n_units)`` units of largest Frobenius norm.
 
-        Ties are broken by block position (lower row-major index first), so the result is
-        deterministic.
+        A unit is one block, or with ``tied_columns = t > 1`` the ``t`` blocks of one block
+        row whose block columns are ``c, c + K/bk/t, c + 2 K/bk/t, ...`` (the kernel taps of one
+        channel block of a convolution's GEMM view), kept or dropped together. Ties are broken
+        by unit position (lower row-major index first), so the result is deterministic.
         """
         if not isinstance(weight, torch.Tensor):
             raise TypeError(f"weight must be a torch.Tensor, got {type(weight).__name__}")
@@ -143,12 +149,24 @@ class BlockLayout:
         bm, bk = as_block_size(block_size)
         _check_divisible(tuple(weight.shape), (bm, bk), "weight")
         norms = block_norms(weight.detach(), (bm, bk))
-        n_blocks = norms.numel()
-        n_keep = round((1.0 - float(sparsity)) * n_blocks)
-        order = torch.sort(norms.flatten(), descending=True, stable=True).indices
-        flat_mask = torch.zeros(n_blocks, dtype=torch.bool, device=weight.device)
+        rows, cols = norms.shape
+        if tied_columns < 1 or cols % tied_columns:
+            raise ValueError(
+                f"tied_columns={tied_columns} must be positive and divide the {cols} block columns"
+            )
+        unit_norms = (
+            norms
+            if tied_columns == 1
+            else norms.view(rows, tied_columns, cols // tied_columns).pow(2).sum(1).sqrt()
+        )
+        n_units = unit_norms.numel()
+        n_keep = round((1.0 - float(sparsity)) * n_units)
+        order = torch.sort(unit_norms.flatten(), descending=True, stable=True).indices
+        flat_mask = torch.zeros(n_units, dtype=torch.bool, device=weight.device)
         flat_mask[order[:n_keep]] = True
-        return cls.from_block_mask(flat_mask.view_as(norms), (bm, bk))
+        unit_mask = flat_mask.view_as(unit_norms)
+        block_mask = unit_mask.unsqueeze(1).expand(rows, tied_columns, -1).reshape(rows, cols)
+        return cls.from_block_mask(block_mask, (bm, bk))
 
     @classmethod
     def from_index_tensors(

@@ -439,6 +439,15 @@ def test_sparcl_methods_run_end_to_end(tmp_path, fmnist_dir, model):
     assert speed["realization_ratio"] == pytest.approx(ratio, rel=1e-3)
 
 
+def test_all_taps_run_records_the_policy_per_layer(tmp_path, fmnist_dir):
+    args = [*SPARCL_ARGS, "--nf", "16", "--block_taps", "all"]
+    results = _train(["--model", "sparcl-derpp", *args], tmp_path, fmnist_dir)
+    assert len(results["class_il"]) == 5
+    assert len(results["layer_block_taps"]) == 16
+    assert set(results["layer_block_taps"].values()) == {"all"}
+    assert results["config"]["block_taps"] == "all"
+
+
 def test_unstructured_granularity_trains_masked_dense_layers(tmp_path, fmnist_dir):
     """The release's way: dense convs with element masks, same TDM/DGM schedule."""
     results = _train(

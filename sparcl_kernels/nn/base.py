@@ -39,6 +39,7 @@ class BlockSparseWeight(nn.Module):
 
     values: nn.Parameter
     block_mask: Tensor
+    tied_columns: int = 1  # block columns per unit (see unit_grid)
 
     def _init_block_sparse(
         self,
@@ -46,9 +47,11 @@ class BlockSparseWeight(nn.Module):
         block_size: int | Sequence[int],
         sparsity: float | None = None,
         layout: BlockLayout | None = None,
+        tied_columns: int = 1,
     ) -> None:
+        self.tied_columns = tied_columns
         if layout is None:
-            layout = BlockLayout.from_dense(weight_2d, block_size, sparsity)
+            layout = BlockLayout.from_dense(weight_2d, block_size, sparsity, tied_columns)
         self.weight_shape = layout.shape
         self.block_size = layout.block_size
         self.values = nn.Parameter(layout.to_blocks(weight_2d.detach()).clone())
@@ -57,6 +60,7 @@ class BlockSparseWeight(nn.Module):
         self._register_geometry()
 
     def _store_layout(self, layout: BlockLayout) -> None:
+        self._check_tied(layout.block_mask())
         self.register_buffer("block_mask", layout.block_mask())
         for name, tensor in zip(_INDEX_BUFFERS, layout.tensors(), strict=True):
             self.register_buffer(name, tensor, persistent=False)
@@ -82,6 +86,46 @@ class BlockSparseWeight(nn.Module):
             self.block_size,
             *(getattr(self, name) for name in _INDEX_BUFFERS),
         )
+
+    # ------------------------------------------------------------------ units
+    # A unit is what a layout change keeps or drops at once: one block, or the
+    # ``tied_columns`` blocks of one block row at block columns c, c + K/bk/t, ... (an all-taps
+    # convolution ties the kh * kw taps of a channel block).
+
+    @property
+    def unit_grid(self) -> tuple[int, int]:
+        """Shape of :meth:`unit_mask`: (block rows, block columns / ``tied_columns``)."""
+        rows, cols = self.layout.block_grid
+        return rows, cols // self.tied_columns
+
+    def _check_tied(self, block_mask: Tensor) -> None:
+        if self.tied_columns == 1:
+            return
+        rows, cols = block_mask.shape
+        tied = block_mask.view(rows, self.tied_columns, cols // self.tied_columns)
+        if not bool((tied == tied[:, :1]).all()):
+            raise ValueError(
+                f"{type(self).__name__}: this layer ties {self.tied_columns} blocks per unit "
+                "(block_taps='all': the kernel taps of a channel block are stored together); "
+                "the block mask stores some of a unit's blocks and not others"
+            )
+
+    def unit_mask(self) -> Tensor:
+        """Bool ``unit_grid`` mask of the stored units."""
+        rows, cols = self.layout.block_grid
+        return self.block_mask.view(rows, self.tied_columns, cols // self.tied_columns)[:, 0]
+
+    def unit_block_ids(self) -> Tensor:
+        """``[stored units, tied_columns]`` ids (into ``values``) of each stored unit's blocks,
+        units in row-major order of :meth:`unit_mask`."""
+        layout = self.layout
+        rows, cols = layout.block_grid
+        ids = torch.full((rows, cols), -1, dtype=torch.long, device=self.block_mask.device)
+        ids[layout.row_indices.long(), layout.col_indices.long()] = torch.arange(
+            layout.nnz, device=ids.device
+        )
+        per_unit = ids.view(rows, self.tied_columns, cols // self.tied_columns).permute(0, 2, 1)
+        return per_unit[self.unit_mask()]
 
     @property
     def sparsity(self) -> float:
@@ -149,6 +193,7 @@ class BlockSparseWeight(nn.Module):
             raise ValueError(
                 f"block_mask must have shape {old.block_grid}, got {tuple(block_mask.shape)}"
             )
+        self._check_tied(block_mask)  # before anything moves
         new = BlockLayout.from_block_mask(block_mask.to(old.device), self.block_size)
         old_ids = torch.full(old.block_grid, -1, dtype=torch.long, device=old.device)
         old_ids[old.row_indices.long(), old.col_indices.long()] = torch.arange(
@@ -211,7 +256,8 @@ class BlockSparseWeight(nn.Module):
     # ------------------------------------------------------------------ state dict
 
     def geometry(self) -> tuple[int, ...]:
-        """What fixes the meaning of ``values``: (kind, out, in, kernel_h, kernel_w, bm, bk).
+        """What fixes the meaning of ``values``: (kind, out, in, kernel_h, kernel_w, bm, bk,
+        taps tied: 1 for an all-taps convolution, else 0).
 
         Kept in the persistent ``geometry`` buffer and checked on load, as size mismatches
         are for dense modules: two layers with equal ``values`` shapes can mean different
@@ -224,16 +270,18 @@ class BlockSparseWeight(nn.Module):
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         saved = state_dict.get(prefix + "geometry_code")
-        if saved is None:
-            # Saved before the geometry was recorded: accept it (block_mask and values shapes
-            # are still checked by the default loader).
-            state_dict[prefix + "geometry_code"] = self.geometry_code
-        elif tuple(saved.tolist()) != self.geometry():
-            raise RuntimeError(
-                f"Error(s) in loading state_dict for {type(self).__name__}: the saved layer's "
-                f"geometry {_describe_geometry(saved.tolist())} differs from this layer's "
-                f"{_describe_geometry(self.geometry())}"
-            )
+        if saved is not None:
+            # Codes saved before the tap policy was recorded have 7 entries: per-tap blocks.
+            code = _padded_geometry(saved.tolist())
+            if code != self.geometry():
+                raise RuntimeError(
+                    f"Error(s) in loading state_dict for {type(self).__name__}: the saved "
+                    f"layer's geometry {_describe_geometry(code)} differs from this layer's "
+                    f"{_describe_geometry(self.geometry())}"
+                )
+        # Absent (saved before the geometry was recorded) or checked: block_mask and values
+        # shapes are still checked by the default loader.
+        state_dict[prefix + "geometry_code"] = self.geometry_code
         # The saved layout may store a different number of blocks: adopt it before the
         # default loader copies `values` (whose shape follows nnz).
         mask = state_dict.get(prefix + "block_mask")
@@ -264,7 +312,16 @@ class BlockSparseWeight(nn.Module):
 _GEOMETRY_KINDS = ("SparseLinear", "SparseConv2d")
 
 
+def _padded_geometry(code) -> tuple[int, ...]:
+    code = tuple(int(v) for v in code)
+    return (*code, 0) if len(code) == 7 else code
+
+
 def _describe_geometry(code) -> str:
-    kind, rows, cols, kh, kw, bm, bk = (int(v) for v in code)
+    code = _padded_geometry(code)
+    if len(code) != 8:
+        return f"code {list(code)}"
+    kind, rows, cols, kh, kw, bm, bk, tied = code
     name = _GEOMETRY_KINDS[kind] if 0 <= kind < len(_GEOMETRY_KINDS) else f"kind {kind}"
-    return f"{name}(out={rows}, in={cols}, kernel=({kh}, {kw}), block_size=({bm}, {bk}))"
+    taps = ", block_taps='all'" if tied else ""
+    return f"{name}(out={rows}, in={cols}, kernel=({kh}, {kw}), block_size=({bm}, {bk}){taps})"

@@ -3,9 +3,11 @@
 The convolution runs as an implicit GEMM over input patches in channels-last order (no patch
 matrix is built on the CPU fast path): the weight is viewed as
 ``[out_channels, kh * kw * in_channels]`` (column = (tap, input channel)), and a block is ``bm``
-output channels x ``bk`` input channels at one kernel tap. That is the finest
-granularity the block kernels can exploit and the one that keeps most accuracy at a given
-sparsity; README.md records the measured trade-off.
+output channels x ``bk`` input channels at one kernel tap. ``block_taps`` says what a layout
+change keeps or drops at once: ``"each"`` (the default) one block, the finest granularity the
+block kernels can exploit; ``"all"`` the kh x kw blocks of one (output block, input block)
+channel pair, for all taps together -- coarser, the same kernels. README.md records the
+measured accuracy and speed of both.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from torch.nn.modules.utils import _pair
 from sparcl_kernels.geometry import ConvGeometry
 from sparcl_kernels.nn.base import BlockSparseWeight
 from sparcl_kernels.ops import block_sparse_conv2d
+
+BLOCK_TAPS = ("each", "all")
+
+
+def check_block_taps(block_taps: str) -> None:
+    """``ValueError`` unless ``block_taps`` names a tap policy."""
+    if block_taps not in BLOCK_TAPS:
+        raise ValueError(f"block_taps must be one of {BLOCK_TAPS}, got {block_taps!r}")
 
 
 def conv_weight_to_gemm(weight: Tensor) -> Tensor:
@@ -38,12 +48,16 @@ class SparseConv2d(BlockSparseWeight):
     """2-D convolution (groups=1, zero padding) computing only stored weight blocks.
 
     Takes ``[N, C, H, W]`` input in any memory format and returns ``[N, C_out, OH, OW]``
-    with channels-last strides (no copy): the kernels compute in channels-last. A
+    with channels-last strides (no copy): the kernels compute in channels-last.
+    ``block_taps="all"`` stores the kernel taps of a channel block together (one unit per
+    ``bm`` x ``bk`` channel pair; see the module docstring), ``"each"`` per tap. A
     channels-last model (what :func:`~sparcl_kernels.sparsify` makes by default; by hand:
     ``model.to(memory_format=torch.channels_last)``) then runs every layer in one format with
     no layout copies; in an NCHW model the NCHW inputs are copied, and element-wise ops that
     mix the two formats (residual sums) run slower than in either.
     """
+
+    block_taps: str = "each"  # modules pickled before the option existed were per-tap
 
     def __init__(
         self,
@@ -58,6 +72,7 @@ class SparseConv2d(BlockSparseWeight):
         sparsity: float = 0.9,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
+        block_taps: str = "each",
     ) -> None:
         super().__init__()
         dense = nn.Conv2d(
@@ -71,11 +86,12 @@ class SparseConv2d(BlockSparseWeight):
             device=device,
             dtype=dtype,
         )
-        self._init_from_conv(dense, block_size, sparsity)
+        self._init_from_conv(dense, block_size, sparsity, block_taps)
 
     def _init_from_conv(
-        self, conv: nn.Conv2d, block_size: int | Sequence[int], sparsity: float
+        self, conv: nn.Conv2d, block_size: int | Sequence[int], sparsity: float, block_taps: str
     ) -> None:
+        check_block_taps(block_taps)
         if conv.groups != 1:
             raise ValueError(f"SparseConv2d supports groups=1 only, got groups={conv.groups}")
         if conv.padding_mode != "zeros":
@@ -98,7 +114,10 @@ class SparseConv2d(BlockSparseWeight):
                 f"block_size {block} must have bk dividing in_channels={self.in_channels} "
                 "(a block covers bk input channels at one kernel tap)"
             )
-        self._init_block_sparse(conv_weight_to_gemm(conv.weight), block, sparsity)
+        self.block_taps = block_taps
+        taps = self.kernel_size[0] * self.kernel_size[1]
+        tied = taps if block_taps == "all" else 1
+        self._init_block_sparse(conv_weight_to_gemm(conv.weight), block, sparsity, None, tied)
         bias = None if conv.bias is None else nn.Parameter(conv.bias.detach().clone())
         self.register_parameter("bias", bias)
 
@@ -108,13 +127,15 @@ class SparseConv2d(BlockSparseWeight):
         conv: nn.Conv2d,
         sparsity: float = 0.9,
         block_size: int | Sequence[int] = (32, 32),
+        block_taps: str = "each",
     ) -> SparseConv2d:
-        """Keep the largest-norm (tap, channel-block) blocks of ``conv.weight``; copies bias."""
+        """Keep the largest-norm units of ``conv.weight``: (tap, channel-block) blocks, or with
+        ``block_taps="all"`` channel blocks over all taps; copies bias."""
         if not isinstance(conv, nn.Conv2d):
             raise TypeError(f"conv must be an nn.Conv2d, got {type(conv).__name__}")
         module = cls.__new__(cls)
         BlockSparseWeight.__init__(module)
-        module._init_from_conv(conv, block_size, sparsity)
+        module._init_from_conv(conv, block_size, sparsity, block_taps)
         return module
 
     def to_dense(self) -> nn.Conv2d:
@@ -155,11 +176,12 @@ class SparseConv2d(BlockSparseWeight):
         )
 
     def geometry(self) -> tuple[int, ...]:
-        return (1, self.out_channels, self.in_channels, *self.kernel_size, *self.block_size)
+        tied = int(self.block_taps == "all")
+        return (1, self.out_channels, self.in_channels, *self.kernel_size, *self.block_size, tied)
 
     def extra_repr(self) -> str:
         return (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
             f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, "
-            f"bias={self.bias is not None}, {self._sparse_repr()}"
+            f"bias={self.bias is not None}, block_taps={self.block_taps!r}, {self._sparse_repr()}"
         )

@@ -80,7 +80,7 @@ class SparseLinear(BlockSparseWeight):
         return block_sparse_linear(x, self.values, self.layout, self.bias, self.grad_block_mask)
 
     def geometry(self) -> tuple[int, ...]:
-        return (0, self.out_features, self.in_features, 1, 1, *self.block_size)
+        return (0, self.out_features, self.in_features, 1, 1, *self.block_size, 0)
 
     def extra_repr(self) -> str:
         return (

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from sparcl_kernels.layout import as_block_size
-from sparcl_kernels.nn.conv import SparseConv2d
+from sparcl_kernels.nn.conv import SparseConv2d, check_block_taps
 from sparcl_kernels.nn.linear import SparseLinear
 
 logger = logging.getLogger("sparcl_kernels")
@@ -109,6 +109,7 @@ def sparsify(
     exclude: Selector = None,
     inplace: bool = True,
     memory_format: torch.memory_format | None = torch.channels_last,
+    block_taps: str = "each",
 ) -> nn.Module:
     """Replace eligible ``nn.Linear`` / ``nn.Conv2d`` modules with block-sparse equivalents.
 
@@ -120,8 +121,10 @@ def sparsify(
     runs them without layout copies and its dense convolutions, BatchNorm and element-wise
     ops stay in one format (NCHW inputs need no change: the first channels-last convolution
     switches the activations over). Returns the model (a modified deep copy when ``inplace``
-    is False).
+    is False). ``block_taps`` is the convolutions' unit (:class:`SparseConv2d`): ``"each"``
+    tap's block, or ``"all"`` taps of a channel block together.
     """
+    check_block_taps(block_taps)
     if not inplace:
         model = copy.deepcopy(model)
     decisions = plan_sparsify(model, block_size, include, exclude)
@@ -136,7 +139,7 @@ def sparsify(
         if isinstance(module, nn.Linear):
             replacement = SparseLinear.from_dense(module, sparsity, block_size)
         else:
-            replacement = SparseConv2d.from_dense(module, sparsity, block_size)
+            replacement = SparseConv2d.from_dense(module, sparsity, block_size, block_taps)
         parent_name, _, child_name = decision.name.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child_name, replacement)
         logger.info("sparsify: %s (%s) -> block-sparse", decision.name, decision.kind)
