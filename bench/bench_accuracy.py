@@ -11,12 +11,24 @@ where it stopped; the per-run summary goes to --csv and the tables to --markdown
 
     python bench/bench_accuracy.py --seeds 0 1 2 3 4 --markdown /tmp/acc.md \\
         --csv bench/accuracy_study.csv --plot bench/accuracy.png
+
+``--study blocks`` is the block-shape study (issue 28): dense DER++, the release's unstructured
+masks, per-tap blocks 8/16/32, all-taps blocks 16/32 and ``--block_size auto`` at 0.9, ResNet-18
+nf=32, paired against the unstructured variant. Its speed side is measured apart, on a quiet
+machine: ``--speed`` times each variant's trained network (its final checkpoint, seed
+``--speed_seed``) against its dense twin in one process, interleaved (sparcl.speedup), and
+writes --speed_csv; the tables and the plot (accuracy against step speedup) read it.
+
+    python bench/bench_accuracy.py --study blocks --seeds 0 1 2 3 4 \\
+        --csv bench/block_study.csv --markdown bench/block_study.md
+    python bench/bench_accuracy.py --study blocks --speed --speed_csv bench/block_study_speed.csv
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import json
 import statistics
@@ -31,6 +43,7 @@ from sparcl.rundir import RunDir
 from sparcl.train import train
 
 FULL = "SparCL-DER++ block"  # the variant the ablations and the masked-dense twin pair with
+UNSTRUCTURED = "SparCL-DER++ masked-dense"  # what the block-shape study pairs with
 METRICS = ("average_class_il", "average_task_il", "forgetting_class_il")
 # Two-sided 95% Student t quantiles by degrees of freedom (n seeds - 1).
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
@@ -52,6 +65,25 @@ def variants(sparsities: list[float]) -> dict[str, dict]:
     table[f"{FULL}, no DDR"] = {**full, "ddr_fraction": 0.0}
     table[f"{FULL}, no DGM"] = {**full, "dgm_keep": 1.0}
     return table
+
+
+def block_variants() -> dict[str, dict]:
+    """The block-shape study's variants: block side and tap policy against the release."""
+    sparcl = {"model": "sparcl-derpp", "sparsity": 0.9}
+    table = {
+        "dense DER++": {"model": "derpp"},
+        UNSTRUCTURED: {**sparcl, "granularity": "unstructured"},
+    }
+    for side in (8, 16, 32):
+        table[f"per-tap {side}x{side}"] = {**sparcl, "block_size": str(side)}
+    for side in (16, 32):
+        table[f"all-taps {side}x{side}"] = {**sparcl, "block_size": str(side), "block_taps": "all"}
+    table["auto (per-tap)"] = {**sparcl, "block_size": "auto"}
+    return table
+
+
+def study_variants(args: argparse.Namespace) -> dict[str, dict]:
+    return block_variants() if args.study == "blocks" else variants(args.sparsities)
 
 
 def base_settings(args: argparse.Namespace) -> dict:
@@ -110,27 +142,39 @@ def paired_interval(differences: list[float]) -> str:
     return f"{mean:+.2f} [{mean - half:+.2f}, {mean + half:+.2f}]"
 
 
-def tables(rows: list[dict], args: argparse.Namespace) -> str:
+def tables(rows: list[dict], args: argparse.Namespace, speed: dict[str, dict]) -> str:
     by_variant: dict[str, dict[int, dict]] = {}
     for row in rows:
         by_variant.setdefault(row["variant"], {})[row["seed"]] = row
     seeds = sorted({row["seed"] for row in rows})
+    blocks = "block shape per variant" if args.study == "blocks" else "block size auto"
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} "
         f"threads · ResNet-18 nf={args.nf}, Split Fashion-MNIST 5 tasks, "
         f"{args.max_train_per_task} training images per task, {args.n_epochs} epochs, batch 32, "
         f"buffer {args.buffer_size}, DER++ alpha 0.2 beta 0.5, current-task logit masking, "
-        f"block size auto, SparCL schedule scaled to {args.n_epochs} epochs · seeds {seeds}\n",
+        f"{blocks}, SparCL schedule scaled to {args.n_epochs} epochs · seeds {seeds}\n",
         "| variant | Class-IL % | Task-IL % | forgetting (Class-IL) | FLOP reduction | "
-        "training s |",
-        "|---|---|---|---|---|---|",
+        "training s | step speedup vs dense twin |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, per_seed in by_variant.items():
         runs = list(per_seed.values())
         cells = [mean_std([r[m] for r in runs]) for m in METRICS]
         flops = statistics.mean(r["flop_reduction"] for r in runs)
         seconds = statistics.mean(r["training_seconds"] for r in runs)
-        lines.append(f"| {name} | {' | '.join(cells)} | {flops:.2f}x | {seconds:.0f} |")
+        measured = f"{float(speed[name]['measured_speedup']):.2f}x" if name in speed else "-"
+        lines.append(
+            f"| {name} | {' | '.join(cells)} | {flops:.2f}x | {seconds:.0f} | {measured} |"
+        )
+    if speed:
+        first = next(iter(speed.values()))
+        lines.append(
+            f"\nStep speedup: one training step of the variant's trained network (seed "
+            f"{first['seed']}) against its dense twin in its faster memory format, timed "
+            f"interleaved in one process on {first['cpu']}, {first['threads']} threads, "
+            f"batch 32 (`--speed`)."
+        )
     lines += [
         "",
         "Paired differences (first minus second, same seed and data), mean [95% t-interval]:",
@@ -149,7 +193,9 @@ def tables(rows: list[dict], args: argparse.Namespace) -> str:
 
 
 def comparisons(names: list[str]) -> list[tuple[str, str]]:
-    pairs = [(FULL, "SparCL-DER++ masked-dense"), (FULL, "dense DER++")]
+    if FULL not in names:  # the block-shape study: every variant against the release's masks
+        return [(name, UNSTRUCTURED) for name in names if name != UNSTRUCTURED]
+    pairs = [(FULL, UNSTRUCTURED), (FULL, "dense DER++")]
     pairs += [(name, FULL) for name in names if name.startswith(f"{FULL},")]
     pairs += [
         (name, name.replace("block", "masked-dense"))
@@ -195,39 +241,136 @@ def plot(rows: list[dict], target: str) -> None:
     plt.close(figure)
 
 
+def pareto_plot(rows: list[dict], speed: dict[str, dict], target: str) -> None:
+    """Class-IL (mean, 95% interval of the paired difference to the unstructured variant)
+    against the measured step speedup: the accuracy-versus-wall-clock front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    base = {r["seed"]: r["average_class_il"] for r in rows if r["variant"] == UNSTRUCTURED}
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        if name not in speed:
+            continue
+        runs = [r for r in rows if r["variant"] == name]
+        mean = statistics.mean(r["average_class_il"] for r in runs)
+        diffs = [r["average_class_il"] - base[r["seed"]] for r in runs if r["seed"] in base]
+        half = 0.0
+        if len(diffs) > 1:
+            half = T95[len(diffs) - 1] * statistics.stdev(diffs) / len(diffs) ** 0.5
+        x = float(speed[name]["measured_speedup"])
+        axis.errorbar(x, mean, yerr=half, fmt="o", capsize=4)
+        axis.annotate(name, (x, mean), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    seeds = len({r["seed"] for r in rows})
+    axis.set(
+        xlabel="training-step speedup over the dense twin (measured)",
+        ylabel="average Class-IL after 5 tasks (%)",
+        title=f"Split Fashion-MNIST, {seeds} paired seed(s); bars: 95% paired interval",
+    )
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(target, dpi=100)
+    plt.close(figure)
+
+
+def variant_config(args: argparse.Namespace, name: str, overrides: dict, seed: int):
+    settings = {**base_settings(args), "seed": seed, **overrides}
+    config = TrainConfig.from_dict(settings, name, ignore_other_methods=True)
+    config.validate()
+    path = Path(args.output_dir) / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
+    return config, path
+
+
+def measure_speed(args: argparse.Namespace, data) -> None:
+    """Each variant's trained network against its dense twin, on a quiet machine."""
+    from sparcl.speedup import realization
+    from sparcl.train import build_network
+    from sparcl_kernels.measure import cpu_model
+
+    rows = []
+    for name, overrides in study_variants(args).items():
+        config, path = variant_config(args, name, overrides, args.speed_seed)
+        found = RunDir(path).latest_checkpoint() if (path / "results.json").exists() else None
+        if found is None:
+            print(f"{name}: no finished run at {path}, skipped", flush=True)
+            continue
+        net = build_network(config, data)
+        net.load_state_dict(found[1]["net"])
+        dense = build_network(dataclasses.replace(config, sparsity=0.0), data)
+        protocol = data.protocol
+        shape = (protocol.channels, protocol.image_size, protocol.image_size)
+        measured = realization(net, dense, shape, batch_size=32, repeats=args.speed_repeats)
+        rows.append(
+            {
+                "variant": name,
+                "seed": args.speed_seed,
+                **measured,
+                "cpu": cpu_model(),
+                "threads": torch.get_num_threads(),
+            }
+        )
+        print(f"{name}: {measured['measured_speedup']:.2f}x", flush=True)
+        write_csv(rows, args.speed_csv)
+
+
+def write_csv(rows: list[dict], target: str | None) -> None:
+    if target and rows:  # after every run, so that a crash loses nothing already measured
+        with open(target, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+
+
+def read_speed(target: str | None) -> dict[str, dict]:
+    if not target or not Path(target).exists():
+        return {}
+    with open(target, newline="") as handle:
+        return {row["variant"]: row for row in csv.DictReader(handle)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--study", choices=("ablations", "blocks"), default="ablations")
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--nf", type=int, default=16)
+    parser.add_argument("--nf", type=int, help="default 16; the blocks study: 32 (the main job's)")
     parser.add_argument("--n_epochs", type=int, default=10)
     parser.add_argument("--max_train_per_task", type=int, default=1000)
     parser.add_argument("--buffer_size", type=int, default=200)
     parser.add_argument("--data_dir")
-    parser.add_argument("--output_dir", default="runs/accuracy-study")
+    parser.add_argument("--output_dir", help="default runs/accuracy-study or runs/block-study")
     parser.add_argument("--csv", help="per-run summary (committed with the tables)")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
+    parser.add_argument("--speed", action="store_true", help="time the trained networks only")
+    parser.add_argument("--speed_seed", type=int, default=0)
+    parser.add_argument("--speed_repeats", type=int, default=7)
+    parser.add_argument("--speed_csv", help="step speedups (written by --speed, read by tables)")
     args = parser.parse_args()
+    blocks = args.study == "blocks"
+    args.nf = args.nf or (32 if blocks else 16)
+    args.output_dir = args.output_dir or f"runs/{'block' if blocks else 'accuracy'}-study"
     data = load_dataset("seq-fmnist", args.data_dir)
+    if args.speed:
+        measure_speed(args, data)
+        return
     rows = []
     for seed in args.seeds:
-        for name, overrides in variants(args.sparsities).items():
-            settings = {**base_settings(args), "seed": seed, **overrides}
-            config = TrainConfig.from_dict(settings, name, ignore_other_methods=True)
-            config.validate()
-            path = Path(args.output_dir) / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
+        for name, overrides in study_variants(args).items():
+            config, path = variant_config(args, name, overrides, seed)
             print(f"{name}, seed {seed} -> {path}", flush=True)
             rows.append(summary_row(name, seed, run_once(config, path, data)))
-            if args.csv:  # after every run, so that a crash loses nothing already measured
-                with open(args.csv, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-                    writer.writeheader()
-                    writer.writerows(rows)
+            write_csv(rows, args.csv)
     check_pairing(rows)
-    emit(tables(rows, args), args.markdown)
+    speed = read_speed(args.speed_csv)
+    emit(tables(rows, args, speed), args.markdown)
     if args.plot:
-        plot(rows, args.plot)
+        if blocks and speed:
+            pareto_plot(rows, speed, args.plot)
+        else:
+            plot(rows, args.plot)
 
 
 if __name__ == "__main__":

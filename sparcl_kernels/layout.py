@@ -131,7 +131,8 @@ class BlockLayout:
         sparsity: float,
         tied_columns: int = 1,
     ) -> BlockLayout:
-        """Layout keeping the ``round((1 - sparsity) * n_units)`` units of largest Frobenius norm.
+        """Layout keeping the ``round((1 - sparsity) * n_units)`` units of largest Frobenius norm
+        (at least one unless ``sparsity`` is 1).
 
         A unit is one block, or with ``tied_columns = t > 1`` the ``t`` blocks of one block
         row whose block columns are ``c, c + K/bk/t, c + 2 K/bk/t, ...`` (the kernel taps of one
@@ -160,7 +161,9 @@ class BlockLayout:
             else norms.view(rows, tied_columns, cols // tied_columns).pow(2).sum(1).sqrt()
         )
         n_units = unit_norms.numel()
+        # At least one unit below sparsity 1: a layer left with no block computes nothing.
         n_keep = round((1.0 - float(sparsity)) * n_units)
+        n_keep = max(n_keep, 1) if sparsity < 1 and n_units else n_keep
         order = torch.sort(unit_norms.flatten(), descending=True, stable=True).indices
         flat_mask = torch.zeros(n_units, dtype=torch.bool, device=weight.device)
         flat_mask[order[:n_keep]] = True

@@ -185,3 +185,14 @@ def test_to_blocks_and_to_dense_check_shapes():
         layout.to_blocks(torch.randn(8, 12))
     with pytest.raises(ValueError, match="values"):
         layout.to_dense(torch.randn(layout.nnz + 1, 4, 4))
+
+
+def test_from_dense_keeps_at_least_one_unit_below_sparsity_one():
+    weight = torch.randn(16, 32)
+    # 2 blocks at 0.9 would round to none kept: a layer that computes nothing.
+    assert BlockLayout.from_dense(weight, 16, 0.9).nnz == 1
+    assert BlockLayout.from_dense(weight, 16, 1.0).nnz == 0
+    tied = BlockLayout.from_dense(weight, 8, 0.9, tied_columns=4)  # 2 x 1 units of 4 blocks
+    assert tied.nnz == 4 and tied.block_mask().sum(1).tolist() in ([4, 0], [0, 4])
+    with pytest.raises(ValueError, match="tied_columns"):
+        BlockLayout.from_dense(weight, 8, 0.5, tied_columns=3)
