@@ -283,6 +283,40 @@ def variant_config(args: argparse.Namespace, name: str, overrides: dict, seed: i
     return config, path
 
 
+LAYOUTS = "trained_layouts.pt"  # a finished run's block masks (committed; checkpoints are not)
+
+
+def keep_trained_layouts(path: Path) -> None:
+    """Saves the block masks of a finished run's network beside its results: its step time
+    depends on them only, and they are small enough to commit with the study."""
+    if (path / LAYOUTS).exists():
+        return
+    found = RunDir(path).latest_checkpoint()
+    if found is not None:
+        masks = {k: v for k, v in found[1]["net"].items() if k.endswith(".block_mask")}
+        torch.save(masks, path / LAYOUTS)
+
+
+def trained_network(config: TrainConfig, path: Path, data) -> torch.nn.Module | None:
+    """The variant's network with its trained layouts (None when the run has not finished)."""
+    from sparcl.train import build_network
+
+    if not (path / "results.json").exists():
+        return None
+    net = build_network(config, data)
+    if (path / LAYOUTS).exists():  # the values do not change a step's time, the layout does
+        masks = torch.load(path / LAYOUTS)
+        for name, module in net.named_modules():
+            if f"{name}.block_mask" in masks:
+                module.set_block_mask(masks[f"{name}.block_mask"], optimizer=None)
+        return net
+    found = RunDir(path).latest_checkpoint()
+    if found is None:
+        return None
+    net.load_state_dict(found[1]["net"])
+    return net
+
+
 def measure_speed(args: argparse.Namespace, data) -> None:
     """Each variant's trained network against its dense twin, on a quiet machine."""
     from sparcl.speedup import realization
@@ -292,15 +326,16 @@ def measure_speed(args: argparse.Namespace, data) -> None:
     rows = []
     for name, overrides in study_variants(args).items():
         config, path = variant_config(args, name, overrides, args.speed_seed)
-        found = RunDir(path).latest_checkpoint() if (path / "results.json").exists() else None
-        if found is None:
+        net = trained_network(config, path, data)
+        if net is None:
             print(f"{name}: no finished run at {path}, skipped", flush=True)
             continue
-        net = build_network(config, data)
-        net.load_state_dict(found[1]["net"])
         dense = build_network(dataclasses.replace(config, sparsity=0.0), data)
         protocol = data.protocol
         shape = (protocol.channels, protocol.image_size, protocol.image_size)
+        # Channels-last, as sparsify leaves block-sparse networks: dense and masked-dense
+        # variants then run in the format their dense twin is fastest in on these CPUs.
+        net = net.to(memory_format=torch.channels_last)
         measured = realization(net, dense, shape, batch_size=32, repeats=args.speed_repeats)
         rows.append(
             {
@@ -340,7 +375,7 @@ def main() -> None:
     parser.add_argument("--max_train_per_task", type=int, default=1000)
     parser.add_argument("--buffer_size", type=int, default=200)
     parser.add_argument("--data_dir")
-    parser.add_argument("--output_dir", help="default runs/accuracy-study or runs/block-study")
+    parser.add_argument("--output_dir", help="default runs/accuracy-study or bench/block-study")
     parser.add_argument("--csv", help="per-run summary (committed with the tables)")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
@@ -351,7 +386,9 @@ def main() -> None:
     args = parser.parse_args()
     blocks = args.study == "blocks"
     args.nf = args.nf or (32 if blocks else 16)
-    args.output_dir = args.output_dir or f"runs/{'block' if blocks else 'accuracy'}-study"
+    # The block study's finished runs are committed (results, trained layouts; not the
+    # checkpoints), so that it resumes across sessions and machines.
+    args.output_dir = args.output_dir or ("bench/block-study" if blocks else "runs/accuracy-study")
     data = load_dataset("seq-fmnist", args.data_dir)
     if args.speed:
         measure_speed(args, data)
@@ -362,6 +399,8 @@ def main() -> None:
             config, path = variant_config(args, name, overrides, seed)
             print(f"{name}, seed {seed} -> {path}", flush=True)
             rows.append(summary_row(name, seed, run_once(config, path, data)))
+            if seed == args.speed_seed:
+                keep_trained_layouts(path)
             write_csv(rows, args.csv)
     check_pairing(rows)
     speed = read_speed(args.speed_csv)
