@@ -57,17 +57,6 @@ def block_convs(model: nn.Module, image_size: int) -> list[tuple[str, nn.Conv2d,
     return [(name, module, shapes[name]) for name, module in convs]
 
 
-def all_taps_mask(conv: nn.Conv2d, block: int, sparsity: float) -> torch.Tensor:
-    """Coarse granularity: one (out-block, in-block) decision shared by all kernel taps."""
-    weight = conv.weight.detach()  # [Cout, Cin, kh, kw]
-    cout, cin, kh, kw = weight.shape
-    norms = weight.view(cout // block, block, cin // block, block, kh * kw).pow(2).sum((1, 3, 4))
-    keep = round((1 - sparsity) * norms.numel())
-    flat = torch.zeros(norms.numel(), dtype=torch.bool)
-    flat[torch.sort(norms.flatten(), descending=True, stable=True).indices[:keep]] = True
-    return flat.view_as(norms).repeat(1, kh * kw)  # columns ordered (tap, channel block)
-
-
 def step_flops(layers: list[tuple[nn.Module, torch.Tensor]]) -> float:
     """FLOPs of forward + both gradients of ``layers``: on the stored blocks for sparse layers
     (each block is bm x bk multiply-adds per output pixel), on the whole weight for dense."""
@@ -122,9 +111,7 @@ def conv_table(
         per_tap, all_taps = [], []
         for (_, conv, _), x in zip(convs, inputs_cl, strict=True):
             per_tap.append((SparseConv2d.from_dense(conv, sparsity, block), x))
-            coarse = SparseConv2d.from_dense(conv, sparsity, block)
-            coarse.set_block_mask(all_taps_mask(conv, block, sparsity), optimizer=None)
-            all_taps.append((coarse, x))
+            all_taps.append((SparseConv2d.from_dense(conv, sparsity, block, "all"), x))
         for isa in isas:
             fns[f"per-tap {sparsity:g} {isa}"] = on_isa(isa, step_fn(per_tap))
             fns[f"all-taps {sparsity:g} {isa}"] = on_isa(isa, step_fn(all_taps))
