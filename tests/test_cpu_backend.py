@@ -188,7 +188,7 @@ def test_native_binding_checks_direct_calls():
     layout = BlockLayout.from_dense(torch.randn(16, 16), 8, 0.5)
     values = torch.randn(layout.values_shape)
     with pytest.raises(RuntimeError, match="x must be a contiguous 2-D"):
-        _cpu.forward(torch.randn(4, 16).t(), values, *layout.tensors(), None)
+        _cpu.forward(torch.randn(4, 16).t(), values, *layout.tensors(), None, None)
 
 
 # ---------------------------------------------------------------- instruction sets

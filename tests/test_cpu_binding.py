@@ -91,7 +91,7 @@ def test_index_tensors_that_disagree_with_nnz_are_refused():
     row_offsets[-1] += 1  # one block more than stored: would read past values
     index = (row_offsets, *layout.tensors()[1:])
     with pytest.raises(RuntimeError, match="end at nnz"):
-        cpu._cpu.forward(x, values, *index, None)
+        cpu._cpu.forward(x, values, *index, None, None)
 
 
 _CORRUPT_INDEX = """

@@ -18,6 +18,18 @@ void check_operand(const Tensor& t, const Tensor& like, const char* name, int64_
   sparcl::binding::check_operand(t, like, kDevice, name, dim);
 }
 
+// An optional copy of values with every block transposed ([nnz, bk, bm]); its pointer, or
+// null (the kernels then transpose per call).
+template <typename T>
+const T* transposed_values(const std::optional<Tensor>& values_t, const Tensor& values) {
+  if (!values_t) return nullptr;
+  check_operand(*values_t, values, "values_t", 3);
+  TORCH_CHECK(values_t->size(0) == values.size(0) && values_t->size(1) == values.size(2) &&
+                  values_t->size(2) == values.size(1),
+              "values_t must be values with every block transposed: [nnz, bk, bm]");
+  return values_t->data_ptr<T>();
+}
+
 sparcl::BlockLayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offsets,
                                   const Tensor& col_indices, const Tensor& row_indices,
                                   const Tensor& transpose_offsets,
@@ -47,7 +59,7 @@ sparcl::BlockLayoutView make_view(int64_t bm, int64_t bk, const Tensor& row_offs
 Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
                const Tensor& col_indices, const Tensor& row_indices,
                const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
-               const std::optional<Tensor>& bias) {
+               const std::optional<Tensor>& bias, const std::optional<Tensor>& values_t) {
   sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
@@ -61,8 +73,8 @@ Tensor forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_forward", [&] {
     sparcl::block_sparse_forward<scalar_t>(
         x.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-        bias ? bias->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), x.size(0), view,
-        at::get_num_threads());
+        transposed_values<scalar_t>(values_t, values), bias ? bias->data_ptr<scalar_t>() : nullptr,
+        y.data_ptr<scalar_t>(), x.size(0), view, at::get_num_threads());
   });
   return y;
 }
@@ -131,7 +143,8 @@ void check_conv_layout(const sparcl::BlockLayoutView& view, const sparcl::ConvGe
 Tensor conv_forward(const Tensor& x, const Tensor& values, const Tensor& row_offsets,
                     const Tensor& col_indices, const Tensor& row_indices,
                     const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
-                    const std::optional<Tensor>& bias, const std::vector<int64_t>& geometry) {
+                    const std::optional<Tensor>& bias, const std::vector<int64_t>& geometry,
+                    const std::optional<Tensor>& values_t) {
   sparcl::binding::check_values(values, col_indices.numel(), kDevice);
   const auto view = make_view(values.size(1), values.size(2), row_offsets, col_indices,
                               row_indices, transpose_offsets, transpose_block_ids);
@@ -146,8 +159,8 @@ Tensor conv_forward(const Tensor& x, const Tensor& values, const Tensor& row_off
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_conv_forward", [&] {
     sparcl::block_sparse_conv_forward<scalar_t>(
         x.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-        bias ? bias->data_ptr<scalar_t>() : nullptr, y.data_ptr<scalar_t>(), view, g,
-        at::get_num_threads());
+        transposed_values<scalar_t>(values_t, values), bias ? bias->data_ptr<scalar_t>() : nullptr,
+        y.data_ptr<scalar_t>(), view, g, at::get_num_threads());
   });
   return y;
 }

@@ -27,10 +27,13 @@ struct BlockLayoutView {
   int64_t cols() const { return block_cols * bk; }
 };
 
-// y[n, M] = x[n, K] @ W.T (+ bias[M] when bias is not null).
+// y[n, M] = x[n, K] @ W.T (+ bias[M] when bias is not null). values_t, when not null, is
+// values with every block transposed ([nnz, bk, bm]), which the fp32 micro-kernels stream;
+// null makes the call transpose into a reused buffer (callers that keep the copy between
+// calls, as sparcl_kernels.backends.cpu does, save that work).
 template <typename T>
-void block_sparse_forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
-                          const BlockLayoutView& layout, int threads);
+void block_sparse_forward(const T* x, const T* values, const T* values_t, const T* bias, T* y,
+                          int64_t n, const BlockLayoutView& layout, int threads);
 
 // grad_x[n, K] = grad_out[n, M] @ W, through the stored blocks only.
 template <typename T>

@@ -21,10 +21,11 @@ struct ConvGeometry {
   int64_t dilation_h, dilation_w;
 };
 
+// values_t: as for block_sparse_forward (null: transposed per call).
 template <typename T>
-void block_sparse_conv_forward(const T* x, const T* values, const T* bias, T* y,
-                               const BlockLayoutView& layout, const ConvGeometry& geometry,
-                               int threads);
+void block_sparse_conv_forward(const T* x, const T* values, const T* values_t, const T* bias,
+                               T* y, const BlockLayoutView& layout,
+                               const ConvGeometry& geometry, int threads);
 
 template <typename T>
 void block_sparse_conv_grad_input(const T* grad_out, const T* values, T* grad_x,

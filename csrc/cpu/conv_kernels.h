@@ -261,18 +261,14 @@ inline int simd_width(const double*, int64_t, int) { return 0; }
 // ------------------------------------------------------------------ fp32 fast paths
 
 template <int W>
-void forward_simd(const float* x, const float* values, const float* bias, float* y,
+void forward_simd(const float* x, const float* values_t, const float* bias, float* y,
                   const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
-  float* values_t = detail::thread_workspace(L.nnz * L.bm * L.bk, 0);
   const float* zeros = detail::thread_workspace(g.channels, 1);
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const BlockTaps taps = block_taps(L, g);
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
-    even_share(L.nnz, t, nt, &begin, &end);
-    detail::transpose_blocks(values, values_t, begin, end, L.bm, L.bk);
-    detail::barrier();
     // Each thread writes every channel of a contiguous range of output pixels, the way the
     // element-wise ops that read y next split their work (split by block row, each core
     // read half of their input from the other core's cache). Every chunk costs the same.
@@ -528,13 +524,17 @@ void grad_weight_block_generic(const T* dy, const T* x, T* dw, int64_t j,
 // ------------------------------------------------------------------ passes
 
 template <typename T>
-void forward(const T* x, const T* values, const T* bias, T* y, const BlockLayoutView& L,
-             const ConvGeometry& g, const Execution& exec) {
+void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y,
+             const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
     if (const int width = simd_width(x, L.bm, exec.max_width)) {
+      // The blocks transposed (output channels contiguous): the caller's copy, or one made
+      // here into a reused buffer.
+      const float* blocks_t =
+          values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(width, [&](auto W) {
-        forward_simd<decltype(W)::value>(x, values, bias, y, L, g, exec.threads);
+        forward_simd<decltype(W)::value>(x, blocks_t, bias, y, L, g, exec.threads);
       });
     }
   }

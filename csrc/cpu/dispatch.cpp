@@ -125,10 +125,10 @@ bool built_with_openmp() {
 // ------------------------------------------------------------------ entry points
 
 template <typename T>
-void block_sparse_forward(const T* x, const T* values, const T* bias, T* y, int64_t n,
-                          const BlockLayoutView& layout, int threads) {
+void block_sparse_forward(const T* x, const T* values, const T* values_t, const T* bias, T* y,
+                          int64_t n, const BlockLayoutView& layout, int threads) {
   run<T>(threads, [&](const KernelsOf<T>& k, const Execution& e) {
-    k.forward(x, values, bias, y, n, layout, e);
+    k.forward(x, values, values_t, bias, y, n, layout, e);
   });
 }
 
@@ -150,11 +150,11 @@ void block_sparse_grad_weight(const T* grad_out, const T* x, const bool* grad_bl
 }
 
 template <typename T>
-void block_sparse_conv_forward(const T* x, const T* values, const T* bias, T* y,
-                               const BlockLayoutView& layout, const ConvGeometry& geometry,
-                               int threads) {
+void block_sparse_conv_forward(const T* x, const T* values, const T* values_t, const T* bias,
+                               T* y, const BlockLayoutView& layout,
+                               const ConvGeometry& geometry, int threads) {
   run<T>(threads, [&](const KernelsOf<T>& k, const Execution& e) {
-    k.conv_forward(x, values, bias, y, layout, geometry, e);
+    k.conv_forward(x, values, values_t, bias, y, layout, geometry, e);
   });
 }
 
@@ -177,13 +177,13 @@ void block_sparse_conv_grad_weight(const T* grad_out, const T* x, const bool* gr
 }
 
 #define SPARCL_INSTANTIATE(T)                                                                  \
-  template void block_sparse_forward<T>(const T*, const T*, const T*, T*, int64_t,             \
+  template void block_sparse_forward<T>(const T*, const T*, const T*, const T*, T*, int64_t,  \
                                         const BlockLayoutView&, int);                          \
   template void block_sparse_grad_input<T>(const T*, const T*, T*, int64_t,                    \
                                            const BlockLayoutView&, int);                       \
   template void block_sparse_grad_weight<T>(const T*, const T*, const bool*, T*, int64_t,      \
                                             const BlockLayoutView&, int);                      \
-  template void block_sparse_conv_forward<T>(const T*, const T*, const T*, T*,                 \
+  template void block_sparse_conv_forward<T>(const T*, const T*, const T*, const T*, T*,      \
                                              const BlockLayoutView&, const ConvGeometry&, int); \
   template void block_sparse_conv_grad_input<T>(const T*, const T*, T*,                        \
                                                 const BlockLayoutView&, const ConvGeometry&,   \

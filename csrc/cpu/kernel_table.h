@@ -22,12 +22,12 @@ struct Execution {
 
 template <typename T>
 struct KernelsOf {
-  void (*forward)(const T*, const T*, const T*, T*, int64_t, const BlockLayoutView&,
+  void (*forward)(const T*, const T*, const T*, const T*, T*, int64_t, const BlockLayoutView&,
                   const Execution&);
   void (*grad_input)(const T*, const T*, T*, int64_t, const BlockLayoutView&, const Execution&);
   void (*grad_weight)(const T*, const T*, const bool*, T*, int64_t, const BlockLayoutView&,
                       const Execution&);
-  void (*conv_forward)(const T*, const T*, const T*, T*, const BlockLayoutView&,
+  void (*conv_forward)(const T*, const T*, const T*, const T*, T*, const BlockLayoutView&,
                        const ConvGeometry&, const Execution&);
   void (*conv_grad_input)(const T*, const T*, T*, const BlockLayoutView&, const ConvGeometry&,
                           const Execution&);

@@ -9,10 +9,12 @@ many threads as ``torch.get_num_threads()``.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Any
 
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from sparcl_kernels import _cpu
 from sparcl_kernels.geometry import ConvGeometry
@@ -79,7 +81,8 @@ select_isa(os.environ.get(ISA_ENV_VAR) or None, source=f"${ISA_ENV_VAR}")
 def forward(
     x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, bias: torch.Tensor | None
 ) -> torch.Tensor:
-    return _cpu.forward(x, values, *layout.tensors(), None if bias is None else bias.contiguous())
+    bias = None if bias is None else bias.contiguous()
+    return _cpu.forward(x, values, *layout.tensors(), bias, transposed_blocks(values))
 
 
 def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
@@ -104,7 +107,41 @@ def conv_forward(
     geometry: ConvGeometry,
 ) -> torch.Tensor:
     bias = None if bias is None else bias.contiguous()
-    return _cpu.conv_forward(x, values, *layout.tensors(), bias, list(geometry))
+    return _cpu.conv_forward(
+        x, values, *layout.tensors(), bias, list(geometry), transposed_blocks(values)
+    )
+
+
+@functools.cache
+def _transposed_cache() -> WeakIdKeyDictionary:
+    # values tensor -> (its version, data pointer, shape, dtype; the transposed copy). Weak
+    # keys: an entry lives as long as the values it was made from.
+    return WeakIdKeyDictionary()
+
+
+def transposed_blocks(values: torch.Tensor) -> torch.Tensor | None:
+    """``values`` with every block transposed (``[nnz, bk, bm]``), which both forwards' fp32
+    micro-kernels stream; kept between calls until ``values`` changes.
+
+    The copy is remade whenever ``values._version`` moves (every in-place write through the
+    tensor or its ``detach()``: optimizer steps, ``load_state_dict``, layout updates), its
+    storage or shape changes. Writes through ``values.data`` bypass the version counter and
+    are not seen: change parameters in place under ``torch.no_grad()`` instead, as torch's
+    optimizers do. None for other dtypes (their kernels read ``values`` as it is).
+    """
+    if values.dtype != torch.float32:
+        return None
+    try:
+        key = (values._version, values.data_ptr(), tuple(values.shape))
+    except RuntimeError:  # inference tensors have no version counter: no cache
+        return values.detach().transpose(1, 2).contiguous()
+    cache = _transposed_cache()
+    found = cache.get(values)
+    if found is not None and found[0] == key:
+        return found[1]
+    copy = values.detach().transpose(1, 2).contiguous()
+    cache[values] = (key, copy)
+    return copy
 
 
 def conv_grad_input(

@@ -214,7 +214,10 @@ class BlockSparseWeight(nn.Module):
             for key, value in state.items():
                 if isinstance(value, Tensor) and value.shape == self.values.shape:
                     state[key] = remap(value)
-        self.values.data = remap(self.values.data)
+        # Through detach(), which shares the version counter: an in-place remap bumps
+        # values._version, which is what caches of the blocks (the CPU backend's transposed
+        # copy) key on; writes through .data would leave them stale.
+        self.values.data = remap(self.values.detach())
         self.values.grad = None
         self.grad_block_mask = None
         self._store_layout(new)

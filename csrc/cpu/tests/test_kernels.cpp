@@ -83,6 +83,16 @@ std::vector<bool> random_mask(size_t n, double density, std::mt19937& rng) {
   return mask;
 }
 
+// values [nnz, bm, bk] with every block transposed: [nnz, bk, bm].
+template <typename T>
+std::vector<T> transposed(const std::vector<T>& values, int64_t nnz, int64_t bm, int64_t bk) {
+  std::vector<T> out(values.size());
+  for (int64_t j = 0; j < nnz; ++j)
+    for (int64_t m = 0; m < bm; ++m)
+      for (int64_t k = 0; k < bk; ++k) out[(j * bk + k) * bm + m] = values[(j * bm + m) * bk + k];
+  return out;
+}
+
 template <typename T>
 void expect_close(const std::vector<T>& actual, const std::vector<double>& expected,
                   int64_t reduction, const std::string& what) {
@@ -141,9 +151,14 @@ void check_linear(int64_t rows, int64_t cols, int64_t bm, int64_t bk, double den
   }
 
   std::vector<T> y(n * M, T(7)), dx(n * K, T(7)), dw(nnz * bm * bk, T(7));
-  sparcl::block_sparse_forward<T>(x.data(), values.data(), bias.data(), y.data(), n, L.view(),
-                                  threads);
+  sparcl::block_sparse_forward<T>(x.data(), values.data(), nullptr, bias.data(), y.data(), n,
+                                  L.view(), threads);
   expect_close(y, y_ref, K, what + " forward");
+  const std::vector<T> values_t = transposed(values, nnz, bm, bk);
+  std::fill(y.begin(), y.end(), T(7));
+  sparcl::block_sparse_forward<T>(x.data(), values.data(), values_t.data(), bias.data(),
+                                  y.data(), n, L.view(), threads);
+  expect_close(y, y_ref, K, what + " forward (caller's transposed blocks)");
   sparcl::block_sparse_grad_input<T>(dy.data(), values.data(), dx.data(), n, L.view(), threads);
   expect_close(dx, dx_ref, M, what + " grad_input");
   sparcl::block_sparse_grad_weight<T>(dy.data(), x.data(), mask.get(), dw.data(), n, L.view(),
@@ -203,9 +218,14 @@ void check_conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t strid
   }
 
   std::vector<T> y(out_pixels * cout, T(7)), dx(in_pixels * cin, T(7)), dw(nnz * bm * bk, T(7));
-  sparcl::block_sparse_conv_forward<T>(x.data(), values.data(), bias.data(), y.data(), L.view(),
-                                       g, threads);
+  sparcl::block_sparse_conv_forward<T>(x.data(), values.data(), nullptr, bias.data(), y.data(),
+                                       L.view(), g, threads);
   expect_close(y, y_ref, K, what + " forward");
+  const std::vector<T> values_t = transposed(values, nnz, bm, bk);
+  std::fill(y.begin(), y.end(), T(7));
+  sparcl::block_sparse_conv_forward<T>(x.data(), values.data(), values_t.data(), bias.data(),
+                                       y.data(), L.view(), g, threads);
+  expect_close(y, y_ref, K, what + " forward (caller's transposed blocks)");
   sparcl::block_sparse_conv_grad_input<T>(dy.data(), values.data(), dx.data(), L.view(), g,
                                           threads);
   expect_close(dx, dx_ref, taps * cout, what + " grad_input");
