@@ -196,7 +196,7 @@ def _evaluate(arguments: argparse.Namespace) -> None:
             f"describes (--backbone {config.backbone}, --nf {config.nf}, --sparsity "
             f"{config.sparsity}): {first}"
         ) from None
-    class_il, task_il = evaluate(net, data, seen)
+    class_il, task_il = evaluate(net, data, seen, precision=config.precision)
     print(
         f"Accuracy for {seen} task(s): [Class-IL]: {sum(class_il) / seen:.2f} % "
         f"[Task-IL]: {sum(task_il) / seen:.2f} %"

@@ -16,6 +16,7 @@ from sparcl.data.protocol import AUGMENTATIONS
 from sparcl.masking import GRANULARITIES
 from sparcl.methods import MethodOptions, method_class, option_fields
 from sparcl.models.mlp import DEFAULT_HIDDEN as MLP_HIDDEN
+from sparcl.precision import PRECISIONS
 from sparcl_kernels.nn.conv import BLOCK_TAPS
 
 BACKBONES = ("resnet18", "mlp")
@@ -48,6 +49,7 @@ class TrainConfig:
     block_size: str = "auto"  # "auto" (per layer, see sparcl.train.block_sides) or a side
     granularity: str = "block"  # "unstructured": the release's masked-dense training
     block_taps: str = "each"  # conv units: one tap's block ("each") or all taps together ("all")
+    precision: str = "fp32"  # "bf16": every forward under bf16 autocast (sparcl.precision)
     dense: bool = False
     max_train_per_task: int = 0
     debug_mode: int = 0
@@ -99,6 +101,10 @@ class TrainConfig:
             (
                 self.block_taps in BLOCK_TAPS,
                 f"unknown --block_taps {self.block_taps!r}; choose from {BLOCK_TAPS}",
+            ),
+            (
+                self.precision in PRECISIONS,
+                f"unknown --precision {self.precision!r}; choose from {PRECISIONS}",
             ),
             (
                 self.block_taps == "each" or self.granularity == "block",

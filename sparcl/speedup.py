@@ -20,28 +20,35 @@ from torch import nn
 
 from sparcl import memory
 from sparcl.flops import count_flops
+from sparcl.precision import logits
 from sparcl_kernels.measure import interleaved_medians
 
 
-def _training_step(model: nn.Module, inputs: torch.Tensor) -> Callable[[], None]:
+def _training_step(
+    model: nn.Module, inputs: torch.Tensor, precision: str = "fp32"
+) -> Callable[[], None]:
     def step() -> None:
         model.zero_grad(set_to_none=False)
-        model(inputs).logsumexp(1).sum().backward()
+        logits(model, inputs, precision).logsumexp(1).sum().backward()
 
     return step
 
 
-def _step_peak_in_child(model_file: str, inputs_shape: tuple[int, ...], queue) -> None:
+def _step_peak_in_child(
+    model_file: str, inputs_shape: tuple[int, ...], precision: str, queue
+) -> None:
     model = torch.load(model_file, weights_only=False)
     inputs = torch.randn(*inputs_shape, generator=torch.Generator().manual_seed(0))
     before = memory.current_rss_mb()
-    step = _training_step(model.train(), inputs)
+    step = _training_step(model.train(), inputs, precision)
     for _ in range(3):
         step()
     queue.put(memory.peak_rss_mb() - before)
 
 
-def step_peak_memory(model: nn.Module, inputs_shape: tuple[int, ...]) -> float | None:
+def step_peak_memory(
+    model: nn.Module, inputs_shape: tuple[int, ...], precision: str = "fp32"
+) -> float | None:
     """Peak memory (MB) a forward + backward step of ``model`` adds, in a fresh process.
 
     A process's peak only grows, so each network is measured in its own child (started with
@@ -57,7 +64,9 @@ def step_peak_memory(model: nn.Module, inputs_shape: tuple[int, ...]) -> float |
             torch.save(model, model_file)
         except (pickle.PicklingError, AttributeError, TypeError):
             return None  # a model carrying unpicklable hooks (masked-dense layers)
-        child = context.Process(target=_step_peak_in_child, args=(model_file, inputs_shape, queue))
+        child = context.Process(
+            target=_step_peak_in_child, args=(model_file, inputs_shape, precision, queue)
+        )
         child.start()
         try:
             peak = queue.get(timeout=600)
@@ -74,6 +83,7 @@ def realization(
     batch_size: int = 32,
     repeats: int = 5,
     measure_memory: bool = False,
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Measured network-step speedup of ``net`` over ``dense_net`` and its realization ratio.
 
@@ -81,7 +91,8 @@ def realization(
     the baseline, as a user would pick. ``gradient_density`` is the fraction of stored
     weight-gradient blocks DGM computes (it enters the FLOP reduction the measured speedup is
     compared with). With ``measure_memory``, each network's step also runs in a fresh
-    process to measure the peak memory it adds (``step_peak_mb``).
+    process to measure the peak memory it adds (``step_peak_mb``). Both networks step in
+    ``precision`` (sparcl.precision: bf16 runs under autocast).
     """
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
@@ -92,7 +103,7 @@ def realization(
         "dense channels_last": copy.deepcopy(dense_net).to(memory_format=torch.channels_last),
     }
     times = interleaved_medians(
-        {name: _training_step(model.train(), inputs) for name, model in models.items()},
+        {name: _training_step(model.train(), inputs, precision) for name, model in models.items()},
         repeats=repeats,
         warmup=1,
     )
@@ -110,9 +121,10 @@ def realization(
         "batch_size": batch_size,
         "repeats": repeats,
         "threads": torch.get_num_threads(),
+        "precision": precision,
     }
     if measure_memory:
         shape = (batch_size, *sample_shape)
-        result["step_peak_mb"] = step_peak_memory(models["ours"], shape)
-        result["dense_step_peak_mb"] = step_peak_memory(models[best_dense], shape)
+        result["step_peak_mb"] = step_peak_memory(models["ours"], shape, precision)
+        result["dense_step_peak_mb"] = step_peak_memory(models[best_dense], shape, precision)
     return result

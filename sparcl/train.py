@@ -323,6 +323,7 @@ def measure_realization(
         batch_size=config.batch_size,
         repeats=1 if config.debug_mode else config.speedup_repeats,
         measure_memory=not config.debug_mode,
+        precision=config.precision,
     )
 
 
@@ -344,6 +345,7 @@ def build_results(
         "layer_sparsity": layer_sparsity(net),
         "layer_block_size": layer_block_size(net),
         "layer_block_taps": layer_block_taps(net),
+        "precision": config.precision,
         "gradient_density": progress.gradient_density,
         "training_flops": progress.training_flops,
         "data_fingerprint": progress.data_fingerprint,
@@ -399,6 +401,7 @@ def build_method(
         seed=config.seed,
         n_epochs=config.n_epochs,
         cluster=cluster,
+        precision=config.precision,
     )
 
 
@@ -407,7 +410,9 @@ def finish_task(config, net, method, data, task: int, seconds: float, examples: 
     cluster = method.cluster
     cluster.check_consistent(net, f"at the end of task {task + 1}")
     limit = DEBUG_EVAL_EXAMPLES if config.debug_mode else 0
-    class_il, task_il = evaluate(net, data, task + 1, limit=limit, cluster=cluster)
+    class_il, task_il = evaluate(
+        net, data, task + 1, limit=limit, cluster=cluster, precision=config.precision
+    )
     progress.class_il.append(class_il)
     progress.task_il.append(task_il)
     progress.task_seconds.append(round(seconds, 4))

@@ -20,6 +20,7 @@ from torch import nn
 from sparcl.buffer import ReservoirBuffer
 from sparcl.data.protocol import Protocol, SplitData
 from sparcl.distributed import Cluster
+from sparcl.precision import logits as logits_in
 
 
 def require(condition: bool, message: str) -> None:
@@ -84,6 +85,7 @@ class ContinualMethod:
         seed: int = 0,
         n_epochs: int = 1,
         cluster: Cluster | None = None,
+        precision: str = "fp32",
     ) -> None:
         options = self.Options() if options is None else options
         if not isinstance(options, self.Options):
@@ -97,6 +99,7 @@ class ContinualMethod:
         self.seed = seed
         self.n_epochs = n_epochs
         self.cluster = cluster or Cluster()
+        self.precision = precision  # of every forward (sparcl.precision)
         self.buffer = ReservoirBuffer(self.buffer_capacity(), seed)
         self.optimizer = torch.optim.SGD(net.parameters(), lr=options.lr)
         self.last_logits: torch.Tensor | None = None  # current-batch logits of the last step
@@ -164,9 +167,13 @@ class ContinualMethod:
             logits = logits.masked_fill(outside, float("-inf"))
         return F.cross_entropy(logits, labels, reduction=reduction)
 
+    def logits(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The network's fp32 logits for ``inputs``, computed in the run's precision."""
+        return logits_in(self.net, inputs, self.precision)
+
     def forward_shard(self, inputs: torch.Tensor) -> tuple[torch.Tensor, float]:
         """Logits of this rank's shard of ``inputs`` and the weight of its mean loss."""
-        return self.net(self.cluster.local(inputs)), self.cluster.shard_weight(len(inputs))
+        return self.logits(self.cluster.local(inputs)), self.cluster.shard_weight(len(inputs))
 
     def apply_step(self) -> None:
         """Combine the ranks' gradients (a no-op in one process), then take the SGD step."""

@@ -48,13 +48,13 @@ class Er(ReplayMethod):
         local = self.cluster.local
         n = len(local(inputs))
         if self.buffer.is_empty():
-            logits = self.net(local(inputs))
+            logits = self.logits(local(inputs))
             weight = self.cluster.shard_weight(len(inputs))
             loss = weight * self.current_loss(logits, local(labels), task)
         else:
             replay_inputs, replay_labels, _ = self.buffer.sample(self.options.minibatch_size)
             replay = local(self.transform(replay_inputs))
-            logits = self.net(torch.cat([local(inputs), replay]))  # one forward, as mammoth
+            logits = self.logits(torch.cat([local(inputs), replay]))  # one forward, as mammoth
             loss = self._replay_loss(
                 logits, local(labels), local(replay_labels), task, len(inputs), len(replay_inputs)
             )

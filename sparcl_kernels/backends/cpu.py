@@ -58,6 +58,8 @@ def describe() -> dict[str, Any]:
         "forced_isa": os.environ.get(ISA_ENV_VAR) or None,
         "openmp": _cpu.openmp(),
         "threads": torch.get_num_threads() if _cpu.openmp() else 1,
+        # No bf16 kernels yet: under CPU bf16 autocast the ops compute in fp32 (ops.py).
+        "bf16_kernels": False,
     }
 
 
