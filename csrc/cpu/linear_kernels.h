@@ -131,6 +131,22 @@ void grad_weight_block(const float* dy, const float* x, float* dw, int64_t r0, i
   detail::outer_product_block<W>(rows, r1 - r0, L.bm, L.bk, accumulate, dw + j * L.bm * L.bk);
 }
 
+// Weight gradient of `count` stored blocks of one block row (ids[0 .. count), bk == W) over
+// batch rows [r0, r1): the block row's grad_out rows feed every block's tile.
+template <int W>
+void grad_weight_run(const float* dy, const float* x, float* dw, int64_t r0, int64_t r1,
+                     bool accumulate, const int32_t* ids, int count, const BlockLayoutView& L) {
+  int64_t x_offset[detail::kRunBlocks];
+  float* out[detail::kRunBlocks];
+  for (int q = 0; q < count; ++q) {
+    x_offset[q] = static_cast<int64_t>(L.col_indices[ids[q]]) * L.bk;
+    out[q] = dw + static_cast<int64_t>(ids[q]) * L.bm * L.bk;
+  }
+  const float* dy_rows = dy + r0 * L.rows() + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
+  detail::outer_product_blocks<W>(dy_rows, L.rows(), x + r0 * L.cols(), L.cols(), x_offset,
+                                  count, r1 - r0, L.bm, accumulate, out);
+}
+
 template <typename T>
 void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
                        const BlockLayoutView& L) {
@@ -229,6 +245,20 @@ void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* 
       // The batch in chunks whose operand rows stay in L2 across the blocks that read them
       // (one pass over the whole batch per block re-read both operands from memory).
       const int64_t chunk = weight_gradient_chunk(n, L.rows() + L.cols());
+      if (width == L.bk) {
+        // One vector per block: tiles take one vector of each of several blocks of a block
+        // row, which share the broadcast grad_out values (measured 1.2-1.6x on 8- and 16-wide
+        // blocks over one block per tile).
+        return detail::with_width(width, [&](auto W) {
+          chunked_weight_gradient_runs(
+              grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads, n, chunk,
+              L.row_indices, detail::kRunBlocks,
+              [&](const int32_t* ids, int count, int64_t r0, int64_t r1, bool accumulate) {
+                grad_weight_run<decltype(W)::value>(grad_out, x, grad_values, r0, r1,
+                                                    accumulate, ids, count, L);
+              });
+        });
+      }
       detail::with_width(width, [&](auto W) {
         chunked_weight_gradient_pass(
             grad_block_mask, L.nnz, L.bm * L.bk, grad_values, exec.threads, n, chunk,

@@ -180,4 +180,35 @@ void chunked_weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int6
   });
 }
 
+// chunked_weight_gradient_pass for kernels that take several blocks of one block row at once
+// (they share grad_out rows): each thread's share of kept blocks, in storage order, is cut
+// into runs of at most `max_run` consecutive blocks with equal row[j], and
+// compute(ids, count, r0, r1, accumulate) adds rows [r0, r1) to blocks ids[0 .. count).
+// Every block still sums its rows in order, so results equal the one-block pass bit for bit.
+template <typename T, typename Compute>
+void chunked_weight_gradient_runs(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
+                                  T* grad_values, int threads, int64_t n, int64_t chunk,
+                                  const int32_t* row, int max_run, const Compute& compute) {
+  const int64_t active = count_active(grad_block_mask, nnz);
+  detail::run_parallel(threads, [&](int t, int nt) {
+    zero_masked_share(grad_block_mask, nnz, block_elems, grad_values, t, nt);
+    int64_t first, last;
+    even_share(active, t, nt, &first, &last);
+    int32_t* ids = detail::index_workspace(std::max<int64_t>(last - first, 1), 0);
+    int64_t share = 0;
+    for_active_share(grad_block_mask, nnz, active, t, nt,
+                     [&](int64_t j) { ids[share++] = static_cast<int32_t>(j); });
+    for (int64_t r0 = 0; r0 < std::max<int64_t>(n, 1); r0 += chunk) {
+      const int64_t r1 = std::min(n, r0 + chunk);
+      for (int64_t i = 0; i < share;) {
+        int count = 1;
+        while (count < max_run && i + count < share && row[ids[i + count]] == row[ids[i]])
+          ++count;
+        compute(ids + i, count, r0, r1, r0 > 0);
+        i += count;
+      }
+    }
+  });
+}
+
 }  // namespace sparcl::SPARCL_ISA_NS

@@ -247,6 +247,9 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   check_linear<T>(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
   // A batch longer than one weight-gradient chunk (512 KB of operand rows: 256 rows here).
   check_linear<T>(8, 8, 32, 32, 0.3, 600, 2, rng, tag);
+  // The same with one-vector blocks, whose weight gradient takes runs of a block row's blocks
+  // per tile across the chunks.
+  check_linear<T>(16, 16, 16, 16, 0.5, 1100, 2, rng, tag);
   // Stored blocks over one band (512 KB): the forward and input gradient run band by band.
   check_linear<T>(12, 12, 32, 32, 1.0, 50, 2, rng, tag);
 
