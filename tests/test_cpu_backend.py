@@ -182,6 +182,23 @@ def test_cpu_backend_rejects_low_precision():
         sk.block_sparse_linear(x, values, layout, backend="cpu")
 
 
+@pytest.mark.parametrize("block", [8, 16])
+def test_conv_weight_gradient_over_many_pixels_and_blocks_matches_the_reference(block):
+    # 12544 output pixels (four 4096-pixel segments) and about 20 kept blocks: the item cap
+    # allows three segments, which must still cover every pixel (they once covered 3 x 4096,
+    # dropping the batch's last image from the weight gradient).
+    generator = torch.Generator().manual_seed(0)
+    layout = BlockLayout.from_dense(torch.randn(16, 9 * 16, generator=generator), block, 0.4)
+    x = torch.randn(49, 16, 16, 16, generator=generator).to(memory_format=torch.channels_last)
+    grad_out = torch.randn(49, 16, 16, 16, generator=generator)
+    grad_out = grad_out.permute(0, 2, 3, 1).contiguous()  # [N, OH, OW, C], as the op passes it
+    geometry = sk.geometry.ConvGeometry.of((3, 3), padding=(1, 1))
+    x_nhwc = x.permute(0, 2, 3, 1).contiguous()
+    ours = get_backend("cpu").conv_grad_weight(grad_out, x_nhwc, layout, None, geometry)
+    ref = get_backend("reference").conv_grad_weight(grad_out, x_nhwc, layout, None, geometry)
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-3)
+
+
 def test_native_binding_checks_direct_calls():
     from sparcl_kernels import _cpu
 

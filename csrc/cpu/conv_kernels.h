@@ -390,16 +390,135 @@ void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t
   if (count || !written) flush();
 }
 
+// Weight gradient of a run of `blocks` one-vector-wide blocks of one block row (ids[0 ..
+// blocks), bk == W) over output pixels [begin, end), into out[q]: the run shares its
+// grad_out rows, and a block whose tap lands in the padding at a pixel reads a zero row
+// there (pixels where every block's tap does are skipped).
+template <int W>
+void grad_weight_run_simd(const float* dy, const float* x, float* const* out,
+                          const int32_t* ids, int blocks, int64_t begin, int64_t end,
+                          const BlockLayoutView& L, const ConvGeometry& g, const BlockTaps& taps,
+                          const float* zeros) {
+  const int64_t cout = L.rows();
+  const float* dyb = dy + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
+  const float* dy_rows[kSliceRows];
+  const float* x_rows[detail::kRunBlocks][kSliceRows];
+  bool written = false;
+  int64_t count = 0;
+  const auto flush = [&] {
+    const detail::GatheredRunRows<kSliceRows> rows{dy_rows, x_rows};
+    detail::outer_product_blocks<W>(rows, blocks, count, L.bm, written, out);
+    written = true;
+    count = 0;
+  };
+  int64_t image = begin / (g.out_h * g.out_w), oh = (begin / g.out_w) % g.out_h;
+  int64_t ow = begin % g.out_w;
+  for (int64_t pixel = begin; pixel < end; ++pixel) {
+    bool any = false;
+    for (int q = 0; q < blocks; ++q) {
+      const int64_t j = ids[q];
+      const int64_t ih = oh * g.stride_h + taps.row[j], iw = ow * g.stride_w + taps.col[j];
+      const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
+      x_rows[q][count] =
+          inside ? x + ((image * g.in_h + ih) * g.in_w + iw) * g.channels + taps.channel[j]
+                 : zeros;
+      any |= inside;
+    }
+    if (any) {
+      dy_rows[count] = dyb + pixel * cout;
+      if (++count == kSliceRows) flush();
+    }
+    if (++ow == g.out_w) {
+      ow = 0;
+      if (++oh == g.out_h) oh = 0, ++image;
+    }
+  }
+  if (count || !written) flush();
+}
+
 // Output pixels per weight-gradient segment, and the number of (block, segment) items the
 // segments aim at: enough to balance any thread count, few enough to keep partials small.
 constexpr int64_t kSegmentPixels = 4096;
 constexpr int64_t kWeightGradientItems = 64;
+
+// How many segments a weight-gradient item's pixels are cut into, for `items` items (kept
+// blocks, or runs of blocks) over `pixels`: at least kSegmentPixels pixels each, at most
+// kWeightGradientItems items in all, never fewer than one.
+inline int64_t weight_gradient_segments(int64_t pixels, int64_t items) {
+  return std::max<int64_t>(1, std::min((pixels + kSegmentPixels - 1) / kSegmentPixels,
+                                       kWeightGradientItems / std::max<int64_t>(items, 1)));
+}
+
+// Pixels [*begin, *end) of segment s of `segments` over `pixels`: equal shares that together
+// cover every pixel (a segment may exceed kSegmentPixels when the item cap cut their number).
+inline void segment_pixels(int64_t pixels, int64_t segments, int64_t s, int64_t* begin,
+                           int64_t* end) {
+  *begin = pixels * s / segments;
+  *end = pixels * (s + 1) / segments;
+}
 
 // The weight-gradient pass. One block per work item leaves threads idle when a layer has few
 // active blocks over many pixels (the wide early layers at high sparsity, and after a
 // gradient mask): then each block's pixels are cut into fixed segments whose partial sums
 // are added in segment order. The segments depend on the problem only, never on the thread
 // count, so neither does the result.
+// grad_weight_simd for one-vector-wide blocks: the kept blocks in runs of at most
+// kRunBlocks consecutive blocks of one block row, each run's pixels cut into segments as
+// grad_weight_simd cuts a block's; the segments' partial sums are added in segment order.
+template <int W>
+void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_block_mask,
+                           float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
+                           int threads, const BlockTaps& taps, int64_t active) {
+  const int64_t pixels = g.batch * g.out_h * g.out_w, block_elems = L.bm * L.bk;
+  int32_t* ids = detail::index_workspace(2 * active + 1, 1);
+  int32_t* run_start = ids + active;  // run r is ids[run_start[r] .. run_start[r + 1])
+  int64_t runs = 0;
+  for (int64_t j = 0, a = 0; j < L.nnz; ++j) {
+    if (grad_block_mask && !grad_block_mask[j]) continue;
+    const bool joins = a > 0 && a - run_start[runs - 1] < detail::kRunBlocks &&
+                       L.row_indices[ids[a - 1]] == L.row_indices[j];
+    if (!joins) run_start[runs++] = static_cast<int32_t>(a);
+    ids[a++] = static_cast<int32_t>(j);
+  }
+  run_start[runs] = static_cast<int32_t>(active);
+  const int64_t segments = weight_gradient_segments(pixels, runs);
+  // Segment s of kept block a lands in partials[(a * segments + s) * block_elems]; with one
+  // segment that is the block's own gradient.
+  float* partials = segments == 1 ? nullptr
+                                  : detail::thread_workspace(active * segments * block_elems, 0);
+  run_parallel(threads, [&](int t, int nt) {
+    const float* zeros = detail::thread_workspace(L.bk, 1);
+    int64_t begin, end;
+    even_share(L.nnz, t, nt, &begin, &end);
+    for (int64_t j = begin; j < end; ++j)
+      if (grad_block_mask && !grad_block_mask[j])
+        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
+    even_share(runs * segments, t, nt, &begin, &end);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t run = item / segments, segment = item % segments;
+      const int32_t first = run_start[run];
+      const int blocks = run_start[run + 1] - first;
+      float* out[detail::kRunBlocks];
+      for (int q = 0; q < blocks; ++q)
+        out[q] = partials ? partials + ((first + q) * segments + segment) * block_elems
+                          : grad_values + static_cast<int64_t>(ids[first + q]) * block_elems;
+      int64_t p0, p1;
+      segment_pixels(pixels, segments, segment, &p0, &p1);
+      grad_weight_run_simd<W>(dy, x, out, ids + first, blocks, p0, p1, L, g, taps, zeros);
+    }
+    if (!partials) return;
+    detail::barrier();
+    even_share(active, t, nt, &begin, &end);
+    for (int64_t a = begin; a < end; ++a) {
+      float* dst = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
+      const float* partial = partials + a * segments * block_elems;
+      std::copy_n(partial, block_elems, dst);
+      for (int64_t s = 1; s < segments; ++s)
+        for (int64_t e = 0; e < block_elems; ++e) dst[e] += partial[s * block_elems + e];
+    }
+  });
+}
+
 template <int W>
 void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_mask,
                       float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
@@ -407,9 +526,10 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
   const BlockTaps taps = block_taps(L, g);
   const int64_t pixels = g.batch * g.out_h * g.out_w, block_elems = L.bm * L.bk;
   const int64_t active = count_active(grad_block_mask, L.nnz);
-  const int64_t segments = std::max<int64_t>(
-      1, std::min((pixels + kSegmentPixels - 1) / kSegmentPixels,
-                  kWeightGradientItems / std::max<int64_t>(active, 1)));
+  if (W == L.bk)
+    return grad_weight_runs_simd<W>(dy, x, grad_block_mask, grad_values, L, g, threads, taps,
+                                    active);
+  const int64_t segments = weight_gradient_segments(pixels, active);
   if (segments == 1) {
     return weight_gradient_pass(grad_block_mask, L.nnz, block_elems, grad_values, threads,
                                 [&](int64_t j) {
@@ -425,9 +545,10 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
     int64_t begin, end;
     even_share(active * segments, t, nt, &begin, &end);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t first = (item % segments) * kSegmentPixels;
+      int64_t first, last;
+      segment_pixels(pixels, segments, item % segments, &first, &last);
       grad_weight_block_simd<W>(dy, x, partials + item * block_elems, ids[item / segments],
-                                first, std::min(pixels, first + kSegmentPixels), L, g, taps);
+                                first, last, L, g, taps);
     }
     detail::barrier();
     even_share(L.nnz, t, nt, &begin, &end);

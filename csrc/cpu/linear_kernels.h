@@ -143,8 +143,8 @@ void grad_weight_run(const float* dy, const float* x, float* dw, int64_t r0, int
     out[q] = dw + static_cast<int64_t>(ids[q]) * L.bm * L.bk;
   }
   const float* dy_rows = dy + r0 * L.rows() + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
-  detail::outer_product_blocks<W>(dy_rows, L.rows(), x + r0 * L.cols(), L.cols(), x_offset,
-                                  count, r1 - r0, L.bm, accumulate, out);
+  const detail::StridedRunRows rows{dy_rows, L.rows(), x + r0 * L.cols(), L.cols(), x_offset};
+  detail::outer_product_blocks<W>(rows, count, r1 - r0, L.bm, accumulate, out);
 }
 
 template <typename T>

@@ -241,12 +241,12 @@ void outer_product_tile(const Rows& rows, int64_t count, int64_t m0, int64_t k0,
 // The narrow-block form of outer_product_tile, for blocks one vector wide (bk == W) that
 // share a block row: each tile row's broadcast of grad_out feeds one vector of each of KV
 // blocks (not KV vectors of one block), so a 16-wide AVX-512 block reuses each broadcast as
-// as often as a 32-wide one, or more (see kRunBlocks). Block q reads x at
-// x + r * ldx + x_offset[q] and writes out[q].
-template <int W, int TM, int KV>
-void outer_product_tile_blocks(const float* dy, int64_t lddy, const float* x, int64_t ldx,
-                               const int64_t* x_offset, int64_t count, int64_t m0,
-                               bool accumulate, float* const* out) {
+// often as a 32-wide one, or more (see kRunBlocks). Row pair r is rows.dy_row(r) (the block
+// row's grad_out values) and rows.x_row(q, r) (block q's input values); block q writes
+// out[q].
+template <int W, int TM, int KV, typename Rows>
+void outer_product_tile_blocks(const Rows& rows, int64_t count, int64_t m0, bool accumulate,
+                               float* const* out) {
   using V = simd::Vec<W>;
   V acc[TM][KV];
   SPARCL_UNROLL
@@ -255,14 +255,11 @@ void outer_product_tile_blocks(const float* dy, int64_t lddy, const float* x, in
     for (int q = 0; q < KV; ++q)
       acc[i][q] = accumulate ? simd::load<W>(out[q] + (m0 + i) * W) : simd::zero<W>();
   }
-  const float* xq[KV];
-  SPARCL_UNROLL
-  for (int q = 0; q < KV; ++q) xq[q] = x + x_offset[q];
   for (int64_t r = 0; r < count; ++r) {
-    const float* dy_row = dy + r * lddy + m0;
+    const float* dy_row = rows.dy_row(r) + m0;
     V xv[KV];
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) xv[q] = simd::load<W>(xq[q] + r * ldx);
+    for (int q = 0; q < KV; ++q) xv[q] = simd::load<W>(rows.x_row(q, r));
     SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
       const float d = dy_row[i];
@@ -283,19 +280,38 @@ void outer_product_tile_blocks(const float* dy, int64_t lddy, const float* x, in
 constexpr int kRunRows = kTile * kMaxVectors >= 24 ? 8 : 4;
 constexpr int kRunBlocks = std::min(4, kTile * kMaxVectors / kRunRows);
 
-// Up to kRunBlocks whole bm x W blocks of one block row from `count` strided row pairs:
-// grad_out rows at dy + r * lddy (the block row's columns), block q's input rows at
-// x + r * ldx + x_offset[q]; block q's result goes to out[q].
-template <int W>
-void outer_product_blocks(const float* dy, int64_t lddy, const float* x, int64_t ldx,
-                          const int64_t* x_offset, int blocks, int64_t count, int64_t bm,
+// Row pairs of a run of blocks by stride: grad_out row r at dy + r * lddy, block q's input
+// row at x + r * ldx + x_offset[q].
+struct StridedRunRows {
+  const float* dy;
+  int64_t lddy;
+  const float* x;
+  int64_t ldx;
+  const int64_t* x_offset;
+  const float* dy_row(int64_t r) const { return dy + r * lddy; }
+  const float* x_row(int q, int64_t r) const { return x + r * ldx + x_offset[q]; }
+};
+
+// Row pairs of a run of blocks as pointer lists (gathered rows of a convolution).
+template <int Rows>
+struct GatheredRunRows {
+  const float* const* dy;
+  const float* const (*x)[Rows];
+  const float* dy_row(int64_t r) const { return dy[r]; }
+  const float* x_row(int q, int64_t r) const { return x[q][r]; }
+};
+
+// Up to kRunBlocks whole bm x W blocks of one block row from `count` row pairs (see
+// outer_product_tile_blocks); block q's result goes to out[q].
+template <int W, typename Rows>
+void outer_product_blocks(const Rows& rows, int blocks, int64_t count, int64_t bm,
                           bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(kRunRows, bm - m));
     with_constant<kRunRows>(tm, [&](auto TM) {
       with_constant<kRunBlocks>(blocks, [&](auto KV) {
         outer_product_tile_blocks<W, decltype(TM)::value, decltype(KV)::value>(
-            dy, lddy, x, ldx, x_offset, count, m, accumulate, out);
+            rows, count, m, accumulate, out);
       });
     });
   }

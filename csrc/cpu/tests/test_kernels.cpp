@@ -270,6 +270,12 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   // Over 4096 output pixels with few active blocks: the weight gradient sums pixel segments.
   for (const int threads : {1, 2})
     check_conv<T>(8, 16, 3, 3, 1, 1, 1, 34, 33, 4, 8, 8, 0.3, threads, rng, tag);
+  // Four segments' worth of pixels (12544) with so many kept blocks (~22 of 36 under the
+  // test's gradient mask) that the item cap allows three segments: they must still cover
+  // every pixel (they once covered 3 x 4096: the weight gradient silently dropped the last
+  // image of the batch).
+  for (const int threads : {1, 2})
+    check_conv<T>(16, 16, 3, 3, 1, 1, 1, 16, 16, 49, 8, 8, 1.0, threads, rng, tag);
 }
 
 }  // namespace
