@@ -411,26 +411,29 @@ void grad_weight_run_simd(const float* dy, const float* x, float* const* out,
     written = true;
     count = 0;
   };
-  int64_t image = begin / (g.out_h * g.out_w), oh = (begin / g.out_w) % g.out_h;
-  int64_t ow = begin % g.out_w;
-  for (int64_t pixel = begin; pixel < end; ++pixel) {
-    bool any = false;
+  // Per output row, each block's input row (or none, in the padding) and the output columns
+  // whose tap lands inside the input; within the row a pixel costs one test per block.
+  const int64_t step = g.stride_w * g.channels;
+  const float* base[detail::kRunBlocks];
+  int64_t lo[detail::kRunBlocks], hi[detail::kRunBlocks];
+  for (int64_t r = begin / g.out_w; r * g.out_w < end; ++r) {
+    const int64_t image = r / g.out_h, oh = r % g.out_h;
+    int64_t row_lo = g.out_w, row_hi = 0;  // columns some block reads
     for (int q = 0; q < blocks; ++q) {
-      const int64_t j = ids[q];
-      const int64_t ih = oh * g.stride_h + taps.row[j], iw = ow * g.stride_w + taps.col[j];
-      const bool inside = ih >= 0 && ih < g.in_h && iw >= 0 && iw < g.in_w;
-      x_rows[q][count] =
-          inside ? x + ((image * g.in_h + ih) * g.in_w + iw) * g.channels + taps.channel[j]
-                 : zeros;
-      any |= inside;
+      const int64_t j = ids[q], ih = oh * g.stride_h + taps.row[j], col = taps.col[j];
+      lo[q] = col >= 0 ? 0 : (g.stride_w - 1 - col) / g.stride_w;
+      hi[q] = col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
+      if (ih < 0 || ih >= g.in_h) hi[q] = 0;  // the whole row reads the padding
+      base[q] = x + ((image * g.in_h + ih) * g.in_w + col) * g.channels + taps.channel[j];
+      if (lo[q] < hi[q]) row_lo = std::min(row_lo, lo[q]), row_hi = std::max(row_hi, hi[q]);
     }
-    if (any) {
-      dy_rows[count] = dyb + pixel * cout;
+    const int64_t first = std::max(row_lo, begin - r * g.out_w);
+    const int64_t last = std::min(row_hi, end - r * g.out_w);
+    for (int64_t ow = first; ow < last; ++ow) {
+      for (int q = 0; q < blocks; ++q)
+        x_rows[q][count] = ow >= lo[q] && ow < hi[q] ? base[q] + ow * step : zeros;
+      dy_rows[count] = dyb + (r * g.out_w + ow) * cout;
       if (++count == kSliceRows) flush();
-    }
-    if (++ow == g.out_w) {
-      ow = 0;
-      if (++oh == g.out_h) oh = 0, ++image;
     }
   }
   if (count || !written) flush();
