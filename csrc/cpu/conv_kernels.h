@@ -452,6 +452,20 @@ inline int64_t weight_gradient_segments(int64_t pixels, int64_t items) {
                                        kWeightGradientItems / std::max<int64_t>(items, 1)));
 }
 
+// Kept blocks [begin, end) of the list `ids`: the sum, in segment order, of their segments'
+// partial gradients (kept block a's segment s at partials[(a * segments + s) * block_elems]).
+inline void add_segment_partials(const float* partials, const int32_t* ids, int64_t begin,
+                                 int64_t end, int64_t segments, int64_t block_elems,
+                                 float* grad_values) {
+  for (int64_t a = begin; a < end; ++a) {
+    float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
+    const float* partial = partials + a * segments * block_elems;
+    std::copy_n(partial, block_elems, out);
+    for (int64_t s = 1; s < segments; ++s)
+      for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[s * block_elems + e];
+  }
+}
+
 // Pixels [*begin, *end) of segment s of `segments` over `pixels`: equal shares that together
 // cover every pixel (a segment may exceed kSegmentPixels when the item cap cut their number).
 inline void segment_pixels(int64_t pixels, int64_t segments, int64_t s, int64_t* begin,
@@ -512,13 +526,7 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
     if (!partials) return;
     detail::barrier();
     even_share(active, t, nt, &begin, &end);
-    for (int64_t a = begin; a < end; ++a) {
-      float* dst = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
-      const float* partial = partials + a * segments * block_elems;
-      std::copy_n(partial, block_elems, dst);
-      for (int64_t s = 1; s < segments; ++s)
-        for (int64_t e = 0; e < block_elems; ++e) dst[e] += partial[s * block_elems + e];
-    }
+    add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
   });
 }
 
@@ -559,13 +567,7 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
       if (grad_block_mask && !grad_block_mask[j])
         std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
     even_share(active, t, nt, &begin, &end);
-    for (int64_t a = begin; a < end; ++a) {
-      float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
-      const float* partial = partials + a * segments * block_elems;
-      std::copy_n(partial, block_elems, out);
-      for (int64_t s = 1; s < segments; ++s)
-        for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[s * block_elems + e];
-    }
+    add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
   });
 }
 
