@@ -264,7 +264,7 @@ template <int W>
 void forward_simd(const float* x, const float* values_t, const float* bias, float* y,
                   const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
-  const float* zeros = detail::thread_workspace(g.channels, 1);
+  const float* zeros = detail::thread_workspace(g.channels, detail::kZerosSlot);
   const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const BlockTaps taps = block_taps(L, g);
   run_parallel(threads, [&](int t, int nt) {
@@ -296,7 +296,7 @@ template <int W>
 void grad_input_simd(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
                      const ConvGeometry& g, int threads) {
   const int64_t channel_blocks = g.channels / L.bk;
-  const float* zeros = detail::thread_workspace(L.rows(), 1);
+  const float* zeros = detail::thread_workspace(L.rows(), detail::kZerosSlot);
   const GradInputPlan plan = plan_grad_input(L, g);
   run_parallel(threads, [&](int, int) {
     for (int64_t phase = 0; phase < plan.phases; ++phase) {
@@ -502,9 +502,9 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   // Segment s of kept block a lands in partials[(a * segments + s) * block_elems]; with one
   // segment that is the block's own gradient.
   float* partials = segments == 1 ? nullptr
-                                  : detail::thread_workspace(active * segments * block_elems, 0);
+                                  : detail::thread_workspace(active * segments * block_elems, detail::kScratchSlot);
   run_parallel(threads, [&](int t, int nt) {
-    const float* zeros = detail::thread_workspace(L.bk, 1);
+    const float* zeros = detail::thread_workspace(L.bk, detail::kZerosSlot);
     int64_t begin, end;
     even_share(L.nnz, t, nt, &begin, &end);
     for (int64_t j = begin; j < end; ++j)
@@ -551,7 +551,7 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
   int32_t* ids = detail::index_workspace(active, 1);
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
-  float* partials = detail::thread_workspace(active * segments * block_elems, 0);
+  float* partials = detail::thread_workspace(active * segments * block_elems, detail::kScratchSlot);
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(active * segments, t, nt, &begin, &end);

@@ -10,10 +10,14 @@
 //                per call into a reused buffer (outputs contiguous);
 //   input grad   kTile batch rows x inputs, broadcast grad_out, stream W rows;
 //   weight grad  kTile block rows x block columns, broadcast grad_out, stream x rows.
+// Blocks whose output side is narrower than two vectors run the forward and input gradient
+// over batch-major panels instead (panels.h): kRunRows block rows x kPanelVectors vectors of
+// the batch, broadcast W, stream the panel.
 #pragma once
 
 #include "block_sparse.h"
 #include "microkernels.h"
+#include "panels.h"
 #include "partition.h"
 
 namespace sparcl::SPARCL_ISA_NS {
@@ -176,6 +180,47 @@ void for_each_item(const ItemGrid& grid, int64_t n, int64_t chunk_rows, int t, i
   }
 }
 
+// Whether a forward (side = bm) or input gradient (side = bk) runs over batch-major panels:
+// the row-major tile of a side under two vectors is bound by its broadcasts, and a batch of
+// less than one panel tile would be mostly padding.
+inline bool use_panels(int64_t side, int64_t n, int width) {
+  return side < 2 * width && n >= detail::kPanelVectors * width;
+}
+
+// Batch tiles per panel work item: as many as keep a chunk's panel rows (`features` of them)
+// in a slice of L2 (see batch_chunk), at most 8.
+inline int64_t panel_chunk(int64_t features, int64_t tile) {
+  return std::clamp<int64_t>(kCacheSliceFloats / std::max<int64_t>(features, 1) / tile, 1, 8);
+}
+
+// One batch-major pass: out[n, groups' outputs] from a[n, features] for the groups of `grid`
+// (group g's output rows at g * side), with group(g, panel) the PanelGroup of group g and
+// init(g) its initial values (or null). Packs a, runs the tiles, unpacks the output.
+template <int W, typename Group, typename Init>
+void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, int64_t n,
+                int64_t side, const int32_t* offsets, int64_t groups, int64_t block_elems,
+                int threads, const Group& group, const Init& init) {
+  const detail::PanelShape in_shape(features, n, W), out_shape(outputs, n, W);
+  float* in_panel = detail::thread_workspace(in_shape.size(), detail::kPanelInSlot);
+  float* out_panel = detail::thread_workspace(out_shape.size(), detail::kPanelOutSlot);
+  const int64_t chunk = panel_chunk(features, in_shape.tile);
+  const ItemGrid grid = item_grid(offsets, groups, in_shape.tiles(), chunk, block_elems);
+  run_parallel(threads, [&](int t, int nt) {
+    detail::share_features<W>(features, t, nt, [&](int64_t d0, int64_t d1) {
+      detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel);
+    });
+    detail::barrier();
+    for_each_item(grid, in_shape.tiles(), chunk, t, nt, [&](int64_t g, int64_t t0, int64_t t1) {
+      detail::panel_slab<W>(group(g, in_panel), in_shape, out_shape, g * side, side, t0, t1,
+                            init(g), out_panel);
+    });
+    detail::barrier();
+    detail::share_features<W>(outputs, t, nt, [&](int64_t d0, int64_t d1) {
+      detail::unpack_panel<W>(out_panel, out_shape, d0, d1, out, outputs);
+    });
+  });
+}
+
 // ------------------------------------------------------------------ passes
 
 template <typename T>
@@ -185,6 +230,21 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
   const int64_t rows = batch_chunk(L.cols());
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
+    if (use_panels(L.bm, n, exec.max_width)) {
+      const float* blocks_t =
+          values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
+      return detail::with_width(exec.max_width, [&](auto W) {
+        panel_pass<decltype(W)::value>(
+            x, L.cols(), y, L.rows(), n, L.bm, L.row_offsets, L.block_rows, L.bm * L.bk,
+            exec.threads,
+            [&](int64_t r, const float* panel) {
+              return detail::PanelGroup{blocks_t,         L.bm * L.bk,          L.bm,
+                                        L.bk,             nullptr,              L.row_offsets[r],
+                                        L.row_offsets[r + 1], L.col_indices,    panel};
+            },
+            [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; });
+      });
+    }
     if (const int width = simd_width(x, L.bm, exec.max_width)) {
       // The forward streams W transposed (outputs contiguous): the caller's copy, or one
       // made here into a reused buffer (O(nnz) work, measured 5-7 % of a 32x32 forward at
@@ -215,6 +275,25 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
   const int64_t rows = batch_chunk(L.rows());
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
+    if (use_panels(L.bk, n, exec.max_width)) {
+      return detail::with_width(exec.max_width, [&](auto W) {
+        panel_pass<decltype(W)::value>(
+            grad_out, L.rows(), grad_x, L.cols(), n, L.bk, L.transpose_offsets, L.block_cols,
+            L.bm * L.bk, exec.threads,
+            [&](int64_t c, const float* panel) {
+              return detail::PanelGroup{values,
+                                        L.bm * L.bk,
+                                        L.bk,
+                                        L.bm,
+                                        L.transpose_block_ids,
+                                        L.transpose_offsets[c],
+                                        L.transpose_offsets[c + 1],
+                                        L.row_indices,
+                                        panel};
+            },
+            [](int64_t) -> const float* { return nullptr; });
+      });
+    }
     if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {

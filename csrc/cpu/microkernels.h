@@ -80,10 +80,20 @@ inline void barrier() {
 #endif
 }
 
+// The calling thread's reusable buffers. kZerosSlot is only ever read: grown with zeros, it
+// stands for rows in the padding; the others are scratch, valid until their slot's next use.
+enum WorkspaceSlot : int {
+  kScratchSlot = 0,     // transposed blocks, weight-gradient partials
+  kZerosSlot = 1,
+  kPanelInSlot = 2,     // the operand panel of a batch-major pass (panels.h)
+  kPanelOutSlot = 3,    // its output panel
+  kWorkspaceSlots = 4,
+};
+
 // A buffer owned by the calling thread, grown on demand and reused by later calls, so that
 // steady-state training allocates nothing but outputs.
 inline float* thread_workspace(int64_t count, int slot) {
-  static thread_local std::vector<float> buffers[2];
+  static thread_local std::vector<float> buffers[kWorkspaceSlots];
   auto& buffer = buffers[slot];
   if (buffer.size() < static_cast<size_t>(count)) buffer.resize(count, 0.0f);
   return buffer.data();

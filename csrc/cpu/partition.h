@@ -95,11 +95,11 @@ inline void even_share(int64_t count, int t, int threads, int64_t* begin, int64_
   *end = count * (t + 1) / threads;
 }
 
-// values [nnz, bm, bk] transposed block by block into the calling thread's workspace slot 0
+// values [nnz, bm, bk] transposed block by block into the calling thread's scratch workspace
 // ([nnz, bk, bm]), on `threads` threads; valid until that slot's next use.
 inline const float* transposed_blocks(const float* values, int64_t nnz, int64_t bm, int64_t bk,
                                       int threads) {
-  float* values_t = detail::thread_workspace(nnz * bm * bk, 0);
+  float* values_t = detail::thread_workspace(nnz * bm * bk, detail::kScratchSlot);
   detail::run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(nnz, t, nt, &begin, &end);

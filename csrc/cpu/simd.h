@@ -7,6 +7,9 @@
 // Compiled once per instruction set, inside that set's namespace (see isa_kernels.h).
 #pragma once
 
+#include <cstddef>
+#include <utility>
+
 #ifndef SPARCL_ISA_NS
 #error "simd.h is compiled once per instruction set: include it through isa_kernels.h"
 #endif
@@ -66,6 +69,45 @@ inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
   return acc + a * b;
 }
 
+// The scalar a in every lane.
+template <int W>
+inline Vec<W> broadcast(float a) {
+  return Vec<W>{} + a;
+}
+
+namespace shuffle_detail {
+// Level H of a block transpose of rows a (row i) and b (row i + H): the lanes of a whose bit
+// H is set trade places with the lanes of b whose bit H is clear.
+template <int W, int H, size_t... L>
+inline Vec<W> low_half(const Vec<W>& a, const Vec<W>& b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, ((L & H) == 0 ? int(L) : int(L) - H + W)...);
+}
+template <int W, int H, size_t... L>
+inline Vec<W> high_half(const Vec<W>& a, const Vec<W>& b, std::index_sequence<L...>) {
+  return __builtin_shufflevector(a, b, ((L & H) == 0 ? int(L) + H : int(L) + W)...);
+}
+template <int W, int H>
+inline void transpose_levels(Vec<W> (&rows)[W]) {
+  if constexpr (H >= 1) {
+#pragma GCC unroll 16
+    for (int i = 0; i < W; ++i) {
+      if (i & H) continue;
+      const Vec<W> a = rows[i], b = rows[i + H];
+      rows[i] = low_half<W, H>(a, b, std::make_index_sequence<W>{});
+      rows[i + H] = high_half<W, H>(a, b, std::make_index_sequence<W>{});
+    }
+    transpose_levels<W, H / 2>(rows);
+  }
+}
+}  // namespace shuffle_detail
+
+// Transposes the W x W matrix whose rows are rows[0 .. W), in place: log2(W) levels of W
+// two-vector shuffles, the count of the hand-written SSE/AVX transposes.
+template <int W>
+inline void transpose(Vec<W> (&rows)[W]) {
+  shuffle_detail::transpose_levels<W, W / 2>(rows);
+}
+
 #else  // portable lanes
 
 template <int W>
@@ -97,6 +139,19 @@ inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
   Vec<W> r;
   for (int i = 0; i < W; ++i) r.lane[i] = acc.lane[i] + a * b.lane[i];
   return r;
+}
+
+template <int W>
+inline Vec<W> broadcast(float a) {
+  Vec<W> v;
+  for (int i = 0; i < W; ++i) v.lane[i] = a;
+  return v;
+}
+
+template <int W>
+inline void transpose(Vec<W> (&rows)[W]) {
+  for (int i = 0; i < W; ++i)
+    for (int j = i + 1; j < W; ++j) std::swap(rows[i].lane[j], rows[j].lane[i]);
 }
 
 #endif
