@@ -34,15 +34,6 @@ inline int64_t batch_chunk(int64_t row_elems) {
   return kTile * std::clamp<int64_t>(tiles, 1, 8);
 }
 
-// The (chunk, group) grid of a forward (groups = block rows) or input gradient (block
-// columns); its bands live in a per-thread workspace of the calling thread.
-inline ItemGrid item_grid(const int32_t* offsets, int64_t groups, int64_t n, int64_t rows,
-                          int64_t block_elems) {
-  int32_t* band_starts = detail::index_workspace(groups + 1, 1);
-  const int64_t bands = make_bands(offsets, groups, block_elems, band_starts);
-  return {offsets, groups, (n + rows - 1) / rows, band_starts, bands};
-}
-
 // Tile rows of a dense row-major operand: row i of block j is a + i * lda + group[j] * P.
 struct DenseRows {
   const float* a;
@@ -166,20 +157,6 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
     }
 }
 
-// Runs item(group, n0, n1) for this thread's share of the (batch chunk, group) grid, in the
-// grid's band order.
-template <typename Item>
-void for_each_item(const ItemGrid& grid, int64_t n, int64_t chunk_rows, int t, int threads,
-                   const Item& item) {
-  const int64_t begin = grid.first_item(t, threads), end = grid.first_item(t + 1, threads);
-  for (int64_t it = begin; it < end; ++it) {
-    int64_t band, chunk, group;
-    grid.decode(it, &band, &chunk, &group);
-    const int64_t n0 = chunk * chunk_rows;
-    item(group, n0, std::min(n, n0 + chunk_rows));
-  }
-}
-
 // Whether a forward (side = bm) or input gradient (side = bk) runs over batch-major panels:
 // the row-major tile of a side under two vectors is bound by its broadcasts, and a batch of
 // less than one panel tile would be mostly padding.
@@ -187,15 +164,9 @@ inline bool use_panels(int64_t side, int64_t n, int width) {
   return side < 2 * width && n >= detail::kPanelVectors * width;
 }
 
-// Batch tiles per panel work item: as many as keep a chunk's panel rows (`features` of them)
-// in a slice of L2 (see batch_chunk), at most 8.
-inline int64_t panel_chunk(int64_t features, int64_t tile) {
-  return std::clamp<int64_t>(kCacheSliceFloats / std::max<int64_t>(features, 1) / tile, 1, 8);
-}
-
-// One batch-major pass: out[n, groups' outputs] from a[n, features] for the groups of `grid`
-// (group g's output rows at g * side), with group(g, panel) the PanelGroup of group g and
-// init(g) its initial values (or null). Packs a, runs the tiles, unpacks the output.
+// One batch-major pass of a linear layer: out[n, outputs] from a[n, features] for the groups
+// of `offsets` (group g's output rows at g * side; group(g) its PanelGroup, init(g) its
+// initial values or null), over panels in batch tiles (PanelShape).
 template <int W, typename Group, typename Init>
 void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, int64_t n,
                 int64_t side, const int32_t* offsets, int64_t groups, int64_t block_elems,
@@ -203,22 +174,20 @@ void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, i
   const detail::PanelShape in_shape(features, n, W), out_shape(outputs, n, W);
   float* in_panel = detail::thread_workspace(in_shape.size(), detail::kPanelInSlot);
   float* out_panel = detail::thread_workspace(out_shape.size(), detail::kPanelOutSlot);
-  const int64_t chunk = panel_chunk(features, in_shape.tile);
-  const ItemGrid grid = item_grid(offsets, groups, in_shape.tiles(), chunk, block_elems);
-  run_parallel(threads, [&](int t, int nt) {
-    detail::share_features<W>(features, t, nt, [&](int64_t d0, int64_t d1) {
-      detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel);
-    });
-    detail::barrier();
-    for_each_item(grid, in_shape.tiles(), chunk, t, nt, [&](int64_t g, int64_t t0, int64_t t1) {
-      detail::panel_slab<W>(group(g, in_panel), in_shape, out_shape, g * side, side, t0, t1,
-                            init(g), out_panel);
-    });
-    detail::barrier();
-    detail::share_features<W>(outputs, t, nt, [&](int64_t d0, int64_t d1) {
-      detail::unpack_panel<W>(out_panel, out_shape, d0, d1, out, outputs);
-    });
-  });
+  detail::run_panel_pass<W>(
+      threads, features, outputs, in_shape.tiles(), side, offsets, groups, block_elems,
+      [&](int64_t d0, int64_t d1) { detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel); },
+      group,
+      [&](int64_t g, int64_t tile) {
+        const int64_t width = in_shape.width(tile);
+        return detail::PanelTile{in_panel + in_shape.offset(tile), width,
+                                 out_panel + out_shape.offset(tile) + g * side * width, width,
+                                 static_cast<int>(width / W)};
+      },
+      init,
+      [&](int64_t d0, int64_t d1) {
+        detail::unpack_panel<W>(out_panel, out_shape, d0, d1, out, outputs);
+      });
 }
 
 // ------------------------------------------------------------------ passes
@@ -237,10 +206,10 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
         panel_pass<decltype(W)::value>(
             x, L.cols(), y, L.rows(), n, L.bm, L.row_offsets, L.block_rows, L.bm * L.bk,
             exec.threads,
-            [&](int64_t r, const float* panel) {
-              return detail::PanelGroup{blocks_t,         L.bm * L.bk,          L.bm,
-                                        L.bk,             nullptr,              L.row_offsets[r],
-                                        L.row_offsets[r + 1], L.col_indices,    panel};
+            [&](int64_t r) {
+              return detail::PanelGroup{blocks_t,    L.bm * L.bk,      L.bm,
+                                        L.bk,        nullptr,          L.row_offsets[r],
+                                        L.row_offsets[r + 1], L.col_indices, nullptr};
             },
             [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; });
       });
@@ -280,7 +249,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
         panel_pass<decltype(W)::value>(
             grad_out, L.rows(), grad_x, L.cols(), n, L.bk, L.transpose_offsets, L.block_cols,
             L.bm * L.bk, exec.threads,
-            [&](int64_t c, const float* panel) {
+            [&](int64_t c) {
               return detail::PanelGroup{values,
                                         L.bm * L.bk,
                                         L.bk,
@@ -289,7 +258,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
                                         L.transpose_offsets[c],
                                         L.transpose_offsets[c + 1],
                                         L.row_indices,
-                                        panel};
+                                        nullptr};
             },
             [](int64_t) -> const float* { return nullptr; });
       });

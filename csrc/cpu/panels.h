@@ -18,6 +18,7 @@
 #pragma once
 
 #include "microkernels.h"
+#include "partition.h"
 
 namespace sparcl::SPARCL_ISA_NS {
 namespace detail {
@@ -108,11 +109,11 @@ void share_features(int64_t features, int t, int threads, const Body& body) {
   body(begin * W, std::min(features, end * W));
 }
 
-// The stored blocks of one group (a block row of the forward, a block column of the input
-// gradient) and the panel they read. Block j's weight for step p and tile row i is
-// weights[j * block_elems + p * ldw + i] (tile rows contiguous: the forward passes the
-// transposed blocks, the input gradient the blocks as stored); its panel rows are rows
-// offset_of[j] * P + p of the panel.
+// The stored blocks of one group (a block row of a forward, a block column or channel block of
+// an input gradient). Block j's weight for step p and tile row i is
+// weights[j * block_elems + p * ldw + i] (tile rows contiguous: forwards pass the transposed
+// blocks, input gradients the blocks as stored); it reads panel rows offset_of[j] * P + p,
+// shift[j] batch columns on (a convolution's tap; null: 0).
 struct PanelGroup {
   const float* weights;
   int64_t block_elems;
@@ -121,17 +122,26 @@ struct PanelGroup {
   const int32_t* ids;  // null: blocks sb .. se in storage order
   int32_t sb, se;
   const int32_t* offset_of;
-  const float* panel;
+  const int64_t* shift;
 };
 
-// Rows i0 .. i0 + TM of one batch tile of a group's output panel (`out`, rows `ld` floats
-// apart, as the operand tile `in`), over the group's blocks [s0, s1):
-//   out[(i0 + i) * ld + W q ...] (+)= sum over those blocks j and p < P of
-//       weight(j, p, i0 + i) * in[(offset_of[j] * P + p) * ld + W q ...]
+// Where one batch tile of a pass reads and writes: its first column in the operand panel and
+// in the output panel's first row of the group, the row strides, and its width in vectors.
+struct PanelTile {
+  const float* in;
+  int64_t in_ld;
+  float* out;
+  int64_t out_ld;
+  int vectors;
+};
+
+// Rows i0 .. i0 + TM of one batch tile of a group's output, over the group's blocks [s0, s1):
+//   out[(i0 + i) * out_ld + W q ...] (+)= sum over those blocks j and p < P of
+//       weight(j, p, i0 + i) * in[(offset_of[j] * P + p) * in_ld + shift[j] + W q ...]
 // starting from out when `accumulate`, else from init[i0 + i] (or 0); a TM x KV-vector tile.
 template <int W, int TM, int KV>
-void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const float* in, int64_t ld,
-                int64_t i0, const float* init, bool accumulate, float* out) {
+void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const PanelTile& tile, int64_t i0,
+                const float* init, bool accumulate) {
   using V = simd::Vec<W>;
   V acc[TM][KV];
   SPARCL_UNROLL
@@ -139,16 +149,17 @@ void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const float* in, in
     const V start = init ? simd::broadcast<W>(init[i0 + i]) : simd::zero<W>();
     SPARCL_UNROLL
     for (int q = 0; q < KV; ++q)
-      acc[i][q] = accumulate ? simd::load<W>(out + (i0 + i) * ld + W * q) : start;
+      acc[i][q] = accumulate ? simd::load<W>(tile.out + (i0 + i) * tile.out_ld + W * q) : start;
   }
   for (int32_t s = s0; s < s1; ++s) {
     const int64_t j = g.ids ? g.ids[s] : s;
     const float* w = g.weights + j * g.block_elems + i0;
-    const float* rows = in + static_cast<int64_t>(g.offset_of[j]) * g.P * ld;
+    const float* rows = tile.in + static_cast<int64_t>(g.offset_of[j]) * g.P * tile.in_ld +
+                        (g.shift ? g.shift[j] : 0);
     for (int64_t p = 0; p < g.P; ++p) {
       V pv[KV];
       SPARCL_UNROLL
-      for (int q = 0; q < KV; ++q) pv[q] = simd::load<W>(rows + p * ld + W * q);
+      for (int q = 0; q < KV; ++q) pv[q] = simd::load<W>(rows + p * tile.in_ld + W * q);
       SPARCL_UNROLL
       for (int i = 0; i < TM; ++i) {
         const float wv = w[p * g.ldw + i];
@@ -160,7 +171,8 @@ void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const float* in, in
   SPARCL_UNROLL
   for (int i = 0; i < TM; ++i) {
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) simd::store<W>(out + (i0 + i) * ld + W * q, acc[i][q]);
+    for (int q = 0; q < KV; ++q)
+      simd::store<W>(tile.out + (i0 + i) * tile.out_ld + W * q, acc[i][q]);
   }
 }
 
@@ -170,33 +182,148 @@ void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const float* in, in
 // 61 % with 13).
 constexpr int64_t kPanelStepBytes = 24 * 1024;
 
-// Output rows [first_row, first_row + rows) of batch tiles [t0, t1) for one group, in steps of
-// as many blocks as keep their operands in L1, the later steps adding to the output tile.
-template <int W>
-void panel_slab(const PanelGroup& g, const PanelShape& in_shape, const PanelShape& out_shape,
-                int64_t first_row, int64_t rows, int64_t t0, int64_t t1, const float* init,
-                float* out_panel) {
-  const int64_t block_bytes = (g.P * in_shape.tile + g.block_elems) * int64_t{sizeof(float)};
+// Output rows [0, rows) of batch tiles [t0, t1) of one group (tile_at(t): the PanelTile of
+// tile t), in steps of as many blocks as keep their operands in L1, the later steps adding to
+// the output tile.
+template <int W, typename TileAt>
+void panel_slab(const PanelGroup& g, int64_t rows, int64_t t0, int64_t t1, const TileAt& tile_at,
+                const float* init) {
+  const int64_t tile_columns = int64_t{kPanelVectors} * W;
+  const int64_t block_bytes = (g.P * tile_columns + g.block_elems) * int64_t{sizeof(float)};
   const int32_t step = static_cast<int32_t>(std::max<int64_t>(1, kPanelStepBytes / block_bytes));
   for (int64_t t = t0; t < t1; ++t) {
-    const int64_t width = in_shape.width(t);
-    const float* in = g.panel + in_shape.offset(t);
-    float* out = out_panel + out_shape.offset(t) + first_row * width;
-    with_constant<kPanelVectors>(static_cast<int>(width / W), [&](auto KV) {
+    const PanelTile tile = tile_at(t);
+    with_constant<kPanelVectors>(tile.vectors, [&](auto KV) {
       int32_t s0 = g.sb;
       do {  // at least once: a group without blocks still writes its initial values
         const int32_t s1 = std::min(g.se, s0 + step);
         for (int64_t i0 = 0; i0 < rows; i0 += kRunRows) {
           const int tm = static_cast<int>(std::min<int64_t>(kRunRows, rows - i0));
           with_constant<kRunRows>(tm, [&](auto TM) {
-            panel_tile<W, decltype(TM)::value, decltype(KV)::value>(g, s0, s1, in, width, i0,
-                                                                     init, s0 != g.sb, out);
+            panel_tile<W, decltype(TM)::value, decltype(KV)::value>(g, s0, s1, tile, i0, init,
+                                                                     s0 != g.sb);
           });
         }
         s0 = s1;
       } while (s0 < g.se);
     });
   }
+}
+
+// Panel tiles per work item: as many as keep a chunk's panel rows (`features` of them, tiles
+// of `tile` columns) in a slice of L2, at most 8.
+inline int64_t panel_chunk(int64_t features, int64_t tile) {
+  return std::clamp<int64_t>(kCacheSliceFloats / std::max<int64_t>(features, 1) / tile, 1, 8);
+}
+
+// The steps every panel pass takes on `threads` threads: pack(d0, d1) the operand panel's
+// features [d0, d1) (shared by whole vectors), then the (chunk of tiles, group) items of
+// `offsets`' groups, each group's output rows [0, side) of tile t at tile_at(g, t) from
+// group(g)'s blocks starting from init(g), then unpack(d0, d1) the outputs.
+template <int W, typename Pack, typename Group, typename TileAt, typename Init, typename Unpack>
+void run_panel_pass(int threads, int64_t features, int64_t outputs, int64_t tiles, int64_t side,
+                    const int32_t* offsets, int64_t groups, int64_t block_elems, const Pack& pack,
+                    const Group& group, const TileAt& tile_at, const Init& init,
+                    const Unpack& unpack) {
+  const int64_t chunk = panel_chunk(features, int64_t{kPanelVectors} * W);
+  const ItemGrid grid = item_grid(offsets, groups, tiles, chunk, block_elems);
+  run_parallel(threads, [&](int t, int nt) {
+    share_features<W>(features, t, nt, pack);
+    barrier();
+    for_each_item(grid, tiles, chunk, t, nt, [&](int64_t g, int64_t t0, int64_t t1) {
+      panel_slab<W>(group(g), side, t0, t1, [&](int64_t tile) { return tile_at(g, tile); },
+                    init(g));
+    });
+    barrier();
+    share_features<W>(outputs, t, nt, unpack);
+  });
+}
+
+// ------------------------------------------------------------------ zero-padded image panels
+//
+// A stride-1 convolution is a panel pass over its operand's zero-padded images, flattened:
+// panel column (image * rows + r) * cols + c holds padded pixel (r, c), so a kernel tap is a
+// constant shift of the column, and the output pixel (oh, ow) is column (image * rows + oh) *
+// cols + ow of the same grid (the columns past the output image are computed and dropped).
+
+struct PaddedGrid {
+  int64_t batch, rows, cols;  // the padded images
+  int64_t top, left;          // where the operand image starts in them
+  int64_t height, width;      // the operand image
+
+  int64_t positions() const { return batch * rows * cols; }
+  int64_t column(int64_t image, int64_t r, int64_t c) const {
+    return (image * rows + top + r) * cols + left + c;
+  }
+};
+
+// Panel row stride for `columns` columns: whole cache lines, an odd number of them (rows a
+// power of two of lines apart would share L1 sets).
+inline int64_t panel_row_stride(int64_t columns) {
+  const int64_t lines = (columns + 15) / 16;
+  return (lines | 1) * 16;
+}
+
+// Panel rows [d0, d1) (row stride ld, `ld` columns, zero outside the images) from the
+// channels-last images a[batch, height, width, features], image by image: an image's panel
+// columns are zeroed and then written while they stay in L2 (zeroing the whole panel first,
+// every line written later missed the cache: 5 cycles a float).
+template <int W>
+void pack_padded(const float* a, int64_t features, const PaddedGrid& grid, int64_t d0,
+                 int64_t d1, float* panel, int64_t ld) {
+  using V = simd::Vec<W>;
+  const int64_t region = grid.rows * grid.cols, full = grid.width / W * W;
+  const int64_t vector_end = d0 + (d1 - d0) / W * W;
+  for (int64_t image = 0; image < grid.batch; ++image) {
+    for (int64_t e = d0; e < d1; ++e)
+      std::fill(panel + e * ld + image * region, panel + e * ld + (image + 1) * region, 0.0f);
+    for (int64_t r = 0; r < grid.height; ++r) {
+      const float* src = a + (image * grid.height + r) * grid.width * features;
+      float* dst = panel + grid.column(image, r, 0);
+      for (int64_t c = 0; c < full; c += W)
+        for (int64_t d = d0; d < vector_end; d += W) {
+          V rows[W];
+          SPARCL_UNROLL
+          for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(src + (c + i) * features + d);
+          simd::transpose<W>(rows);
+          SPARCL_UNROLL
+          for (int i = 0; i < W; ++i) simd::store<W>(dst + (d + i) * ld + c, rows[i]);
+        }
+      for (int64_t e = d0; e < d1; ++e)
+        for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
+          dst[e * ld + c] = src[c * features + e];
+    }
+  }
+  for (int64_t e = d0; e < d1; ++e)
+    std::fill(panel + e * ld + grid.positions(), panel + (e + 1) * ld, 0.0f);
+}
+
+// The channels-last images out[batch, height, width, outputs] (grid: rows and columns of the
+// panel, top = left = 0, height x width the output image), channels [d0, d1), from panel rows
+// [d0, d1) (row stride ld).
+template <int W>
+void unpack_padded(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t d0,
+                   int64_t d1, float* out, int64_t outputs) {
+  using V = simd::Vec<W>;
+  for (int64_t image = 0; image < grid.batch; ++image)
+    for (int64_t r = 0; r < grid.height; ++r) {
+      const float* src = panel + grid.column(image, r, 0);
+      float* dst = out + (image * grid.height + r) * grid.width * outputs;
+      const int64_t full = grid.width / W * W;
+      int64_t d = d0;
+      for (; d + W <= d1; d += W)
+        for (int64_t c = 0; c < full; c += W) {
+          V rows[W];
+          SPARCL_UNROLL
+          for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(src + (d + i) * ld + c);
+          simd::transpose<W>(rows);
+          SPARCL_UNROLL
+          for (int i = 0; i < W; ++i) simd::store<W>(dst + (c + i) * outputs + d, rows[i]);
+        }
+      for (int64_t e = d0; e < d1; ++e)
+        for (int64_t c = e < d ? full : 0; c < grid.width; ++c)
+          dst[c * outputs + e] = src[e * ld + c];
+    }
 }
 
 }  // namespace detail

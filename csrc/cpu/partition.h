@@ -89,6 +89,30 @@ struct ItemGrid {
   }
 };
 
+// The (chunk, group) grid of `n` batch rows (or panel tiles) in chunks of `rows`, over groups
+// (block rows of a forward, block columns of an input gradient) whose stored blocks `offsets`
+// counts; its bands live in a per-thread workspace of the calling thread.
+inline ItemGrid item_grid(const int32_t* offsets, int64_t groups, int64_t n, int64_t rows,
+                          int64_t block_elems) {
+  int32_t* band_starts = detail::index_workspace(groups + 1, 1);
+  const int64_t bands = make_bands(offsets, groups, block_elems, band_starts);
+  return {offsets, groups, (n + rows - 1) / rows, band_starts, bands};
+}
+
+// Runs item(group, n0, n1) for this thread's share of the (chunk, group) grid of `n` rows in
+// chunks of `chunk_rows`, in the grid's band order.
+template <typename Item>
+void for_each_item(const ItemGrid& grid, int64_t n, int64_t chunk_rows, int t, int threads,
+                   const Item& item) {
+  const int64_t begin = grid.first_item(t, threads), end = grid.first_item(t + 1, threads);
+  for (int64_t it = begin; it < end; ++it) {
+    int64_t band, chunk, group;
+    grid.decode(it, &band, &chunk, &group);
+    const int64_t n0 = chunk * chunk_rows;
+    item(group, n0, std::min(n, n0 + chunk_rows));
+  }
+}
+
 // Contiguous share [begin, end) of `count` equally costly items for thread t.
 inline void even_share(int64_t count, int t, int threads, int64_t* begin, int64_t* end) {
   *begin = count * t / threads;
