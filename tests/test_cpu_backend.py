@@ -59,6 +59,20 @@ def test_uneven_rows_split_across_threads(threads, dtype, batch):
 
 
 @per_isa
+@pytest.mark.parametrize("block", [(8, 8), (16, 8), (4, 4)], ids=str)
+@pytest.mark.parametrize("batch", [48, 100])
+def test_linear_over_batch_major_panels(threads, block, batch):
+    """Blocks under two vectors wide, a batch of at least one panel tile and over 100
+    multiply-adds per packed element: the forward and input gradient run on panels."""
+    generator = torch.Generator().manual_seed(batch)
+    layout = BlockLayout.from_dense(torch.randn(208, 208, generator=generator), block, 0.3)
+    x = torch.randn(batch, 208, generator=generator)
+    values = torch.randn(layout.values_shape, generator=generator)
+    bias = torch.randn(208, generator=generator)
+    assert_matches_dense(x, values, layout, bias, None, "cpu")
+
+
+@per_isa
 def test_thread_count_does_not_change_results(threads):
     layout = BlockLayout.from_dense(torch.randn(256, 192), (32, 16), 0.7)
     generator = torch.Generator().manual_seed(3)

@@ -270,13 +270,15 @@ inline int simd_width(const double*, int64_t, int) { return 0; }
 // kernel's reach minus the padding, with the taps mirrored.
 
 // Whether a pass over a side (bm or bk) runs on padded panels: blocks narrower than one
-// vector (the pixel-major tiles then also run short vectors) of a stride-1 convolution whose
-// padding is at most the kernel's reach (so the input gradient's padding is not negative).
+// vector (the pixel-major tiles then also run short vectors), work enough per packed element
+// (panels_pay), a stride-1 convolution whose padding is at most the kernel's reach (so the
+// input gradient's padding is not negative).
 // One vector wide, the pixel-major tiles measured faster: 16x16 blocks of a 128-channel conv
 // on 16x16 images ran 1.4-1.9x slower on panels, whose transposes in and out took a third of
 // the pass, while 8x8 blocks ran 1.06-2x faster (AVX-512, one thread, alternated A/Bs).
-inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
-  return side < width && g.stride_h == 1 && g.stride_w == 1 &&
+inline bool use_panels(int64_t side, const ConvGeometry& g, int width, const BlockLayoutView& L) {
+  return side < width && detail::panels_pay(L.nnz, L.bm * L.bk, g.channels, L.rows()) &&
+         g.stride_h == 1 && g.stride_w == 1 &&
          g.pad_h <= (g.kernel_h - 1) * g.dilation_h && g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
 }
 
@@ -786,7 +788,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
              const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, g, exec.max_width)) {
+    if (use_panels(L.bm, g, exec.max_width, L)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -811,7 +813,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
                 const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.in_h * g.in_w == 0 || g.channels == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, g, exec.max_width)) {
+    if (use_panels(L.bk, g, exec.max_width, L)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         grad_input_panels<decltype(W)::value>(grad_out, values, grad_x, L, g, exec.threads);
       });

@@ -158,10 +158,12 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
 }
 
 // Whether a forward (side = bm) or input gradient (side = bk) runs over batch-major panels:
-// the row-major tile of a side under two vectors is bound by its broadcasts, and a batch of
-// less than one panel tile would be mostly padding.
-inline bool use_panels(int64_t side, int64_t n, int width) {
-  return side < 2 * width && n >= detail::kPanelVectors * width;
+// the row-major tile of a side under two vectors is bound by its broadcasts, a batch of less
+// than one panel tile would be mostly padding, and a sparse enough layer would spend more on
+// the transposes than the tiles save.
+inline bool use_panels(int64_t side, int64_t n, int width, const BlockLayoutView& L) {
+  return side < 2 * width && n >= detail::kPanelVectors * width &&
+         detail::panels_pay(L.nnz, L.bm * L.bk, L.rows(), L.cols());
 }
 
 // One batch-major pass of a linear layer: out[n, outputs] from a[n, features] for the groups
@@ -199,7 +201,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
   const int64_t rows = batch_chunk(L.cols());
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, n, exec.max_width)) {
+    if (use_panels(L.bm, n, exec.max_width, L)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -244,7 +246,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
   const int64_t rows = batch_chunk(L.rows());
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, n, exec.max_width)) {
+    if (use_panels(L.bk, n, exec.max_width, L)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         panel_pass<decltype(W)::value>(
             grad_out, L.rows(), grad_x, L.cols(), n, L.bk, L.transpose_offsets, L.block_cols,

@@ -240,11 +240,18 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                                {3, 5}, {12, 4}};
   for (const auto& block : blocks)
     for (const double density : {0.0, 0.4, 1.0})
-      // 49 and 100 rows: batch-major panels for blocks under two vectors wide, with padding
-      // and a partial panel tile on every instruction set (at least 48 rows on AVX-512).
-      for (const int64_t n : {1, 7, 49, 100})
+      for (const int64_t n : {1, 7, 49})
         for (const int threads : {1, 2})
           check_linear<T>(3, 4, block[0], block[1], density, n, threads, rng, tag);
+  // Batch-major panels (blocks under two vectors wide, at least 48 rows on AVX-512, and over
+  // 100 multiply-adds per packed element): padding and a partial panel tile.
+  for (const int64_t n : {49, 100})
+    for (const int threads : {1, 2}) {
+      check_linear<T>(13, 13, 8, 8, 1.0, n, threads, rng, tag);
+      check_linear<T>(7, 13, 16, 8, 1.0, n, threads, rng, tag);
+      check_linear<T>(26, 27, 4, 4, 1.0, n, threads, rng, tag);
+      check_linear<T>(20, 20, 8, 8, 0.7, n, threads, rng, tag);
+    }
   // One full block row among empty ones: uneven work split across threads.
   check_linear<T>(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
   // A batch longer than one weight-gradient chunk (512 KB of operand rows: 256 rows here).
