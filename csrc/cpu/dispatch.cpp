@@ -28,7 +28,8 @@ bool cpu_supports(const std::string& isa) {
   __builtin_cpu_init();
   const bool avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (isa == "avx2") return avx2;
-  if (isa == "avx512") return avx2 && __builtin_cpu_supports("avx512f");
+  if (isa == "avx512")
+    return avx2 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl");
 #endif
   return isa == "baseline" || isa == "neon";
 }
