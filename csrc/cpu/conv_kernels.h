@@ -276,7 +276,8 @@ inline int simd_width(const double*, int64_t, int) { return 0; }
 // One vector wide, the pixel-major tiles measured faster: 16x16 blocks of a 128-channel conv
 // on 16x16 images ran 1.4-1.9x slower on panels, whose transposes in and out took a third of
 // the pass, while 8x8 blocks ran 1.06-2x faster (AVX-512, one thread, alternated A/Bs).
-inline bool use_panels(int64_t side, const ConvGeometry& g, int width, const BlockLayoutView& L) {
+inline bool use_panels(int64_t side, const ConvGeometry& g, int width,
+                       const BlockLayoutView& L) {
   return side < width && detail::panels_pay(L.nnz, L.bm * L.bk, g.channels, L.rows()) &&
          g.stride_h == 1 && g.stride_w == 1 &&
          g.pad_h <= (g.kernel_h - 1) * g.dilation_h && g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
@@ -288,6 +289,8 @@ struct PanelBlocks {
   int64_t* shift;
 };
 
+// The two arrays in the calling thread's index workspace: offset_of [nnz], then `extra_ints`
+// ints for the caller (from offset_of + nnz), then shift [nnz] (8-byte aligned).
 inline PanelBlocks panel_blocks(int64_t nnz, int64_t extra_ints) {
   int32_t* storage = detail::index_workspace(2 * nnz + extra_ints + 2 * nnz + 2);
   int64_t* shift = reinterpret_cast<int64_t*>(storage + ((nnz + extra_ints + 1) & ~int64_t{1}));
@@ -332,7 +335,7 @@ template <int W>
 void forward_panels(const float* x, const float* values_t, const float* bias, float* y,
                     const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const detail::PaddedGrid grid{g.batch, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w,
-                                g.pad_h, g.pad_w,  g.in_h,                g.in_w};
+                                g.pad_h, g.pad_w, g.in_h, g.in_w};
   const PanelBlocks blocks = panel_blocks(L.nnz, 0);
   for (int64_t j = 0; j < L.nnz; ++j) {
     const int64_t column = L.col_indices[j], tap = tap_of_column(L, g, column);
@@ -357,11 +360,11 @@ void grad_input_panels(const float* dy, const float* values, float* dx, const Bl
                        const ConvGeometry& g, int threads) {
   // grad_out padded by the kernel's reach minus the padding: input pixel (ih, iw) then reads
   // tap (a, b)'s gradient (kernel_h - 1 - a) * dilation_h rows and likewise columns on.
-  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h, reach_w = (g.kernel_w - 1) * g.dilation_w;
-  const detail::PaddedGrid grid{g.batch,           g.out_h + 2 * (reach_h - g.pad_h),
-                                g.out_w + 2 * (reach_w - g.pad_w), reach_h - g.pad_h,
-                                reach_w - g.pad_w, g.out_h,
-                                g.out_w};
+  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h;
+  const int64_t reach_w = (g.kernel_w - 1) * g.dilation_w;
+  const int64_t top = reach_h - g.pad_h, left = reach_w - g.pad_w;
+  const detail::PaddedGrid grid{g.batch, g.out_h + 2 * top, g.out_w + 2 * left, top, left,
+                                g.out_h, g.out_w};
   const int64_t channel_blocks = g.channels / L.bk, taps = g.kernel_h * g.kernel_w;
   // The blocks of each channel block (all taps), which write that block's input channels.
   const PanelBlocks blocks = panel_blocks(L.nnz, L.nnz + channel_blocks + 1);
@@ -636,7 +639,8 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   // Segment s of kept block a lands in partials[(a * segments + s) * block_elems]; with one
   // segment that is the block's own gradient.
   float* partials = segments == 1 ? nullptr
-                                  : detail::thread_workspace(active * segments * block_elems, detail::kScratchSlot);
+                                  : detail::thread_workspace(active * segments * block_elems,
+                                                             detail::kScratchSlot);
   run_parallel(threads, [&](int t, int nt) {
     const float* zeros = detail::thread_workspace(L.bk, detail::kZerosSlot);
     int64_t begin, end;
@@ -685,7 +689,8 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
   int32_t* ids = detail::index_workspace(active, 1);
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
-  float* partials = detail::thread_workspace(active * segments * block_elems, detail::kScratchSlot);
+  float* partials =
+      detail::thread_workspace(active * segments * block_elems, detail::kScratchSlot);
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(active * segments, t, nt, &begin, &end);

@@ -178,7 +178,9 @@ void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, i
   float* out_panel = detail::thread_workspace(out_shape.size(), detail::kPanelOutSlot);
   detail::run_panel_pass<W>(
       threads, features, outputs, in_shape.tiles(), side, offsets, groups, block_elems,
-      [&](int64_t d0, int64_t d1) { detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel); },
+      [&](int64_t d0, int64_t d1) {
+        detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel);
+      },
       group,
       [&](int64_t g, int64_t tile) {
         const int64_t width = in_shape.width(tile);
@@ -209,9 +211,9 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
             x, L.cols(), y, L.rows(), n, L.bm, L.row_offsets, L.block_rows, L.bm * L.bk,
             exec.threads,
             [&](int64_t r) {
-              return detail::PanelGroup{blocks_t,    L.bm * L.bk,      L.bm,
-                                        L.bk,        nullptr,          L.row_offsets[r],
-                                        L.row_offsets[r + 1], L.col_indices, nullptr};
+              return detail::PanelGroup{
+                  blocks_t,         L.bm * L.bk,          L.bm,          L.bk,   nullptr,
+                  L.row_offsets[r], L.row_offsets[r + 1], L.col_indices, nullptr};
             },
             [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; });
       });
