@@ -309,7 +309,9 @@ def test_wide_instructions_only_inside_their_instruction_sets_kernels():
         wide = re.search(r"^\s+[0-9a-f]+:\s+v[a-z0-9]+\s", function, re.M) or re.search(
             r"%[yz]mm", function
         )
-        if "sparcl::avx2::" in name or "sparcl::avx512::" in name:
+        # objdump leaves names it cannot demangle (deeply nested lambda templates) mangled
+        in_isa_copy = "sparcl::avx2::" in name or "sparcl::avx512::" in name
+        if in_isa_copy or re.match(r"_Z+N6sparcl(4avx2|6avx512)", name):
             isa_functions += bool(wide)
         elif wide:
             offenders.append(name)
