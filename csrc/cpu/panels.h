@@ -25,6 +25,18 @@ namespace detail {
 
 constexpr int kPanelVectors = kTile * kMaxVectors / kRunRows;  // batch vectors per tile row
 
+// dst[i * ldd + k] = src[k * lds + i] for i, k < W: one W x W register transpose, the step
+// every pack and unpack below takes.
+template <int W>
+inline void transpose_tile(const float* src, int64_t lds, float* dst, int64_t ldd) {
+  simd::Vec<W> rows[W];
+  SPARCL_UNROLL
+  for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(src + i * lds);
+  simd::transpose<W>(rows);
+  SPARCL_UNROLL
+  for (int i = 0; i < W; ++i) simd::store<W>(dst + i * ldd, rows[i]);
+}
+
 // A panel of `features` rows x the batch padded to whole vectors, stored in batch tiles of
 // kPanelVectors vectors: tile t holds columns [t * tile, t * tile + width(t)) of every row,
 // rows width(t) floats apart, so that a block's panel rows are one contiguous run (rows a
@@ -51,7 +63,6 @@ struct PanelShape {
 template <int W>
 void pack_panel(const float* a, int64_t lda, const PanelShape& shape, int64_t d0, int64_t d1,
                 float* panel) {
-  using V = simd::Vec<W>;
   for (int64_t t = 0; t < shape.tiles(); ++t) {
     const int64_t first = t * shape.tile, width = shape.width(t);
     const int64_t full = std::clamp<int64_t>(shape.count - first, 0, width) / W * W;
@@ -59,12 +70,7 @@ void pack_panel(const float* a, int64_t lda, const PanelShape& shape, int64_t d0
     int64_t d = d0;
     for (; d + W <= d1; d += W) {
       for (int64_t n = 0; n < full; n += W) {
-        V rows[W];
-        SPARCL_UNROLL
-        for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(a + (first + n + i) * lda + d);
-        simd::transpose<W>(rows);
-        SPARCL_UNROLL
-        for (int i = 0; i < W; ++i) simd::store<W>(tile + (d + i) * width + n, rows[i]);
+        transpose_tile<W>(a + (first + n) * lda + d, lda, tile + d * width + n, width);
       }
     }
     for (int64_t e = d0; e < d1; ++e)
@@ -77,7 +83,6 @@ void pack_panel(const float* a, int64_t lda, const PanelShape& shape, int64_t d0
 template <int W>
 void unpack_panel(const float* panel, const PanelShape& shape, int64_t d0, int64_t d1,
                   float* out, int64_t ldo) {
-  using V = simd::Vec<W>;
   for (int64_t t = 0; t < shape.tiles(); ++t) {
     const int64_t first = t * shape.tile, width = shape.width(t);
     const int64_t valid = std::clamp<int64_t>(shape.count - first, 0, width);
@@ -86,12 +91,7 @@ void unpack_panel(const float* panel, const PanelShape& shape, int64_t d0, int64
     int64_t d = d0;
     for (; d + W <= d1; d += W) {
       for (int64_t n = 0; n < full; n += W) {
-        V rows[W];
-        SPARCL_UNROLL
-        for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(tile + (d + i) * width + n);
-        simd::transpose<W>(rows);
-        SPARCL_UNROLL
-        for (int i = 0; i < W; ++i) simd::store<W>(out + (first + n + i) * ldo + d, rows[i]);
+        transpose_tile<W>(tile + d * width + n, width, out + (first + n) * ldo + d, ldo);
       }
     }
     for (int64_t e = d0; e < d1; ++e)
@@ -306,7 +306,6 @@ inline int64_t panel_row_stride(int64_t columns) {
 template <int W>
 void pack_padded(const float* a, int64_t features, const PaddedGrid& grid, int64_t d0,
                  int64_t d1, float* panel, int64_t ld) {
-  using V = simd::Vec<W>;
   const int64_t region = grid.rows * grid.cols, full = grid.width / W * W;
   const int64_t vector_end = d0 + (d1 - d0) / W * W;
   for (int64_t image = 0; image < grid.batch; ++image) {
@@ -317,12 +316,7 @@ void pack_padded(const float* a, int64_t features, const PaddedGrid& grid, int64
       float* dst = panel + grid.column(image, r, 0);
       for (int64_t c = 0; c < full; c += W)
         for (int64_t d = d0; d < vector_end; d += W) {
-          V rows[W];
-          SPARCL_UNROLL
-          for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(src + (c + i) * features + d);
-          simd::transpose<W>(rows);
-          SPARCL_UNROLL
-          for (int i = 0; i < W; ++i) simd::store<W>(dst + (d + i) * ld + c, rows[i]);
+          transpose_tile<W>(src + c * features + d, features, dst + d * ld + c, ld);
         }
       for (int64_t e = d0; e < d1; ++e)
         for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
@@ -339,7 +333,6 @@ void pack_padded(const float* a, int64_t features, const PaddedGrid& grid, int64
 template <int W>
 void unpack_padded(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t d0,
                    int64_t d1, float* out, int64_t outputs) {
-  using V = simd::Vec<W>;
   for (int64_t image = 0; image < grid.batch; ++image)
     for (int64_t r = 0; r < grid.height; ++r) {
       const float* src = panel + grid.column(image, r, 0);
@@ -348,12 +341,7 @@ void unpack_padded(const float* panel, int64_t ld, const PaddedGrid& grid, int64
       int64_t d = d0;
       for (; d + W <= d1; d += W)
         for (int64_t c = 0; c < full; c += W) {
-          V rows[W];
-          SPARCL_UNROLL
-          for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(src + (d + i) * ld + c);
-          simd::transpose<W>(rows);
-          SPARCL_UNROLL
-          for (int i = 0; i < W; ++i) simd::store<W>(dst + (c + i) * outputs + d, rows[i]);
+          transpose_tile<W>(src + d * ld + c, ld, dst + c * outputs + d, outputs);
         }
       for (int64_t e = d0; e < d1; ++e)
         for (int64_t c = e < d ? full : 0; c < grid.width; ++c)
