@@ -269,18 +269,30 @@ inline int simd_width(const double*, int64_t, int) { return 0; }
 // kernel, 36 % at 8x8). The input gradient is the same pass over grad_out padded by the
 // kernel's reach minus the padding, with the taps mirrored.
 
-// Whether a pass over a side (bm or bk) runs on padded panels: blocks narrower than one
-// vector (the pixel-major tiles then also run short vectors), work enough per packed element
-// (panels_pay), a stride-1 convolution whose padding is at most the kernel's reach (so the
-// input gradient's padding is not negative).
+// Whether padded panels describe the convolution: stride 1, padding at most the kernel's
+// reach (so the input gradient's padding is not negative).
+inline bool padded_panels_fit(const ConvGeometry& g) {
+  return g.stride_h == 1 && g.stride_w == 1 && g.pad_h <= (g.kernel_h - 1) * g.dilation_h &&
+         g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
+}
+
+// Whether a forward or input gradient over a side (bm or bk) runs on padded panels: blocks
+// narrower than one vector (the pixel-major tiles then also run short vectors), work enough
+// per packed element (panels_pay), and panels that fit.
 // One vector wide, the pixel-major tiles measured faster: 16x16 blocks of a 128-channel conv
 // on 16x16 images ran 1.4-1.9x slower on panels, whose transposes in and out took a third of
 // the pass, while 8x8 blocks ran 1.06-2x faster (AVX-512, one thread, alternated A/Bs).
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width,
                        const BlockLayoutView& L) {
   return side < width && detail::panels_pay(L.nnz, L.bm * L.bk, g.channels, L.rows()) &&
-         g.stride_h == 1 && g.stride_w == 1 &&
-         g.pad_h <= (g.kernel_h - 1) * g.dilation_h && g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
+         padded_panels_fit(g);
+}
+
+// The weight gradient packs chunks that stay in L2 (grad_weight_panels), so it takes panels
+// for every block narrower than a vector: 8x8 blocks on AVX-512 measured 1.3-6x faster than
+// gathered rows from 32 channels up (one thread, 32-channel 32x32 images to 256-channel 8x8).
+inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
+  return bk < width && padded_panels_fit(g);
 }
 
 // Per stored block: the panel row block it reads (offset_of) and its tap's column shift.
@@ -668,23 +680,20 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   });
 }
 
-template <int W>
-void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_mask,
-                      float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
-                      int threads) {
-  const BlockTaps taps = block_taps(L, g);
-  const int64_t pixels = g.batch * g.out_h * g.out_w, block_elems = L.bm * L.bk;
+// The weight-gradient pass of blocks computed one at a time over `extent` units (output
+// pixels, or panel column vectors): block(out, j, first, last) writes block j's gradient over
+// units [first, last) to out. Each block's units are cut into `segments` (from
+// weight_gradient_segments) whose partial sums are added in segment order.
+template <typename Block>
+void segmented_weight_gradient(const bool* grad_block_mask, float* grad_values,
+                               const BlockLayoutView& L, int64_t extent, int64_t segments,
+                               int threads, const Block& block) {
+  const int64_t block_elems = L.bm * L.bk;
   const int64_t active = count_active(grad_block_mask, L.nnz);
-  if (W == L.bk)
-    return grad_weight_runs_simd<W>(dy, x, grad_block_mask, grad_values, L, g, threads, taps,
-                                    active);
-  const int64_t segments = weight_gradient_segments(pixels, active);
   if (segments == 1) {
-    return weight_gradient_pass(grad_block_mask, L.nnz, block_elems, grad_values, threads,
-                                [&](int64_t j) {
-                                  grad_weight_block_simd<W>(dy, x, grad_values + j * block_elems,
-                                                            j, 0, pixels, L, g, taps);
-                                });
+    return weight_gradient_pass(
+        grad_block_mask, L.nnz, block_elems, grad_values, threads,
+        [&](int64_t j) { block(grad_values + j * block_elems, j, 0, extent); });
   }
   int32_t* ids = detail::index_workspace(active, 1);
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
@@ -696,9 +705,8 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
     even_share(active * segments, t, nt, &begin, &end);
     for (int64_t item = begin; item < end; ++item) {
       int64_t first, last;
-      segment_pixels(pixels, segments, item % segments, &first, &last);
-      grad_weight_block_simd<W>(dy, x, partials + item * block_elems, ids[item / segments],
-                                first, last, L, g, taps);
+      segment_pixels(extent, segments, item % segments, &first, &last);
+      block(partials + item * block_elems, ids[item / segments], first, last);
     }
     detail::barrier();
     even_share(L.nnz, t, nt, &begin, &end);
@@ -707,6 +715,246 @@ void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_ma
         std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
     even_share(active, t, nt, &begin, &end);
     add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
+  });
+}
+
+template <int W>
+void grad_weight_simd(const float* dy, const float* x, const bool* grad_block_mask,
+                      float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
+                      int threads) {
+  const BlockTaps taps = block_taps(L, g);
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+  const int64_t active = count_active(grad_block_mask, L.nnz);
+  if (W == L.bk)
+    return grad_weight_runs_simd<W>(dy, x, grad_block_mask, grad_values, L, g, threads, taps,
+                                    active);
+  const int64_t segments = weight_gradient_segments(pixels, active);
+  segmented_weight_gradient(grad_block_mask, grad_values, L, pixels, segments, threads,
+                            [&](float* out, int64_t j, int64_t first, int64_t last) {
+                              grad_weight_block_simd<W>(dy, x, out, j, first, last, L, g, taps);
+                            });
+}
+
+// ------------------------------------------------------------------ weight gradient on panels
+//
+// For stride-1 convolutions with blocks narrower than a vector, over zero-padded panels of
+// both operands on one grid: block j's gradient at (i, k) is the sum over panel columns c of
+//   dy_panel[row i][c] * x_panel[channel k][c + shift_j],
+// the grad_out panel being zero off the output image, the input panel zero in the padding.
+// Pixels are the vectorised dimension (full vectors whatever the block side); a tile of
+// kDotRows x kDotColumns vector accumulators loads rows + columns vectors per rows x columns
+// multiply-adds, and the lanes are summed once per block and segment.
+
+constexpr int kDotRows = 4;
+// 4 x 4 accumulators beside 5 operand vectors fit 32 registers; with 16, 4 x 2.
+constexpr int kDotColumns = detail::kTile * detail::kMaxVectors >= 24 ? 4 : 2;
+
+// acc[(i * acc_ld + q) * W ...] (+)= sum over columns [c0, c1) (whole vectors) of
+// dy_rows[i * dy_ld + c ...] * x_rows[q * x_ld + c ...], for i < TM, q < TC.
+template <int W, int TM, int TC>
+void panel_dot_tile(const float* dy_rows, int64_t dy_ld, const float* x_rows, int64_t x_ld,
+                    int64_t c0, int64_t c1, float* acc, int64_t acc_ld, bool accumulate) {
+  using V = simd::Vec<W>;
+  V a[TM][TC];
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < TC; ++q)
+      a[i][q] = accumulate ? simd::load<W>(acc + (i * acc_ld + q) * W) : simd::zero<W>();
+  }
+  for (int64_t c = c0; c < c1; c += W) {
+    V d[TM];
+    SPARCL_UNROLL
+    for (int i = 0; i < TM; ++i) d[i] = simd::load<W>(dy_rows + i * dy_ld + c);
+    SPARCL_UNROLL
+    for (int q = 0; q < TC; ++q) {
+      const V xv = simd::load<W>(x_rows + q * x_ld + c);
+      SPARCL_UNROLL
+      for (int i = 0; i < TM; ++i) a[i][q] = simd::multiply_add<W>(d[i], xv, a[i][q]);
+    }
+  }
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < TC; ++q) simd::store<W>(acc + (i * acc_ld + q) * W, a[i][q]);
+  }
+}
+
+// out[e] (+)= the sum of the W lanes acc[e * W ...] for e < count: W sums at a time by one
+// register transpose and W - 1 vector adds (summed lane by lane, the reduction cost as much
+// as a chunk's multiply-adds).
+template <int W>
+void sum_lanes(const float* acc, int64_t count, float* out, bool accumulate) {
+  int64_t e = 0;
+  for (; e + W <= count; e += W) {
+    simd::Vec<W> rows[W];
+    SPARCL_UNROLL
+    for (int i = 0; i < W; ++i) rows[i] = simd::load<W>(acc + (e + i) * W);
+    simd::transpose<W>(rows);
+    simd::Vec<W> sum = accumulate ? simd::load<W>(out + e) : simd::zero<W>();
+    SPARCL_UNROLL
+    for (int l = 0; l < W; ++l) sum = simd::add<W>(sum, rows[l]);
+    simd::store<W>(out + e, sum);
+  }
+  for (; e < count; ++e) {
+    float sum = accumulate ? out[e] : 0.0f;
+    for (int l = 0; l < W; ++l) sum += acc[e * W + l];
+    out[e] = sum;
+  }
+}
+
+// The two chunk panels of a weight gradient (rows ld floats apart) and each block's
+// channel block (offset_of) and tap shift.
+struct WeightGradientPanels {
+  const float* dy;
+  int64_t dy_ld;
+  const float* x;
+  int64_t x_ld;
+  PanelBlocks blocks;
+};
+
+// Block j's gradient over panel columns [0, columns) (whole vectors) added to out (bm x bk; set
+// instead when !accumulate), in steps of columns whose panel rows stay in L1 while every tile
+// of the block re-reads them.
+template <int W>
+void grad_weight_panel_block(const WeightGradientPanels& p, int64_t j, int64_t columns,
+                             float* out, bool accumulate, const BlockLayoutView& L) {
+  const float* dy_rows = p.dy + static_cast<int64_t>(L.row_indices[j]) * L.bm * p.dy_ld;
+  const float* x_rows =
+      p.x + static_cast<int64_t>(p.blocks.offset_of[j]) * L.bk * p.x_ld + p.blocks.shift[j];
+  float* acc = detail::thread_workspace(L.bm * L.bk * W, detail::kAccumulatorSlot);
+  const int64_t row_bytes = (L.bm + L.bk) * int64_t{sizeof(float)};
+  const int64_t step = std::max<int64_t>(W, detail::kPanelStepBytes / row_bytes / W * W);
+  for (int64_t start = 0;; start += step) {  // at least once: no columns give zeros
+    const int64_t stop = std::min(columns, start + step);
+    for (int64_t i0 = 0; i0 < L.bm; i0 += kDotRows) {
+      const int tm = static_cast<int>(std::min<int64_t>(kDotRows, L.bm - i0));
+      for (int64_t q0 = 0; q0 < L.bk; q0 += kDotColumns) {
+        const int tc = static_cast<int>(std::min<int64_t>(kDotColumns, L.bk - q0));
+        detail::with_constant<kDotRows>(tm, [&](auto TM) {
+          detail::with_constant<kDotColumns>(tc, [&](auto TC) {
+            panel_dot_tile<W, decltype(TM)::value, decltype(TC)::value>(
+                dy_rows + i0 * p.dy_ld, p.dy_ld, x_rows + q0 * p.x_ld, p.x_ld, start, stop,
+                acc + (i0 * L.bk + q0) * W, L.bk, start != 0);
+          });
+        });
+      }
+    }
+    if (stop >= columns) break;
+  }
+  sum_lanes<W>(acc, L.bm * L.bk, out, accumulate);
+}
+
+// Panel rows [d0, d1) of the padded grid rows [r0, r1) of `grid` (rows past the grid are
+// zeros), columns (r - r0) * grid.cols + c, row stride ld; columns past the rows up to ld are
+// zeroed. Images are channels-last a[batch, height, width, features].
+template <int W>
+void pack_padded_rows(const float* a, int64_t features, const detail::PaddedGrid& grid,
+                      int64_t r0, int64_t r1, int64_t d0, int64_t d1, float* panel, int64_t ld) {
+  const int64_t full = grid.width / W * W, vector_end = d0 + (d1 - d0) / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t image = r / grid.rows, row = r % grid.rows - grid.top;
+    float* dst = panel + (r - r0) * grid.cols;
+    if (image >= grid.batch || row < 0 || row >= grid.height) {
+      for (int64_t e = d0; e < d1; ++e) std::fill_n(dst + e * ld, grid.cols, 0.0f);
+      continue;
+    }
+    for (int64_t e = d0; e < d1; ++e) {
+      std::fill_n(dst + e * ld, grid.left, 0.0f);
+      std::fill(dst + e * ld + grid.left + grid.width, dst + e * ld + grid.cols, 0.0f);
+    }
+    const float* src = a + (image * grid.height + row) * grid.width * features;
+    float* pixels = dst + grid.left;
+    for (int64_t d = d0; d < vector_end; d += W)
+      for (int64_t c = 0; c < full; c += W)
+        detail::transpose_tile<W>(src + c * features + d, features, pixels + d * ld + c, ld);
+    for (int64_t e = d0; e < d1; ++e)
+      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
+        pixels[e * ld + c] = src[c * features + e];
+  }
+  for (int64_t e = d0; e < d1; ++e)
+    std::fill(panel + e * ld + (r1 - r0) * grid.cols, panel + (e + 1) * ld, 0.0f);
+}
+
+// The weight gradient of a stride-1 convolution over chunk panels: the padded grid's rows are
+// cut into segments (fixed by the problem, never by the thread count), a thread takes whole
+// segments, and within a segment packs chunks of rows of both operands that fit in L2 (the
+// whole-batch panels of a 128-channel layer are megabytes, and packing them ran at memory
+// speed: 2-6 ms of a 10-50 ms pass), then adds every kept block's gradient over the chunk to
+// the segment's partial. The partials are added in segment order.
+template <int W>
+void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_mask,
+                        float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
+                        int threads) {
+  const detail::PaddedGrid in_grid{g.batch, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w,
+                                   g.pad_h, g.pad_w, g.in_h, g.in_w};
+  const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, in_grid.cols, 0, 0, g.out_h,
+                                    g.out_w};
+  const int64_t active = count_active(grad_block_mask, L.nnz);
+  const PanelBlocks blocks = panel_blocks(L.nnz, active);
+  int32_t* ids = blocks.offset_of + L.nnz;
+  for (int64_t j = 0, a = 0; j < L.nnz; ++j) {
+    const int64_t column = L.col_indices[j], tap = tap_of_column(L, g, column);
+    blocks.offset_of[j] = static_cast<int32_t>(channel_of_column(L, g, column) / L.bk);
+    blocks.shift[j] =
+        (tap / g.kernel_w) * g.dilation_h * in_grid.cols + (tap % g.kernel_w) * g.dilation_w;
+    if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
+  }
+  const int64_t cols = in_grid.cols, grid_rows = in_grid.batch * in_grid.rows;
+  const int64_t max_shift =
+      (g.kernel_h - 1) * g.dilation_h * cols + (g.kernel_w - 1) * g.dilation_w;
+  // x rows a chunk reads past its own: the taps' reach and the last vector's overrun.
+  const int64_t halo_rows = (max_shift + W + cols - 1) / cols;
+  const int64_t features = g.channels + L.rows();
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, (kCacheSliceFloats / features - halo_rows * cols) / cols);
+  // At least 8 segments (or one per row) so that any thread count has a share; at least one
+  // so that an empty batch still writes zeros.
+  const int64_t segments = std::max<int64_t>(
+      1, std::clamp<int64_t>((in_grid.positions() + kSegmentPixels - 1) / kSegmentPixels,
+                             std::min<int64_t>(8, grid_rows), kWeightGradientItems));
+  const int64_t block_elems = L.bm * L.bk;
+  float* partials =
+      detail::thread_workspace(segments * active * block_elems, detail::kScratchSlot);
+  run_parallel(threads, [&](int t, int nt) {
+    const int64_t chunk_columns = (chunk_rows * cols + W - 1) / W * W;
+    const int64_t dy_ld = detail::panel_row_stride(chunk_columns);
+    const int64_t x_ld = detail::panel_row_stride((chunk_rows + halo_rows) * cols);
+    float* dy_panel = detail::thread_workspace(L.rows() * dy_ld, detail::kPanelOutSlot);
+    float* x_panel = detail::thread_workspace(g.channels * x_ld, detail::kPanelInSlot);
+    const WeightGradientPanels panels{dy_panel, dy_ld, x_panel, x_ld, blocks};
+    int64_t begin, end;
+    even_share(segments, t, nt, &begin, &end);
+    for (int64_t segment = begin; segment < end; ++segment) {
+      float* partial = partials + segment * active * block_elems;
+      int64_t s0, s1;
+      segment_pixels(grid_rows, segments, segment, &s0, &s1);
+      for (int64_t r0 = s0;; r0 += chunk_rows) {  // at least once: an empty segment gives zeros
+        const int64_t r1 = std::min(s1, r0 + chunk_rows);
+        pack_padded_rows<W>(dy, L.rows(), out_grid, r0, r1, 0, L.rows(), dy_panel, dy_ld);
+        pack_padded_rows<W>(x, g.channels, in_grid, r0, r1 + halo_rows, 0, g.channels, x_panel,
+                            x_ld);
+        const int64_t columns = ((r1 - r0) * cols + W - 1) / W * W;
+        for (int64_t a = 0; a < active; ++a)
+          grad_weight_panel_block<W>(panels, ids[a], columns, partial + a * block_elems,
+                                     r0 != s0, L);
+        if (r1 >= s1) break;
+      }
+    }
+    detail::barrier();
+    even_share(L.nnz, t, nt, &begin, &end);
+    for (int64_t j = begin; j < end; ++j)
+      if (grad_block_mask && !grad_block_mask[j])
+        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
+    even_share(active, t, nt, &begin, &end);
+    for (int64_t a = begin; a < end; ++a) {
+      float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
+      std::copy_n(partials + a * block_elems, block_elems, out);
+      for (int64_t segment = 1; segment < segments; ++segment) {
+        const float* partial = partials + (segment * active + a) * block_elems;
+        for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[e];
+      }
+    }
   });
 }
 
@@ -836,6 +1084,12 @@ template <typename T>
 void grad_weight(const T* grad_out, const T* x, const bool* grad_block_mask, T* grad_values,
                  const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if constexpr (std::is_same_v<T, float>) {
+    if (use_weight_gradient_panels(L.bk, g, exec.max_width)) {
+      return detail::with_width(exec.max_width, [&](auto W) {
+        grad_weight_panels<decltype(W)::value>(grad_out, x, grad_block_mask, grad_values, L, g,
+                                               exec.threads);
+      });
+    }
     if (const int width = simd_width(x, L.bk, exec.max_width)) {
       return detail::with_width(width, [&](auto W) {
         grad_weight_simd<decltype(W)::value>(grad_out, x, grad_block_mask, grad_values, L, g,

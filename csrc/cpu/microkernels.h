@@ -87,7 +87,8 @@ enum WorkspaceSlot : int {
   kZerosSlot = 1,
   kPanelInSlot = 2,     // the operand panel of a batch-major pass (panels.h)
   kPanelOutSlot = 3,    // its output panel
-  kWorkspaceSlots = 4,
+  kAccumulatorSlot = 4,  // a panel weight gradient's vector accumulators (conv_kernels.h)
+  kWorkspaceSlots = 5,
 };
 
 // A buffer owned by the calling thread, grown on demand and reused by later calls, so that

@@ -69,6 +69,17 @@ inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
   return acc + a * b;
 }
 
+// acc + a * b lane by lane (the dot-product tiles of the weight gradient on panels).
+template <int W>
+inline Vec<W> multiply_add(const Vec<W>& a, const Vec<W>& b, const Vec<W>& acc) {
+  return acc + a * b;
+}
+
+template <int W>
+inline Vec<W> add(const Vec<W>& a, const Vec<W>& b) {
+  return a + b;
+}
+
 // The scalar a in every lane.
 template <int W>
 inline Vec<W> broadcast(float a) {
@@ -138,6 +149,20 @@ template <int W>
 inline Vec<W> multiply_add(float a, const Vec<W>& b, const Vec<W>& acc) {
   Vec<W> r;
   for (int i = 0; i < W; ++i) r.lane[i] = acc.lane[i] + a * b.lane[i];
+  return r;
+}
+
+template <int W>
+inline Vec<W> multiply_add(const Vec<W>& a, const Vec<W>& b, const Vec<W>& acc) {
+  Vec<W> r;
+  for (int i = 0; i < W; ++i) r.lane[i] = acc.lane[i] + a.lane[i] * b.lane[i];
+  return r;
+}
+
+template <int W>
+inline Vec<W> add(const Vec<W>& a, const Vec<W>& b) {
+  Vec<W> r;
+  for (int i = 0; i < W; ++i) r.lane[i] = a.lane[i] + b.lane[i];
   return r;
 }
 

@@ -1,0 +1,83 @@
+// The convolution kernels alone, without torch: forward, input gradient and weight gradient of
+// one 3x3 stride-1 pad-1 block-sparse convolution at density 0.1 (random layout) on the AVX-512
+// copy of the kernels, against the FMA peak probe. Used for A/Bs of kernel changes between
+// commits (build the file against each commit's csrc/cpu and run them alternately).
+//
+//   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/conv_passes.cpp \
+//       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS
+#include "isa_prelude.h"
+#define SPARCL_ISA_NS avx512
+#define SPARCL_ISA_WIDTH 16
+#define SPARCL_TILE_ROWS 12
+#define SPARCL_MAX_VECTORS 2
+#pragma GCC target("avx512f,avx512vl,avx2,fma")
+#include "conv_kernels.h"
+#include "peak.h"
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+using namespace sparcl::avx512;
+using sparcl::BlockLayoutView;
+using sparcl::ConvGeometry;
+using sparcl::Execution;
+
+template <typename F>
+double best_ms(F f, int reps = 9) {
+  double best = 1e9;
+  for (int t = 0; t < reps; ++t) {
+    auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best * 1e3;
+}
+
+int main(int argc, char** argv) {
+  const int b = argc > 1 ? atoi(argv[1]) : 8;
+  const int64_t C = argc > 2 ? atoi(argv[2]) : 128, S = argc > 3 ? atoi(argv[3]) : 16;
+  const int64_t N = argc > 4 ? atoi(argv[4]) : 32;
+  const int threads = argc > 5 ? atoi(argv[5]) : 1;
+  const ConvGeometry g{N, S, S, C, S, S, 3, 3, 1, 1, 1, 1, 1, 1};
+  std::mt19937 rng(0);
+  std::bernoulli_distribution keep(0.1);
+  const int64_t br = C / b, bc = 9 * C / b;
+  std::vector<int32_t> ro(br + 1), ci, ri;
+  ro[0] = 0;
+  for (int64_t r = 0; r < br; ++r) {
+    for (int64_t c = 0; c < bc; ++c)
+      if (keep(rng)) ci.push_back(c), ri.push_back(r);
+    ro[r + 1] = ci.size();
+  }
+  const int64_t nnz = ci.size();
+  std::vector<int32_t> to(bc + 1, 0), tid(nnz);
+  for (auto c : ci) to[c + 1]++;
+  for (int64_t c = 0; c < bc; ++c) to[c + 1] += to[c];
+  {
+    std::vector<int32_t> pos(to.begin(), to.end() - 1);
+    for (int64_t j = 0; j < nnz; ++j) tid[pos[ci[j]]++] = j;
+  }
+  BlockLayoutView L{br, bc, b, b, nnz, ro.data(), ci.data(), ri.data(), to.data(), tid.data()};
+  std::vector<float> x(N * S * S * C, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),
+      dx(x.size()), dw(v.size());
+  const double flops = 2.0 * N * S * S * nnz * b * b;
+  const Execution ex{threads, 16};
+  const double f = best_ms([&] {
+    conv::forward<float>(x.data(), v.data(), vt.data(), nullptr, y.data(), L, g, ex);
+  });
+  const double d = best_ms([&] { conv::grad_input<float>(y.data(), v.data(), dx.data(), L, g, ex); });
+  const double w = best_ms([&] {
+    conv::grad_weight<float>(y.data(), x.data(), nullptr, dw.data(), L, g, ex);
+  });
+  // The two panels' packing alone (the weight gradient's share that is not multiply-adds).
+  const detail::PaddedGrid grid{N, S + 2, S + 2, 1, 1, S, S};
+  const int64_t ld = detail::panel_row_stride(grid.positions() + 2 * grid.cols + 2);
+  std::vector<float> panel(C * ld);
+  const double pack = best_ms([&] { detail::pack_padded<16>(x.data(), C, grid, 0, C, panel.data(), ld); });
+  const double peak = peak::fma_gflops(threads, 0.3);
+  const auto pct = [&](double ms) { return flops / ms / 1e6 / peak * 100; };
+  std::printf("b=%d C=%ld %ldx%ld N=%ld thr=%d nnz=%ld: fwd %.3f ms (%.0f%%) dx %.3f (%.0f%%) "
+              "dw %.3f (%.0f%%) pack %.3f peak %.0f\n",
+              b, C, S, S, N, threads, nnz, f, pct(f), d, pct(d), w, pct(w), pack, peak);
+}
