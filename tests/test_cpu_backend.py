@@ -167,11 +167,12 @@ def test_conv_weight_gradient_over_pixel_segments(threads, batch, size, stride, 
 
 @per_isa
 @pytest.mark.parametrize("masked", [False, True])
-def test_conv_weight_gradient_over_chunked_panels(threads, masked):
-    """Blocks narrower than a vector of a stride-1 conv: the weight gradient packs chunks of
-    padded-grid rows that fit in L2. 512 + 512 channels leave 11 rows of 8 per chunk and the
-    batch's 96 rows make 8 segments of 12, so a segment adds a second chunk to its partial;
-    it matches the fp64 dense gradient, is zero where masked and bitwise across threads."""
+def test_conv_over_chunked_panels(threads, masked):
+    """Blocks narrower than a vector of a stride-1 conv: the three passes pack chunks of
+    padded-grid rows that fit in L2. 512 + 512 channels leave 7 rows of 8 per forward or
+    input-gradient chunk (14 chunks over the batch's 96 rows) and 11 per weight-gradient
+    chunk, whose 8 segments of 12 rows then add a second chunk to their partials. All three
+    match fp64 dense, masked blocks get zeros, and results are bitwise across threads."""
     generator = torch.Generator().manual_seed(11)
     layout = BlockLayout.from_dense(torch.randn(512, 9 * 512, generator=generator), 8, 0.95)
     mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
@@ -180,10 +181,15 @@ def test_conv_weight_gradient_over_chunked_panels(threads, masked):
     geometry = ((3, 3), (1, 1), (1, 1))
     y = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=mask)
     grad_out = torch.randn(y.shape, generator=generator)
-    (grad_values,) = torch.autograd.grad(y, values, grad_out)
+    (grad_values,) = torch.autograd.grad(y, values, grad_out, retain_graph=True)
     weight = layout.to_dense(values.detach().double()).view(512, 3, 3, 512).permute(0, 3, 1, 2)
     weight.requires_grad_()
-    torch.nn.functional.conv2d(x.detach().double(), weight, padding=1).backward(grad_out.double())
+    x64 = x.detach().double().requires_grad_()
+    dense = torch.nn.functional.conv2d(x64, weight, padding=1)
+    dense.backward(grad_out.double())
+    torch.testing.assert_close(y.double(), dense, rtol=1e-4, atol=1e-3)
+    (grad_x,) = torch.autograd.grad(y, x, grad_out)
+    torch.testing.assert_close(grad_x.double(), x64.grad, rtol=1e-4, atol=1e-3)
     expected = layout.to_blocks(weight.grad.permute(0, 2, 3, 1).reshape(512, -1))
     if mask is not None:
         expected[~mask] = 0
@@ -191,8 +197,9 @@ def test_conv_weight_gradient_over_chunked_panels(threads, masked):
     torch.testing.assert_close(grad_values.double(), expected, rtol=1e-4, atol=1e-3)
     torch.set_num_threads(3 - threads)
     y_other = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=mask)
-    (grad_other,) = torch.autograd.grad(y_other, values, grad_out)
-    assert torch.equal(grad_values, grad_other)
+    grad_other = torch.autograd.grad(y_other, (x, values), grad_out)
+    assert torch.equal(y_other, y)
+    assert torch.equal(grad_other[0], grad_x) and torch.equal(grad_other[1], grad_values)
 
 
 @per_isa

@@ -70,14 +70,9 @@ int main(int argc, char** argv) {
   const double w = best_ms([&] {
     conv::grad_weight<float>(y.data(), x.data(), nullptr, dw.data(), L, g, ex);
   });
-  // The two panels' packing alone (the weight gradient's share that is not multiply-adds).
-  const detail::PaddedGrid grid{N, S + 2, S + 2, 1, 1, S, S};
-  const int64_t ld = detail::panel_row_stride(grid.positions() + 2 * grid.cols + 2);
-  std::vector<float> panel(C * ld);
-  const double pack = best_ms([&] { detail::pack_padded<16>(x.data(), C, grid, 0, C, panel.data(), ld); });
   const double peak = peak::fma_gflops(threads, 0.3);
   const auto pct = [&](double ms) { return flops / ms / 1e6 / peak * 100; };
   std::printf("b=%d C=%ld %ldx%ld N=%ld thr=%d nnz=%ld: fwd %.3f ms (%.0f%%) dx %.3f (%.0f%%) "
-              "dw %.3f (%.0f%%) pack %.3f peak %.0f\n",
-              b, C, S, S, N, threads, nnz, f, pct(f), d, pct(d), w, pct(w), pack, peak);
+              "dw %.3f (%.0f%%) peak %.0f\n",
+              b, C, S, S, N, threads, nnz, f, pct(f), d, pct(d), w, pct(w), peak);
 }

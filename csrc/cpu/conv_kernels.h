@@ -277,20 +277,19 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
 }
 
 // Whether a forward or input gradient over a side (bm or bk) runs on padded panels: blocks
-// narrower than one vector (the pixel-major tiles then also run short vectors), work enough
-// per packed element (panels_pay), and panels that fit.
-// One vector wide, the pixel-major tiles measured faster: 16x16 blocks of a 128-channel conv
-// on 16x16 images ran 1.4-1.9x slower on panels, whose transposes in and out took a third of
-// the pass, while 8x8 blocks ran 1.06-2x faster (AVX-512, one thread, alternated A/Bs).
-inline bool use_panels(int64_t side, const ConvGeometry& g, int width,
-                       const BlockLayoutView& L) {
-  return side < width && detail::panels_pay(L.nnz, L.bm * L.bk, g.channels, L.rows()) &&
-         padded_panels_fit(g);
+// narrower than one vector (the pixel-major tiles then also run short vectors) and panels
+// that fit. The chunk panels stay in L2 (padded_panel_pass), so even the main job's
+// 32-channel convs gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x,
+// 128 and 256 channels 1.2-1.7x over whole-batch panels, which lost below 64 channels).
+// One vector wide, the pixel-major tiles stay: 16x16 blocks measured 0.9-1.25x on chunk
+// panels, depending on the image size.
+inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
+  return side < width && padded_panels_fit(g);
 }
 
-// The weight gradient packs chunks that stay in L2 (grad_weight_panels), so it takes panels
-// for every block narrower than a vector: 8x8 blocks on AVX-512 measured 1.3-6x faster than
-// gathered rows from 32 channels up (one thread, 32-channel 32x32 images to 256-channel 8x8).
+// The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
+// 1.3-6x faster than gathered rows from 32 channels up (one thread, 32-channel 32x32 images
+// to 256-channel 8x8 ones).
 inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
   return bk < width && padded_panels_fit(g);
 }
@@ -311,36 +310,49 @@ inline PanelBlocks panel_blocks(int64_t nnz, int64_t extra_ints) {
 
 // The panel pass of a stride-1 convolution over the padded grid `in_grid` of `a` (channels
 // `features`), writing the channels-last `out` (`outputs` channels, image out_h x out_w).
+// The grid's rows are cut into chunks whose operand and output panels fit in L2 together;
+// a thread packs a chunk (with the rows its taps reach past it), computes every group's
+// output rows over it and unpacks them, so no panel makes a round trip to memory (whole-batch
+// panels of a 128-channel layer are megabytes: packing them ran at memory speed, a fifth of
+// the pass). Each output element is computed by one tile in a fixed order: the results do
+// not depend on the thread count.
 template <int W, typename Group, typename Init>
 void padded_panel_pass(const float* a, int64_t features, const detail::PaddedGrid& in_grid,
                        int64_t max_shift, float* out, int64_t outputs, int64_t out_h,
-                       int64_t out_w, int64_t side, const int32_t* offsets, int64_t groups,
-                       int64_t block_elems, int threads, const Group& group, const Init& init) {
+                       int64_t out_w, int64_t side, int64_t groups, int threads,
+                       const Group& group, const Init& init) {
   const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, in_grid.cols, 0, 0, out_h,
                                     out_w};
-  const int64_t tile = int64_t{detail::kPanelVectors} * W, positions = in_grid.positions();
-  const int64_t tiles = (positions + tile - 1) / tile;
-  const int64_t in_ld = detail::panel_row_stride(tiles * tile + max_shift);
-  const int64_t out_ld = detail::panel_row_stride(tiles * tile);
-  float* in_panel = detail::thread_workspace(features * in_ld, detail::kPanelInSlot);
-  float* out_panel = detail::thread_workspace(outputs * out_ld, detail::kPanelOutSlot);
-  detail::run_panel_pass<W>(
-      threads, features, outputs, tiles, side, offsets, groups, block_elems,
-      [&](int64_t d0, int64_t d1) {
-        detail::pack_padded<W>(a, features, in_grid, d0, d1, in_panel, in_ld);
-      },
-      group,
-      [&](int64_t g, int64_t t) {
-        const int64_t first = t * tile;
-        const int vectors = static_cast<int>(
-            std::min<int64_t>(detail::kPanelVectors, (positions - first + W - 1) / W));
-        return detail::PanelTile{in_panel + first, in_ld, out_panel + g * side * out_ld + first,
-                                 out_ld, vectors};
-      },
-      init,
-      [&](int64_t d0, int64_t d1) {
-        detail::unpack_padded<W>(out_panel, out_ld, out_grid, d0, d1, out, outputs);
-      });
+  const int64_t tile = int64_t{detail::kPanelVectors} * W, cols = in_grid.cols;
+  const int64_t grid_rows = in_grid.batch * in_grid.rows;
+  // Operand rows a chunk reads past its own: the taps' reach and the last tile's overrun.
+  const int64_t halo_rows = (max_shift + tile + cols - 1) / cols;
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, (kCacheSliceFloats / (features + outputs) - halo_rows * cols) / cols);
+  const int64_t chunks = (grid_rows + chunk_rows - 1) / chunk_rows;
+  const int64_t in_ld = detail::panel_row_stride((chunk_rows + halo_rows) * cols);
+  const int64_t out_ld = detail::panel_row_stride((chunk_rows * cols + tile - 1) / tile * tile);
+  run_parallel(threads, [&](int t, int nt) {
+    float* in_panel = detail::thread_workspace(features * in_ld, detail::kPanelInSlot);
+    float* out_panel = detail::thread_workspace(outputs * out_ld, detail::kPanelOutSlot);
+    int64_t begin, end;
+    even_share(chunks, t, nt, &begin, &end);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t r0 = chunk * chunk_rows, r1 = std::min(grid_rows, r0 + chunk_rows);
+      detail::pack_padded_rows<W>(a, features, in_grid, r0, r1 + halo_rows, in_panel, in_ld);
+      const int64_t columns = (r1 - r0) * cols, tiles = (columns + tile - 1) / tile;
+      for (int64_t g = 0; g < groups; ++g) {
+        const auto tile_at = [&](int64_t k) {
+          const int vectors = static_cast<int>(
+              std::min<int64_t>(detail::kPanelVectors, (columns - k * tile + W - 1) / W));
+          return detail::PanelTile{in_panel + k * tile, in_ld,
+                                   out_panel + g * side * out_ld + k * tile, out_ld, vectors};
+        };
+        detail::panel_slab<W>(group(g), side, 0, tiles, tile_at, init(g));
+      }
+      detail::unpack_padded_rows<W>(out_panel, out_ld, out_grid, r0, r1, out, outputs);
+    }
+  });
 }
 
 template <int W>
@@ -358,8 +370,7 @@ void forward_panels(const float* x, const float* values_t, const float* bias, fl
   const int64_t max_shift =
       (g.kernel_h - 1) * g.dilation_h * grid.cols + (g.kernel_w - 1) * g.dilation_w;
   padded_panel_pass<W>(
-      x, g.channels, grid, max_shift, y, L.rows(), g.out_h, g.out_w, L.bm, L.row_offsets,
-      L.block_rows, L.bm * L.bk, threads,
+      x, g.channels, grid, max_shift, y, L.rows(), g.out_h, g.out_w, L.bm, L.block_rows, threads,
       [&](int64_t r) {
         return detail::PanelGroup{values_t, L.bm * L.bk, L.bm, L.bk, nullptr, L.row_offsets[r],
                                   L.row_offsets[r + 1], blocks.offset_of, blocks.shift};
@@ -399,7 +410,7 @@ void grad_input_panels(const float* dy, const float* values, float* dx, const Bl
   group_offsets[channel_blocks] = count;
   padded_panel_pass<W>(
       dy, L.rows(), grid, reach_h * grid.cols + reach_w, dx, g.channels, g.in_h, g.in_w, L.bk,
-      group_offsets, channel_blocks, L.bm * L.bk, threads,
+      channel_blocks, threads,
       [&](int64_t c) {
         return detail::PanelGroup{values, L.bm * L.bk, L.bk, L.bm, ids, group_offsets[c],
                                   group_offsets[c + 1], blocks.offset_of, blocks.shift};
@@ -845,37 +856,6 @@ void grad_weight_panel_block(const WeightGradientPanels& p, int64_t j, int64_t c
   sum_lanes<W>(acc, L.bm * L.bk, out, accumulate);
 }
 
-// Panel rows [d0, d1) of the padded grid rows [r0, r1) of `grid` (rows past the grid are
-// zeros), columns (r - r0) * grid.cols + c, row stride ld; columns past the rows up to ld are
-// zeroed. Images are channels-last a[batch, height, width, features].
-template <int W>
-void pack_padded_rows(const float* a, int64_t features, const detail::PaddedGrid& grid,
-                      int64_t r0, int64_t r1, int64_t d0, int64_t d1, float* panel, int64_t ld) {
-  const int64_t full = grid.width / W * W, vector_end = d0 + (d1 - d0) / W * W;
-  for (int64_t r = r0; r < r1; ++r) {
-    const int64_t image = r / grid.rows, row = r % grid.rows - grid.top;
-    float* dst = panel + (r - r0) * grid.cols;
-    if (image >= grid.batch || row < 0 || row >= grid.height) {
-      for (int64_t e = d0; e < d1; ++e) std::fill_n(dst + e * ld, grid.cols, 0.0f);
-      continue;
-    }
-    for (int64_t e = d0; e < d1; ++e) {
-      std::fill_n(dst + e * ld, grid.left, 0.0f);
-      std::fill(dst + e * ld + grid.left + grid.width, dst + e * ld + grid.cols, 0.0f);
-    }
-    const float* src = a + (image * grid.height + row) * grid.width * features;
-    float* pixels = dst + grid.left;
-    for (int64_t d = d0; d < vector_end; d += W)
-      for (int64_t c = 0; c < full; c += W)
-        detail::transpose_tile<W>(src + c * features + d, features, pixels + d * ld + c, ld);
-    for (int64_t e = d0; e < d1; ++e)
-      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
-        pixels[e * ld + c] = src[c * features + e];
-  }
-  for (int64_t e = d0; e < d1; ++e)
-    std::fill(panel + e * ld + (r1 - r0) * grid.cols, panel + (e + 1) * ld, 0.0f);
-}
-
 // The weight gradient of a stride-1 convolution over chunk panels: the padded grid's rows are
 // cut into segments (fixed by the problem, never by the thread count), a thread takes whole
 // segments, and within a segment packs chunks of rows of both operands that fit in L2 (the
@@ -931,9 +911,8 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
       segment_pixels(grid_rows, segments, segment, &s0, &s1);
       for (int64_t r0 = s0;; r0 += chunk_rows) {  // at least once: an empty segment gives zeros
         const int64_t r1 = std::min(s1, r0 + chunk_rows);
-        pack_padded_rows<W>(dy, L.rows(), out_grid, r0, r1, 0, L.rows(), dy_panel, dy_ld);
-        pack_padded_rows<W>(x, g.channels, in_grid, r0, r1 + halo_rows, 0, g.channels, x_panel,
-                            x_ld);
+        detail::pack_padded_rows<W>(dy, L.rows(), out_grid, r0, r1, dy_panel, dy_ld);
+        detail::pack_padded_rows<W>(x, g.channels, in_grid, r0, r1 + halo_rows, x_panel, x_ld);
         const int64_t columns = ((r1 - r0) * cols + W - 1) / W * W;
         for (int64_t a = 0; a < active; ++a)
           grad_weight_panel_block<W>(panels, ids[a], columns, partial + a * block_elems,
@@ -1041,7 +1020,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
              const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, g, exec.max_width, L)) {
+    if (use_panels(L.bm, g, exec.max_width)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -1066,7 +1045,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
                 const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.in_h * g.in_w == 0 || g.channels == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, g, exec.max_width, L)) {
+    if (use_panels(L.bk, g, exec.max_width)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         grad_input_panels<decltype(W)::value>(grad_out, values, grad_x, L, g, exec.threads);
       });

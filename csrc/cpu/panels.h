@@ -232,11 +232,11 @@ void panel_slab(const PanelGroup& g, int64_t rows, int64_t t0, int64_t t1, const
   }
 }
 
-// Multiply-adds per panel element packed or unpacked below which the transposes cost more than
-// the panel tiles save. Measured on convolutions with 8x8 blocks at 0.9 (AVX-512, one thread):
-// 29 flops per element (32 channels, the main job's layer-1 convs) ran 10-15 % slower on
-// panels, 58 (64 channels) either way, 115 (128 channels) 1.06-2x faster; the 2048 x 2048
-// linear layer at 0.9 has 205.
+// Multiply-adds per panel element packed or unpacked below which the transposes of a
+// whole-batch panel (the linear passes) cost more than the panel tiles save. Measured on
+// convolutions with 8x8 blocks at 0.9 over whole-batch panels (AVX-512, one thread): 29
+// flops per element (32 channels) ran 10-15 % slower on panels, 58 (64 channels) either way,
+// 115 (128 channels) 1.06-2x faster; the 2048 x 2048 linear layer at 0.9 has 205.
 constexpr int64_t kPanelMinFlopsPerElement = 100;
 
 // Whether a pass of `nnz` stored blocks of `block_elems` over panels of `features` operand
@@ -280,6 +280,8 @@ void run_panel_pass(int threads, int64_t features, int64_t outputs, int64_t tile
 // panel column (image * rows + r) * cols + c holds padded pixel (r, c), so a kernel tap is a
 // constant shift of the column, and the output pixel (oh, ow) is column (image * rows + oh) *
 // cols + ow of the same grid (the columns past the output image are computed and dropped).
+// The passes pack and unpack the grid in chunks of whole rows (image * rows + r) that fit
+// in L2.
 
 struct PaddedGrid {
   int64_t batch, rows, cols;  // the padded images
@@ -287,9 +289,6 @@ struct PaddedGrid {
   int64_t height, width;      // the operand image
 
   int64_t positions() const { return batch * rows * cols; }
-  int64_t column(int64_t image, int64_t r, int64_t c) const {
-    return (image * rows + top + r) * cols + left + c;
-  }
 };
 
 // Panel row stride for `columns` columns: whole cache lines, an odd number of them (rows a
@@ -299,54 +298,57 @@ inline int64_t panel_row_stride(int64_t columns) {
   return (lines | 1) * 16;
 }
 
-// Panel rows [d0, d1) (row stride ld, `ld` columns, zero outside the images) from the
-// channels-last images a[batch, height, width, features], image by image: an image's panel
-// columns are zeroed and then written while they stay in L2 (zeroing the whole panel first,
-// every line written later missed the cache: 5 cycles a float).
+// Panel rows [0, features) (row stride ld) of the padded grid rows [r0, r1) of `grid` (rows
+// past the grid are zeros): column (r - r0) * grid.cols + c holds padded pixel c of row r;
+// the columns past the rows, up to ld, are zeroed. The images are channels-last
+// a[batch, height, width, features].
 template <int W>
-void pack_padded(const float* a, int64_t features, const PaddedGrid& grid, int64_t d0,
-                 int64_t d1, float* panel, int64_t ld) {
-  const int64_t region = grid.rows * grid.cols, full = grid.width / W * W;
-  const int64_t vector_end = d0 + (d1 - d0) / W * W;
-  for (int64_t image = 0; image < grid.batch; ++image) {
-    for (int64_t e = d0; e < d1; ++e)
-      std::fill(panel + e * ld + image * region, panel + e * ld + (image + 1) * region, 0.0f);
-    for (int64_t r = 0; r < grid.height; ++r) {
-      const float* src = a + (image * grid.height + r) * grid.width * features;
-      float* dst = panel + grid.column(image, r, 0);
-      for (int64_t c = 0; c < full; c += W)
-        for (int64_t d = d0; d < vector_end; d += W) {
-          transpose_tile<W>(src + c * features + d, features, dst + d * ld + c, ld);
-        }
-      for (int64_t e = d0; e < d1; ++e)
-        for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
-          dst[e * ld + c] = src[c * features + e];
+void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid, int64_t r0,
+                      int64_t r1, float* panel, int64_t ld) {
+  const int64_t full = grid.width / W * W, vector_end = features / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t image = r / grid.rows, row = r % grid.rows - grid.top;
+    float* dst = panel + (r - r0) * grid.cols;
+    if (image >= grid.batch || row < 0 || row >= grid.height) {
+      for (int64_t e = 0; e < features; ++e) std::fill_n(dst + e * ld, grid.cols, 0.0f);
+      continue;
     }
+    for (int64_t e = 0; e < features; ++e) {
+      std::fill_n(dst + e * ld, grid.left, 0.0f);
+      std::fill(dst + e * ld + grid.left + grid.width, dst + e * ld + grid.cols, 0.0f);
+    }
+    const float* src = a + (image * grid.height + row) * grid.width * features;
+    float* pixels = dst + grid.left;
+    for (int64_t d = 0; d < vector_end; d += W)
+      for (int64_t c = 0; c < full; c += W)
+        transpose_tile<W>(src + c * features + d, features, pixels + d * ld + c, ld);
+    for (int64_t e = 0; e < features; ++e)
+      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
+        pixels[e * ld + c] = src[c * features + e];
   }
-  for (int64_t e = d0; e < d1; ++e)
-    std::fill(panel + e * ld + grid.positions(), panel + (e + 1) * ld, 0.0f);
+  for (int64_t e = 0; e < features; ++e)
+    std::fill(panel + e * ld + (r1 - r0) * grid.cols, panel + (e + 1) * ld, 0.0f);
 }
 
-// The channels-last images out[batch, height, width, outputs] (grid: rows and columns of the
-// panel, top = left = 0, height x width the output image), channels [d0, d1), from panel rows
-// [d0, d1) (row stride ld).
+// The inverse for an output grid (top = left = 0, height x width the output image): the
+// channels-last out[batch, height, width, outputs] at the pixels of grid rows [r0, r1) from
+// panel rows [0, outputs) (row stride ld, column (r - r0) * grid.cols + c).
 template <int W>
-void unpack_padded(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t d0,
-                   int64_t d1, float* out, int64_t outputs) {
-  for (int64_t image = 0; image < grid.batch; ++image)
-    for (int64_t r = 0; r < grid.height; ++r) {
-      const float* src = panel + grid.column(image, r, 0);
-      float* dst = out + (image * grid.height + r) * grid.width * outputs;
-      const int64_t full = grid.width / W * W;
-      int64_t d = d0;
-      for (; d + W <= d1; d += W)
-        for (int64_t c = 0; c < full; c += W) {
-          transpose_tile<W>(src + d * ld + c, ld, dst + c * outputs + d, outputs);
-        }
-      for (int64_t e = d0; e < d1; ++e)
-        for (int64_t c = e < d ? full : 0; c < grid.width; ++c)
-          dst[c * outputs + e] = src[e * ld + c];
-    }
+void unpack_padded_rows(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t r0,
+                        int64_t r1, float* out, int64_t outputs) {
+  const int64_t full = grid.width / W * W, vector_end = outputs / W * W;
+  for (int64_t r = r0; r < r1; ++r) {
+    const int64_t image = r / grid.rows, row = r % grid.rows;
+    if (row >= grid.height) continue;  // the padding rows of the operand grid
+    const float* src = panel + (r - r0) * grid.cols;
+    float* dst = out + (image * grid.height + row) * grid.width * outputs;
+    for (int64_t d = 0; d < vector_end; d += W)
+      for (int64_t c = 0; c < full; c += W)
+        transpose_tile<W>(src + d * ld + c, ld, dst + c * outputs + d, outputs);
+    for (int64_t e = 0; e < outputs; ++e)
+      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
+        dst[c * outputs + e] = src[e * ld + c];
+  }
 }
 
 }  // namespace detail
