@@ -358,6 +358,27 @@ def write_csv(rows: list[dict], target: str | None) -> None:
             writer.writerows(rows)
 
 
+def read_rows(target: str | None) -> list[dict]:
+    """The per-run rows already in ``target`` (numbers as numbers), or none."""
+    if not target or not Path(target).exists():
+        return []
+    with open(target, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    for row in rows:
+        row["seed"] = int(row["seed"])
+        for key in (*METRICS, "flop_reduction", "gradient_density", "training_seconds"):
+            row[key] = float(row[key]) if row.get(key) not in (None, "") else None
+    return rows
+
+
+def merge_rows(earlier: list[dict], fresh: list[dict]) -> list[dict]:
+    """``earlier`` rows without the (variant, seed) runs ``fresh`` redid, then ``fresh``: a run
+    over some seeds keeps the summary of the others (it once overwrote seed 0 with seed 1)."""
+    redone = {(row["variant"], row["seed"]) for row in fresh}
+    kept = [row for row in earlier if (row["variant"], row["seed"]) not in redone]
+    return sorted(kept + fresh, key=lambda row: row["seed"])
+
+
 def read_speed(target: str | None) -> dict[str, dict]:
     if not target or not Path(target).exists():
         return {}
@@ -393,7 +414,7 @@ def main() -> None:
     if args.speed:
         measure_speed(args, data)
         return
-    rows = []
+    earlier, rows = read_rows(args.csv), []
     for seed in args.seeds:
         for name, overrides in study_variants(args).items():
             config, path = variant_config(args, name, overrides, seed)
@@ -401,7 +422,8 @@ def main() -> None:
             rows.append(summary_row(name, seed, run_once(config, path, data)))
             if seed == args.speed_seed:
                 keep_trained_layouts(path)
-            write_csv(rows, args.csv)
+            write_csv(merge_rows(earlier, rows), args.csv)
+    rows = merge_rows(earlier, rows)
     check_pairing(rows)
     speed = read_speed(args.speed_csv)
     emit(tables(rows, args, speed), args.markdown)

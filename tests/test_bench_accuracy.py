@@ -1,0 +1,51 @@
+"""The accuracy study's per-run summary: resuming over some seeds keeps the others' rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def study():
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    path = bench / "bench_accuracy.py"
+    sys.path.insert(0, str(bench))  # its sibling module timing, as when run as a script
+    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module
+
+
+def row(variant: str, seed: int, class_il: float) -> dict:
+    return {
+        "variant": variant,
+        "seed": seed,
+        "average_class_il": class_il,
+        "average_task_il": 90.0,
+        "forgetting_class_il": 5.0,
+        "flop_reduction": 10.0,
+        "gradient_density": None,
+        "training_seconds": 1.5,
+        "data_fingerprint": "ab,cd",
+    }
+
+
+def test_a_run_over_new_seeds_keeps_the_summary_of_earlier_ones(study, tmp_path):
+    target = str(tmp_path / "study.csv")
+    study.write_csv([row("dense", 0, 70.0), row("8x8", 0, 60.0)], target)
+    earlier = study.read_rows(target)
+    assert earlier == [row("dense", 0, 70.0), row("8x8", 0, 60.0)]
+    merged = study.merge_rows(earlier, [row("dense", 1, 71.0), row("8x8", 0, 61.0)])
+    study.write_csv(merged, target)
+    assert study.read_rows(target) == [
+        row("dense", 0, 70.0),
+        row("8x8", 0, 61.0),
+        row("dense", 1, 71.0),
+    ]
