@@ -4,7 +4,10 @@
 // commits (build the file against each commit's csrc/cpu and run them alternately).
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/conv_passes.cpp \
-//       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS
+//       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE]
+//
+// With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels (a ResNet stage's
+// first conv).
 #include "isa_prelude.h"
 #define SPARCL_ISA_NS avx512
 #define SPARCL_ISA_WIDTH 16
@@ -39,10 +42,11 @@ int main(int argc, char** argv) {
   const int64_t C = argc > 2 ? atoi(argv[2]) : 128, S = argc > 3 ? atoi(argv[3]) : 16;
   const int64_t N = argc > 4 ? atoi(argv[4]) : 32;
   const int threads = argc > 5 ? atoi(argv[5]) : 1;
-  const ConvGeometry g{N, S, S, C, S, S, 3, 3, 1, 1, 1, 1, 1, 1};
+  const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
+  const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
   std::mt19937 rng(0);
   std::bernoulli_distribution keep(0.1);
-  const int64_t br = C / b, bc = 9 * C / b;
+  const int64_t br = C / b, bc = 9 * cin / b;
   std::vector<int32_t> ro(br + 1), ci, ri;
   ro[0] = 0;
   for (int64_t r = 0; r < br; ++r) {
@@ -59,7 +63,7 @@ int main(int argc, char** argv) {
     for (int64_t j = 0; j < nnz; ++j) tid[pos[ci[j]]++] = j;
   }
   BlockLayoutView L{br, bc, b, b, nnz, ro.data(), ci.data(), ri.data(), to.data(), tid.data()};
-  std::vector<float> x(N * S * S * C, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),
+  std::vector<float> x(N * in * in * cin, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),
       dx(x.size()), dw(v.size());
   const double flops = 2.0 * N * S * S * nnz * b * b;
   const Execution ex{threads, 16};

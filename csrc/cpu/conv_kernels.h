@@ -288,10 +288,13 @@ inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
 }
 
 // The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
-// 1.3-6x faster than gathered rows from 32 channels up (one thread, 32-channel 32x32 images
-// to 256-channel 8x8 ones).
+// 1.3-6x faster than gathered rows from 32 channels up (32-channel 32x32 images to
+// 256-channel 8x8 ones), but 2-3x slower on 4x4 images: padded to 6x6, 2.25x the output's
+// pixels, and each block's lanes are summed per chunk of few columns. Hence a padded grid
+// of at most twice the output image.
 inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
-  return bk < width && padded_panels_fit(g);
+  const int64_t grid = (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w);
+  return bk < width && padded_panels_fit(g) && grid <= 2 * g.out_h * g.out_w;
 }
 
 // Per stored block: the panel row block it reads (offset_of) and its tap's column shift.
@@ -325,8 +328,9 @@ void padded_panel_pass(const float* a, int64_t features, const detail::PaddedGri
                                     out_w};
   const int64_t tile = int64_t{detail::kPanelVectors} * W, cols = in_grid.cols;
   const int64_t grid_rows = in_grid.batch * in_grid.rows;
-  // Operand rows a chunk reads past its own: the taps' reach and the last tile's overrun.
-  const int64_t halo_rows = (max_shift + tile + cols - 1) / cols;
+  // Operand rows a chunk reads past its own: the taps' reach and the last vector's overrun
+  // (a chunk's last tile has only the vectors its columns need).
+  const int64_t halo_rows = (max_shift + W + cols - 1) / cols;
   const int64_t chunk_rows = std::max<int64_t>(
       1, (kCacheSliceFloats / (features + outputs) - halo_rows * cols) / cols);
   const int64_t chunks = (grid_rows + chunk_rows - 1) / chunk_rows;
