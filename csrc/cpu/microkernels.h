@@ -92,12 +92,18 @@ enum WorkspaceSlot : int {
 };
 
 // A buffer owned by the calling thread, grown on demand and reused by later calls, so that
-// steady-state training allocates nothing but outputs.
+// steady-state training allocates nothing but outputs. It starts on a 64-byte line: panel
+// rows are whole lines apart, and a vector load across two lines costs two (the dot-product
+// tile of the panel weight gradient ran at 38-41 % of a core's peak in L1 from malloc's
+// 16-byte alignment, 47-60 % from line-aligned panels).
 inline float* thread_workspace(int64_t count, int slot) {
+  constexpr int64_t kLineFloats = 64 / sizeof(float);
   static thread_local std::vector<float> buffers[kWorkspaceSlots];
   auto& buffer = buffers[slot];
-  if (buffer.size() < static_cast<size_t>(count)) buffer.resize(count, 0.0f);
-  return buffer.data();
+  if (buffer.size() < static_cast<size_t>(count + kLineFloats))
+    buffer.resize(count + kLineFloats, 0.0f);
+  const auto address = reinterpret_cast<uintptr_t>(buffer.data());
+  return buffer.data() + (kLineFloats - address / sizeof(float) % kLineFloats) % kLineFloats;
 }
 
 // The index counterpart of thread_workspace (per-call plans of block ids).
