@@ -695,6 +695,22 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   });
 }
 
+// The end of a segmented weight-gradient pass, on the threads of its parallel region after
+// its barrier: masked blocks get zeros, and each kept block ids[a] the sum of its segments'
+// partials in segment order (segment s of kept block a at (a * segments + s) * block_elems).
+inline void finish_segments(const bool* grad_block_mask, const int32_t* ids,
+                            const float* partials, int64_t active, int64_t segments,
+                            const BlockLayoutView& L, float* grad_values, int t, int nt) {
+  const int64_t block_elems = L.bm * L.bk;
+  int64_t begin, end;
+  even_share(L.nnz, t, nt, &begin, &end);
+  for (int64_t j = begin; j < end; ++j)
+    if (grad_block_mask && !grad_block_mask[j])
+      std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
+  even_share(active, t, nt, &begin, &end);
+  add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
+}
+
 // The weight-gradient pass of blocks computed one at a time over `extent` units (output
 // pixels, or panel column vectors): block(out, j, first, last) writes block j's gradient over
 // units [first, last) to out. Each block's units are cut into `segments` (from
@@ -724,12 +740,7 @@ void segmented_weight_gradient(const bool* grad_block_mask, float* grad_values,
       block(partials + item * block_elems, ids[item / segments], first, last);
     }
     detail::barrier();
-    even_share(L.nnz, t, nt, &begin, &end);
-    for (int64_t j = begin; j < end; ++j)
-      if (grad_block_mask && !grad_block_mask[j])
-        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
-    even_share(active, t, nt, &begin, &end);
-    add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
+    finish_segments(grad_block_mask, ids, partials, active, segments, L, grad_values, t, nt);
   });
 }
 
@@ -910,7 +921,6 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
     int64_t begin, end;
     even_share(segments, t, nt, &begin, &end);
     for (int64_t segment = begin; segment < end; ++segment) {
-      float* partial = partials + segment * active * block_elems;
       int64_t s0, s1;
       segment_pixels(grid_rows, segments, segment, &s0, &s1);
       for (int64_t r0 = s0;; r0 += chunk_rows) {  // at least once: an empty segment gives zeros
@@ -919,25 +929,14 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
         detail::pack_padded_rows<W>(x, g.channels, in_grid, r0, r1 + halo_rows, x_panel, x_ld);
         const int64_t columns = ((r1 - r0) * cols + W - 1) / W * W;
         for (int64_t a = 0; a < active; ++a)
-          grad_weight_panel_block<W>(panels, ids[a], columns, partial + a * block_elems,
-                                     r0 != s0, L);
+          grad_weight_panel_block<W>(panels, ids[a], columns,
+                                     partials + (a * segments + segment) * block_elems, r0 != s0,
+                                     L);
         if (r1 >= s1) break;
       }
     }
     detail::barrier();
-    even_share(L.nnz, t, nt, &begin, &end);
-    for (int64_t j = begin; j < end; ++j)
-      if (grad_block_mask && !grad_block_mask[j])
-        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
-    even_share(active, t, nt, &begin, &end);
-    for (int64_t a = begin; a < end; ++a) {
-      float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
-      std::copy_n(partials + a * block_elems, block_elems, out);
-      for (int64_t segment = 1; segment < segments; ++segment) {
-        const float* partial = partials + (segment * active + a) * block_elems;
-        for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[e];
-      }
-    }
+    finish_segments(grad_block_mask, ids, partials, active, segments, L, grad_values, t, nt);
   });
 }
 
