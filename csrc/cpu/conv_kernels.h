@@ -276,15 +276,23 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
          g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
 }
 
-// Whether a forward or input gradient over a side (bm or bk) runs on padded panels: blocks
-// narrower than one vector (the pixel-major tiles then also run short vectors) and panels
-// that fit. The chunk panels stay in L2 (padded_panel_pass), so even the main job's
-// 32-channel convs gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x,
-// 128 and 256 channels 1.2-1.7x over whole-batch panels, which lost below 64 channels).
-// One vector wide, the pixel-major tiles stay: 16x16 blocks measured 0.9-1.25x on chunk
-// panels, depending on the image size.
+// Output pixels per image from which blocks exactly one vector wide take the panels.
+constexpr int64_t kOneVectorPanelMinPixels = 64;
+
+// Whether a forward or input gradient over a side (bm or bk) runs on padded panels that fit.
+// Blocks narrower than one vector always (the pixel-major tiles then also run short vectors):
+// the chunk panels stay in L2 (padded_panel_pass), so even the main job's 32-channel convs
+// gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels
+// 1.2-1.7x over whole-batch panels, which lost below 64 channels). Blocks one vector wide
+// from 8x8 images up: their pixel-major tile does one broadcast per multiply-add; on panels
+// (2 threads, alternated) 16x16 blocks on AVX-512 ran 1.1-1.7x faster on 16x16 and 32x32
+// images and either way on 8x8 ones, 8x8 blocks on AVX2 1.1-1.4x from 8x8 images up; both lost
+// on 4x4 images (36 padded pixels for 16), where the pixel-major tiles stay. (NEON's 4x4
+// blocks follow the same rule untimed: emulated timings mean nothing.)
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
-  return side < width && padded_panels_fit(g);
+  const bool narrow = side < width ||
+                      (side == width && g.out_h * g.out_w >= kOneVectorPanelMinPixels);
+  return narrow && padded_panels_fit(g);
 }
 
 // The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
