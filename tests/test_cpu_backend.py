@@ -354,3 +354,19 @@ def test_wide_instructions_only_inside_their_instruction_sets_kernels():
             offenders.append(name)
     assert isa_functions > 0, "no AVX code found: are the avx2/avx512 kernels compiled?"
     assert not offenders, offenders[:10]
+
+
+def test_bf16_dot_peak_is_measured_only_where_the_cpu_has_the_instruction():
+    cpu = get_backend("cpu")
+    instruction = cpu.describe()["bf16_dot_instruction"]
+    assert instruction in (None, "avx512bf16", "bfdot")
+    if instruction is None:
+        with pytest.raises(RuntimeError, match="no bf16 dot-product instruction"):
+            cpu.bf16_dot_peak(1, 0.01)
+    else:
+        assert cpu.bf16_dot_peak(1, 0.01) > 0
+    if instruction is not None:
+        with pytest.raises(ValueError, match="threads must be >= 1"):
+            cpu.bf16_dot_peak(0, 0.01)
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        cpu.fma_peak(0, 0.01)

@@ -235,4 +235,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("openmp", &sparcl::built_with_openmp, "whether the kernels were built with OpenMP");
   m.def("fma_peak", &sparcl::fma_peak_gflops, "measured fp32 multiply-add GFLOP/s of the ISA "
         "in use on `threads` threads", pybind11::arg("threads"), pybind11::arg("seconds") = 0.3);
+  m.def("bf16_dot_instruction", &sparcl::bf16_dot_instruction,
+        "the bf16 pair dot-product instruction this CPU has ('avx512bf16', 'bfdot') or ''");
+  m.def("bf16_dot_peak", &sparcl::bf16_dot_peak_gflops, "measured GFLOP/s of that instruction "
+        "on `threads` threads (0 without one)", pybind11::arg("threads"),
+        pybind11::arg("seconds") = 0.3);
 }

@@ -74,4 +74,15 @@ bool built_with_openmp();
 // GFLOP/s on `threads` threads together, measured over about `seconds`.
 double fma_peak_gflops(int threads, double seconds);
 
+// ------------------------------------------------------------------ bf16 dot products
+// (kernels_bf16.cpp) The bf16 pair dot-product instruction this CPU has and this build can
+// use -- "avx512bf16" (vdpbf16ps, x86-64) or "bfdot" (FEAT_BF16, aarch64) -- or "" where there
+// is none. Detected at run time: the fp32 instruction-set choice (select_isa) does not change it.
+std::string bf16_dot_instruction();
+
+// The peak of that instruction in GFLOP/s (each fp32 lane does two multiply-adds per
+// instruction) on `threads` threads together, measured over about `seconds`; 0 where
+// bf16_dot_instruction() is "".
+double bf16_dot_peak_gflops(int threads, double seconds);
+
 }  // namespace sparcl

@@ -60,6 +60,8 @@ def describe() -> dict[str, Any]:
         "threads": torch.get_num_threads() if _cpu.openmp() else 1,
         # No bf16 kernels yet: under CPU bf16 autocast the ops compute in fp32 (ops.py).
         "bf16_kernels": False,
+        # The bf16 dot-product instruction of this CPU ("avx512bf16", "bfdot"), if any.
+        "bf16_dot_instruction": _cpu.bf16_dot_instruction() or None,
     }
 
 
@@ -70,11 +72,32 @@ def fma_peak(threads: int | None = None, seconds: float = 0.3) -> float:
     Independent multiply-add chains in registers, after a warm-up: the limit a kernel's
     GFLOP/s on stored blocks is compared with. It takes about ``seconds`` (at least 0.01).
     """
+    return float(_cpu.fma_peak(_probe_threads(threads), max(float(seconds), 0.01)))
+
+
+def bf16_dot_peak(threads: int | None = None, seconds: float = 0.3) -> float:
+    """The measured peak (GFLOP/s) of this CPU's bf16 pair dot-product instruction
+    (``describe()["bf16_dot_instruction"]``: each fp32 lane adds two bf16 products per
+    instruction) on ``threads`` threads together, as :func:`fma_peak` measures the fp32 one.
+
+    Raises ``RuntimeError`` when the CPU has no such instruction (x86-64 without AVX512_BF16,
+    aarch64 without FEAT_BF16).
+    """
+    if not _cpu.bf16_dot_instruction():
+        raise RuntimeError(
+            "this CPU has no bf16 dot-product instruction (x86-64 AVX512_BF16 or aarch64 "
+            "FEAT_BF16), so there is no bf16 peak to measure"
+        )
+    return float(_cpu.bf16_dot_peak(_probe_threads(threads), max(float(seconds), 0.01)))
+
+
+def _probe_threads(threads: int | None) -> int:
+    """The peak probes' thread count: the kernels' own by default."""
     if threads is None:
         threads = torch.get_num_threads() if _cpu.openmp() else 1
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
-    return float(_cpu.fma_peak(int(threads), max(float(seconds), 0.01)))
+    return int(threads)
 
 
 select_isa(os.environ.get(ISA_ENV_VAR) or None, source=f"${ISA_ENV_VAR}")

@@ -317,6 +317,20 @@ int main() {
       ++failures;
     }
   }
+  {
+    // The bf16 probe runs where the CPU has the instruction (qemu-aarch64's default CPU has
+    // FEAT_BF16; -cpu cortex-a72 has not) and reports 0 elsewhere.
+    const std::string instruction = sparcl::bf16_dot_instruction();
+    const double peak = sparcl::bf16_dot_peak_gflops(2, 0.01);
+    ++checks;
+    if (instruction.empty() ? peak != 0.0 : !(peak > 0.0)) {
+      std::printf("FAIL bf16_dot_peak_gflops with instruction '%s': %g\n", instruction.c_str(),
+                  peak);
+      ++failures;
+    }
+    std::printf("bf16 dot-product instruction: %s\n",
+                instruction.empty() ? "none" : instruction.c_str());
+  }
   sparcl::select_isa("", 0);
   if (sparcl::select_isa("no-such-isa", 0).empty()) {
     std::printf("FAIL an unknown instruction set was accepted\n");

@@ -1,0 +1,125 @@
+// The bf16 pair dot-product instructions: run-time detection and the peak probe that bf16
+// kernel tables are judged against, beside the fp32 one (peak.h).
+//
+// x86-64: AVX512_BF16's vdpbf16ps (Zen 4/5, Cooper Lake, Sapphire Rapids and later); aarch64:
+// FEAT_BF16's bfdot (Neoverse V1/V2/N2, Graviton 3/4, Apple M2, Cortex-A710 and later). Each
+// fp32 lane adds two bf16 products per instruction, so the peak is twice the fp32 FMA rate
+// where the instruction issues at the FMA's rate. The functions using them carry a target
+// attribute, so the rest of the build still runs on cores without them.
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "block_sparse.h"
+
+#if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define SPARCL_BF16_X86 1
+#elif defined(__aarch64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#include <arm_neon.h>
+#include <sys/auxv.h>
+#define SPARCL_BF16_ARM 1
+#ifndef HWCAP2_BF16
+#define HWCAP2_BF16 (1 << 14)  // linux/arch/arm64/include/uapi/asm/hwcap.h
+#endif
+#endif
+
+namespace sparcl {
+namespace {
+
+// Independent accumulator chains per thread: enough to cover the instruction's latency times
+// its issue ports on current cores (5-6 cycles x 2), few enough to stay in 32 registers.
+constexpr int kChains = 16;
+// bf16 bits of 2^-10: products of 2^-20 keep every accumulator far from overflow and denormals.
+constexpr uint16_t kSmallBf16 = 0x3A80;
+
+#if SPARCL_BF16_X86
+__attribute__((target("avx512f,avx512bf16"))) float dot_chains(int64_t iterations) {
+  const __m512bh a = (__m512bh)_mm512_set1_epi16(static_cast<short>(kSmallBf16));
+  __m512 acc[kChains];
+#pragma GCC unroll 16
+  for (int c = 0; c < kChains; ++c) acc[c] = _mm512_set1_ps(static_cast<float>(c));
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = _mm512_dpbf16_ps(acc[c], a, a);
+  }
+  __m512 sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = _mm512_add_ps(sum, acc[c]);
+  float lanes[16];
+  _mm512_storeu_ps(lanes, sum);
+  float total = 0.0f;
+  for (float lane : lanes) total += lane;
+  return total;
+}
+constexpr int kLanes = 16;
+
+bool has_dot_instruction() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bf16");
+}
+constexpr const char* kInstruction = "avx512bf16";
+#elif SPARCL_BF16_ARM
+__attribute__((target("arch=armv8.2-a+bf16"))) float dot_chains(int64_t iterations) {
+  const bfloat16x8_t a = vreinterpretq_bf16_u16(vdupq_n_u16(kSmallBf16));
+  float32x4_t acc[kChains];
+#pragma GCC unroll 16
+  for (int c = 0; c < kChains; ++c) acc[c] = vdupq_n_f32(static_cast<float>(c));
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 16
+    for (int c = 0; c < kChains; ++c) acc[c] = vbfdotq_f32(acc[c], a, a);
+  }
+  float32x4_t sum = acc[0];
+  for (int c = 1; c < kChains; ++c) sum = vaddq_f32(sum, acc[c]);
+  return vaddvq_f32(sum);
+}
+constexpr int kLanes = 4;
+
+bool has_dot_instruction() { return (getauxval(AT_HWCAP2) & HWCAP2_BF16) != 0; }
+constexpr const char* kInstruction = "bfdot";
+#else
+float dot_chains(int64_t) { return 0.0f; }
+constexpr int kLanes = 0;
+bool has_dot_instruction() { return false; }
+constexpr const char* kInstruction = "";
+#endif
+
+// Seconds for every one of `threads` threads to run `iterations` steps of its chains.
+double time_chains(int threads, int64_t iterations) {
+  volatile float sink = 0.0f;
+  const auto start = std::chrono::steady_clock::now();
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+  {
+    const float value = dot_chains(iterations);
+    if (value == 12345.0f) sink = value;  // never true; keeps the result alive
+  }
+  const double elapsed =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return sink == 12345.0f ? elapsed + 1.0 : elapsed;
+}
+
+}  // namespace
+
+std::string bf16_dot_instruction() { return has_dot_instruction() ? kInstruction : ""; }
+
+double bf16_dot_peak_gflops(int threads, double seconds) {
+  if (!has_dot_instruction()) return 0.0;
+#ifndef _OPENMP
+  threads = 1;
+#endif
+  time_chains(threads, 1 << 12);  // warm-up: the cores reach their vector clock
+  int64_t iterations = 1 << 16;
+  while (time_chains(threads, iterations) < seconds / 4 && iterations < (int64_t{1} << 40))
+    iterations *= 2;
+  const double elapsed = time_chains(threads, iterations);
+  // Two multiply-adds (four flops) per fp32 lane per instruction.
+  const double flops = 4.0 * kLanes * kChains * static_cast<double>(iterations) * threads;
+  return flops / elapsed * 1e-9;
+}
+
+}  // namespace sparcl
