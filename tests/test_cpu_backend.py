@@ -327,8 +327,9 @@ def test_bad_vector_width_is_rejected():
 @pytest.mark.skipif(shutil.which("objdump") is None, reason="objdump (binutils) not installed")
 def test_wide_instructions_only_inside_their_instruction_sets_kernels():
     """Every function that uses AVX/AVX-512 instructions belongs to the avx2 or avx512 copy of
-    the kernels, which run only where the CPU has them: nothing shared (inline functions,
-    template instantiations, the binding) can bring an instruction a baseline CPU lacks."""
+    the kernels or to the AVX512_BF16 probe, which run only where the CPU has them: nothing
+    shared (inline functions, template instantiations, the binding) can bring an instruction a
+    baseline CPU lacks."""
     from sparcl_kernels import _cpu
 
     listing = subprocess.run(
@@ -347,8 +348,8 @@ def test_wide_instructions_only_inside_their_instruction_sets_kernels():
             r"%[yz]mm", function
         )
         # objdump leaves names it cannot demangle (deeply nested lambda templates) mangled
-        in_isa_copy = "sparcl::avx2::" in name or "sparcl::avx512::" in name
-        if in_isa_copy or re.match(r"_Z+N6sparcl(4avx2|6avx512)", name):
+        in_isa_copy = any(f"sparcl::{isa}::" in name for isa in ("avx2", "avx512", "avx512bf16"))
+        if in_isa_copy or re.match(r"_Z+N6sparcl(4avx2|6avx512|10avx512bf16)", name):
             isa_functions += bool(wide)
         elif wide:
             offenders.append(name)

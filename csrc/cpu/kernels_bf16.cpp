@@ -38,6 +38,11 @@ constexpr int kChains = 16;
 constexpr uint16_t kSmallBf16 = 0x3A80;
 
 #if SPARCL_BF16_X86
+}  // namespace
+
+// Its own namespace: the functions compiled for AVX512_BF16 run only where the CPU reports
+// it, which tests/test_cpu_backend.py checks by name in the binary.
+namespace avx512bf16 {
 __attribute__((target("avx512f,avx512bf16"))) float dot_chains(int64_t iterations) {
   const __m512bh a = (__m512bh)_mm512_set1_epi16(static_cast<short>(kSmallBf16));
   __m512 acc[kChains];
@@ -55,6 +60,10 @@ __attribute__((target("avx512f,avx512bf16"))) float dot_chains(int64_t iteration
   for (float lane : lanes) total += lane;
   return total;
 }
+}  // namespace avx512bf16
+
+namespace {
+using avx512bf16::dot_chains;
 constexpr int kLanes = 16;
 
 bool has_dot_instruction() {
