@@ -222,7 +222,9 @@ def _grad_weight_op(
 
 @_grad_weight_op.register_fake
 def _(grad_out, x, index, grad_block_mask, block_size, geometry, backend):
-    return x.new_empty(index[1].shape[0], *block_size)
+    # bf16 operands on the cpu backend are the mixed-precision passes: fp32 master gradient.
+    mixed = backend == "cpu" and x.dtype == torch.bfloat16
+    return x.new_empty(index[1].shape[0], *block_size, dtype=torch.float32 if mixed else None)
 
 
 def _spec_of(block_size, index, geometry, backend) -> _Spec:
@@ -430,11 +432,16 @@ def block_sparse_linear(
         ``[..., M]``. Gradients flow to ``x``, ``values`` and ``bias``.
 
     Under ``torch.autocast`` the operands are cast as for ``nn.Linear`` (see
-    :func:`_autocast_operands`), so fp32 values act as master weights.
+    :func:`_autocast_operands`), so fp32 values act as master weights; under CPU bf16 autocast
+    the ``cpu`` backend's bf16 kernels run the layer where the CPU has them
+    (``sparcl_kernels.backends.cpu.select_bf16_kernels``).
     """
-    x, values, bias = _autocast_operands(x, values, bias)
-    _check_arguments(x, values, layout, bias, grad_block_mask)
-    name = _select_backend(backend, x.device, x.dtype, layout.block_size)
+    bf16_kernels = isinstance(layout, BlockLayout) and _runs_cpu_bf16_kernels(
+        x, backend, layout.block_size
+    )
+    x, values, bias = _autocast_operands(x, values, bias, bf16_kernels)
+    _check_arguments(x, values, layout, bias, grad_block_mask, mixed_bf16=bf16_kernels)
+    name = _select_backend(backend, x.device, values.dtype, layout.block_size)
     m, k = layout.shape
     leading = x.shape[:-1]
     x2d = x.reshape(-1, k).contiguous()
@@ -466,6 +473,25 @@ def _select_backend(
     if dtype not in dtypes:
         raise TypeError(f"{op}: backend {name!r} supports dtypes {dtypes}, x has {dtype}")
     return name
+
+
+@_assume_constant_result
+def _cpu_bf16_kernels_take(requested: str | None, block_size: tuple[int, int]) -> bool:
+    name = backend_for_block_size(resolve_backend(requested, torch.device("cpu")), block_size)
+    return name == "cpu" and get_backend(name).takes_bf16_autocast(block_size)
+
+
+def _runs_cpu_bf16_kernels(x: object, requested: str | None, block_size: tuple[int, int]) -> bool:
+    """Whether a linear call runs the CPU backend's bf16 kernels: under CPU bf16 autocast, on
+    the ``cpu`` backend, where it has kernels for the instruction (or the emulation was
+    selected) and the blocks fit them."""
+    return (
+        isinstance(x, Tensor)
+        and x.device.type == "cpu"
+        and torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and _cpu_bf16_kernels_take(requested, tuple(block_size))
+    )
 
 
 # ---------------------------------------------------------------- convolution
@@ -531,22 +557,28 @@ def block_sparse_conv2d(
 
 
 def _autocast_operands(
-    x: Tensor, values: Tensor, bias: Tensor | None
+    x: Tensor, values: Tensor, bias: Tensor | None, bf16_kernels: bool = False
 ) -> tuple[Tensor, Tensor, Tensor | None]:
     """The operands as an autocast region on ``x``'s device computes with.
 
-    CUDA: the region's dtype (fp16/bf16), which the GPU kernels run in. CPU: fp32, the CPU
-    kernels' precision (autocast runs such ops in fp32, as it does for its fp32 op list); the
-    fp32 result then flows on into the region's low-precision ops. Casts are differentiable,
-    so gradients reach fp32 ``values`` as master weights. Outside autocast: unchanged.
+    CUDA: the region's dtype (fp16/bf16), which the GPU kernels run in. CPU with the bf16
+    kernels (``bf16_kernels``): ``x`` in bf16, ``values`` and ``bias`` in fp32 (the kernels
+    round the packed values to bf16 themselves and return the fp32 gradient of the master
+    values); the result is bf16, as ``nn.Linear``'s under the same region. CPU otherwise:
+    fp32, the CPU kernels' precision (autocast runs such ops in fp32, as it does for its fp32
+    op list); the fp32 result then flows on into the region's low-precision ops. Casts are
+    differentiable, so gradients reach fp32 ``values`` as master weights. Outside autocast:
+    unchanged.
     """
     if not isinstance(x, Tensor) or not torch.is_autocast_enabled(x.device.type):
         return x, values, bias
     dtype = torch.get_autocast_dtype(x.device.type) if x.device.type != "cpu" else torch.float32
 
-    def cast(t):
-        return t.to(dtype) if isinstance(t, Tensor) and t.is_floating_point() else t
+    def cast(t, to=dtype):
+        return t.to(to) if isinstance(t, Tensor) and t.is_floating_point() else t
 
+    if bf16_kernels:
+        return cast(x, torch.bfloat16), cast(values, torch.float32), cast(bias, torch.float32)
     return cast(x), cast(values), cast(bias)
 
 
@@ -562,7 +594,10 @@ def _check_arguments(
     grad_block_mask: object,
     op: str = "block_sparse_linear",
     x_features_dim: int = -1,
+    mixed_bf16: bool = False,
 ) -> None:
+    """Raise naming the bad argument. ``mixed_bf16``: bf16 ``x`` with fp32 ``values`` and
+    ``bias`` (the CPU bf16 kernels under autocast)."""
     if not isinstance(layout, BlockLayout):
         _fail(TypeError, op, f"layout must be a BlockLayout, got {type(layout).__name__}")
     for name, t in (("x", x), ("values", values)):
@@ -585,7 +620,7 @@ def _check_arguments(
             f"values must have shape (nnz, bm, bk) = {layout.values_shape} to match the layout, "
             f"got {tuple(values.shape)}",
         )
-    if values.dtype != x.dtype:
+    if values.dtype != x.dtype and not mixed_bf16:
         _fail(TypeError, op, f"values dtype {values.dtype} must equal x dtype {x.dtype}")
     if values.device != x.device:
         _fail(ValueError, op, f"values is on {values.device} but x is on {x.device}")
@@ -601,7 +636,7 @@ def _check_arguments(
             _fail(TypeError, op, f"bias must be a torch.Tensor or None, got {type(bias).__name__}")
         if tuple(bias.shape) != (m,):
             _fail(ValueError, op, f"bias must have shape ({m},), got {tuple(bias.shape)}")
-        if bias.dtype != x.dtype:
+        if bias.dtype != values.dtype:
             _fail(TypeError, op, f"bias dtype {bias.dtype} must equal x dtype {x.dtype}")
         if bias.device != x.device:
             _fail(ValueError, op, f"bias is on {bias.device} but x is on {x.device}")

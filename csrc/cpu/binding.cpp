@@ -215,6 +215,114 @@ Tensor conv_grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int
   return grad_values;
 }
 
+// ------------------------------------------------------------------ bf16 linear passes
+
+void check_bf16(const Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.device().is_cpu() && t.scalar_type() == torch::kBFloat16 && t.is_contiguous() &&
+                  t.dim() == dim,
+              name, " must be a contiguous ", dim, "-D bfloat16 CPU tensor");
+}
+
+const uint16_t* bf16_data(const Tensor& t) {
+  return reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>());
+}
+
+uint16_t* bf16_data(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// values [nnz, bm, bk] (fp32) as bf16 pairs: [nnz, bk / 2, bm, 2] for the forward
+// (along_rows false) or [nnz, bm / 2, bk, 2] for the input gradient.
+Tensor bf16_pack_blocks(const Tensor& values, bool along_rows) {
+  TORCH_CHECK(values.device().is_cpu() && values.scalar_type() == torch::kFloat32 &&
+                  values.is_contiguous() && values.dim() == 3,
+              "values must be a contiguous [nnz, bm, bk] float32 CPU tensor");
+  const int64_t nnz = values.size(0), bm = values.size(1), bk = values.size(2);
+  TORCH_CHECK(sparcl::bf16_blocks_fit(bm, bk), "bf16 kernels need block sides that are "
+              "multiples of 4, got ", bm, "x", bk);
+  Tensor packed = along_rows ? torch::empty({nnz, bm / 2, bk, 2}, values.options().dtype(torch::kBFloat16))
+                             : torch::empty({nnz, bk / 2, bm, 2}, values.options().dtype(torch::kBFloat16));
+  auto* out = bf16_data(packed);
+  if (along_rows)
+    sparcl::bf16_pack_grad_input_blocks(values.data_ptr<float>(), out, nnz, bm, bk,
+                                        at::get_num_threads());
+  else
+    sparcl::bf16_pack_forward_blocks(values.data_ptr<float>(), out, nnz, bm, bk,
+                                     at::get_num_threads());
+  return packed;
+}
+
+// The layout of packed blocks [nnz, pairs, width, 2], whose pairs run along bm (along_rows)
+// or bk.
+sparcl::BlockLayoutView packed_view(const Tensor& packed, bool along_rows,
+                                    const Tensor& row_offsets, const Tensor& col_indices,
+                                    const Tensor& row_indices, const Tensor& transpose_offsets,
+                                    const Tensor& transpose_block_ids) {
+  check_bf16(packed, "packed", 4);
+  TORCH_CHECK(packed.size(0) == col_indices.numel() && packed.size(3) == 2,
+              "packed must be [nnz, pairs, width, 2] with nnz = len(col_indices) = ",
+              col_indices.numel());
+  const int64_t paired = 2 * packed.size(1), other = packed.size(2);
+  TORCH_CHECK(sparcl::bf16_blocks_fit(paired, other), "packed blocks must have sides that are "
+              "multiples of 4");
+  return make_view(along_rows ? paired : other, along_rows ? other : paired, row_offsets,
+                   col_indices, row_indices, transpose_offsets, transpose_block_ids);
+}
+
+Tensor forward_bf16(const Tensor& x, const Tensor& packed, const Tensor& row_offsets,
+                    const Tensor& col_indices, const Tensor& row_indices,
+                    const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+                    const std::optional<Tensor>& bias) {
+  const auto view = packed_view(packed, false, row_offsets, col_indices, row_indices,
+                                transpose_offsets, transpose_block_ids);
+  check_bf16(x, "x", 2);
+  TORCH_CHECK(x.size(1) == view.cols(), "x must have ", view.cols(), " columns");
+  if (bias) {
+    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == torch::kFloat32 &&
+                    bias->is_contiguous() && bias->dim() == 1 && bias->numel() == view.rows(),
+                "bias must be a contiguous float32 CPU tensor of ", view.rows(), " entries");
+  }
+  Tensor y = torch::empty({x.size(0), view.rows()}, x.options());
+  sparcl::block_sparse_forward_bf16(bf16_data(x), bf16_data(packed),
+                                    bias ? bias->data_ptr<float>() : nullptr, bf16_data(y),
+                                    x.size(0), view, at::get_num_threads());
+  return y;
+}
+
+Tensor grad_input_bf16(const Tensor& grad_out, const Tensor& packed, const Tensor& row_offsets,
+                       const Tensor& col_indices, const Tensor& row_indices,
+                       const Tensor& transpose_offsets, const Tensor& transpose_block_ids) {
+  const auto view = packed_view(packed, true, row_offsets, col_indices, row_indices,
+                                transpose_offsets, transpose_block_ids);
+  check_bf16(grad_out, "grad_out", 2);
+  TORCH_CHECK(grad_out.size(1) == view.rows(), "grad_out must have ", view.rows(), " columns");
+  Tensor grad_x = torch::empty({grad_out.size(0), view.cols()}, grad_out.options());
+  sparcl::block_sparse_grad_input_bf16(bf16_data(grad_out), bf16_data(packed), bf16_data(grad_x),
+                                       grad_out.size(0), view, at::get_num_threads());
+  return grad_x;
+}
+
+Tensor grad_weight_bf16(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t bk,
+                        const Tensor& row_offsets, const Tensor& col_indices,
+                        const Tensor& row_indices, const Tensor& transpose_offsets,
+                        const Tensor& transpose_block_ids,
+                        const std::optional<Tensor>& grad_block_mask) {
+  TORCH_CHECK(sparcl::bf16_blocks_fit(bm, bk), "bf16 kernels need block sides that are "
+              "multiples of 4, got ", bm, "x", bk);
+  const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
+                              transpose_block_ids);
+  check_bf16(x, "x", 2);
+  check_bf16(grad_out, "grad_out", 2);
+  TORCH_CHECK(x.size(1) == view.cols() && grad_out.size(1) == view.rows() &&
+                  x.size(0) == grad_out.size(0),
+              "x and grad_out shapes do not match the layout");
+  sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
+  Tensor grad_values = torch::empty({view.nnz, bm, bk}, x.options().dtype(torch::kFloat32));
+  sparcl::block_sparse_grad_weight_bf16(
+      bf16_data(grad_out), bf16_data(x),
+      grad_block_mask ? grad_block_mask->data_ptr<bool>() : nullptr,
+      grad_values.data_ptr<float>(), x.size(0), view, at::get_num_threads());
+  return grad_values;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -237,6 +345,16 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "in use on `threads` threads", pybind11::arg("threads"), pybind11::arg("seconds") = 0.3);
   m.def("bf16_dot_instruction", &sparcl::bf16_dot_instruction,
         "the bf16 pair dot-product instruction this CPU has ('avx512bf16', 'bfdot') or ''");
+  m.def("bf16_kernels", &sparcl::bf16_kernels,
+        "bf16 kernels in use: 'avx512bf16', 'bfdot' or 'emulated'");
+  m.def("select_bf16_kernels", &sparcl::select_bf16_kernels, "use 'native', 'emulated' or '' "
+        "(the best) bf16 kernels; returns '' or why it cannot", pybind11::arg("name"));
+  m.def("bf16_blocks_fit", &sparcl::bf16_blocks_fit, "whether bf16 kernels take bm x bk blocks");
+  m.def("bf16_pack_blocks", &bf16_pack_blocks, "fp32 blocks as bf16 pairs along bk (forward) or "
+        "bm (along_rows: input gradient)", pybind11::arg("values"), pybind11::arg("along_rows"));
+  m.def("forward_bf16", &forward_bf16, "y = x @ W.T + bias with bf16 operands");
+  m.def("grad_input_bf16", &grad_input_bf16, "grad_x = grad_out @ W with bf16 operands");
+  m.def("grad_weight_bf16", &grad_weight_bf16, "fp32 stored-block gradient of bf16 operands");
   m.def("bf16_dot_peak", &sparcl::bf16_dot_peak_gflops, "measured GFLOP/s of that instruction "
         "on `threads` threads (0 without one)", pybind11::arg("threads"),
         pybind11::arg("seconds") = 0.3);

@@ -85,4 +85,49 @@ std::string bf16_dot_instruction();
 // bf16_dot_instruction() is "".
 double bf16_dot_peak_gflops(int threads, double seconds);
 
+// ------------------------------------------------------------------ bf16 kernels
+// (kernels_bf16.cpp) The linear passes with bf16 operands (uint16_t bit patterns, the storage
+// of torch.bfloat16) and fp32 accumulation. The stored blocks come packed in bf16 pairs, made
+// once per change of the fp32 master values (bf16_pack_*): the pair dot-product instructions
+// multiply two consecutive elements of the summed dimension per fp32 lane. Block sides must
+// be multiples of 4 (bf16_blocks_fit). They run the instruction's kernels where the CPU has it
+// and an emulation of the instruction (the same products, two fp32 multiply-adds per pair)
+// elsewhere or when selected.
+
+// Whether the bf16 kernels take blocks of bm x bk.
+bool bf16_blocks_fit(int64_t bm, int64_t bk);
+
+// The kernels chosen: "avx512bf16", "bfdot" (the instruction), "emulated" (when selected), or
+// "" where the CPU lacks the instruction and nothing was selected (the entry points then still
+// run, emulated: callers with an fp32 path should prefer it, the emulation being no faster).
+std::string bf16_kernels();
+
+// Chooses `name`: "native" (the instruction; an error where the CPU lacks it), "emulated", or
+// "" (the instruction where the CPU has it, else none). Returns "" on success, otherwise why
+// not (nothing changes then).
+std::string select_bf16_kernels(const std::string& name);
+
+// values [nnz, bm, bk] (fp32) -> packed [nnz, bk / 2, bm] pairs (forward: pairs along bk) or
+// [nnz, bm / 2, bk] pairs (input gradient: pairs along bm); 2 * bm * bk uint16_t per block.
+void bf16_pack_forward_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
+                              int64_t bk, int threads);
+void bf16_pack_grad_input_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
+                                 int64_t bk, int threads);
+
+// y[n, M] (bf16) = x[n, K] (bf16) @ W.T (+ bias[M], fp32, when not null), rounded once.
+void block_sparse_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,
+                               const float* bias, uint16_t* y, int64_t n,
+                               const BlockLayoutView& layout, int threads);
+
+// grad_x[n, K] (bf16) = grad_out[n, M] (bf16) @ W.
+void block_sparse_grad_input_bf16(const uint16_t* grad_out, const uint16_t* packed_grad_input,
+                                  uint16_t* grad_x, int64_t n, const BlockLayoutView& layout,
+                                  int threads);
+
+// grad_values[b] (fp32, for the fp32 master values) = grad_out[:, rows(b)].T @ x[:, cols(b)]
+// for stored blocks with grad_block_mask[b] true (all when null), exact zeros for the others.
+void block_sparse_grad_weight_bf16(const uint16_t* grad_out, const uint16_t* x,
+                                   const bool* grad_block_mask, float* grad_values, int64_t n,
+                                   const BlockLayoutView& layout, int threads);
+
 }  // namespace sparcl

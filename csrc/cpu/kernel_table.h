@@ -44,10 +44,25 @@ struct KernelTable {
   double (*fma_gflops)(int, double);
 };
 
+// The bf16 linear passes of one pair dot product (block_sparse.h's bf16 section; packed
+// blocks as 32-bit pairs).
+struct Bf16KernelTable {
+  const char* name;  // "avx512bf16", "bfdot" or "emulated"
+  void (*forward)(const uint16_t*, const uint32_t*, const float*, uint16_t*, int64_t,
+                  const BlockLayoutView&, int);
+  void (*grad_input)(const uint16_t*, const uint32_t*, uint16_t*, int64_t,
+                     const BlockLayoutView&, int);
+  void (*grad_weight)(const uint16_t*, const uint16_t*, const bool*, float*, int64_t,
+                      const BlockLayoutView&, int);
+};
+
 // The table of each instruction set compiled into this build (null where not compiled).
 namespace baseline { const KernelTable* kernel_table(); }
 namespace avx2 { const KernelTable* kernel_table(); }
 namespace avx512 { const KernelTable* kernel_table(); }
 namespace neon { const KernelTable* kernel_table(); }
+namespace avx512bf16 { const Bf16KernelTable* bf16_kernel_table(); }
+namespace bfdot { const Bf16KernelTable* bf16_kernel_table(); }
+namespace bf16emulated { const Bf16KernelTable* bf16_kernel_table(); }
 
 }  // namespace sparcl

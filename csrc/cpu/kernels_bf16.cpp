@@ -1,5 +1,7 @@
-// The bf16 pair dot-product instructions: run-time detection and the peak probe that bf16
-// kernel tables are judged against, beside the fp32 one (peak.h).
+// The bf16 pair dot-product instructions: run-time detection, the peak probe that bf16
+// kernel tables are judged against (beside the fp32 one, peak.h), the choice between the
+// instruction's kernels and the emulated ones (bf16_kernels.h), block packing and the bf16
+// entry points.
 //
 // x86-64: AVX512_BF16's vdpbf16ps (Zen 4/5, Cooper Lake, Sapphire Rapids and later); aarch64:
 // FEAT_BF16's bfdot (Neoverse V1/V2/N2, Graviton 3/4, Apple M2, Cortex-A710 and later). Each
@@ -8,13 +10,16 @@
 // attribute, so the rest of the build still runs on cores without them.
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
+#include "bf16_convert.h"
 #include "block_sparse.h"
+#include "kernel_table.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -112,9 +117,126 @@ double time_chains(int threads, int64_t iterations) {
   return sink == 12345.0f ? elapsed + 1.0 : elapsed;
 }
 
+// The instruction's kernel table, or null where this build has none.
+const Bf16KernelTable* native_table() {
+#if SPARCL_BF16_X86
+  return avx512bf16::bf16_kernel_table();
+#elif SPARCL_BF16_ARM
+  return bfdot::bf16_kernel_table();
+#else
+  return nullptr;
+#endif
+}
+
+// The instruction's table where the CPU has it; null (none chosen) elsewhere.
+const Bf16KernelTable* default_table() {
+  return has_dot_instruction() ? native_table() : nullptr;
+}
+
+std::mutex table_mutex;
+bool chosen = false;
+const Bf16KernelTable* chosen_table = nullptr;
+
+const Bf16KernelTable* chosen_kernels() {
+  std::lock_guard<std::mutex> lock(table_mutex);
+  if (!chosen) {
+    chosen_table = default_table();
+    chosen = true;
+  }
+  return chosen_table;
+}
+
+// The kernels the entry points run: the chosen ones, else the emulation (always correct).
+const Bf16KernelTable* table() {
+  const Bf16KernelTable* kernels = chosen_kernels();
+  return kernels ? kernels : bf16emulated::bf16_kernel_table();
+}
+
+// Packs each block [bm, bk] of `values` as pairs: packed[j][p][i] = (block(2p, i),
+// block(2p + 1, i)) where block(a, i) is values[j][a][i] when pairs run along bm
+// (pairs_along_rows) and values[j][i][a] when they run along bk.
+void pack_pairs(const float* values, uint16_t* packed, int64_t nnz, int64_t bm, int64_t bk,
+                bool pairs_along_rows, int threads) {
+  const int64_t pair_count = (pairs_along_rows ? bm : bk) / 2, width = pairs_along_rows ? bk : bm;
+#ifdef _OPENMP
+#pragma omp parallel for num_threads(threads) schedule(static)
+#endif
+  for (int64_t j = 0; j < nnz; ++j) {
+    const float* block = values + j * bm * bk;
+    uint16_t* out = packed + j * bm * bk;
+    for (int64_t p = 0; p < pair_count; ++p)
+      for (int64_t i = 0; i < width; ++i) {
+        const int64_t first = pairs_along_rows ? (2 * p) * bk + i : i * bk + 2 * p;
+        const int64_t second = first + (pairs_along_rows ? bk : 1);
+        out[2 * (p * width + i)] = bf16::from_float(block[first]);
+        out[2 * (p * width + i) + 1] = bf16::from_float(block[second]);
+      }
+  }
+  (void)threads;
+}
+
+const uint32_t* as_pairs(const uint16_t* packed) {
+  return reinterpret_cast<const uint32_t*>(packed);
+}
+
 }  // namespace
 
 std::string bf16_dot_instruction() { return has_dot_instruction() ? kInstruction : ""; }
+
+bool bf16_blocks_fit(int64_t bm, int64_t bk) { return bm % 4 == 0 && bk % 4 == 0; }
+
+std::string bf16_kernels() {
+  const Bf16KernelTable* kernels = chosen_kernels();
+  return kernels ? kernels->name : "";
+}
+
+std::string select_bf16_kernels(const std::string& name) {
+  const Bf16KernelTable* next = nullptr;
+  if (name.empty()) {
+    next = default_table();
+  } else if (name == "emulated") {
+    next = bf16emulated::bf16_kernel_table();
+  } else if (name == "native") {
+    if (!has_dot_instruction())
+      return "this CPU has no bf16 dot-product instruction (x86-64 AVX512_BF16 or aarch64 "
+             "FEAT_BF16)";
+    next = native_table();
+  } else {
+    return "bf16 kernels must be 'native', 'emulated' or '' (the best), got '" + name + "'";
+  }
+  std::lock_guard<std::mutex> lock(table_mutex);
+  chosen_table = next;
+  chosen = true;
+  return "";
+}
+
+void bf16_pack_forward_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
+                              int64_t bk, int threads) {
+  pack_pairs(values, packed, nnz, bm, bk, false, threads);
+}
+
+void bf16_pack_grad_input_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
+                                 int64_t bk, int threads) {
+  pack_pairs(values, packed, nnz, bm, bk, true, threads);
+}
+
+void block_sparse_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,
+                               const float* bias, uint16_t* y, int64_t n,
+                               const BlockLayoutView& layout, int threads) {
+  table()->forward(x, as_pairs(packed_forward), bias, y, n, layout, threads);
+}
+
+void block_sparse_grad_input_bf16(const uint16_t* grad_out, const uint16_t* packed_grad_input,
+                                  uint16_t* grad_x, int64_t n, const BlockLayoutView& layout,
+                                  int threads) {
+  table()->grad_input(grad_out, as_pairs(packed_grad_input), grad_x, n, layout, threads);
+}
+
+void block_sparse_grad_weight_bf16(const uint16_t* grad_out, const uint16_t* x,
+                                   const bool* grad_block_mask, float* grad_values, int64_t n,
+                                   const BlockLayoutView& layout, int threads) {
+  table()->grad_weight(grad_out, x, grad_block_mask, grad_values, n, layout, threads);
+}
 
 double bf16_dot_peak_gflops(int threads, double seconds) {
   if (!has_dot_instruction()) return 0.0;

@@ -24,6 +24,8 @@ NAME = "cpu"
 SUPPORTED_DTYPES = (torch.float32, torch.float64)
 ISA_ENV_VAR = "SPARCL_CPU_ISA"
 ISA_NAMES = ("baseline", "avx2", "avx512", "neon")
+BF16_ENV_VAR = "SPARCL_CPU_BF16"
+BF16_KERNEL_CHOICES = ("native", "emulated")
 
 
 def supports_device(device: torch.device) -> bool:
@@ -49,6 +51,35 @@ def select_isa(name: str | None = None, vector_width: int = 0, *, source: str = 
         raise ValueError(f"{source}={name!r}: {problem}")
 
 
+def select_bf16_kernels(name: str | None = None, *, source: str = "name") -> None:
+    """Choose the bf16 kernels that CPU bf16 autocast runs the linear layers with.
+
+    ``None``: the pair dot-product instruction's kernels where the CPU has one (x86-64
+    AVX512_BF16, aarch64 FEAT_BF16), else none (autocast then computes these ops in fp32, as
+    with any op without bf16 kernels). ``"native"`` insists on the instruction. ``"emulated"``
+    runs the same kernels with the pair product emulated in fp32 on any CPU: correct and no
+    faster than fp32, for testing the bf16 path where the instruction is missing. Raises
+    ``ValueError`` naming ``source`` for another name or "native" without the instruction.
+    """
+    if name is not None and name not in BF16_KERNEL_CHOICES:
+        raise ValueError(f"{source} must be one of {BF16_KERNEL_CHOICES}, got {name!r}")
+    problem = _cpu.select_bf16_kernels(name or "")
+    if problem:
+        raise ValueError(f"{source}={name!r}: {problem}")
+
+
+def bf16_kernels() -> str | None:
+    """The bf16 kernels CPU bf16 autocast uses: "avx512bf16", "bfdot", "emulated" (only when
+    selected), or None (the ops compute in fp32 under bf16 autocast)."""
+    return _cpu.bf16_kernels() or None
+
+
+def takes_bf16_autocast(block_size: tuple[int, int]) -> bool:
+    """Whether a linear layer with ``block_size`` blocks runs bf16 kernels under CPU bf16
+    autocast (bf16 activations, fp32 master values and weight gradient)."""
+    return bf16_kernels() is not None and bool(_cpu.bf16_blocks_fit(*block_size))
+
+
 def describe() -> dict[str, Any]:
     return {
         "isa": _cpu.active_isa(),
@@ -58,8 +89,10 @@ def describe() -> dict[str, Any]:
         "forced_isa": os.environ.get(ISA_ENV_VAR) or None,
         "openmp": _cpu.openmp(),
         "threads": torch.get_num_threads() if _cpu.openmp() else 1,
-        # No bf16 kernels yet: under CPU bf16 autocast the ops compute in fp32 (ops.py).
-        "bf16_kernels": False,
+        # The kernels CPU bf16 autocast runs the linear layers with, or None: then (and for
+        # convolutions, which have no bf16 kernels yet) the ops compute in fp32.
+        "bf16_kernels": bf16_kernels(),
+        "forced_bf16_kernels": os.environ.get(BF16_ENV_VAR) or None,
         # The bf16 dot-product instruction of this CPU ("avx512bf16", "bfdot"), if any.
         "bf16_dot_instruction": _cpu.bf16_dot_instruction() or None,
     }
@@ -101,16 +134,25 @@ def _probe_threads(threads: int | None) -> int:
 
 
 select_isa(os.environ.get(ISA_ENV_VAR) or None, source=f"${ISA_ENV_VAR}")
+select_bf16_kernels(os.environ.get(BF16_ENV_VAR) or None, source=f"${BF16_ENV_VAR}")
+
+# bf16 activations with fp32 values: the mixed-precision passes of CPU bf16 autocast.
+_BF16 = torch.bfloat16
 
 
 def forward(
     x: torch.Tensor, values: torch.Tensor, layout: BlockLayout, bias: torch.Tensor | None
 ) -> torch.Tensor:
     bias = None if bias is None else bias.contiguous()
+    if x.dtype == _BF16:
+        bias = None if bias is None else bias.float()
+        return _cpu.forward_bf16(x, packed_bf16_blocks(values, False), *layout.tensors(), bias)
     return _cpu.forward(x, values, *layout.tensors(), bias, transposed_blocks(values))
 
 
 def grad_input(grad_out: torch.Tensor, values: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
+    if grad_out.dtype == _BF16:
+        return _cpu.grad_input_bf16(grad_out, packed_bf16_blocks(values, True), *layout.tensors())
     return _cpu.grad_input(grad_out, values, *layout.tensors())
 
 
@@ -121,6 +163,10 @@ def grad_weight(
     grad_block_mask: torch.Tensor | None,
 ) -> torch.Tensor:
     mask = None if grad_block_mask is None else grad_block_mask.contiguous()
+    if _BF16 in (x.dtype, grad_out.dtype):
+        # The fp32 gradient of the fp32 master values.
+        grad_out, x = grad_out.to(_BF16).contiguous(), x.to(_BF16).contiguous()
+        return _cpu.grad_weight_bf16(grad_out, x, *layout.block_size, *layout.tensors(), mask)
     return _cpu.grad_weight(grad_out, x, *layout.block_size, *layout.tensors(), mask)
 
 
@@ -138,35 +184,54 @@ def conv_forward(
 
 
 @functools.cache
-def _transposed_cache() -> WeakIdKeyDictionary:
-    # values tensor -> (its version, data pointer, shape, dtype; the transposed copy). Weak
+def _derived_cache() -> WeakIdKeyDictionary:
+    # values tensor -> {kind: ((its version, data pointer, shape), the derived copy)}. Weak
     # keys: an entry lives as long as the values it was made from.
     return WeakIdKeyDictionary()
 
 
-def transposed_blocks(values: torch.Tensor) -> torch.Tensor | None:
-    """``values`` with every block transposed (``[nnz, bk, bm]``), which both forwards' fp32
-    micro-kernels stream; kept between calls until ``values`` changes.
+def _derived_copy(values: torch.Tensor, kind: str, make) -> torch.Tensor:
+    """``make(values.detach())``, kept between calls until ``values`` changes.
 
     The copy is remade whenever ``values._version`` moves (every in-place write through the
     tensor or its ``detach()``: optimizer steps, ``load_state_dict``, layout updates), its
     storage or shape changes. Writes through ``values.data`` bypass the version counter and
     are not seen: change parameters in place under ``torch.no_grad()`` instead, as torch's
-    optimizers do. None for other dtypes (their kernels read ``values`` as it is).
+    optimizers do.
     """
-    if values.dtype != torch.float32:
-        return None
     try:
         key = (values._version, values.data_ptr(), tuple(values.shape))
     except RuntimeError:  # inference tensors have no version counter: no cache
-        return values.detach().transpose(1, 2).contiguous()
-    cache = _transposed_cache()
-    found = cache.get(values)
+        return make(values.detach())
+    copies = _derived_cache().setdefault(values, {})
+    found = copies.get(kind)
     if found is not None and found[0] == key:
         return found[1]
-    copy = values.detach().transpose(1, 2).contiguous()
-    cache[values] = (key, copy)
+    copy = make(values.detach())
+    copies[kind] = (key, copy)
     return copy
+
+
+def transposed_blocks(values: torch.Tensor) -> torch.Tensor | None:
+    """``values`` with every block transposed (``[nnz, bk, bm]``), which both forwards' fp32
+    micro-kernels stream; kept between calls until ``values`` changes (see
+    :func:`_derived_copy`). None for other dtypes (their kernels read ``values`` as it is).
+    """
+    if values.dtype != torch.float32:
+        return None
+    return _derived_copy(values, "transposed", lambda v: v.transpose(1, 2).contiguous())
+
+
+def packed_bf16_blocks(values: torch.Tensor, along_rows: bool) -> torch.Tensor:
+    """The fp32 master ``values`` rounded to bf16 and packed in the pairs the bf16 kernels
+    multiply: along ``bk`` for the forward, along ``bm`` (``along_rows``) for the input
+    gradient; made once per change of ``values`` (see :func:`_derived_copy`), not per call."""
+    kind = "bf16 pairs along bm" if along_rows else "bf16 pairs along bk"
+    return _derived_copy(
+        values,
+        kind,
+        lambda v: _cpu.bf16_pack_blocks(v.float().contiguous(), along_rows),
+    )
 
 
 def conv_grad_input(

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "../bf16_convert.h"
 #include "../block_sparse.h"
 #include "../block_sparse_conv.h"
 
@@ -164,6 +165,113 @@ void check_linear(int64_t rows, int64_t cols, int64_t bm, int64_t bk, double den
   sparcl::block_sparse_grad_weight<T>(dy.data(), x.data(), mask.get(), dw.data(), n, L.view(),
                                       threads);
   expect_close(dw, dw_ref, n, what + " grad_weight (masked)");
+}
+
+// ------------------------------------------------------------------ bf16 linear
+
+std::vector<uint16_t> to_bf16(const std::vector<float>& values) {
+  std::vector<uint16_t> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i) out[i] = sparcl::bf16::from_float(values[i]);
+  return out;
+}
+
+std::vector<float> widened(const std::vector<uint16_t>& values) {
+  std::vector<float> out(values.size());
+  for (size_t i = 0; i < values.size(); ++i) out[i] = sparcl::bf16::to_float(values[i]);
+  return out;
+}
+
+// bf16 results against a double reference over the same bf16-rounded operands: the fp32
+// accumulation's error, plus the final rounding to bf16 (half an ulp, 2^-9 relative) when
+// `rounded`.
+void expect_close_bf16(const std::vector<float>& actual, const std::vector<double>& expected,
+                       int64_t reduction, bool rounded, const std::string& what) {
+  ++checks;
+  const double accumulation = 2e-5 * std::sqrt(static_cast<double>(reduction) + 1);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const double magnitude = std::fabs(expected[i]);
+    const double tol = accumulation * (1.0 + magnitude) + (rounded ? magnitude / 256 : 0.0);
+    if (!(std::fabs(actual[i] - expected[i]) <= tol)) {
+      std::printf("FAIL %s: element %zu is %.9g, expected %.9g\n", what.c_str(), i,
+                  static_cast<double>(actual[i]), expected[i]);
+      ++failures;
+      return;
+    }
+  }
+}
+
+void check_linear_bf16(int64_t rows, int64_t cols, int64_t bm, int64_t bk, double density,
+                       int64_t n, int threads, std::mt19937& rng, const std::string& tag) {
+  const Layout L(random_mask(rows * cols, density, rng), rows, cols, bm, bk);
+  const int64_t M = rows * bm, K = cols * bk, nnz = L.nnz();
+  const auto x = to_bf16(random_vector<float>(n * K, rng));
+  const auto dy = to_bf16(random_vector<float>(n * M, rng));
+  const auto values = random_vector<float>(nnz * bm * bk, rng);
+  const auto bias = random_vector<float>(M, rng);
+  const auto grad_mask = random_mask(nnz, 0.5, rng);
+  std::unique_ptr<bool[]> mask(new bool[nnz + 1]);
+  for (int64_t j = 0; j < nnz; ++j) mask[j] = grad_mask[j];
+  const auto w = L.dense(widened(to_bf16(values)));  // the kernels multiply rounded blocks
+  const auto xf = widened(x), dyf = widened(dy);
+  const std::string what = tag + " bf16 linear " + std::to_string(bm) + "x" +
+                           std::to_string(bk) + " grid " + std::to_string(rows) + "x" +
+                           std::to_string(cols) + " n=" + std::to_string(n) +
+                           " density=" + std::to_string(density) +
+                           " threads=" + std::to_string(threads);
+
+  std::vector<double> y_ref(n * M), dx_ref(n * K), dw_ref(nnz * bm * bk, 0.0);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t m = 0; m < M; ++m) {
+      double sum = bias[m];
+      for (int64_t k = 0; k < K; ++k) sum += xf[i * K + k] * w[m * K + k];
+      y_ref[i * M + m] = sum;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < K; ++k) {
+      double sum = 0;
+      for (int64_t m = 0; m < M; ++m) sum += dyf[i * M + m] * w[m * K + k];
+      dx_ref[i * K + k] = sum;
+    }
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (!mask[j]) continue;
+    for (int64_t m = 0; m < bm; ++m)
+      for (int64_t k = 0; k < bk; ++k) {
+        double sum = 0;
+        for (int64_t i = 0; i < n; ++i)
+          sum += dyf[i * M + L.row_indices[j] * bm + m] * xf[i * K + L.col_indices[j] * bk + k];
+        dw_ref[(j * bm + m) * bk + k] = sum;
+      }
+  }
+
+  std::vector<uint16_t> packed_forward(nnz * bm * bk * 2), packed_grad_input(nnz * bm * bk * 2);
+  sparcl::bf16_pack_forward_blocks(values.data(), packed_forward.data(), nnz, bm, bk, threads);
+  sparcl::bf16_pack_grad_input_blocks(values.data(), packed_grad_input.data(), nnz, bm, bk,
+                                      threads);
+  std::vector<uint16_t> y(n * M, 0x7fc0), dx(n * K, 0x7fc0);  // NaN until written
+  std::vector<float> dw(nnz * bm * bk, 7.0f);
+  sparcl::block_sparse_forward_bf16(x.data(), packed_forward.data(), bias.data(), y.data(), n,
+                                    L.view(), threads);
+  expect_close_bf16(widened(y), y_ref, K, true, what + " forward");
+  sparcl::block_sparse_grad_input_bf16(dy.data(), packed_grad_input.data(), dx.data(), n,
+                                       L.view(), threads);
+  expect_close_bf16(widened(dx), dx_ref, M, true, what + " grad_input");
+  sparcl::block_sparse_grad_weight_bf16(dy.data(), x.data(), mask.get(), dw.data(), n, L.view(),
+                                        threads);
+  expect_close_bf16(dw, dw_ref, n, false, what + " grad_weight (masked)");
+}
+
+void run_bf16(std::mt19937& rng, const std::string& tag) {
+  const int64_t blocks[][2] = {{4, 4}, {8, 8}, {16, 16}, {32, 32}, {16, 32}, {32, 8}, {8, 24},
+                               {12, 4}, {64, 16}};
+  for (const auto& block : blocks)
+    for (const double density : {0.0, 0.4, 1.0})
+      for (const int64_t n : {0, 1, 7, 50})
+        for (const int threads : {1, 2})
+          check_linear_bf16(3, 4, block[0], block[1], density, n, threads, rng, tag);
+  // Weight-gradient chunks of batch pairs (256 pairs of 512 columns here), odd batch.
+  check_linear_bf16(8, 8, 32, 32, 0.3, 601, 2, rng, tag);
+  // One full block row among empty ones: uneven work across threads.
+  check_linear_bf16(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
 }
 
 // ------------------------------------------------------------------ convolution
@@ -330,6 +438,28 @@ int main() {
     }
     std::printf("bf16 dot-product instruction: %s\n",
                 instruction.empty() ? "none" : instruction.c_str());
+  }
+  {
+    // The bf16 kernels: the emulation everywhere, the instruction's copy where the CPU has it.
+    std::vector<std::string> kinds{"emulated"};
+    if (!sparcl::bf16_dot_instruction().empty()) kinds.emplace_back("native");
+    for (const std::string& kind : kinds) {
+      const std::string problem = sparcl::select_bf16_kernels(kind);
+      if (!problem.empty()) {
+        std::printf("FAIL select_bf16_kernels(%s): %s\n", kind.c_str(), problem.c_str());
+        return 1;
+      }
+      const std::string name = sparcl::bf16_kernels();
+      run_bf16(rng, name);
+      tested += ", bf16/" + name;
+    }
+    ++checks;
+    if (sparcl::select_bf16_kernels("no-such-kernels").empty() ||
+        (sparcl::bf16_dot_instruction().empty() && sparcl::select_bf16_kernels("native").empty())) {
+      std::printf("FAIL select_bf16_kernels accepted what it cannot run\n");
+      ++failures;
+    }
+    sparcl::select_bf16_kernels("");
   }
   sparcl::select_isa("", 0);
   if (sparcl::select_isa("no-such-isa", 0).empty()) {

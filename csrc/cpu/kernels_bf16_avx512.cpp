@@ -1,0 +1,90 @@
+// The bf16 linear passes on x86-64 AVX512_BF16: vdpbf16ps multiplies 16 (zmm), 8 or 4 (ymm,
+// xmm: AVX-512VL) bf16 pairs into fp32 lanes. Compiled for that instruction set only, in its
+// own namespace; kernels_bf16.cpp runs it only where the CPU reports avx512bf16.
+#include "isa_prelude.h"
+#include "bf16_convert.h"
+
+#if SPARCL_X86_DISPATCH
+#include <immintrin.h>
+
+#define SPARCL_ISA_NS avx512bf16
+#define SPARCL_BF16_NAME "avx512bf16"
+#define SPARCL_ISA_WIDTH 16
+#define SPARCL_TILE_ROWS 12  // 32 zmm registers: 12 x 2 accumulators, as the fp32 AVX-512 tile
+#define SPARCL_MAX_VECTORS 2
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512vl,avx512bw,avx512bf16,avx2,fma")
+#endif
+
+#include "simd.h"
+
+namespace sparcl::SPARCL_ISA_NS::pairdot {
+
+constexpr int kMaxWidth = 16;
+
+template <int W>
+struct Dot;
+
+template <>
+struct Dot<16> {
+  using Acc = __m512;
+  using Operand = __m512bh;
+  using Broadcast = __m512bh;
+  static Acc zero() { return _mm512_setzero_ps(); }
+  static Acc load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, Acc v) { _mm512_storeu_ps(p, v); }
+  static Operand load_pairs(const uint32_t* p) { return (__m512bh)_mm512_loadu_si512(p); }
+  static Broadcast broadcast(uint32_t pair) {
+    return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
+  }
+  static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm512_dpbf16_ps(acc, b, op); }
+};
+
+template <>
+struct Dot<8> {
+  using Acc = __m256;
+  using Operand = __m256bh;
+  using Broadcast = __m256bh;
+  static Acc zero() { return _mm256_setzero_ps(); }
+  static Acc load(const float* p) { return _mm256_loadu_ps(p); }
+  static void store(float* p, Acc v) { _mm256_storeu_ps(p, v); }
+  static Operand load_pairs(const uint32_t* p) {
+    return (__m256bh)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  }
+  static Broadcast broadcast(uint32_t pair) {
+    return (__m256bh)_mm256_set1_epi32(static_cast<int>(pair));
+  }
+  static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm256_dpbf16_ps(acc, b, op); }
+};
+
+template <>
+struct Dot<4> {
+  using Acc = __m128;
+  using Operand = __m128bh;
+  using Broadcast = __m128bh;
+  static Acc zero() { return _mm_setzero_ps(); }
+  static Acc load(const float* p) { return _mm_loadu_ps(p); }
+  static void store(float* p, Acc v) { _mm_storeu_ps(p, v); }
+  static Operand load_pairs(const uint32_t* p) {
+    return (__m128bh)_mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  }
+  static Broadcast broadcast(uint32_t pair) {
+    return (__m128bh)_mm_set1_epi32(static_cast<int>(pair));
+  }
+  static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm_dpbf16_ps(acc, b, op); }
+};
+
+}  // namespace sparcl::SPARCL_ISA_NS::pairdot
+
+#include "bf16_kernels.h"
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+#endif  // SPARCL_X86_DISPATCH
