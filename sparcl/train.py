@@ -20,7 +20,7 @@ from torch import nn
 from tqdm import tqdm
 
 import sparcl_kernels as sk
-from sparcl import allocator, faults, memory
+from sparcl import allocator, faults, memory, precision
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset, with_augmentation
 from sparcl.distributed import Cluster
@@ -477,6 +477,7 @@ def train(
         memory.load_torch_runtime()
         baseline_rss_mb = memory.current_rss_mb()
     net = build_network(config, data)
+    precision.warn_if_slow(config.precision, precision.device_of(net))
     if cluster.enabled:
         cluster.sync_batch_norm(net)  # BatchNorm over the global batch, as in one process
     cluster.broadcast_module(net)

@@ -10,6 +10,7 @@ from cl_data import write_fmnist
 from torch import nn
 
 import sparcl_kernels as sk
+from sparcl import precision
 from sparcl.cli import main
 from sparcl.config import TrainConfig
 from sparcl.precision import autocast, logits
@@ -73,3 +74,13 @@ def test_a_bf16_run_trains_evaluates_and_records_its_precision(tmp_path):
     assert results["realization"]["precision"] == "bf16"
     assert len(results["class_il"]) == 5
     assert 0 <= results["average_class_il"] <= 100
+
+
+def test_bf16_on_a_cpu_without_the_instruction_warns_that_it_is_slow(recwarn):
+    has_instruction = sk.backend_info()["backends"]["cpu"]["bf16_dot_instruction"] is not None
+    precision.warn_if_slow("fp32", torch.device("cpu"))
+    assert not recwarn.list
+    precision.warn_if_slow("bf16", torch.device("cpu"))
+    messages = [str(w.message) for w in recwarn.list]
+    assert bool(messages) != has_instruction
+    assert all("bf16 dot-product instruction" in m for m in messages)
