@@ -112,6 +112,44 @@ void expect_close(const std::vector<T>& actual, const std::vector<double>& expec
 
 // ------------------------------------------------------------------ linear
 
+struct LinearReference {
+  std::vector<double> y, dx, dw;
+};
+
+// The three passes in double over the dense weight w ([M, K]) of layout L: y = x w^T + bias,
+// dx = dy w, and the stored blocks' gradient where mask is true (zero elsewhere).
+template <typename T>
+LinearReference linear_reference(const Layout& L, const std::vector<double>& w,
+                                 const std::vector<T>& x, const std::vector<T>& dy,
+                                 const std::vector<T>& bias, const bool* mask, int64_t n) {
+  const int64_t M = L.block_rows * L.bm, K = L.block_cols * L.bk, bm = L.bm, bk = L.bk;
+  LinearReference r{std::vector<double>(n * M), std::vector<double>(n * K),
+                    std::vector<double>(L.nnz() * bm * bk, 0.0)};
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t m = 0; m < M; ++m) {
+      double sum = bias[m];
+      for (int64_t k = 0; k < K; ++k) sum += x[i * K + k] * w[m * K + k];
+      r.y[i * M + m] = sum;
+    }
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t k = 0; k < K; ++k) {
+      double sum = 0;
+      for (int64_t m = 0; m < M; ++m) sum += dy[i * M + m] * w[m * K + k];
+      r.dx[i * K + k] = sum;
+    }
+  for (int64_t j = 0; j < L.nnz(); ++j) {
+    if (!mask[j]) continue;
+    for (int64_t m = 0; m < bm; ++m)
+      for (int64_t k = 0; k < bk; ++k) {
+        double sum = 0;
+        for (int64_t i = 0; i < n; ++i)
+          sum += dy[i * M + L.row_indices[j] * bm + m] * x[i * K + L.col_indices[j] * bk + k];
+        r.dw[(j * bm + m) * bk + k] = sum;
+      }
+  }
+  return r;
+}
+
 template <typename T>
 void check_linear(int64_t rows, int64_t cols, int64_t bm, int64_t bk, double density, int64_t n,
                   int threads, std::mt19937& rng, const std::string& tag) {
@@ -127,29 +165,7 @@ void check_linear(int64_t rows, int64_t cols, int64_t bm, int64_t bk, double den
                            " grid " + std::to_string(rows) + "x" + std::to_string(cols) +
                            " n=" + std::to_string(n) + " density=" + std::to_string(density);
 
-  std::vector<double> y_ref(n * M), dx_ref(n * K, 0.0), dw_ref(nnz * bm * bk, 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t m = 0; m < M; ++m) {
-      double sum = bias[m];
-      for (int64_t k = 0; k < K; ++k) sum += x[i * K + k] * w[m * K + k];
-      y_ref[i * M + m] = sum;
-    }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < K; ++k) {
-      double sum = 0;
-      for (int64_t m = 0; m < M; ++m) sum += dy[i * M + m] * w[m * K + k];
-      dx_ref[i * K + k] = sum;
-    }
-  for (int64_t j = 0; j < nnz; ++j) {
-    if (!mask[j]) continue;
-    for (int64_t m = 0; m < bm; ++m)
-      for (int64_t k = 0; k < bk; ++k) {
-        double sum = 0;
-        for (int64_t i = 0; i < n; ++i)
-          sum += dy[i * M + L.row_indices[j] * bm + m] * x[i * K + L.col_indices[j] * bk + k];
-        dw_ref[(j * bm + m) * bk + k] = sum;
-      }
-  }
+  const auto [y_ref, dx_ref, dw_ref] = linear_reference(L, w, x, dy, bias, mask.get(), n);
 
   std::vector<T> y(n * M, T(7)), dx(n * K, T(7)), dw(nnz * bm * bk, T(7));
   sparcl::block_sparse_forward<T>(x.data(), values.data(), nullptr, bias.data(), y.data(), n,
@@ -212,36 +228,14 @@ void check_linear_bf16(int64_t rows, int64_t cols, int64_t bm, int64_t bk, doubl
   std::unique_ptr<bool[]> mask(new bool[nnz + 1]);
   for (int64_t j = 0; j < nnz; ++j) mask[j] = grad_mask[j];
   const auto w = L.dense(widened(to_bf16(values)));  // the kernels multiply rounded blocks
-  const auto xf = widened(x), dyf = widened(dy);
   const std::string what = tag + " bf16 linear " + std::to_string(bm) + "x" +
                            std::to_string(bk) + " grid " + std::to_string(rows) + "x" +
                            std::to_string(cols) + " n=" + std::to_string(n) +
                            " density=" + std::to_string(density) +
                            " threads=" + std::to_string(threads);
 
-  std::vector<double> y_ref(n * M), dx_ref(n * K), dw_ref(nnz * bm * bk, 0.0);
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t m = 0; m < M; ++m) {
-      double sum = bias[m];
-      for (int64_t k = 0; k < K; ++k) sum += xf[i * K + k] * w[m * K + k];
-      y_ref[i * M + m] = sum;
-    }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t k = 0; k < K; ++k) {
-      double sum = 0;
-      for (int64_t m = 0; m < M; ++m) sum += dyf[i * M + m] * w[m * K + k];
-      dx_ref[i * K + k] = sum;
-    }
-  for (int64_t j = 0; j < nnz; ++j) {
-    if (!mask[j]) continue;
-    for (int64_t m = 0; m < bm; ++m)
-      for (int64_t k = 0; k < bk; ++k) {
-        double sum = 0;
-        for (int64_t i = 0; i < n; ++i)
-          sum += dyf[i * M + L.row_indices[j] * bm + m] * xf[i * K + L.col_indices[j] * bk + k];
-        dw_ref[(j * bm + m) * bk + k] = sum;
-      }
-  }
+  const auto [y_ref, dx_ref, dw_ref] =
+      linear_reference(L, w, widened(x), widened(dy), bias, mask.get(), n);
 
   std::vector<uint16_t> packed_forward(nnz * bm * bk * 2), packed_grad_input(nnz * bm * bk * 2);
   sparcl::bf16_pack_forward_blocks(values.data(), packed_forward.data(), nnz, bm, bk, threads);
