@@ -46,11 +46,17 @@ def isa_peaks(isas: list[str], threads: int) -> dict[str, float]:
 
 
 def machine_line(peaks: dict[str, float], threads: int) -> str:
-    """The table header naming the machine: CPU model, threads and each ISA's measured peak."""
+    """The table header naming the machine: CPU model, threads, each ISA's measured peak and,
+    where the CPU has one, its bf16 dot-product instruction's measured peak."""
+    from sparcl_kernels.backends import cpu
     from sparcl_kernels.measure import cpu_model
 
     measured = ", ".join(f"{isa} {gflops:.0f}" for isa, gflops in peaks.items())
-    return f"CPU: {cpu_model()} · {threads} threads · measured FMA peak GFLOP/s: {measured}"
+    line = f"CPU: {cpu_model()} · {threads} threads · measured FMA peak GFLOP/s: {measured}"
+    instruction = cpu.describe()["bf16_dot_instruction"]
+    if instruction is None:
+        return line + " · no bf16 dot-product instruction"
+    return line + f" · {instruction} bf16 dot peak {cpu.bf16_dot_peak(threads):.0f} GFLOP/s"
 
 
 def efficiency(flops: float, seconds: float, peak_gflops: float) -> str:
