@@ -488,6 +488,7 @@ def _runs_cpu_bf16_kernels(x: object, requested: str | None, block_size: tuple[i
     return (
         isinstance(x, Tensor)
         and x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.bfloat16)  # autocast leaves fp64 alone
         and torch.is_autocast_enabled("cpu")
         and torch.get_autocast_dtype("cpu") == torch.bfloat16
         and _cpu_bf16_kernels_take(requested, tuple(block_size))
