@@ -4,9 +4,9 @@ Under ``bf16`` every forward of the network runs in ``torch.autocast`` on the ne
 with ``torch.bfloat16``: torch's dense convolutions and linear layers compute in bf16, the
 parameters stay fp32 master weights, and the logits come back as fp32, so losses, the replay
 buffer's logits and accuracies are computed in fp32 as in an fp32 run. The block-sparse ops
-follow the autocast rules of sparcl_kernels.ops (on the CPU the linear layers run bf16
-kernels where the CPU has a bf16 dot-product instruction, the convolutions compute in fp32;
-gradients reach the fp32 ``values``).
+follow the autocast rules of sparcl_kernels.ops (on the CPU they run bf16 kernels where the
+CPU has a bf16 dot-product instruction and compute in fp32 elsewhere; gradients reach the
+fp32 ``values``).
 """
 
 from __future__ import annotations

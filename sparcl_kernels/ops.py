@@ -434,7 +434,7 @@ def block_sparse_linear(
     Under ``torch.autocast`` the operands are cast as for ``nn.Linear`` (see
     :func:`_autocast_operands`), so fp32 values act as master weights; under CPU bf16 autocast
     the ``cpu`` backend's bf16 kernels run the layer where the CPU has them
-    (``sparcl_kernels.backends.cpu.select_bf16_kernels``).
+    (``sparcl_kernels.backends.cpu.select_bf16_kernels``), as they do the convolution.
     """
     bf16_kernels = isinstance(layout, BlockLayout) and _runs_cpu_bf16_kernels(
         x, backend, layout.block_size
@@ -482,7 +482,7 @@ def _cpu_bf16_kernels_take(requested: str | None, block_size: tuple[int, int]) -
 
 
 def _runs_cpu_bf16_kernels(x: object, requested: str | None, block_size: tuple[int, int]) -> bool:
-    """Whether a linear call runs the CPU backend's bf16 kernels: under CPU bf16 autocast, on
+    """Whether a call runs the CPU backend's bf16 kernels: under CPU bf16 autocast, on
     the ``cpu`` backend, where it has kernels for the instruction (or the emulation was
     selected) and the blocks fit them."""
     return (
@@ -518,12 +518,15 @@ def block_sparse_conv2d(
     backend. The kernels compute in channels-last: ``x`` is ``[N, C_in, H, W]`` in any memory
     format (channels-last avoids a copy) and the result ``[N, C_out, OH, OW]`` always has
     channels-last strides (copying it back to NCHW measured slower end to end than letting the
-    following layers run on channels-last tensors; bench/RESULTS.md, issue 15). Gradients as
-    in :func:`block_sparse_linear`.
+    following layers run on channels-last tensors; bench/RESULTS.md, issue 15). Gradients and
+    autocast (the CPU's bf16 kernels included) as in :func:`block_sparse_linear`.
     """
     op = "block_sparse_conv2d"
-    x, values, bias = _autocast_operands(x, values, bias)
-    _check_arguments(x, values, layout, bias, grad_block_mask, op=op)
+    bf16_kernels = isinstance(layout, BlockLayout) and _runs_cpu_bf16_kernels(
+        x, backend, layout.block_size
+    )
+    x, values, bias = _autocast_operands(x, values, bias, bf16_kernels)
+    _check_arguments(x, values, layout, bias, grad_block_mask, op=op, mixed_bf16=bf16_kernels)
     if x.dim() != 4:
         _fail(ValueError, op, f"x must be 4-D [N, C, H, W], got shape {tuple(x.shape)}")
     try:
@@ -544,7 +547,7 @@ def block_sparse_conv2d(
     out_h, out_w = geometry.output_size((x.shape[2], x.shape[3]))
     if out_h < 1 or out_w < 1:
         _fail(ValueError, op, f"input {tuple(x.shape)} is too small for this convolution")
-    name = _select_backend(backend, x.device, x.dtype, layout.block_size, op)
+    name = _select_backend(backend, x.device, values.dtype, layout.block_size, op)
     y = _apply_forward(
         x.permute(0, 2, 3, 1).contiguous(),
         values.contiguous(),

@@ -7,6 +7,8 @@ bf16-rounded operands.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
@@ -16,7 +18,8 @@ from torch import nn
 import sparcl_kernels as sk
 from sparcl_kernels.backends import cpu
 from sparcl_kernels.layout import BlockLayout
-from sparcl_kernels.nn import SparseLinear
+from sparcl_kernels.nn import SparseConv2d, SparseLinear
+from sparcl_kernels.nn.conv import conv_weight_to_gemm
 
 _KINDS = ["emulated", "native"]
 
@@ -99,6 +102,42 @@ def test_bf16_passes_over_layouts(grid, block, density, n, seed):
         cpu.select_bf16_kernels(None)
 
 
+@pytest.mark.parametrize(
+    ("kernel", "stride", "padding", "dilation", "block"),
+    [(3, 1, 1, 1, (8, 8)), (3, 2, 1, 1, (16, 8)), (1, 1, 0, 1, (8, 16)), (3, 1, 2, 2, (4, 4))],
+)
+def test_bf16_conv_passes_match_the_reference(
+    bf16_kernels, kernel, stride, padding, dilation, block
+):
+    generator = torch.Generator().manual_seed(kernel + stride + padding)
+    cin, cout, taps = 16, 32, kernel * kernel
+    mask = torch.rand(cout // block[0], taps * cin // block[1], generator=generator) < 0.6
+    layout = BlockLayout.from_block_mask(mask, block)
+    x = torch.randn(3, cin, 9, 7, generator=generator).requires_grad_()
+    values = torch.randn(*layout.values_shape, generator=generator).requires_grad_()
+    bias = torch.randn(cout, generator=generator).requires_grad_()
+    grad_mask = torch.rand(layout.nnz, generator=generator) < 0.5
+    args = ((kernel, kernel), (stride, stride), (padding, padding), (dilation, dilation))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = sk.block_sparse_conv2d(x, values, layout, *args, bias, grad_mask, backend="cpu")
+    assert y.dtype == torch.bfloat16
+    grad_out = torch.randn(y.shape, generator=generator).bfloat16()
+    y.backward(grad_out)
+    assert values.grad.dtype == torch.float32
+
+    xr, vr = _rounded(x).requires_grad_(), _rounded(values).requires_grad_()
+    br = bias.detach().double().requires_grad_()
+    yr = sk.block_sparse_conv2d(xr, vr, layout, *args, br, grad_mask, backend="reference")
+    yr.backward(grad_out.double())
+    reduction = taps * (cin + cout)
+    rounded = {"atol": 2e-4 * reduction**0.5, "rtol": 2**-8}
+    torch.testing.assert_close(y.double(), yr.detach(), **rounded)
+    torch.testing.assert_close(x.grad.double(), xr.grad, **rounded)
+    pixels = y.shape[0] * y.shape[2] * y.shape[3]
+    torch.testing.assert_close(values.grad.double(), vr.grad, atol=2e-5 * pixels**0.5, rtol=1e-4)
+    assert torch.all(values.grad[~grad_mask] == 0)
+
+
 def test_non_contiguous_inputs_and_leading_dims(bf16_kernels):
     layout = _layout((2, 3), (8, 8), 0.7, seed=7)
     values = torch.randn(*layout.values_shape)
@@ -137,6 +176,31 @@ def test_packed_blocks_follow_in_place_steps():
         assert not torch.equal(after, first)
     finally:
         cpu.select_bf16_kernels(None)
+
+
+def test_conv_model_matches_its_dense_twin_under_bf16_autocast(bf16_kernels):
+    torch.manual_seed(4)
+    sparse = nn.Sequential(
+        SparseConv2d(8, 16, 3, padding=1, block_size=8, sparsity=0.5),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(16 * 36, 10),
+    )
+    dense = copy.deepcopy(sparse)
+    dense[0] = sparse[0].to_dense()
+    x, target = torch.randn(4, 8, 6, 6), torch.randn(4, 10)
+    losses = []
+    for model in (sparse, dense):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model(x)
+        loss = nn.functional.mse_loss(out.float(), target)
+        loss.backward()
+        losses.append(loss.detach())
+    torch.testing.assert_close(losses[0], losses[1], atol=3e-2, rtol=3e-2)
+    expected = sparse[0].layout.to_blocks(conv_weight_to_gemm(dense[0].weight.grad))
+    assert sparse[0].values.grad.dtype == torch.float32
+    torch.testing.assert_close(sparse[0].values.grad, expected, atol=3e-2, rtol=3e-2)
 
 
 def test_model_matches_its_dense_twin_under_bf16_autocast(bf16_kernels):

@@ -26,6 +26,7 @@
 
 #include "bf16_convert.h"
 #include "block_sparse.h"
+#include "block_sparse_conv.h"
 #include "kernel_table.h"
 #include "microkernels.h"
 #include "partition.h"
@@ -53,8 +54,8 @@ struct PairRows {
 //       pair_i(j, p) . b_j[p, o0 + W q ...])
 // with j = ids[s] (or s), pair_i(j, p) the p-th pair of row i's operand for block j and b_j
 // the block's packed pairs [P2 x O].
-template <int W, int TN, int KV>
-void pair_tile(const PairRows& rows, const uint32_t* b, int64_t P2, int64_t O,
+template <int W, int TN, int KV, typename Rows>
+void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
                uint16_t* out, int64_t ldo) {
   using D = pairdot::Dot<W>;
@@ -95,14 +96,15 @@ void pair_tile(const PairRows& rows, const uint32_t* b, int64_t P2, int64_t O,
   }
 }
 
-// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile.
-template <int W>
-void pair_slab(int64_t count, const PairRows& rows, const uint32_t* b, int64_t P2, int64_t O,
-               const int32_t* ids, int32_t sb, int32_t se, const float* init, uint16_t* out,
-               int64_t ldo) {
+// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile;
+// tile_rows(n) gives the rows functor of the tile starting at row n.
+template <int W, typename TileRows>
+void pair_slab(int64_t count, const TileRows& make_rows, const uint32_t* b, int64_t P2,
+               int64_t O, const int32_t* ids, int32_t sb, int32_t se, const float* init,
+               uint16_t* out, int64_t ldo) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
-    const PairRows tile_rows{rows.a + n * rows.lda, rows.lda, rows.group, rows.side};
+    const auto tile_rows = make_rows(n, tn);
     for (int64_t o = 0; o < O; o += kMaxVectors * W) {
       const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
       detail::with_constant<kTile>(tn, [&](auto TN) {
@@ -113,6 +115,11 @@ void pair_slab(int64_t count, const PairRows& rows, const uint32_t* b, int64_t P
       });
     }
   }
+}
+
+// The tile factory of a dense row-major operand: tile n's row i is row n + i of `a`.
+inline auto dense_rows(const uint16_t* a, int64_t lda, const int32_t* group, int64_t side) {
+  return [=](int64_t n, int) { return PairRows{a + n * lda, lda, group, side}; };
 }
 
 // Widest vector of this pair dot product that divides `side` (block sides are multiples of 4).
@@ -143,7 +150,7 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(n1 - n0, PairRows{x + n0 * K, K, L.col_indices, L.bk},
+        pair_slab<decltype(W)::value>(n1 - n0, dense_rows(x + n0 * K, K, L.col_indices, L.bk),
                                       packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r],
                                       L.row_offsets[r + 1], bias ? bias + r * L.bm : nullptr,
                                       y + n0 * M + r * L.bm, M);
@@ -160,7 +167,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(n1 - n0, PairRows{dy + n0 * M, M, L.row_indices, L.bm},
+        pair_slab<decltype(W)::value>(n1 - n0, dense_rows(dy + n0 * M, M, L.row_indices, L.bm),
                                       packed, L.bm / 2, L.bk, L.transpose_block_ids,
                                       L.transpose_offsets[c], L.transpose_offsets[c + 1],
                                       nullptr, dx + n0 * K + c * L.bk, K);
@@ -278,9 +285,215 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 
 }  // namespace bf16_linear
 
+// ------------------------------------------------------------------ convolution
+//
+// The implicit GEMM of conv_kernels.h with the linear pair tiles: the forward's tile rows are
+// output pixels, each block's pairs read from the input pixel its tap reaches (a zero row in
+// the padding); the input gradient's rows are input pixels, each block's pairs read from the
+// output pixel that reaches it through the block's tap (a zero row where none does: with
+// strides above 1 most taps of a pixel reach none, and their products with zeros are done
+// anyway, unlike the fp32 kernels' stride phases); the weight gradient packs the patch rows
+// of output-pixel pairs ([pairs][taps * C], every tap's input pixels) and runs the linear
+// tile over them.
+namespace bf16_conv {
+
+using bf16_linear::pair_slab;
+using bf16_linear::with_pair_width;
+using bf16_linear::width_for;
+using detail::kTile;
+using detail::run_parallel;
+
+struct Pixel {
+  int64_t image, row, col;
+};
+
+inline Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
+  return {index / (height * width), (index / width) % height, index % width};
+}
+
+// The input pixel tap `tap` of output pixel p reads, or -1 in the padding.
+inline int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
+  const int64_t ih = p.row * g.stride_h - g.pad_h + (tap / g.kernel_w) * g.dilation_h;
+  const int64_t iw = p.col * g.stride_w - g.pad_w + (tap % g.kernel_w) * g.dilation_w;
+  if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return -1;
+  return (p.image * g.in_h + ih) * g.in_w + iw;
+}
+
+// The output pixel whose tap `tap` reads input pixel p, or -1 where none does.
+inline int64_t output_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
+  const int64_t h = p.row + g.pad_h - (tap / g.kernel_w) * g.dilation_h;
+  const int64_t w = p.col + g.pad_w - (tap % g.kernel_w) * g.dilation_w;
+  if (h < 0 || w < 0 || h % g.stride_h || w % g.stride_w) return -1;
+  const int64_t oh = h / g.stride_h, ow = w / g.stride_w;
+  if (oh >= g.out_h || ow >= g.out_w) return -1;
+  return (p.image * g.out_h + oh) * g.out_w + ow;
+}
+
+// Tile rows of the forward (input pixels of output pixels) or of the input gradient (output
+// pixels of input pixels): row i of block j is `a` at the pixel tap(j) maps pixel i to, at
+// channel offset within(j), or `zeros`.
+struct GatheredPairRows {
+  const uint16_t* a;
+  const uint16_t* zeros;
+  const ConvGeometry* g;
+  int64_t channels;          // of `a`'s pixels
+  const int32_t* tap;        // per block
+  const int32_t* within;     // per block: channel offset in `a`'s pixel
+  bool to_output;            // input gradient: map input pixels to output pixels
+  Pixel pixel[kTile];
+  const uint16_t* operator()(int64_t j, int i) const {
+    const int64_t target = to_output ? output_pixel(*g, pixel[i], tap[j])
+                                     : input_pixel(*g, pixel[i], tap[j]);
+    return target < 0 ? zeros : a + target * channels + within[j];
+  }
+};
+
+// Per block: its tap and the channel offsets it reads, for the forward (x channels, from the
+// block column) and the input gradient (grad_out channels, from the block row); in the
+// calling thread's index workspace, with room for `extra` more entries after them.
+struct BlockTaps {
+  int32_t* tap;
+  int32_t* x_channel;
+  int32_t* dy_channel;
+  int32_t* extra;
+};
+
+inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int64_t extra) {
+  int32_t* buffer = detail::index_workspace(3 * L.nnz + extra, 0);
+  const BlockTaps t{buffer, buffer + L.nnz, buffer + 2 * L.nnz, buffer + 3 * L.nnz};
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
+    t.tap[j] = static_cast<int32_t>(column / g.channels);
+    t.x_channel[j] = static_cast<int32_t>(column % g.channels);
+    t.dy_channel[j] = static_cast<int32_t>(static_cast<int64_t>(L.row_indices[j]) * L.bm);
+  }
+  return t;
+}
+
+inline const uint16_t* zero_row(int64_t elems) {
+  return reinterpret_cast<const uint16_t*>(detail::thread_workspace(elems / 2 + 1, detail::kZerosSlot));
+}
+
+void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint16_t* y,
+             const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+  const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
+  if (pixels == 0 || L.block_rows == 0) return;
+  const BlockTaps taps = block_taps(L, g, 0);
+  const uint16_t* zeros = zero_row(g.channels);
+  const int64_t rows = 8 * kTile;
+  const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, pixels, rows, L.bm * L.bk);
+  with_pair_width(width_for(L.bm), [&](auto W) {
+    run_parallel(threads, [&](int t, int nt) {
+      for_each_item(grid, pixels, rows, t, nt, [&](int64_t r, int64_t p0, int64_t p1) {
+        const auto tile_rows = [&](int64_t n, int tn) {
+          GatheredPairRows tile{x, zeros, &g, g.channels, taps.tap, taps.x_channel, false, {}};
+          for (int i = 0; i < tn; ++i) tile.pixel[i] = pixel_of(p0 + n + i, g.out_h, g.out_w);
+          return tile;
+        };
+        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, packed, L.bk / 2, L.bm, nullptr,
+                                      L.row_offsets[r], L.row_offsets[r + 1],
+                                      bias ? bias + r * L.bm : nullptr, y + p0 * cout + r * L.bm,
+                                      cout);
+      });
+    });
+  });
+}
+
+void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
+                const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+  const int64_t pixels = g.batch * g.in_h * g.in_w, groups = g.channels / L.bk;
+  if (pixels == 0 || groups == 0) return;
+  // Blocks by the input-channel group they write (every tap's block columns of that group).
+  const BlockTaps taps = block_taps(L, g, groups + 1 + L.nnz);
+  int32_t* offsets = taps.extra;
+  int32_t* ids = taps.extra + groups + 1;
+  offsets[0] = 0;
+  int32_t count = 0;
+  for (int64_t cg = 0; cg < groups; ++cg) {
+    for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
+      const int64_t column = tap * groups + cg;
+      for (int32_t s = L.transpose_offsets[column]; s < L.transpose_offsets[column + 1]; ++s)
+        ids[count++] = L.transpose_block_ids[s];
+    }
+    offsets[cg + 1] = count;
+  }
+  const uint16_t* zeros = zero_row(L.rows());
+  const int64_t rows = 8 * kTile;
+  const ItemGrid grid = item_grid(offsets, groups, pixels, rows, L.bm * L.bk);
+  with_pair_width(width_for(L.bk), [&](auto W) {
+    run_parallel(threads, [&](int t, int nt) {
+      for_each_item(grid, pixels, rows, t, nt, [&](int64_t cg, int64_t p0, int64_t p1) {
+        const auto tile_rows = [&](int64_t n, int tn) {
+          GatheredPairRows tile{dy, zeros, &g, L.rows(), taps.tap, taps.dy_channel, true, {}};
+          for (int i = 0; i < tn; ++i) tile.pixel[i] = pixel_of(p0 + n + i, g.in_h, g.in_w);
+          return tile;
+        };
+        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, packed, L.bm / 2, L.bk, ids,
+                                      offsets[cg], offsets[cg + 1], nullptr,
+                                      dx + p0 * g.channels + cg * L.bk, g.channels);
+      });
+    });
+  });
+}
+
+// Pairs [p0, p1) of the chunk starting at pair `first`: patches[p][tap * C + c] = (x at the
+// input pixel tap reaches from output pixel 2p, the same from 2p + 1), zero in the padding
+// and past the last pixel.
+inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
+                             int64_t p0, int64_t p1, int64_t first, uint32_t* patches) {
+  const int64_t taps = g.kernel_h * g.kernel_w, C = g.channels;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t o = 2 * (first + p);
+    const Pixel a = pixel_of(o, g.out_h, g.out_w);
+    const Pixel b = pixel_of(o + 1, g.out_h, g.out_w);
+    uint32_t* out = patches + p * taps * C;
+    for (int64_t tap = 0; tap < taps; ++tap, out += C) {
+      const int64_t ia = input_pixel(g, a, tap);
+      const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
+      const uint16_t* ra = ia < 0 ? nullptr : x + ia * C;
+      const uint16_t* rb = ib < 0 ? nullptr : x + ib * C;
+      for (int64_t c = 0; c < C; ++c)
+        out[c] = bf16::pair(ra ? ra[c] : uint16_t{0}, rb ? rb[c] : uint16_t{0});
+    }
+  }
+}
+
+void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
+                 const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+  const int64_t M = L.rows(), K = L.cols(), block_elems = L.bm * L.bk;
+  const int64_t pixels = g.batch * g.out_h * g.out_w;
+  const int64_t pairs = (pixels + 1) / 2, chunk = bf16_linear::pair_chunk(pairs, M + K);
+  uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
+      detail::thread_workspace(chunk * (M + K), detail::kPanelInSlot));
+  uint32_t* patch_pairs = dy_pairs + chunk * M;
+  const int64_t active = count_active(grad_block_mask, L.nnz);
+  with_pair_width(width_for(L.bk), [&](auto W) {
+    run_parallel(threads, [&](int t, int nt) {
+      zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
+      for (int64_t c0 = 0; c0 < std::max<int64_t>(pairs, 1); c0 += chunk) {
+        const int64_t count = std::min(pairs, c0 + chunk) - c0;
+        int64_t p0, p1;
+        even_share(count, t, nt, &p0, &p1);
+        bf16_linear::pack_batch_pairs(dy, pixels, M, p0, p1, c0, dy_pairs);
+        pack_patch_pairs(x, g, pixels, p0, p1, c0, patch_pairs);
+        detail::barrier();
+        for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
+          bf16_linear::pair_outer_block<decltype(W)::value>(dy_pairs, patch_pairs, count, c0 > 0,
+                                                            j, L, dw);
+        });
+        detail::barrier();
+      }
+    });
+  });
+}
+
+}  // namespace bf16_conv
+
 const Bf16KernelTable* bf16_kernel_table() {
-  static const Bf16KernelTable table{SPARCL_BF16_NAME, &bf16_linear::forward,
-                                     &bf16_linear::grad_input, &bf16_linear::grad_weight};
+  static const Bf16KernelTable table{SPARCL_BF16_NAME,        &bf16_linear::forward,
+                                     &bf16_linear::grad_input, &bf16_linear::grad_weight,
+                                     &bf16_conv::forward,      &bf16_conv::grad_input,
+                                     &bf16_conv::grad_weight};
   return &table;
 }
 

@@ -229,6 +229,13 @@ const uint16_t* bf16_data(const Tensor& t) {
 
 uint16_t* bf16_data(Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
+void check_bias_fp32(const std::optional<Tensor>& bias, int64_t rows) {
+  if (!bias) return;
+  TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == torch::kFloat32 &&
+                  bias->is_contiguous() && bias->dim() == 1 && bias->numel() == rows,
+              "bias must be a contiguous float32 CPU tensor of ", rows, " entries");
+}
+
 // values [nnz, bm, bk] (fp32) as bf16 pairs: [nnz, bk / 2, bm, 2] for the forward
 // (along_rows false) or [nnz, bm / 2, bk, 2] for the input gradient.
 Tensor bf16_pack_blocks(const Tensor& values, bool along_rows) {
@@ -275,11 +282,7 @@ Tensor forward_bf16(const Tensor& x, const Tensor& packed, const Tensor& row_off
                                 transpose_offsets, transpose_block_ids);
   check_bf16(x, "x", 2);
   TORCH_CHECK(x.size(1) == view.cols(), "x must have ", view.cols(), " columns");
-  if (bias) {
-    TORCH_CHECK(bias->device().is_cpu() && bias->scalar_type() == torch::kFloat32 &&
-                    bias->is_contiguous() && bias->dim() == 1 && bias->numel() == view.rows(),
-                "bias must be a contiguous float32 CPU tensor of ", view.rows(), " entries");
-  }
+  check_bias_fp32(bias, view.rows());
   Tensor y = torch::empty({x.size(0), view.rows()}, x.options());
   sparcl::block_sparse_forward_bf16(bf16_data(x), bf16_data(packed),
                                     bias ? bias->data_ptr<float>() : nullptr, bf16_data(y),
@@ -323,6 +326,69 @@ Tensor grad_weight_bf16(const Tensor& grad_out, const Tensor& x, int64_t bm, int
   return grad_values;
 }
 
+Tensor conv_forward_bf16(const Tensor& x, const Tensor& packed, const Tensor& row_offsets,
+                         const Tensor& col_indices, const Tensor& row_indices,
+                         const Tensor& transpose_offsets, const Tensor& transpose_block_ids,
+                         const std::optional<Tensor>& bias, const std::vector<int64_t>& geometry) {
+  const auto view = packed_view(packed, false, row_offsets, col_indices, row_indices,
+                                transpose_offsets, transpose_block_ids);
+  check_bf16(x, "x", 4);
+  const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
+  check_conv_layout(view, g);
+  check_bias_fp32(bias, view.rows());
+  Tensor y = torch::empty({g.batch, g.out_h, g.out_w, view.rows()}, x.options());
+  sparcl::block_sparse_conv_forward_bf16(bf16_data(x), bf16_data(packed),
+                                         bias ? bias->data_ptr<float>() : nullptr, bf16_data(y),
+                                         view, g, at::get_num_threads());
+  return y;
+}
+
+Tensor conv_grad_input_bf16(const Tensor& grad_out, const Tensor& packed,
+                            const Tensor& row_offsets, const Tensor& col_indices,
+                            const Tensor& row_indices, const Tensor& transpose_offsets,
+                            const Tensor& transpose_block_ids,
+                            const std::vector<int64_t>& geometry, int64_t in_h, int64_t in_w) {
+  const auto view = packed_view(packed, true, row_offsets, col_indices, row_indices,
+                                transpose_offsets, transpose_block_ids);
+  check_bf16(grad_out, "grad_out", 4);
+  const int64_t taps = geometry.size() == 8 ? geometry[0] * geometry[1] : 1;
+  const auto g = make_geometry(geometry, grad_out.size(0), in_h, in_w, view.cols() / taps);
+  check_conv_layout(view, g);
+  TORCH_CHECK(grad_out.size(1) == g.out_h && grad_out.size(2) == g.out_w &&
+                  grad_out.size(3) == view.rows(),
+              "grad_out shape does not match the convolution");
+  Tensor grad_x = torch::empty({g.batch, in_h, in_w, g.channels}, grad_out.options());
+  sparcl::block_sparse_conv_grad_input_bf16(bf16_data(grad_out), bf16_data(packed),
+                                            bf16_data(grad_x), view, g, at::get_num_threads());
+  return grad_x;
+}
+
+Tensor conv_grad_weight_bf16(const Tensor& grad_out, const Tensor& x, int64_t bm, int64_t bk,
+                             const Tensor& row_offsets, const Tensor& col_indices,
+                             const Tensor& row_indices, const Tensor& transpose_offsets,
+                             const Tensor& transpose_block_ids,
+                             const std::optional<Tensor>& grad_block_mask,
+                             const std::vector<int64_t>& geometry) {
+  TORCH_CHECK(sparcl::bf16_blocks_fit(bm, bk), "bf16 kernels need block sides that are "
+              "multiples of 4, got ", bm, "x", bk);
+  const auto view = make_view(bm, bk, row_offsets, col_indices, row_indices, transpose_offsets,
+                              transpose_block_ids);
+  check_bf16(x, "x", 4);
+  check_bf16(grad_out, "grad_out", 4);
+  const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
+  check_conv_layout(view, g);
+  TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
+                  grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
+              "grad_out shape does not match the convolution");
+  sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
+  Tensor grad_values = torch::empty({view.nnz, bm, bk}, x.options().dtype(torch::kFloat32));
+  sparcl::block_sparse_conv_grad_weight_bf16(
+      bf16_data(grad_out), bf16_data(x),
+      grad_block_mask ? grad_block_mask->data_ptr<bool>() : nullptr,
+      grad_values.data_ptr<float>(), view, g, at::get_num_threads());
+  return grad_values;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -355,6 +421,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward_bf16", &forward_bf16, "y = x @ W.T + bias with bf16 operands");
   m.def("grad_input_bf16", &grad_input_bf16, "grad_x = grad_out @ W with bf16 operands");
   m.def("grad_weight_bf16", &grad_weight_bf16, "fp32 stored-block gradient of bf16 operands");
+  m.def("conv_forward_bf16", &conv_forward_bf16, "channels-last convolution, bf16 operands");
+  m.def("conv_grad_input_bf16", &conv_grad_input_bf16, "input gradient of conv_forward_bf16");
+  m.def("conv_grad_weight_bf16", &conv_grad_weight_bf16,
+        "fp32 stored-block gradient of conv_forward_bf16");
   m.def("bf16_dot_peak", &sparcl::bf16_dot_peak_gflops, "measured GFLOP/s of that instruction "
         "on `threads` threads (0 without one)", pybind11::arg("threads"),
         pybind11::arg("seconds") = 0.3);

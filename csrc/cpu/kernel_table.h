@@ -44,7 +44,7 @@ struct KernelTable {
   double (*fma_gflops)(int, double);
 };
 
-// The bf16 linear passes of one pair dot product (block_sparse.h's bf16 section; packed
+// The bf16 linear and convolution passes of one pair dot product (block_sparse.h's bf16 section; packed
 // blocks as 32-bit pairs).
 struct Bf16KernelTable {
   const char* name;  // "avx512bf16", "bfdot" or "emulated"
@@ -54,6 +54,12 @@ struct Bf16KernelTable {
                      const BlockLayoutView&, int);
   void (*grad_weight)(const uint16_t*, const uint16_t*, const bool*, float*, int64_t,
                       const BlockLayoutView&, int);
+  void (*conv_forward)(const uint16_t*, const uint32_t*, const float*, uint16_t*,
+                       const BlockLayoutView&, const ConvGeometry&, int);
+  void (*conv_grad_input)(const uint16_t*, const uint32_t*, uint16_t*, const BlockLayoutView&,
+                          const ConvGeometry&, int);
+  void (*conv_grad_weight)(const uint16_t*, const uint16_t*, const bool*, float*,
+                           const BlockLayoutView&, const ConvGeometry&, int);
 };
 
 // The table of each instruction set compiled into this build (null where not compiled).

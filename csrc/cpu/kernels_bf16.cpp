@@ -19,6 +19,7 @@
 
 #include "bf16_convert.h"
 #include "block_sparse.h"
+#include "block_sparse_conv.h"
 #include "kernel_table.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
@@ -236,6 +237,27 @@ void block_sparse_grad_weight_bf16(const uint16_t* grad_out, const uint16_t* x,
                                    const bool* grad_block_mask, float* grad_values, int64_t n,
                                    const BlockLayoutView& layout, int threads) {
   table()->grad_weight(grad_out, x, grad_block_mask, grad_values, n, layout, threads);
+}
+
+void block_sparse_conv_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,
+                                    const float* bias, uint16_t* y, const BlockLayoutView& layout,
+                                    const ConvGeometry& geometry, int threads) {
+  table()->conv_forward(x, as_pairs(packed_forward), bias, y, layout, geometry, threads);
+}
+
+void block_sparse_conv_grad_input_bf16(const uint16_t* grad_out, const uint16_t* packed_grad_input,
+                                       uint16_t* grad_x, const BlockLayoutView& layout,
+                                       const ConvGeometry& geometry, int threads) {
+  table()->conv_grad_input(grad_out, as_pairs(packed_grad_input), grad_x, layout, geometry,
+                           threads);
+}
+
+void block_sparse_conv_grad_weight_bf16(const uint16_t* grad_out, const uint16_t* x,
+                                        const bool* grad_block_mask, float* grad_values,
+                                        const BlockLayoutView& layout,
+                                        const ConvGeometry& geometry, int threads) {
+  table()->conv_grad_weight(grad_out, x, grad_block_mask, grad_values, layout, geometry,
+                            threads);
 }
 
 double bf16_dot_peak_gflops(int threads, double seconds) {

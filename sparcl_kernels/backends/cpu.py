@@ -52,7 +52,7 @@ def select_isa(name: str | None = None, vector_width: int = 0, *, source: str = 
 
 
 def select_bf16_kernels(name: str | None = None, *, source: str = "name") -> None:
-    """Choose the bf16 kernels that CPU bf16 autocast runs the linear layers with.
+    """Choose the bf16 kernels that CPU bf16 autocast runs the sparse layers with.
 
     ``None``: the pair dot-product instruction's kernels where the CPU has one (x86-64
     AVX512_BF16, aarch64 FEAT_BF16), else none (autocast then computes these ops in fp32, as
@@ -75,8 +75,8 @@ def bf16_kernels() -> str | None:
 
 
 def takes_bf16_autocast(block_size: tuple[int, int]) -> bool:
-    """Whether a linear layer with ``block_size`` blocks runs bf16 kernels under CPU bf16
-    autocast (bf16 activations, fp32 master values and weight gradient)."""
+    """Whether a layer (linear or convolution) with ``block_size`` blocks runs bf16 kernels
+    under CPU bf16 autocast (bf16 activations, fp32 master values and weight gradient)."""
     return bf16_kernels() is not None and bool(_cpu.bf16_blocks_fit(*block_size))
 
 
@@ -89,8 +89,8 @@ def describe() -> dict[str, Any]:
         "forced_isa": os.environ.get(ISA_ENV_VAR) or None,
         "openmp": _cpu.openmp(),
         "threads": torch.get_num_threads() if _cpu.openmp() else 1,
-        # The kernels CPU bf16 autocast runs the linear layers with, or None: then (and for
-        # convolutions, which have no bf16 kernels yet) the ops compute in fp32.
+        # The kernels CPU bf16 autocast runs the sparse layers with, or None: then the ops
+        # compute in fp32 under bf16 autocast.
         "bf16_kernels": bf16_kernels(),
         "forced_bf16_kernels": os.environ.get(BF16_ENV_VAR) or None,
         # The bf16 dot-product instruction of this CPU ("avx512bf16", "bfdot"), if any.
@@ -178,6 +178,10 @@ def conv_forward(
     geometry: ConvGeometry,
 ) -> torch.Tensor:
     bias = None if bias is None else bias.contiguous()
+    if x.dtype == _BF16:
+        bias = None if bias is None else bias.float()
+        packed = packed_bf16_blocks(values, False)
+        return _cpu.conv_forward_bf16(x, packed, *layout.tensors(), bias, list(geometry))
     return _cpu.conv_forward(
         x, values, *layout.tensors(), bias, list(geometry), transposed_blocks(values)
     )
@@ -241,6 +245,11 @@ def conv_grad_input(
     geometry: ConvGeometry,
     in_hw: tuple[int, int],
 ) -> torch.Tensor:
+    if grad_out.dtype == _BF16:
+        packed = packed_bf16_blocks(values, True)
+        return _cpu.conv_grad_input_bf16(
+            grad_out, packed, *layout.tensors(), list(geometry), *in_hw
+        )
     return _cpu.conv_grad_input(grad_out, values, *layout.tensors(), list(geometry), *in_hw)
 
 
@@ -252,6 +261,11 @@ def conv_grad_weight(
     geometry: ConvGeometry,
 ) -> torch.Tensor:
     mask = None if grad_block_mask is None else grad_block_mask.contiguous()
+    if _BF16 in (x.dtype, grad_out.dtype):
+        grad_out, x = grad_out.to(_BF16).contiguous(), x.to(_BF16).contiguous()
+        return _cpu.conv_grad_weight_bf16(
+            grad_out, x, *layout.block_size, *layout.tensors(), mask, list(geometry)
+        )
     return _cpu.conv_grad_weight(
         grad_out, x, *layout.block_size, *layout.tensors(), mask, list(geometry)
     )

@@ -254,6 +254,11 @@ void check_linear_bf16(int64_t rows, int64_t cols, int64_t bm, int64_t bk, doubl
   expect_close_bf16(dw, dw_ref, n, false, what + " grad_weight (masked)");
 }
 
+void check_conv_bf16(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t stride,
+                     int64_t pad, int64_t dilation, int64_t h, int64_t w_in, int64_t batch,
+                     int64_t bm, int64_t bk, double density, int threads, std::mt19937& rng,
+                     const std::string& tag);
+
 void run_bf16(std::mt19937& rng, const std::string& tag) {
   const int64_t blocks[][2] = {{4, 4}, {8, 8}, {16, 16}, {32, 32}, {16, 32}, {32, 8}, {8, 24},
                                {12, 4}, {64, 16}};
@@ -262,6 +267,20 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
       for (const int64_t n : {0, 1, 7, 50})
         for (const int threads : {1, 2})
           check_linear_bf16(3, 4, block[0], block[1], density, n, threads, rng, tag);
+  struct ConvCase {
+    int64_t cin, cout, kh, kw, stride, pad, dilation, h, w, batch;
+  };
+  const ConvCase convs[] = {{16, 16, 3, 3, 1, 1, 1, 6, 5, 2}, {16, 32, 3, 3, 2, 1, 1, 7, 9, 3},
+                            {32, 16, 1, 1, 1, 0, 1, 5, 5, 1}, {16, 16, 3, 1, 2, 2, 2, 7, 6, 2},
+                            {8, 16, 5, 3, 3, 2, 1, 11, 4, 1}, {16, 16, 3, 3, 1, 1, 1, 16, 14, 2}};
+  const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}};
+  for (const auto& c : convs)
+    for (const auto& block : conv_blocks)
+      for (const double density : {0.0, 0.5, 1.0})
+        for (const int threads : {1, 2})
+          if (c.cin % block[1] == 0 && c.cout % block[0] == 0)
+            check_conv_bf16(c.cin, c.cout, c.kh, c.kw, c.stride, c.pad, c.dilation, c.h, c.w,
+                            c.batch, block[0], block[1], density, threads, rng, tag);
   // Weight-gradient chunks of batch pairs (256 pairs of 512 columns here), odd batch.
   check_linear_bf16(8, 8, 32, 32, 0.3, 601, 2, rng, tag);
   // One full block row among empty ones: uneven work across threads.
@@ -270,13 +289,59 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
 
 // ------------------------------------------------------------------ convolution
 
+// The three passes of the convolution in double over the dense GEMM-view weight w
+// ([cout, taps * cin]); the weight gradient only for stored blocks where mask is true.
+template <typename T>
+LinearReference conv_reference(const Layout& L, const ConvGeometry& g,
+                               const std::vector<double>& w, const std::vector<T>& x,
+                               const std::vector<T>& dy, const std::vector<T>& bias,
+                               const bool* mask) {
+  const int64_t cin = g.channels, cout = L.block_rows * L.bm, taps = g.kernel_h * g.kernel_w;
+  const int64_t K = taps * cin, bm = L.bm, bk = L.bk, nnz = L.nnz();
+  const int64_t out_pixels = g.batch * g.out_h * g.out_w, in_pixels = g.batch * g.in_h * g.in_w;
+  LinearReference r{std::vector<double>(out_pixels * cout), std::vector<double>(in_pixels * cin, 0.0),
+                    std::vector<double>(nnz * bm * bk, 0.0)};
+  std::vector<double> dw_dense(cout * K, 0.0);
+  for (int64_t p = 0; p < out_pixels; ++p) {
+    const int64_t b = p / (g.out_h * g.out_w), oh = (p / g.out_w) % g.out_h, ow = p % g.out_w;
+    for (int64_t o = 0; o < cout; ++o) r.y[p * cout + o] = bias[o];
+    for (int64_t t = 0; t < taps; ++t) {
+      const int64_t ih = oh * g.stride_h - g.pad_h + (t / g.kernel_w) * g.dilation_h;
+      const int64_t iw = ow * g.stride_w - g.pad_w + (t % g.kernel_w) * g.dilation_w;
+      if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) continue;
+      const int64_t q = (b * g.in_h + ih) * g.in_w + iw;
+      for (int64_t o = 0; o < cout; ++o)
+        for (int64_t c = 0; c < cin; ++c) {
+          const double wv = w[o * K + t * cin + c];
+          r.y[p * cout + o] += wv * x[q * cin + c];
+          r.dx[q * cin + c] += wv * dy[p * cout + o];
+          dw_dense[o * K + t * cin + c] += dy[p * cout + o] * x[q * cin + c];
+        }
+    }
+  }
+  for (int64_t j = 0; j < nnz; ++j) {
+    if (!mask[j]) continue;
+    for (int64_t m = 0; m < bm; ++m)
+      for (int64_t k = 0; k < bk; ++k)
+        r.dw[(j * bm + m) * bk + k] =
+            dw_dense[(L.row_indices[j] * bm + m) * K + L.col_indices[j] * bk + k];
+  }
+  return r;
+}
+
+ConvGeometry conv_geometry(int64_t cin, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
+                           int64_t dilation, int64_t h, int64_t w_in, int64_t batch) {
+  ConvGeometry g{batch, h, w_in, cin, 0, 0, kh, kw, stride, stride, pad, pad, dilation, dilation};
+  g.out_h = (h + 2 * pad - dilation * (kh - 1) - 1) / stride + 1;
+  g.out_w = (w_in + 2 * pad - dilation * (kw - 1) - 1) / stride + 1;
+  return g;
+}
+
 template <typename T>
 void check_conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t stride, int64_t pad,
                 int64_t dilation, int64_t h, int64_t w_in, int64_t batch, int64_t bm, int64_t bk,
                 double density, int threads, std::mt19937& rng, const std::string& tag) {
-  ConvGeometry g{batch, h, w_in, cin, 0, 0, kh, kw, stride, stride, pad, pad, dilation, dilation};
-  g.out_h = (h + 2 * pad - dilation * (kh - 1) - 1) / stride + 1;
-  g.out_w = (w_in + 2 * pad - dilation * (kw - 1) - 1) / stride + 1;
+  const ConvGeometry g = conv_geometry(cin, kh, kw, stride, pad, dilation, h, w_in, batch);
   const int64_t taps = kh * kw, K = taps * cin;
   const Layout L(random_mask((cout / bm) * (K / bk), density, rng), cout / bm, K / bk, bm, bk);
   const int64_t nnz = L.nnz(), out_pixels = batch * g.out_h * g.out_w, in_pixels = batch * h * w_in;
@@ -292,32 +357,7 @@ void check_conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t strid
                            std::to_string(dilation) + " blocks " + std::to_string(bm) + "x" +
                            std::to_string(bk) + " density=" + std::to_string(density);
 
-  std::vector<double> y_ref(out_pixels * cout), dx_ref(in_pixels * cin, 0.0),
-      dw_ref(nnz * bm * bk, 0.0), dw_dense(cout * K, 0.0);
-  for (int64_t p = 0; p < out_pixels; ++p) {
-    const int64_t b = p / (g.out_h * g.out_w), oh = (p / g.out_w) % g.out_h, ow = p % g.out_w;
-    for (int64_t o = 0; o < cout; ++o) y_ref[p * cout + o] = bias[o];
-    for (int64_t t = 0; t < taps; ++t) {
-      const int64_t ih = oh * stride - pad + (t / kw) * dilation;
-      const int64_t iw = ow * stride - pad + (t % kw) * dilation;
-      if (ih < 0 || ih >= h || iw < 0 || iw >= w_in) continue;
-      const int64_t q = (b * h + ih) * w_in + iw;
-      for (int64_t o = 0; o < cout; ++o)
-        for (int64_t c = 0; c < cin; ++c) {
-          const double wv = w[o * K + t * cin + c];
-          y_ref[p * cout + o] += wv * x[q * cin + c];
-          dx_ref[q * cin + c] += wv * dy[p * cout + o];
-          dw_dense[o * K + t * cin + c] += dy[p * cout + o] * x[q * cin + c];
-        }
-    }
-  }
-  for (int64_t j = 0; j < nnz; ++j) {
-    if (!mask[j]) continue;
-    for (int64_t m = 0; m < bm; ++m)
-      for (int64_t k = 0; k < bk; ++k)
-        dw_ref[(j * bm + m) * bk + k] =
-            dw_dense[(L.row_indices[j] * bm + m) * K + L.col_indices[j] * bk + k];
-  }
+  const auto [y_ref, dx_ref, dw_ref] = conv_reference(L, g, w, x, dy, bias, mask.get());
 
   std::vector<T> y(out_pixels * cout, T(7)), dx(in_pixels * cin, T(7)), dw(nnz * bm * bk, T(7));
   sparcl::block_sparse_conv_forward<T>(x.data(), values.data(), nullptr, bias.data(), y.data(),
@@ -334,6 +374,47 @@ void check_conv(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t strid
   sparcl::block_sparse_conv_grad_weight<T>(dy.data(), x.data(), mask.get(), dw.data(), L.view(),
                                            g, threads);
   expect_close(dw, dw_ref, out_pixels, what + " grad_weight (masked)");
+}
+
+void check_conv_bf16(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t stride,
+                     int64_t pad, int64_t dilation, int64_t h, int64_t w_in, int64_t batch,
+                     int64_t bm, int64_t bk, double density, int threads, std::mt19937& rng,
+                     const std::string& tag) {
+  const ConvGeometry g = conv_geometry(cin, kh, kw, stride, pad, dilation, h, w_in, batch);
+  const int64_t taps = kh * kw, K = taps * cin;
+  const Layout L(random_mask((cout / bm) * (K / bk), density, rng), cout / bm, K / bk, bm, bk);
+  const int64_t nnz = L.nnz(), out_pixels = batch * g.out_h * g.out_w, in_pixels = batch * h * w_in;
+  const auto x = to_bf16(random_vector<float>(in_pixels * cin, rng));
+  const auto dy = to_bf16(random_vector<float>(out_pixels * cout, rng));
+  const auto values = random_vector<float>(nnz * bm * bk, rng);
+  const auto bias = random_vector<float>(cout, rng);
+  const auto grad_mask = random_mask(nnz, 0.6, rng);
+  std::unique_ptr<bool[]> mask(new bool[nnz + 1]);
+  for (int64_t j = 0; j < nnz; ++j) mask[j] = grad_mask[j];
+  const auto w = L.dense(widened(to_bf16(values)));
+  const auto [y_ref, dx_ref, dw_ref] =
+      conv_reference(L, g, w, widened(x), widened(dy), bias, mask.get());
+  const std::string what = tag + " bf16 conv " + std::to_string(kh) + "x" + std::to_string(kw) +
+                           " s" + std::to_string(stride) + " p" + std::to_string(pad) + " d" +
+                           std::to_string(dilation) + " blocks " + std::to_string(bm) + "x" +
+                           std::to_string(bk) + " density=" + std::to_string(density) +
+                           " threads=" + std::to_string(threads);
+
+  std::vector<uint16_t> packed_forward(nnz * bm * bk), packed_grad_input(nnz * bm * bk);
+  sparcl::bf16_pack_forward_blocks(values.data(), packed_forward.data(), nnz, bm, bk, threads);
+  sparcl::bf16_pack_grad_input_blocks(values.data(), packed_grad_input.data(), nnz, bm, bk,
+                                      threads);
+  std::vector<uint16_t> y(out_pixels * cout, 0x7fc0), dx(in_pixels * cin, 0x7fc0);
+  std::vector<float> dw(nnz * bm * bk, 7.0f);
+  sparcl::block_sparse_conv_forward_bf16(x.data(), packed_forward.data(), bias.data(), y.data(),
+                                         L.view(), g, threads);
+  expect_close_bf16(widened(y), y_ref, K, true, what + " forward");
+  sparcl::block_sparse_conv_grad_input_bf16(dy.data(), packed_grad_input.data(), dx.data(),
+                                            L.view(), g, threads);
+  expect_close_bf16(widened(dx), dx_ref, taps * cout, true, what + " grad_input");
+  sparcl::block_sparse_conv_grad_weight_bf16(dy.data(), x.data(), mask.get(), dw.data(),
+                                             L.view(), g, threads);
+  expect_close_bf16(dw, dw_ref, out_pixels, false, what + " grad_weight (masked)");
 }
 
 template <typename T>
