@@ -254,10 +254,14 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
                              std::max<int64_t>(pairs, 1));
 }
 
-void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
-                 int64_t n, const BlockLayoutView& L, int threads) {
-  const int64_t M = L.rows(), K = L.cols(), block_elems = L.bm * L.bk;
-  const int64_t pairs = (n + 1) / 2, chunk = pair_chunk(pairs, M + K);
+// The weight-gradient pass over `pairs` batch pairs of a layer whose operand rows are L.rows()
+// (grad_out) and L.cols() (x) wide: chunk by chunk (L2-sized), every thread packs its share of
+// the chunk's pair rows with pack(p0, p1, first, dy_pairs, x_pairs) (rows [p0, p1) of the
+// chunk starting at pair `first`), then sums the chunk into its share of the kept blocks.
+template <typename Pack>
+void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
+                          const BlockLayoutView& L, int threads, const Pack& pack) {
+  const int64_t M = L.rows(), K = L.cols(), chunk = pair_chunk(pairs, M + K);
   // Both packed chunks live in the calling thread's workspace, which every thread reads.
   uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
       detail::thread_workspace(chunk * (M + K), detail::kPanelInSlot));
@@ -265,14 +269,13 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
   const int64_t active = count_active(grad_block_mask, L.nnz);
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
-      zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
+      zero_masked_share(grad_block_mask, L.nnz, L.bm * L.bk, dw, t, nt);
       // An empty batch still gives every kept block one (zero) pass.
       for (int64_t c0 = 0; c0 < std::max<int64_t>(pairs, 1); c0 += chunk) {
         const int64_t count = std::min(pairs, c0 + chunk) - c0;
         int64_t p0, p1;
         even_share(count, t, nt, &p0, &p1);
-        pack_batch_pairs(dy, n, M, p0, p1, c0, dy_pairs);
-        pack_batch_pairs(x, n, K, p0, p1, c0, x_pairs);
+        pack(p0, p1, c0, dy_pairs, x_pairs);
         detail::barrier();
         for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
           pair_outer_block<decltype(W)::value>(dy_pairs, x_pairs, count, c0 > 0, j, L, dw);
@@ -281,6 +284,16 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
       }
     });
   });
+}
+
+void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
+                 int64_t n, const BlockLayoutView& L, int threads) {
+  pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads,
+                       [&](int64_t p0, int64_t p1, int64_t first, uint32_t* dy_pairs,
+                           uint32_t* x_pairs) {
+                         pack_batch_pairs(dy, n, L.rows(), p0, p1, first, dy_pairs);
+                         pack_batch_pairs(x, n, L.cols(), p0, p1, first, x_pairs);
+                       });
 }
 
 }  // namespace bf16_linear
@@ -460,31 +473,13 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
 
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  const BlockLayoutView& L, const ConvGeometry& g, int threads) {
-  const int64_t M = L.rows(), K = L.cols(), block_elems = L.bm * L.bk;
   const int64_t pixels = g.batch * g.out_h * g.out_w;
-  const int64_t pairs = (pixels + 1) / 2, chunk = bf16_linear::pair_chunk(pairs, M + K);
-  uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
-      detail::thread_workspace(chunk * (M + K), detail::kPanelInSlot));
-  uint32_t* patch_pairs = dy_pairs + chunk * M;
-  const int64_t active = count_active(grad_block_mask, L.nnz);
-  with_pair_width(width_for(L.bk), [&](auto W) {
-    run_parallel(threads, [&](int t, int nt) {
-      zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
-      for (int64_t c0 = 0; c0 < std::max<int64_t>(pairs, 1); c0 += chunk) {
-        const int64_t count = std::min(pairs, c0 + chunk) - c0;
-        int64_t p0, p1;
-        even_share(count, t, nt, &p0, &p1);
-        bf16_linear::pack_batch_pairs(dy, pixels, M, p0, p1, c0, dy_pairs);
-        pack_patch_pairs(x, g, pixels, p0, p1, c0, patch_pairs);
-        detail::barrier();
-        for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
-          bf16_linear::pair_outer_block<decltype(W)::value>(dy_pairs, patch_pairs, count, c0 > 0,
-                                                            j, L, dw);
-        });
-        detail::barrier();
-      }
-    });
-  });
+  bf16_linear::pair_weight_gradient(
+      grad_block_mask, dw, (pixels + 1) / 2, L, threads,
+      [&](int64_t p0, int64_t p1, int64_t first, uint32_t* dy_pairs, uint32_t* patch_pairs) {
+        bf16_linear::pack_batch_pairs(dy, pixels, L.rows(), p0, p1, first, dy_pairs);
+        pack_patch_pairs(x, g, pixels, p0, p1, first, patch_pairs);
+      });
 }
 
 }  // namespace bf16_conv

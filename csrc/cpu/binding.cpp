@@ -134,6 +134,14 @@ sparcl::ConvGeometry make_geometry(const std::vector<int64_t>& geometry, int64_t
   return g;
 }
 
+// grad_out is [batch, out_h, out_w, out_channels] of the convolution.
+void check_conv_grad_out(const Tensor& grad_out, const sparcl::BlockLayoutView& view,
+                         const sparcl::ConvGeometry& g) {
+  TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
+                  grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
+              "grad_out shape does not match the convolution");
+}
+
 void check_conv_layout(const sparcl::BlockLayoutView& view, const sparcl::ConvGeometry& g) {
   TORCH_CHECK(g.channels % view.bk == 0, "bk must divide the input channels");
   TORCH_CHECK(view.cols() == g.kernel_h * g.kernel_w * g.channels,
@@ -176,9 +184,7 @@ Tensor conv_grad_input(const Tensor& grad_out, const Tensor& values, const Tenso
   const int64_t taps = geometry.size() == 8 ? geometry[0] * geometry[1] : 1;
   const auto g = make_geometry(geometry, grad_out.size(0), in_h, in_w, view.cols() / taps);
   check_conv_layout(view, g);
-  TORCH_CHECK(grad_out.size(1) == g.out_h && grad_out.size(2) == g.out_w &&
-                  grad_out.size(3) == view.rows(),
-              "grad_out shape does not match the convolution");
+  check_conv_grad_out(grad_out, view, g);
   Tensor grad_x = torch::empty({g.batch, in_h, in_w, g.channels}, grad_out.options());
   AT_DISPATCH_FLOATING_TYPES(grad_out.scalar_type(), "sparcl_cpu_conv_grad_input", [&] {
     sparcl::block_sparse_conv_grad_input<scalar_t>(grad_out.data_ptr<scalar_t>(),
@@ -201,9 +207,7 @@ Tensor conv_grad_weight(const Tensor& grad_out, const Tensor& x, int64_t bm, int
   check_operand(grad_out, x, "grad_out", 4);
   const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
   check_conv_layout(view, g);
-  TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
-                  grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
-              "grad_out shape does not match the convolution");
+  check_conv_grad_out(grad_out, view, g);
   sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
   Tensor grad_values = torch::empty({view.nnz, view.bm, view.bk}, x.options());
   AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "sparcl_cpu_conv_grad_weight", [&] {
@@ -354,9 +358,7 @@ Tensor conv_grad_input_bf16(const Tensor& grad_out, const Tensor& packed,
   const int64_t taps = geometry.size() == 8 ? geometry[0] * geometry[1] : 1;
   const auto g = make_geometry(geometry, grad_out.size(0), in_h, in_w, view.cols() / taps);
   check_conv_layout(view, g);
-  TORCH_CHECK(grad_out.size(1) == g.out_h && grad_out.size(2) == g.out_w &&
-                  grad_out.size(3) == view.rows(),
-              "grad_out shape does not match the convolution");
+  check_conv_grad_out(grad_out, view, g);
   Tensor grad_x = torch::empty({g.batch, in_h, in_w, g.channels}, grad_out.options());
   sparcl::block_sparse_conv_grad_input_bf16(bf16_data(grad_out), bf16_data(packed),
                                             bf16_data(grad_x), view, g, at::get_num_threads());
@@ -377,9 +379,7 @@ Tensor conv_grad_weight_bf16(const Tensor& grad_out, const Tensor& x, int64_t bm
   check_bf16(grad_out, "grad_out", 4);
   const auto g = make_geometry(geometry, x.size(0), x.size(1), x.size(2), x.size(3));
   check_conv_layout(view, g);
-  TORCH_CHECK(grad_out.size(0) == g.batch && grad_out.size(1) == g.out_h &&
-                  grad_out.size(2) == g.out_w && grad_out.size(3) == view.rows(),
-              "grad_out shape does not match the convolution");
+  check_conv_grad_out(grad_out, view, g);
   sparcl::binding::check_grad_block_mask(grad_block_mask, view.nnz, x);
   Tensor grad_values = torch::empty({view.nnz, bm, bk}, x.options().dtype(torch::kFloat32));
   sparcl::block_sparse_conv_grad_weight_bf16(
