@@ -27,6 +27,7 @@
 #include "bf16_convert.h"
 #include "block_sparse.h"
 #include "block_sparse_conv.h"
+#include "conv_pixels.h"
 #include "kernel_table.h"
 #include "microkernels.h"
 #include "partition.h"
@@ -316,31 +317,10 @@ using bf16_linear::width_for;
 using detail::kTile;
 using detail::run_parallel;
 
-struct Pixel {
-  int64_t image, row, col;
-};
-
-inline Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
-  return {index / (height * width), (index / width) % height, index % width};
-}
-
-// The input pixel tap `tap` of output pixel p reads, or -1 in the padding.
-inline int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
-  const int64_t ih = p.row * g.stride_h - g.pad_h + (tap / g.kernel_w) * g.dilation_h;
-  const int64_t iw = p.col * g.stride_w - g.pad_w + (tap % g.kernel_w) * g.dilation_w;
-  if (ih < 0 || ih >= g.in_h || iw < 0 || iw >= g.in_w) return -1;
-  return (p.image * g.in_h + ih) * g.in_w + iw;
-}
-
-// The output pixel whose tap `tap` reads input pixel p, or -1 where none does.
-inline int64_t output_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
-  const int64_t h = p.row + g.pad_h - (tap / g.kernel_w) * g.dilation_h;
-  const int64_t w = p.col + g.pad_w - (tap % g.kernel_w) * g.dilation_w;
-  if (h < 0 || w < 0 || h % g.stride_h || w % g.stride_w) return -1;
-  const int64_t oh = h / g.stride_h, ow = w / g.stride_w;
-  if (oh >= g.out_h || ow >= g.out_w) return -1;
-  return (p.image * g.out_h + oh) * g.out_w + ow;
-}
+using conv_pixels::input_pixel;
+using conv_pixels::output_pixel;
+using conv_pixels::Pixel;
+using conv_pixels::pixel_of;
 
 // Tile rows of the forward (input pixels of output pixels) or of the input gradient (output
 // pixels of input pixels): row i of block j is `a` at the pixel tap(j) maps pixel i to, at

@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "conv_pixels.h"
 #include "kernel_table.h"
 
 #define SPARCL_STRINGIFY_(x) #x
