@@ -57,8 +57,9 @@ def select_bf16_kernels(name: str | None = None, *, source: str = "name") -> Non
     ``None``: the pair dot-product instruction's kernels where the CPU has one (x86-64
     AVX512_BF16, aarch64 FEAT_BF16), else none (autocast then computes these ops in fp32, as
     with any op without bf16 kernels). ``"native"`` insists on the instruction. ``"emulated"``
-    runs the same kernels with the pair product emulated in fp32 on any CPU: correct and no
-    faster than fp32, for testing the bf16 path where the instruction is missing. Raises
+    runs the same kernels with the pair product emulated in fp32 on any CPU: correct, but
+    8-11x slower than the fp32 kernels on a Zen 3 (bench/RESULTS.md), for testing the bf16
+    path where the instruction is missing. Raises
     ``ValueError`` naming ``source`` for another name or "native" without the instruction.
     """
     if name is not None and name not in BF16_KERNEL_CHOICES:
