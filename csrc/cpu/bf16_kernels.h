@@ -19,7 +19,8 @@
 //   input grad   kTile batch rows x inputs: grad_out pairs along M broadcast, blocks packed
 //                [bm / 2][bk];
 //   weight grad  kTile block rows x block columns, summed over batch pairs: grad_out and x are
-//                packed [n / 2][M] and [n / 2][K] chunk by chunk (L2-sized), a zero row padding
+//                packed in pairs over the batch chunk by chunk (L2-sized), panel by panel
+//                ([M / bm][pairs][bm], [K / bk][pairs][bk]: PairPanels), a zero row padding
 //                an odd batch.
 // Work is split as in the fp32 kernels (partition.h).
 #pragma once
@@ -91,8 +92,7 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
     for (int q = 0; q < KV; ++q) {
       float lanes[W];
       D::store(lanes, acc[i][q]);
-      uint16_t* row = out + i * ldo + o0 + W * q;
-      for (int l = 0; l < W; ++l) row[l] = bf16::from_float(lanes[l]);
+      simd::round_to_bf16<W>(lanes, out + i * ldo + o0 + W * q);
     }
   }
 }
@@ -179,19 +179,32 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
 
 // ------------------------------------------------------------------ weight gradient
 
-// Rows [p0, p1) of the pair-packed batch: packed[p][i] = (a[2p][i], a[2p + 1][i]) for the
-// `width` columns of a [n, width] bf16 matrix, the row past an odd batch's end zero.
-inline void pack_batch_pairs(const uint16_t* a, int64_t n, int64_t width, int64_t p0, int64_t p1,
-                             int64_t chunk_first, uint32_t* packed) {
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t r = 2 * (chunk_first + p);
-    const uint16_t* first = a + r * width;
-    const uint16_t* second = r + 1 < n ? first + width : nullptr;
-    uint32_t* out = packed + p * width;
+// One operand's packed chunk: `count` pair rows of `width` pairs stored panel by panel,
+// [width / side][count][side], so a block's pairs over the whole chunk are one contiguous run.
+// (Row by row, [count][width], the rows of wide layers lie a multiple of 4 KiB apart and a
+// tile's loads all fall into the same few L1 sets.)
+struct PairPanels {
+  uint32_t* data;
+  int64_t count;
+  int64_t side;
+  uint32_t* at(int64_t p, int64_t column) const {
+    return data + (column / side * count + p) * side + column % side;
+  }
+};
+
+// Pair row p of a [n, width] bf16 matrix into `out` (width pairs): (a[2r][i], a[2r + 1][i])
+// for r = `row_pair`, the row past an odd batch's end zero.
+inline void pack_row_pair(const uint16_t* a, int64_t n, int64_t width, int64_t row_pair,
+                          const PairPanels& out, int64_t p) {
+  const int64_t r = 2 * row_pair;
+  const uint16_t* first = a + r * width;
+  const uint16_t* second = r + 1 < n ? first + width : nullptr;
+  for (int64_t c = 0; c < width; c += out.side) {
+    uint32_t* panel = out.at(p, c);
     if (second) {
-      for (int64_t i = 0; i < width; ++i) out[i] = bf16::pair(first[i], second[i]);
+      for (int64_t i = 0; i < out.side; ++i) panel[i] = bf16::pair(first[c + i], second[c + i]);
     } else {
-      for (int64_t i = 0; i < width; ++i) out[i] = first[i];
+      for (int64_t i = 0; i < out.side; ++i) panel[i] = first[c + i];
     }
   }
 }
@@ -226,13 +239,13 @@ void pair_outer_tile(const uint32_t* dy, int64_t lddy, const uint32_t* x, int64_
   }
 }
 
-// Block j's gradient from `count` packed batch pairs.
+// Block j's gradient from `count` packed batch pairs (panels of bm and bk pairs).
 template <int W>
 void pair_outer_block(const uint32_t* dy_pairs, const uint32_t* x_pairs, int64_t count,
                       bool accumulate, int64_t j, const BlockLayoutView& L, float* dw) {
-  const int64_t M = L.rows(), K = L.cols(), bm = L.bm, bk = L.bk;
-  const uint32_t* dy = dy_pairs + static_cast<int64_t>(L.row_indices[j]) * bm;
-  const uint32_t* x = x_pairs + static_cast<int64_t>(L.col_indices[j]) * bk;
+  const int64_t bm = L.bm, bk = L.bk;
+  const uint32_t* dy = dy_pairs + static_cast<int64_t>(L.row_indices[j]) * count * bm;
+  const uint32_t* x = x_pairs + static_cast<int64_t>(L.col_indices[j]) * count * bk;
   float* out = dw + j * bm * bk;
   for (int64_t m = 0; m < bm; m += kTile) {
     const int tm = static_cast<int>(std::min<int64_t>(kTile, bm - m));
@@ -241,7 +254,7 @@ void pair_outer_block(const uint32_t* dy_pairs, const uint32_t* x_pairs, int64_t
       detail::with_constant<kTile>(tm, [&](auto TM) {
         detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
           pair_outer_tile<W, decltype(TM)::value, decltype(KV)::value>(
-              dy + m, M, x + k, K, count, accumulate, out + m * bk + k, bk);
+              dy + m, bm, x + k, bk, count, accumulate, out + m * bk + k, bk);
         });
       });
     }
@@ -250,7 +263,7 @@ void pair_outer_block(const uint32_t* dy_pairs, const uint32_t* x_pairs, int64_t
 
 // Batch pairs per chunk: both operands' packed rows (M + K pairs each) within L2, at least 8.
 inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
-  const int64_t budget = 512 * 1024 / static_cast<int64_t>(sizeof(uint32_t));
+  const int64_t budget = 4096 * 1024 / static_cast<int64_t>(sizeof(uint32_t));
   return std::clamp<int64_t>(budget / std::max<int64_t>(row_pairs, 1), 8,
                              std::max<int64_t>(pairs, 1));
 }
@@ -258,7 +271,8 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
 // The weight-gradient pass over `pairs` batch pairs of a layer whose operand rows are L.rows()
 // (grad_out) and L.cols() (x) wide: chunk by chunk (L2-sized), every thread packs its share of
 // the chunk's pair rows with pack(p0, p1, first, dy_pairs, x_pairs) (rows [p0, p1) of the
-// chunk starting at pair `first`), then sums the chunk into its share of the kept blocks.
+// chunk starting at pair `first`, into PairPanels of bm and bk pairs), then sums the chunk
+// into its share of the kept blocks.
 template <typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
                           const BlockLayoutView& L, int threads, const Pack& pack) {
@@ -276,7 +290,7 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
         const int64_t count = std::min(pairs, c0 + chunk) - c0;
         int64_t p0, p1;
         even_share(count, t, nt, &p0, &p1);
-        pack(p0, p1, c0, dy_pairs, x_pairs);
+        pack(p0, p1, c0, PairPanels{dy_pairs, count, L.bm}, PairPanels{x_pairs, count, L.bk});
         detail::barrier();
         for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
           pair_outer_block<decltype(W)::value>(dy_pairs, x_pairs, count, c0 > 0, j, L, dw);
@@ -290,10 +304,12 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  int64_t n, const BlockLayoutView& L, int threads) {
   pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads,
-                       [&](int64_t p0, int64_t p1, int64_t first, uint32_t* dy_pairs,
-                           uint32_t* x_pairs) {
-                         pack_batch_pairs(dy, n, L.rows(), p0, p1, first, dy_pairs);
-                         pack_batch_pairs(x, n, L.cols(), p0, p1, first, x_pairs);
+                       [&](int64_t p0, int64_t p1, int64_t first, const PairPanels& dy_pairs,
+                           const PairPanels& x_pairs) {
+                         for (int64_t p = p0; p < p1; ++p) {
+                           pack_row_pair(dy, n, L.rows(), first + p, dy_pairs, p);
+                           pack_row_pair(x, n, L.cols(), first + p, x_pairs, p);
+                         }
                        });
 }
 
@@ -429,24 +445,23 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   });
 }
 
-// Pairs [p0, p1) of the chunk starting at pair `first`: patches[p][tap * C + c] = (x at the
-// input pixel tap reaches from output pixel 2p, the same from 2p + 1), zero in the padding
-// and past the last pixel.
-inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
-                             int64_t p0, int64_t p1, int64_t first, uint32_t* patches) {
-  const int64_t taps = g.kernel_h * g.kernel_w, C = g.channels;
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t o = 2 * (first + p);
-    const Pixel a = pixel_of(o, g.out_h, g.out_w);
-    const Pixel b = pixel_of(o + 1, g.out_h, g.out_w);
-    uint32_t* out = patches + p * taps * C;
-    for (int64_t tap = 0; tap < taps; ++tap, out += C) {
-      const int64_t ia = input_pixel(g, a, tap);
-      const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
-      const uint16_t* ra = ia < 0 ? nullptr : x + ia * C;
-      const uint16_t* rb = ib < 0 ? nullptr : x + ib * C;
-      for (int64_t c = 0; c < C; ++c)
-        out[c] = bf16::pair(ra ? ra[c] : uint16_t{0}, rb ? rb[c] : uint16_t{0});
+// Pair p of the chunk, output pixels 2 * pair and 2 * pair + 1: patches(p, tap * C + c) =
+// (x at the input pixel tap reaches from the first, the same from the second), zero in the
+// padding and past the last pixel.
+inline void pack_patch_pair(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
+                            int64_t pair, const bf16_linear::PairPanels& patches, int64_t p) {
+  const int64_t taps = g.kernel_h * g.kernel_w, C = g.channels, o = 2 * pair;
+  const Pixel a = pixel_of(o, g.out_h, g.out_w);
+  const Pixel b = pixel_of(o + 1, g.out_h, g.out_w);
+  for (int64_t tap = 0; tap < taps; ++tap) {
+    const int64_t ia = input_pixel(g, a, tap);
+    const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
+    const uint16_t* ra = ia < 0 ? nullptr : x + ia * C;
+    const uint16_t* rb = ib < 0 ? nullptr : x + ib * C;
+    for (int64_t c = 0; c < C; c += patches.side) {  // block columns never straddle taps
+      uint32_t* out = patches.at(p, tap * C + c);
+      for (int64_t i = 0; i < patches.side; ++i)
+        out[i] = bf16::pair(ra ? ra[c + i] : uint16_t{0}, rb ? rb[c + i] : uint16_t{0});
     }
   }
 }
@@ -456,9 +471,12 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   bf16_linear::pair_weight_gradient(
       grad_block_mask, dw, (pixels + 1) / 2, L, threads,
-      [&](int64_t p0, int64_t p1, int64_t first, uint32_t* dy_pairs, uint32_t* patch_pairs) {
-        bf16_linear::pack_batch_pairs(dy, pixels, L.rows(), p0, p1, first, dy_pairs);
-        pack_patch_pairs(x, g, pixels, p0, p1, first, patch_pairs);
+      [&](int64_t p0, int64_t p1, int64_t first, const bf16_linear::PairPanels& dy_pairs,
+          const bf16_linear::PairPanels& patch_pairs) {
+        for (int64_t p = p0; p < p1; ++p) {
+          bf16_linear::pack_row_pair(dy, pixels, L.rows(), first + p, dy_pairs, p);
+          pack_patch_pair(x, g, pixels, first + p, patch_pairs, p);
+        }
       });
 }
 

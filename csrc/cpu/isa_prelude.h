@@ -12,6 +12,7 @@
 #include <type_traits>
 #include <vector>
 
+#include "bf16_convert.h"
 #include "conv_pixels.h"
 #include "kernel_table.h"
 

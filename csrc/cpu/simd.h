@@ -8,7 +8,11 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
+#include <cstring>
 #include <utility>
+
+#include "bf16_convert.h"
 
 #ifndef SPARCL_ISA_NS
 #error "simd.h is compiled once per instruction set: include it through isa_kernels.h"
@@ -119,6 +123,42 @@ inline void transpose(Vec<W> (&rows)[W]) {
   shuffle_detail::transpose_levels<W, W / 2>(rows);
 }
 
+// W floats rounded to bf16 exactly as bf16::from_float rounds them (ties to even, NaNs kept
+// quiet), in integer lanes: the bf16 tiles' epilogue, which would otherwise cost as much as
+// a block's products with one scalar rounding per output.
+// Integer lanes (one specialisation per width: GCC drops a vector_size that depends on a
+// template parameter).
+template <int W>
+struct BitLanes;
+template <>
+struct BitLanes<4> {
+  typedef uint32_t words __attribute__((vector_size(16)));
+  typedef uint16_t halves __attribute__((vector_size(8)));
+};
+template <>
+struct BitLanes<8> {
+  typedef uint32_t words __attribute__((vector_size(32)));
+  typedef uint16_t halves __attribute__((vector_size(16)));
+};
+template <>
+struct BitLanes<16> {
+  typedef uint32_t words __attribute__((vector_size(64)));
+  typedef uint16_t halves __attribute__((vector_size(32)));
+};
+
+template <int W>
+inline void round_to_bf16(const float* in, uint16_t* out) {
+  using Words = typename BitLanes<W>::words;
+  using Halves = typename BitLanes<W>::halves;
+  Words word;
+  std::memcpy(&word, in, sizeof word);
+  const Words nan = reinterpret_cast<Words>((word & 0x7fffffffu) > 0x7f800000u);
+  const Words rounded = (word + 0x7fffu + ((word >> 16) & 1u)) >> 16;
+  const Words quiet = (word >> 16) | 0x40u;
+  const Halves half = __builtin_convertvector((quiet & nan) | (rounded & ~nan), Halves);
+  std::memcpy(out, &half, sizeof half);
+}
+
 #else  // portable lanes
 
 template <int W>
@@ -177,6 +217,11 @@ template <int W>
 inline void transpose(Vec<W> (&rows)[W]) {
   for (int i = 0; i < W; ++i)
     for (int j = i + 1; j < W; ++j) std::swap(rows[i].lane[j], rows[j].lane[i]);
+}
+
+template <int W>
+inline void round_to_bf16(const float* in, uint16_t* out) {
+  for (int i = 0; i < W; ++i) out[i] = bf16::from_float(in[i]);
 }
 
 #endif
