@@ -79,18 +79,28 @@ def swap_block_convs(model: nn.Module, sparsity: float, block: int) -> nn.Module
     return model
 
 
-def sgd_step(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
+def sgd_step(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: str
+) -> Callable[[], None]:
+    """One SGD step; ``precision`` "bf16" runs the forward under CPU bf16 autocast (the
+    masters, gradients and optimizer stay fp32, as users train)."""
     optimizer = torch.optim.SGD(model.parameters(), lr=0.03)
+    autocast = precision == "bf16"
 
     def step() -> None:
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
 
     return step
 
 
-def variants(sparsity: float, block: int, batch: int) -> dict[str, Callable[[], None]]:
+def variants(
+    sparsity: float, block: int, batch: int, precisions: list[str]
+) -> dict[tuple[str, str], Callable[[], None]]:
+    """(variant, precision) -> its SGD step; each precision gets its own copy of the models."""
     torch.manual_seed(0)
     dense = CifarResNet18()
     x = torch.randn(batch, 3, 32, 32)
@@ -99,30 +109,42 @@ def variants(sparsity: float, block: int, batch: int) -> dict[str, Callable[[], 
     cl = torch.channels_last
     by_hand = swap_block_convs(copy.deepcopy(dense), sparsity, block)
     sparsified = sk.sparsify(dense, sparsity, block, include=BLOCK_CONVS, inplace=False)
+    models = {
+        "dense NCHW": (dense, x),
+        "dense channels_last": (copy.deepcopy(dense).to(memory_format=cl), x_cl),
+        "sparse by hand (NCHW model)": (by_hand, x),
+        "sparsify": (sparsified, x),
+    }
     return {
-        "dense NCHW": sgd_step(dense, x, y),
-        "dense channels_last": sgd_step(copy.deepcopy(dense).to(memory_format=cl), x_cl, y),
-        "sparse by hand (NCHW model)": sgd_step(by_hand, x, y),
-        "sparsify": sgd_step(sparsified, x, y),
+        (name, precision): sgd_step(copy.deepcopy(model), inputs, y, precision)
+        for precision in precisions
+        for name, (model, inputs) in models.items()
     }
 
 
-def speed_table(configs: list[tuple[int, float]], batch: int, repeats: int) -> list[str]:
+def speed_table(
+    configs: list[tuple[int, float]], batch: int, repeats: int, precisions: list[str]
+) -> list[str]:
     lines = [
-        "| blocks | sparsity | dense NCHW ms | dense channels_last ms | sparse by hand ms "
-        "| sparsify ms | by hand vs best dense | sparsify vs best dense |",
-        "|---|---|---|---|---|---|---|---|",
+        "| blocks | sparsity | precision | dense NCHW ms | dense channels_last ms "
+        "| sparse by hand ms | sparsify ms | by hand vs best dense | sparsify vs best dense "
+        "| sparsify vs its fp32 step |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for block, sparsity in configs:
-        fns = variants(sparsity, block, batch)
-        t = {name: ms * 1e3 for name, ms in interleaved_medians(fns, repeats, warmup=2).items()}
-        best = min(t["dense NCHW"], t["dense channels_last"])
-        nchw, cl = t["sparse by hand (NCHW model)"], t["sparsify"]
-        lines.append(
-            f"| {block}x{block} | {sparsity:g} | {t['dense NCHW']:.0f} "
-            f"| {t['dense channels_last']:.0f} | {nchw:.0f} | {cl:.0f} "
-            f"| {best / nchw:.2f}x | {best / cl:.2f}x |"
-        )
+        fns = variants(sparsity, block, batch, precisions)
+        t = {key: ms * 1e3 for key, ms in interleaved_medians(fns, repeats, warmup=2).items()}
+        for precision in precisions:
+            nchw_dense, cl_dense = t["dense NCHW", precision], t["dense channels_last", precision]
+            best = min(nchw_dense, cl_dense)
+            nchw, cl = t["sparse by hand (NCHW model)", precision], t["sparsify", precision]
+            fp32 = t.get(("sparsify", "fp32"))
+            versus_fp32 = f"{fp32 / cl:.2f}x" if fp32 is not None else "-"
+            lines.append(
+                f"| {block}x{block} | {sparsity:g} | {precision} | {nchw_dense:.0f} "
+                f"| {cl_dense:.0f} | {nchw:.0f} | {cl:.0f} "
+                f"| {best / nchw:.2f}x | {best / cl:.2f}x | {versus_fp32} |"
+            )
     return lines
 
 
@@ -149,7 +171,7 @@ def profile_table(block: int, sparsity: float, batch: int, steps: int = 3) -> li
     per_call: dict[str, dict[str, float]] = {}
     faults: dict[str, float] = {}
     profiles = {}
-    for name, step in variants(sparsity, block, batch).items():
+    for (name, _), step in variants(sparsity, block, batch, ["fp32"]).items():
         step()
         before = minor_page_faults()
         for _ in range(steps):
@@ -192,6 +214,13 @@ def main() -> None:
     )
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        choices=("fp32", "bf16"),
+        default=["fp32"],
+        help="bf16: the steps under CPU bf16 autocast, timed interleaved with the fp32 ones",
+    )
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--markdown", help="also write the tables to this file")
     args = parser.parse_args()
@@ -200,8 +229,8 @@ def main() -> None:
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
         f" · cpu isa {cpu.get('isa')} · batch {args.batch} · medians of {args.repeats} "
-        "interleaved SGD steps · fp32\n",
-        *speed_table(configs, args.batch, args.repeats),
+        f"interleaved SGD steps · bf16 kernels: {cpu.get('bf16_kernels') or 'none'}\n",
+        *speed_table(configs, args.batch, args.repeats, args.precisions),
     ]
     if args.profile:
         lines += profile_table(*configs[0], args.batch)

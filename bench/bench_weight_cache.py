@@ -54,7 +54,9 @@ def main() -> None:
     x, y = torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,))
     for block in (32, 16, 8):
         model = swap_block_convs(CifarResNet18(), 0.9, block).to(memory_format=torch.channels_last)
-        cases[f"ResNet-18 SGD step (16 block convs {block}x{block}, 0.9)"] = sgd_step(model, x, y)
+        cases[f"ResNet-18 SGD step (16 block convs {block}x{block}, 0.9)"] = sgd_step(
+            model, x, y, "fp32"
+        )
     fns = {}
     for name, fn in cases.items():
         fns[f"{name}|cached"] = fn
