@@ -19,7 +19,7 @@
 //   input grad   kTile batch rows x inputs: grad_out pairs along M broadcast, blocks packed
 //                [bm / 2][bk];
 //   weight grad  kTile block rows x block columns, summed over batch pairs: grad_out and x are
-//                packed in pairs over the batch chunk by chunk (L2-sized), panel by panel
+//                packed in pairs over the batch chunk by chunk (pair_chunk), panel by panel
 //                ([M / bm][pairs][bm], [K / bk][pairs][bk]: PairPanels), a zero row padding
 //                an odd batch.
 // Work is split as in the fp32 kernels (partition.h).
@@ -239,13 +239,13 @@ void pair_outer_tile(const uint32_t* dy, int64_t lddy, const uint32_t* x, int64_
   }
 }
 
-// Block j's gradient from `count` packed batch pairs (panels of bm and bk pairs).
+// Block j's gradient from the chunk's packed batch pairs (panels of bm and bk pairs).
 template <int W>
-void pair_outer_block(const uint32_t* dy_pairs, const uint32_t* x_pairs, int64_t count,
-                      bool accumulate, int64_t j, const BlockLayoutView& L, float* dw) {
-  const int64_t bm = L.bm, bk = L.bk;
-  const uint32_t* dy = dy_pairs + static_cast<int64_t>(L.row_indices[j]) * count * bm;
-  const uint32_t* x = x_pairs + static_cast<int64_t>(L.col_indices[j]) * count * bk;
+void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, bool accumulate,
+                      int64_t j, const BlockLayoutView& L, float* dw) {
+  const int64_t bm = L.bm, bk = L.bk, count = dy_pairs.count;
+  const uint32_t* dy = dy_pairs.at(0, static_cast<int64_t>(L.row_indices[j]) * bm);
+  const uint32_t* x = x_pairs.at(0, static_cast<int64_t>(L.col_indices[j]) * bk);
   float* out = dw + j * bm * bk;
   for (int64_t m = 0; m < bm; m += kTile) {
     const int tm = static_cast<int>(std::min<int64_t>(kTile, bm - m));
@@ -261,7 +261,9 @@ void pair_outer_block(const uint32_t* dy_pairs, const uint32_t* x_pairs, int64_t
   }
 }
 
-// Batch pairs per chunk: both operands' packed rows (M + K pairs each) within L2, at least 8.
+// Batch pairs per chunk: both operands' packed rows (M + K pairs each) within 4 MiB, at least
+// 8. A tile streams its blocks' panels in order, so the chunk need not fit in L2: larger
+// chunks mean fewer barriers and longer inner loops.
 inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
   const int64_t budget = 4096 * 1024 / static_cast<int64_t>(sizeof(uint32_t));
   return std::clamp<int64_t>(budget / std::max<int64_t>(row_pairs, 1), 8,
@@ -269,7 +271,7 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
 }
 
 // The weight-gradient pass over `pairs` batch pairs of a layer whose operand rows are L.rows()
-// (grad_out) and L.cols() (x) wide: chunk by chunk (L2-sized), every thread packs its share of
+// (grad_out) and L.cols() (x) wide: chunk by chunk (pair_chunk), every thread packs its share of
 // the chunk's pair rows with pack(p0, p1, first, dy_pairs, x_pairs) (rows [p0, p1) of the
 // chunk starting at pair `first`, into PairPanels of bm and bk pairs), then sums the chunk
 // into its share of the kept blocks.
@@ -290,10 +292,11 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
         const int64_t count = std::min(pairs, c0 + chunk) - c0;
         int64_t p0, p1;
         even_share(count, t, nt, &p0, &p1);
-        pack(p0, p1, c0, PairPanels{dy_pairs, count, L.bm}, PairPanels{x_pairs, count, L.bk});
+        const PairPanels dy_panels{dy_pairs, count, L.bm}, x_panels{x_pairs, count, L.bk};
+        pack(p0, p1, c0, dy_panels, x_panels);
         detail::barrier();
         for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
-          pair_outer_block<decltype(W)::value>(dy_pairs, x_pairs, count, c0 > 0, j, L, dw);
+          pair_outer_block<decltype(W)::value>(dy_panels, x_panels, c0 > 0, j, L, dw);
         });
         detail::barrier();  // the next chunk overwrites the packed rows
       }
