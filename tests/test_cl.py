@@ -436,7 +436,9 @@ def test_sparcl_methods_run_end_to_end(tmp_path, fmnist_dir, model):
     assert speed["step_seconds"] > 0 and speed["dense_step_seconds"] > 0
     assert speed["flop_reduction"] > 1.5
     ratio = speed["measured_speedup"] / speed["flop_reduction"]
-    assert speed["realization_ratio"] == pytest.approx(ratio, rel=1e-3)
+    # results.json rounds both figures to 4 decimals: on a busy machine the ratio can be
+    # ~0.015, where that rounding alone exceeds a relative 1e-3.
+    assert speed["realization_ratio"] == pytest.approx(ratio, rel=1e-3, abs=1e-4)
 
 
 def test_all_taps_run_records_the_policy_per_layer(tmp_path, fmnist_dir):
