@@ -52,14 +52,14 @@ struct PairRows {
 };
 
 // One register tile of the forward and input gradient:
-//   out row i [o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
+//   out[i][o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
 //       pair_i(j, p) . b_j[p, o0 + W q ...])
 // with j = ids[s] (or s), pair_i(j, p) the p-th pair of row i's operand for block j and b_j
 // the block's packed pairs [P2 x O].
 template <int W, int TN, int KV, typename Rows>
 void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
-               uint16_t* out, int64_t ldo) {
+               uint16_t* const* out) {
   using D = pairdot::Dot<W>;
   typename D::Acc acc[TN][KV];
   SPARCL_UNROLL
@@ -92,26 +92,29 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
     for (int q = 0; q < KV; ++q) {
       float lanes[W];
       D::store(lanes, acc[i][q]);
-      simd::round_to_bf16<W>(lanes, out + i * ldo + o0 + W * q);
+      simd::round_to_bf16<W>(lanes, out[i] + o0 + W * q);
     }
   }
 }
 
-// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile;
-// tile_rows(n) gives the rows functor of the tile starting at row n.
-template <int W, typename TileRows>
-void pair_slab(int64_t count, const TileRows& make_rows, const uint32_t* b, int64_t P2,
-               int64_t O, const int32_t* ids, int32_t sb, int32_t se, const float* init,
-               uint16_t* out, int64_t ldo) {
+// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile:
+// make_rows(n, tn) gives the rows functor of the tile of rows n ... n + tn - 1, and
+// out_row(r) the output of row r (at the group's first column).
+template <int W, typename TileRows, typename OutRow>
+void pair_slab(int64_t count, const TileRows& make_rows, const OutRow& out_row,
+               const uint32_t* b, int64_t P2, int64_t O, const int32_t* ids, int32_t sb,
+               int32_t se, const float* init) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
     const auto tile_rows = make_rows(n, tn);
+    uint16_t* out[kTile];
+    for (int i = 0; i < tn; ++i) out[i] = out_row(n + i);
     for (int64_t o = 0; o < O; o += kMaxVectors * W) {
       const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
       detail::with_constant<kTile>(tn, [&](auto TN) {
         detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
-          pair_tile<W, decltype(TN)::value, decltype(KV)::value>(
-              tile_rows, b, P2, O, ids, sb, se, o, init, out + n * ldo, ldo);
+          pair_tile<W, decltype(TN)::value, decltype(KV)::value>(tile_rows, b, P2, O, ids, sb,
+                                                                  se, o, init, out);
         });
       });
     }
@@ -121,6 +124,11 @@ void pair_slab(int64_t count, const TileRows& make_rows, const uint32_t* b, int6
 // The tile factory of a dense row-major operand: tile n's row i is row n + i of `a`.
 inline auto dense_rows(const uint16_t* a, int64_t lda, const int32_t* group, int64_t side) {
   return [=](int64_t n, int) { return PairRows{a + n * lda, lda, group, side}; };
+}
+
+// Output rows of a dense row-major output: row r at out + r * ldo.
+inline auto dense_out(uint16_t* out, int64_t ldo) {
+  return [=](int64_t r) { return out + r * ldo; };
 }
 
 // Widest vector of this pair dot product that divides `side` (block sides are multiples of 4).
@@ -152,9 +160,9 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
         pair_slab<decltype(W)::value>(n1 - n0, dense_rows(x + n0 * K, K, L.col_indices, L.bk),
-                                      packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r],
-                                      L.row_offsets[r + 1], bias ? bias + r * L.bm : nullptr,
-                                      y + n0 * M + r * L.bm, M);
+                                      dense_out(y + n0 * M + r * L.bm, M), packed, L.bk / 2,
+                                      L.bm, nullptr, L.row_offsets[r], L.row_offsets[r + 1],
+                                      bias ? bias + r * L.bm : nullptr);
       });
     });
   });
@@ -169,9 +177,9 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
         pair_slab<decltype(W)::value>(n1 - n0, dense_rows(dy + n0 * M, M, L.row_indices, L.bm),
-                                      packed, L.bm / 2, L.bk, L.transpose_block_ids,
-                                      L.transpose_offsets[c], L.transpose_offsets[c + 1],
-                                      nullptr, dx + n0 * K + c * L.bk, K);
+                                      dense_out(dx + n0 * K + c * L.bk, K), packed, L.bm / 2,
+                                      L.bk, L.transpose_block_ids, L.transpose_offsets[c],
+                                      L.transpose_offsets[c + 1], nullptr);
       });
     });
   });
@@ -322,65 +330,57 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 //
 // The implicit GEMM of conv_kernels.h with the linear pair tiles: the forward's tile rows are
 // output pixels, each block's pairs read from the input pixel its tap reaches (a zero row in
-// the padding); the input gradient's rows are input pixels, each block's pairs read from the
-// output pixel that reaches it through the block's tap (a zero row where none does: with
-// strides above 1 most taps of a pixel reach none, and their products with zeros are done
-// anyway, unlike the fp32 kernels' stride phases); the weight gradient packs the patch rows
-// of output-pixel pairs ([pairs][taps * C], every tap's input pixels) and runs the linear
-// tile over them.
+// the padding); the input gradient's rows are the input pixels of one stride phase
+// (conv_pixels::GradInputPlan), each block's pairs read from the output pixel that reaches
+// it through the block's tap (a zero row at the borders), so a strided convolution spends no
+// products on taps that reach no output pixel; the weight gradient packs the patch rows of
+// output-pixel pairs ([pairs][taps * C], every tap's input pixels) and runs the linear tile
+// over them.
 namespace bf16_conv {
 
+using bf16_linear::dense_out;
 using bf16_linear::pair_slab;
 using bf16_linear::with_pair_width;
 using bf16_linear::width_for;
 using detail::kTile;
 using detail::run_parallel;
 
+using conv_pixels::GradInputPlan;
 using conv_pixels::input_pixel;
-using conv_pixels::output_pixel;
+using conv_pixels::phase_extent;
 using conv_pixels::Pixel;
 using conv_pixels::pixel_of;
 
-// Tile rows of the forward (input pixels of output pixels) or of the input gradient (output
-// pixels of input pixels): row i of block j is `a` at the pixel tap(j) maps pixel i to, at
-// channel offset within(j), or `zeros`.
-struct GatheredPairRows {
-  const uint16_t* a;
+// Forward tile rows: row i of block j is x at the input pixel tap(j) maps output pixel i to,
+// at the block's first input channel, or `zeros` in the padding.
+struct ForwardPairRows {
+  const uint16_t* x;
   const uint16_t* zeros;
   const ConvGeometry* g;
-  int64_t channels;          // of `a`'s pixels
-  const int32_t* tap;        // per block
-  const int32_t* within;     // per block: channel offset in `a`'s pixel
-  bool to_output;            // input gradient: map input pixels to output pixels
+  const int32_t* tap;      // per block
+  const int32_t* channel;  // per block: first input channel
   Pixel pixel[kTile];
   const uint16_t* operator()(int64_t j, int i) const {
-    const int64_t target = to_output ? output_pixel(*g, pixel[i], tap[j])
-                                     : input_pixel(*g, pixel[i], tap[j]);
-    return target < 0 ? zeros : a + target * channels + within[j];
+    const int64_t target = input_pixel(*g, pixel[i], tap[j]);
+    return target < 0 ? zeros : x + target * g->channels + channel[j];
   }
 };
 
-// Per block: its tap and the channel offsets it reads, for the forward (x channels, from the
-// block column) and the input gradient (grad_out channels, from the block row); in the
-// calling thread's index workspace, with room for `extra` more entries after them.
-struct BlockTaps {
-  int32_t* tap;
-  int32_t* x_channel;
-  int32_t* dy_channel;
-  int32_t* extra;
-};
-
-inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int64_t extra) {
-  int32_t* buffer = detail::index_workspace(3 * L.nnz + extra, 0);
-  const BlockTaps t{buffer, buffer + L.nnz, buffer + 2 * L.nnz, buffer + 3 * L.nnz};
-  for (int64_t j = 0; j < L.nnz; ++j) {
-    const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
-    t.tap[j] = static_cast<int32_t>(column / g.channels);
-    t.x_channel[j] = static_cast<int32_t>(column % g.channels);
-    t.dy_channel[j] = static_cast<int32_t>(static_cast<int64_t>(L.row_indices[j]) * L.bm);
+// Input-gradient tile rows: row i (image, phase row a, phase column b) of block j is
+// grad_out at the output pixel the block's shift maps it to, at the block's first output
+// channel, or `zeros` at the borders.
+struct PhasePairRows {
+  const uint16_t* zeros;
+  const ConvGeometry* g;
+  const GradInputPlan* plan;
+  const uint16_t* base[kTile];  // grad_out at (image, a, b)
+  int64_t a[kTile], b[kTile];
+  const uint16_t* operator()(int64_t j, int i) const {
+    const int64_t oh = a[i] + plan->shift_h[j], ow = b[i] + plan->shift_w[j];
+    const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
+    return inside ? base[i] + plan->offset[j] : zeros;
   }
-  return t;
-}
+};
 
 inline const uint16_t* zero_row(int64_t elems) {
   return reinterpret_cast<const uint16_t*>(detail::thread_workspace(elems / 2 + 1, detail::kZerosSlot));
@@ -390,7 +390,14 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
              const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
   if (pixels == 0 || L.block_rows == 0) return;
-  const BlockTaps taps = block_taps(L, g, 0);
+  // Per block: its tap and first input channel.
+  int32_t* tap = detail::index_workspace(2 * L.nnz, 0);
+  int32_t* channel = tap + L.nnz;
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
+    tap[j] = static_cast<int32_t>(column / g.channels);
+    channel[j] = static_cast<int32_t>(column % g.channels);
+  }
   const uint16_t* zeros = zero_row(g.channels);
   const int64_t rows = 8 * kTile;
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, pixels, rows, L.bm * L.bk);
@@ -398,14 +405,13 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, pixels, rows, t, nt, [&](int64_t r, int64_t p0, int64_t p1) {
         const auto tile_rows = [&](int64_t n, int tn) {
-          GatheredPairRows tile{x, zeros, &g, g.channels, taps.tap, taps.x_channel, false, {}};
+          ForwardPairRows tile{x, zeros, &g, tap, channel, {}};
           for (int i = 0; i < tn; ++i) tile.pixel[i] = pixel_of(p0 + n + i, g.out_h, g.out_w);
           return tile;
         };
-        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, packed, L.bk / 2, L.bm, nullptr,
-                                      L.row_offsets[r], L.row_offsets[r + 1],
-                                      bias ? bias + r * L.bm : nullptr, y + p0 * cout + r * L.bm,
-                                      cout);
+        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, dense_out(y + p0 * cout + r * L.bm, cout),
+                                      packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r],
+                                      L.row_offsets[r + 1], bias ? bias + r * L.bm : nullptr);
       });
     });
   });
@@ -413,38 +419,47 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
 
 void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
                 const BlockLayoutView& L, const ConvGeometry& g, int threads) {
-  const int64_t pixels = g.batch * g.in_h * g.in_w, groups = g.channels / L.bk;
-  if (pixels == 0 || groups == 0) return;
-  // Blocks by the input-channel group they write (every tap's block columns of that group).
-  const BlockTaps taps = block_taps(L, g, groups + 1 + L.nnz);
-  int32_t* offsets = taps.extra;
-  int32_t* ids = taps.extra + groups + 1;
-  offsets[0] = 0;
-  int32_t count = 0;
-  for (int64_t cg = 0; cg < groups; ++cg) {
-    for (int64_t tap = 0; tap < g.kernel_h * g.kernel_w; ++tap) {
-      const int64_t column = tap * groups + cg;
-      for (int32_t s = L.transpose_offsets[column]; s < L.transpose_offsets[column + 1]; ++s)
-        ids[count++] = L.transpose_block_ids[s];
-    }
-    offsets[cg + 1] = count;
-  }
-  const uint16_t* zeros = zero_row(L.rows());
+  const int64_t channel_blocks = g.channels / L.bk, cout = L.rows();
+  if (g.batch * g.in_h * g.in_w == 0 || channel_blocks == 0) return;
+  const GradInputPlan plan =
+      conv_pixels::plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g), 0));
+  const uint16_t* zeros = zero_row(cout);
   const int64_t rows = 8 * kTile;
-  const ItemGrid grid = item_grid(offsets, groups, pixels, rows, L.bm * L.bk);
   with_pair_width(width_for(L.bk), [&](auto W) {
-    run_parallel(threads, [&](int t, int nt) {
-      for_each_item(grid, pixels, rows, t, nt, [&](int64_t cg, int64_t p0, int64_t p1) {
-        const auto tile_rows = [&](int64_t n, int tn) {
-          GatheredPairRows tile{dy, zeros, &g, L.rows(), taps.tap, taps.dy_channel, true, {}};
-          for (int i = 0; i < tn; ++i) tile.pixel[i] = pixel_of(p0 + n + i, g.in_h, g.in_w);
-          return tile;
-        };
-        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, packed, L.bm / 2, L.bk, ids,
-                                      offsets[cg], offsets[cg + 1], nullptr,
-                                      dx + p0 * g.channels + cg * L.bk, g.channels);
+    // Phases write disjoint input pixels; each is split over the threads by stored blocks.
+    for (int64_t phase = 0; phase < plan.phases; ++phase) {
+      const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+      const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
+      const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
+      const int64_t pixels = g.batch * height * width;
+      if (pixels == 0) continue;
+      const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
+      const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
+      // Phase pixel e of the phase grid [batch, height, width], as an input pixel.
+      const auto input_of = [&](int64_t e) {
+        const Pixel q = pixel_of(e, height, width);
+        return (q.image * g.in_h + ph + q.row * g.stride_h) * g.in_w + pw + q.col * g.stride_w;
+      };
+      run_parallel(threads, [&](int t, int nt) {
+        for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
+          const auto tile_rows = [&](int64_t n, int tn) {
+            PhasePairRows tile{zeros, &g, &plan, {}, {}, {}};
+            for (int i = 0; i < tn; ++i) {
+              const Pixel q = pixel_of(p0 + n + i, height, width);
+              tile.a[i] = q.row, tile.b[i] = q.col;
+              tile.base[i] = dy + ((q.image * g.out_h + q.row) * g.out_w + q.col) * cout;
+            }
+            return tile;
+          };
+          const auto out_row = [&](int64_t n) {
+            return dx + input_of(p0 + n) * g.channels + cb * L.bk;
+          };
+          pair_slab<decltype(W)::value>(p1 - p0, tile_rows, out_row, packed, L.bm / 2, L.bk,
+                                        plan.group_blocks, offsets[cb], offsets[cb + 1],
+                                        nullptr);
+        });
       });
-    });
+    }
   });
 }
 

@@ -28,6 +28,9 @@ using conv_pixels::input_pixel;
 using conv_pixels::output_pixel;
 using conv_pixels::Pixel;
 using conv_pixels::pixel_of;
+using conv_pixels::GradInputPlan;
+using conv_pixels::phase_extent;
+using conv_pixels::plan_grad_input;
 
 // Consecutive pixels from `index` on, without the three integer divisions of pixel_of per
 // pixel: at a few blocks per tile those cost as much as the tile's multiply-adds.
@@ -126,71 +129,6 @@ struct ForwardRows {
            col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
   }
 };
-
-// ------------------------------------------------------------------ input-gradient plan
-//
-// Kernel tap (r, c) sends gradient only to input rows congruent to r * dilation_h - pad_h
-// modulo stride_h (columns likewise). The input-gradient pass therefore walks the input
-// pixels phase by phase, a phase being (row mod stride_h, column mod stride_w): every block
-// belongs to exactly one phase, in which it reaches an output pixel from every input pixel
-// except at the borders, so no multiply-add is spent on the (pixel, tap) pairs of a strided
-// convolution that have no output pixel (3 in 4 at stride 2). Within a (channel block,
-// phase) group, the blocks of all taps stream through one register tile, which is stored once.
-
-inline int64_t positive_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
-
-// Input rows (or columns) of phase `first` among `size` with stride `stride`.
-inline int64_t phase_extent(int64_t size, int64_t first, int64_t stride) {
-  return first < size ? (size - first + stride - 1) / stride : 0;
-}
-
-struct GradInputPlan {
-  int64_t phases;                // stride_h * stride_w
-  const int32_t* group_offsets;  // [channel_blocks * phases + 1], group = cb * phases + phase
-  const int32_t* group_blocks;   // [nnz] block ids by group, in tap order
-  const int32_t* shift_h;        // [nnz] output row = phase row index + shift_h[block]
-  const int32_t* shift_w;        // [nnz] output column likewise
-  const int64_t* offset;         // [nnz] grad_out offset of that pixel and block row
-  int64_t min_h, max_h, min_w, max_w;  // extreme shifts over all blocks
-};
-
-inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometry& g) {
-  const int64_t channel_blocks = g.channels / L.bk, phases = g.stride_h * g.stride_w;
-  const int64_t groups = channel_blocks * phases;
-  const int64_t ints = (groups + 1 + 4 * L.nnz + 1) & ~int64_t{1};  // then 8-byte aligned
-  int32_t* offsets = detail::index_workspace(ints + 2 * L.nnz);
-  int32_t* blocks = offsets + groups + 1;
-  int32_t* shift_h = blocks + L.nnz;
-  int32_t* shift_w = shift_h + L.nnz;
-  int32_t* group_of = shift_w + L.nnz;
-  int64_t* offset = reinterpret_cast<int64_t*>(offsets + ints);
-  std::fill_n(offsets, groups + 1, 0);
-  int64_t min_h = 0, max_h = 0, min_w = 0, max_w = 0;
-  for (int64_t j = 0; j < L.nnz; ++j) {
-    const int64_t col = L.col_indices[j], tap = tap_of_column(L, g, col);
-    const int64_t r_off = (tap / g.kernel_w) * g.dilation_h - g.pad_h;
-    const int64_t c_off = (tap % g.kernel_w) * g.dilation_w - g.pad_w;
-    const int64_t ph = positive_mod(r_off, g.stride_h), pw = positive_mod(c_off, g.stride_w);
-    shift_h[j] = static_cast<int32_t>((ph - r_off) / g.stride_h);  // exact division
-    shift_w[j] = static_cast<int32_t>((pw - c_off) / g.stride_w);
-    group_of[j] = static_cast<int32_t>((col % channel_blocks) * phases + ph * g.stride_w + pw);
-    offset[j] = (shift_h[j] * g.out_w + shift_w[j]) * L.rows() +
-                static_cast<int64_t>(L.row_indices[j]) * L.bm;
-    min_h = j ? std::min<int64_t>(min_h, shift_h[j]) : shift_h[j];
-    max_h = j ? std::max<int64_t>(max_h, shift_h[j]) : shift_h[j];
-    min_w = j ? std::min<int64_t>(min_w, shift_w[j]) : shift_w[j];
-    max_w = j ? std::max<int64_t>(max_w, shift_w[j]) : shift_w[j];
-    ++offsets[group_of[j] + 1];
-  }
-  for (int64_t k = 0; k < groups; ++k) offsets[k + 1] += offsets[k];
-  // Fill in transpose (tap-major) order so each group lists its taps in order.
-  std::vector<int32_t> cursor(offsets, offsets + groups);
-  for (int64_t s = 0; s < L.nnz; ++s) {
-    const int32_t j = L.transpose_block_ids[s];
-    blocks[cursor[group_of[j]]++] = j;
-  }
-  return {phases, offsets, blocks, shift_h, shift_w, offset, min_h, max_h, min_w, max_w};
-}
 
 // Input-gradient tile rows: input pixel i (image n_i, phase row a_i, phase column b_i) reads
 // grad_out at the output pixel that block j's tap maps it to, or a zero row at the borders.
@@ -448,7 +386,8 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
                      const ConvGeometry& g, int threads) {
   const int64_t channel_blocks = g.channels / L.bk;
   const float* zeros = detail::thread_workspace(L.rows(), detail::kZerosSlot);
-  const GradInputPlan plan = plan_grad_input(L, g);
+  const GradInputPlan plan =
+      plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g)));
   run_parallel(threads, [&](int, int) {
     for (int64_t phase = 0; phase < plan.phases; ++phase) {
       const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
@@ -462,7 +401,7 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
       for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
         const int64_t cb = item % channel_blocks, e0 = (item / channel_blocks) * kPixelChunk;
         const int64_t count = std::min(kPixelChunk, pixels - e0);
-        const int64_t group = cb * plan.phases + phase;
+        const int64_t group = phase * channel_blocks + cb;
         const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
         GradInputRows rows{dy, zeros, &L, &g, &plan, true, {}, {}, {}, {}};
         detail::ListedOut<kTile> out{};

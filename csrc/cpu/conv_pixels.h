@@ -3,7 +3,9 @@
 // isa_prelude.h), so one baseline copy of these inline functions serves every copy.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "block_sparse_conv.h"
 
@@ -34,6 +36,85 @@ inline int64_t output_pixel(const ConvGeometry& g, const Pixel& q, int64_t tap) 
   const int64_t oh = oh_scaled / g.stride_h, ow = ow_scaled / g.stride_w;
   if (oh >= g.out_h || ow >= g.out_w) return -1;
   return (q.image * g.out_h + oh) * g.out_w + ow;
+}
+
+// ------------------------------------------------------------------ input-gradient phases
+//
+// Kernel tap (r, c) sends gradient only to input rows congruent to r * dilation_h - pad_h
+// modulo stride_h (columns likewise). The input-gradient passes therefore walk the input
+// pixels phase by phase, a phase being (row mod stride_h, column mod stride_w): every block
+// belongs to exactly one phase, in which it reaches an output pixel from every input pixel
+// except at the borders, so no multiply-add is spent on the (pixel, tap) pairs of a strided
+// convolution that have no output pixel (3 in 4 at stride 2). Within a (phase, channel
+// block) group, the blocks of all taps stream through one register tile, stored once.
+
+inline int64_t positive_mod(int64_t a, int64_t m) { return ((a % m) + m) % m; }
+
+// Input rows (or columns) of phase `first` among `size` with stride `stride`.
+inline int64_t phase_extent(int64_t size, int64_t first, int64_t stride) {
+  return first < size ? (size - first + stride - 1) / stride : 0;
+}
+
+struct GradInputPlan {
+  int64_t phases;                // stride_h * stride_w
+  // [phases * channel_blocks + 1], group = phase * channel_blocks + channel block: one
+  // phase's groups are contiguous, so a phase's work can be split like a linear pass's.
+  const int32_t* group_offsets;
+  const int32_t* group_blocks;   // [nnz] block ids by group, in tap order
+  const int32_t* shift_h;        // [nnz] output row = phase row index + shift_h[block]
+  const int32_t* shift_w;        // [nnz] output column likewise
+  const int64_t* offset;         // [nnz] grad_out offset (elements) of that pixel and block row
+  int64_t min_h, max_h, min_w, max_w;  // extreme shifts over all blocks
+};
+
+// int32 entries of a plan's storage before its 8-byte grad_out offsets, and in all.
+inline int64_t plan_index_ints(const BlockLayoutView& L, const ConvGeometry& g) {
+  const int64_t groups = g.channels / L.bk * g.stride_h * g.stride_w;
+  return (groups + 1 + 4 * L.nnz + 1) & ~int64_t{1};
+}
+
+inline int64_t plan_ints(const BlockLayoutView& L, const ConvGeometry& g) {
+  return plan_index_ints(L, g) + 2 * L.nnz;
+}
+
+// The plan in `storage` (plan_ints(L, g) entries, 8-byte aligned).
+inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometry& g,
+                                     int32_t* storage) {
+  const int64_t channel_blocks = g.channels / L.bk, phases = g.stride_h * g.stride_w;
+  const int64_t groups = channel_blocks * phases;
+  int32_t* offsets = storage;
+  int32_t* blocks = offsets + groups + 1;
+  int32_t* shift_h = blocks + L.nnz;
+  int32_t* shift_w = shift_h + L.nnz;
+  int32_t* group_of = shift_w + L.nnz;
+  int64_t* offset = reinterpret_cast<int64_t*>(offsets + plan_index_ints(L, g));
+  std::fill_n(offsets, groups + 1, 0);
+  int64_t min_h = 0, max_h = 0, min_w = 0, max_w = 0;
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t col = L.col_indices[j], tap = col * L.bk / g.channels;
+    const int64_t r_off = (tap / g.kernel_w) * g.dilation_h - g.pad_h;
+    const int64_t c_off = (tap % g.kernel_w) * g.dilation_w - g.pad_w;
+    const int64_t ph = positive_mod(r_off, g.stride_h), pw = positive_mod(c_off, g.stride_w);
+    shift_h[j] = static_cast<int32_t>((ph - r_off) / g.stride_h);  // exact division
+    shift_w[j] = static_cast<int32_t>((pw - c_off) / g.stride_w);
+    group_of[j] =
+        static_cast<int32_t>((ph * g.stride_w + pw) * channel_blocks + col % channel_blocks);
+    offset[j] = (shift_h[j] * g.out_w + shift_w[j]) * L.rows() +
+                static_cast<int64_t>(L.row_indices[j]) * L.bm;
+    min_h = j ? std::min<int64_t>(min_h, shift_h[j]) : shift_h[j];
+    max_h = j ? std::max<int64_t>(max_h, shift_h[j]) : shift_h[j];
+    min_w = j ? std::min<int64_t>(min_w, shift_w[j]) : shift_w[j];
+    max_w = j ? std::max<int64_t>(max_w, shift_w[j]) : shift_w[j];
+    ++offsets[group_of[j] + 1];
+  }
+  for (int64_t k = 0; k < groups; ++k) offsets[k + 1] += offsets[k];
+  // Fill in transpose (tap-major) order so each group lists its taps in order.
+  std::vector<int32_t> cursor(offsets, offsets + groups);
+  for (int64_t s = 0; s < L.nnz; ++s) {
+    const int32_t j = L.transpose_block_ids[s];
+    blocks[cursor[group_of[j]]++] = j;
+  }
+  return {phases, offsets, blocks, shift_h, shift_w, offset, min_h, max_h, min_w, max_w};
 }
 
 }  // namespace sparcl::conv_pixels

@@ -272,7 +272,9 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
   };
   const ConvCase convs[] = {{16, 16, 3, 3, 1, 1, 1, 6, 5, 2}, {16, 32, 3, 3, 2, 1, 1, 7, 9, 3},
                             {32, 16, 1, 1, 1, 0, 1, 5, 5, 1}, {16, 16, 3, 1, 2, 2, 2, 7, 6, 2},
-                            {8, 16, 5, 3, 3, 2, 1, 11, 4, 1}, {16, 16, 3, 3, 1, 1, 1, 16, 14, 2}};
+                            {8, 16, 5, 3, 3, 2, 1, 11, 4, 1}, {16, 16, 3, 3, 1, 1, 1, 16, 14, 2},
+                            // one input row: stride phase row 1 has no pixels
+                            {16, 16, 3, 3, 2, 1, 1, 1, 5, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
@@ -454,7 +456,9 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                             {16, 16, 3, 3, 2, 0, 1, 8, 7, 1}, {16, 16, 3, 3, 1, 1, 1, 16, 14, 2},
                             // stride 1 (padded panels): dilated, uneven kernel, no padding
                             {16, 16, 3, 1, 1, 2, 2, 7, 6, 2}, {16, 32, 3, 3, 1, 0, 1, 9, 18, 2},
-                            {32, 16, 5, 3, 1, 2, 1, 4, 3, 3}};
+                            {32, 16, 5, 3, 1, 2, 1, 4, 3, 3},
+                            // one input row: stride phase row 1 has no pixels
+                            {16, 16, 3, 3, 2, 1, 1, 1, 5, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}, {8, 16}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
