@@ -4,7 +4,7 @@
 // commits (build the file against each commit's csrc/cpu and run them alternately).
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/conv_passes.cpp \
-//       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE]
+//       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 //
 // With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels (a ResNet stage's
 // first conv).
@@ -19,6 +19,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <algorithm>
+#include <cmath>
 #include <random>
 using namespace sparcl::avx512;
 using sparcl::BlockLayoutView;
@@ -44,14 +46,21 @@ int main(int argc, char** argv) {
   const int threads = argc > 5 ? atoi(argv[5]) : 1;
   const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
   const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
+  // Exactly round(density x positions) stored blocks (at least one), as from_dense keeps.
+  const double density = argc > 7 ? atof(argv[7]) : 0.1;
   std::mt19937 rng(0);
-  std::bernoulli_distribution keep(0.1);
   const int64_t br = C / b, bc = 9 * cin / b;
+  std::vector<char> kept(br * bc, 0);
+  std::vector<int64_t> order(br * bc);
+  for (int64_t i = 0; i < br * bc; ++i) order[i] = i;
+  std::shuffle(order.begin(), order.end(), rng);
+  const int64_t want = std::max<int64_t>(1, std::llround(density * br * bc));
+  for (int64_t i = 0; i < want; ++i) kept[order[i]] = 1;
   std::vector<int32_t> ro(br + 1), ci, ri;
   ro[0] = 0;
   for (int64_t r = 0; r < br; ++r) {
     for (int64_t c = 0; c < bc; ++c)
-      if (keep(rng)) ci.push_back(c), ri.push_back(r);
+      if (kept[r * bc + c]) ci.push_back(c), ri.push_back(r);
     ro[r + 1] = ci.size();
   }
   const int64_t nnz = ci.size();

@@ -40,11 +40,13 @@ int main(int argc, char** argv) {
   Execution ex{threads, 16};
   double f = best_ms([&] { linear::forward<float>(x.data(), v.data(), vt.data(), nullptr, y.data(), n, L, ex); });
   double g = best_ms([&] { linear::grad_input<float>(y.data(), v.data(), dx.data(), n, L, ex); });
+  std::vector<float> dw(v.size());
+  double w = best_ms([&] { linear::grad_weight<float>(y.data(), x.data(), nullptr, dw.data(), n, L, ex); });
   detail::PanelShape shape(K, n, 16);
   std::vector<float> panel(shape.size());
   double pk = best_ms([&] { detail::pack_panel<16>(x.data(), K, shape, 0, K, panel.data()); });
   double up = best_ms([&] { detail::unpack_panel<16>(panel.data(), shape, 0, M, y.data(), M); });
   double peak = peak::fma_gflops(threads, 0.3);
-  std::printf("b=%d n=%ld thr=%d nnz=%ld: fwd %.3f ms (%.0f%%) dx %.3f ms (%.0f%%) pack %.3f unpack %.3f  peak %.0f\n", b, n, threads, nnz,
-              f, flops / f / 1e6 / peak * 100, g, flops / g / 1e6 / peak * 100, pk, up, peak);
+  std::printf("b=%d n=%ld thr=%d nnz=%ld: fwd %.3f ms (%.0f%%) dx %.3f ms (%.0f%%) dw %.3f ms (%.0f%%) pack %.3f unpack %.3f  peak %.0f\n", b, n, threads, nnz,
+              f, flops / f / 1e6 / peak * 100, g, flops / g / 1e6 / peak * 100, w, flops / w / 1e6 / peak * 100, pk, up, peak);
 }

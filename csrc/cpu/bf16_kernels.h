@@ -187,33 +187,83 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
 
 // ------------------------------------------------------------------ weight gradient
 
-// One operand's packed chunk: `count` pair rows of `width` pairs stored panel by panel,
-// [width / side][count][side], so a block's pairs over the whole chunk are one contiguous run.
-// (Row by row, [count][width], the rows of wide layers lie a multiple of 4 KiB apart and a
-// tile's loads all fall into the same few L1 sets.)
+// The calling thread's row of `elems` zeros (bf16 or pairs), never written.
+inline const uint16_t* zero_row(int64_t elems) {
+  return reinterpret_cast<const uint16_t*>(detail::thread_workspace(elems / 2 + 1, detail::kZerosSlot));
+}
+
+// The block rows (of grad_out) and block columns (of x) that the blocks a weight-gradient
+// pass computes read: only those are packed. A sparse convolution's blocks reach a few of
+// its taps x channel blocks (the 64-channel layers of a ResNet at 0.9 read 4 of 18 block
+// columns of the 9x larger patch matrix), and packing every column cost 4-8x the products.
+struct UsedPanels {
+  const int32_t* slot;  // per block row or column: its panel in the packed chunk, or -1
+  const int32_t* list;  // the used ones, in increasing order
+  int64_t count;
+};
+
+// Marks the rows (`of` = L.row_indices) or columns (L.col_indices) of blocks ids[0 .. count),
+// in `storage` (2 * groups ints).
+inline UsedPanels used_panels(const int32_t* ids, int64_t count, const int32_t* of,
+                              int64_t groups, int32_t* storage) {
+  int32_t* slot = storage;
+  int32_t* list = storage + groups;
+  std::fill_n(slot, groups, -1);
+  for (int64_t a = 0; a < count; ++a) slot[of[ids[a]]] = 0;
+  int64_t used = 0;
+  for (int64_t group = 0; group < groups; ++group)
+    if (slot[group] == 0) slot[group] = static_cast<int32_t>(used), list[used++] = group;
+  return {slot, list, used};
+}
+
+// One operand's packed chunk: `count` pair rows of the used panels (`side` pairs wide, a block
+// row or column), stored panel by panel, [used panels][count][side], so a block's pairs over
+// the whole chunk are one contiguous run. (Row by row, the rows of wide layers lie a multiple
+// of 4 KiB apart and a tile's loads all fall into the same few L1 sets.)
 struct PairPanels {
   uint32_t* data;
   int64_t count;
   int64_t side;
-  uint32_t* at(int64_t p, int64_t column) const {
-    return data + (column / side * count + p) * side + column % side;
+  const int32_t* slot;  // UsedPanels::slot
+  // Pair row p of the panel of block row or column `group`.
+  uint32_t* at(int64_t p, int64_t group) const {
+    return data + (static_cast<int64_t>(slot[group]) * count + p) * side;
   }
 };
 
-// Pair row p of a [n, width] bf16 matrix into `out` (width pairs): (a[2r][i], a[2r + 1][i])
-// for r = `row_pair`, the row past an odd batch's end zero.
-inline void pack_row_pair(const uint16_t* a, int64_t n, int64_t width, int64_t row_pair,
-                          const PairPanels& out, int64_t p) {
+// Pair packing that the compiler vectorises (widen, shift, or): one pair at a time cost
+// about as much as the products it feeds.
+template <int N>
+inline void interleave_run(const uint16_t* __restrict first, const uint16_t* __restrict second,
+                           int64_t count, uint32_t* __restrict out) {
+  for (int64_t i = 0; i < count; i += N) {
+    SPARCL_UNROLL
+    for (int k = 0; k < N; ++k)
+      out[i + k] = static_cast<uint32_t>(first[i + k]) | (static_cast<uint32_t>(second[i + k]) << 16);
+  }
+}
+
+// out[i] = (first[i], second[i]) as pairs, i < count (a multiple of 4), in fixed runs of 16,
+// 8 or 4 that the compiler turns into whole vectors (a block side of 8 left a loop of
+// unknown length mostly scalar).
+inline void interleave_pairs(const uint16_t* first, const uint16_t* second, int64_t count,
+                             uint32_t* out) {
+  if (count % 16 == 0) return interleave_run<16>(first, second, count, out);
+  if (count % 8 == 0) return interleave_run<8>(first, second, count, out);
+  interleave_run<4>(first, second, count, out);
+}
+
+// Pair row p of the used panels of a [n, width] bf16 matrix: (a[2r][c], a[2r + 1][c]) for
+// r = `row_pair`, the row past an odd batch's end read from `zeros`.
+inline void pack_row_pair(const uint16_t* a, int64_t n, int64_t width, const UsedPanels& used,
+                          const uint16_t* zeros, int64_t row_pair, const PairPanels& out,
+                          int64_t p) {
   const int64_t r = 2 * row_pair;
   const uint16_t* first = a + r * width;
   const uint16_t* second = r + 1 < n ? first + width : nullptr;
-  for (int64_t c = 0; c < width; c += out.side) {
-    uint32_t* panel = out.at(p, c);
-    if (second) {
-      for (int64_t i = 0; i < out.side; ++i) panel[i] = bf16::pair(first[c + i], second[c + i]);
-    } else {
-      for (int64_t i = 0; i < out.side; ++i) panel[i] = first[c + i];
-    }
+  for (int64_t u = 0; u < used.count; ++u) {
+    const int64_t group = used.list[u], c = group * out.side;
+    interleave_pairs(first + c, second ? second + c : zeros, out.side, out.at(p, group));
   }
 }
 
@@ -247,14 +297,14 @@ void pair_outer_tile(const uint32_t* dy, int64_t lddy, const uint32_t* x, int64_
   }
 }
 
-// Block j's gradient from the chunk's packed batch pairs (panels of bm and bk pairs).
+// Block j's gradient over the chunk's packed batch pairs (panels of bm and bk pairs), stored
+// to (or, with `accumulate`, added to) the bm x bk `out`.
 template <int W>
 void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, bool accumulate,
-                      int64_t j, const BlockLayoutView& L, float* dw) {
+                      int64_t j, const BlockLayoutView& L, float* out) {
   const int64_t bm = L.bm, bk = L.bk, count = dy_pairs.count;
-  const uint32_t* dy = dy_pairs.at(0, static_cast<int64_t>(L.row_indices[j]) * bm);
-  const uint32_t* x = x_pairs.at(0, static_cast<int64_t>(L.col_indices[j]) * bk);
-  float* out = dw + j * bm * bk;
+  const uint32_t* dy = dy_pairs.at(0, L.row_indices[j]);
+  const uint32_t* x = x_pairs.at(0, L.col_indices[j]);
   for (int64_t m = 0; m < bm; m += kTile) {
     const int tm = static_cast<int>(std::min<int64_t>(kTile, bm - m));
     for (int64_t k = 0; k < bk; k += kMaxVectors * W) {
@@ -269,44 +319,91 @@ void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, boo
   }
 }
 
-// Batch pairs per chunk: both operands' packed rows (M + K pairs each) within 4 MiB, at least
-// 8. A tile streams its blocks' panels in order, so the chunk need not fit in L2: larger
-// chunks mean fewer barriers and longer inner loops.
+// Batch pairs per chunk of one thread: both operands' packed rows (`row_pairs` pairs each)
+// within 512 KiB, so that the chunk stays in the core's L2 while all its blocks read it, and
+// at least 16 pairs, so that the tiles' accumulator loads and stores stay small beside their
+// products. (A 4 MiB chunk shared by both cores ran the products from L3, at a third of their
+// in-cache speed whenever other machines' work on the host claimed the L3.)
 inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
-  const int64_t budget = 4096 * 1024 / static_cast<int64_t>(sizeof(uint32_t));
-  return std::clamp<int64_t>(budget / std::max<int64_t>(row_pairs, 1), 8,
+  const int64_t budget = 512 * 1024 / static_cast<int64_t>(sizeof(uint32_t));
+  return std::clamp<int64_t>(budget / std::max<int64_t>(row_pairs, 1), 16,
                              std::max<int64_t>(pairs, 1));
 }
 
-// The weight-gradient pass over `pairs` batch pairs of a layer whose operand rows are L.rows()
-// (grad_out) and L.cols() (x) wide: chunk by chunk (pair_chunk), every thread packs its share of
-// the chunk's pair rows with pack(p0, p1, first, dy_pairs, x_pairs) (rows [p0, p1) of the
-// chunk starting at pair `first`, into PairPanels of bm and bk pairs), then sums the chunk
-// into its share of the kept blocks.
+// What a thread packs per chunk: the block rows of grad_out and block columns of x that its
+// blocks read (UsedPanels).
+struct UsedOperands {
+  UsedPanels rows;
+  UsedPanels cols;
+};
+
+// Each thread takes batch pairs from this many per thread on its own share of the pairs (all
+// kept blocks, partial sums added up at the end); below, all pairs for its share of the blocks.
+constexpr int64_t kMinPairsPerThread = 64;
+
+// The weight-gradient pass over `pairs` batch pairs. Every thread packs and reads only its own
+// chunks, in its own L2, with no barrier between chunks: with enough pairs each thread sums all
+// kept blocks over its share of the pairs, the first into dw and the others into partials
+// that are added to dw at the end (in thread order: deterministic for a thread count);
+// otherwise each thread sums its share of the kept blocks over all pairs. Per chunk of its
+// pairs a thread calls pack(first, count, used, dy_pairs, x_pairs, zeros): pairs [first,
+// first + count) into PairPanels of its used block rows and columns, `zeros` a zero row as
+// wide as either operand.
 template <typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
                           const BlockLayoutView& L, int threads, const Pack& pack) {
-  const int64_t M = L.rows(), K = L.cols(), chunk = pair_chunk(pairs, M + K);
-  // Both packed chunks live in the calling thread's workspace, which every thread reads.
-  uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
-      detail::thread_workspace(chunk * (M + K), detail::kPanelInSlot));
-  uint32_t* x_pairs = dy_pairs + chunk * M;
-  const int64_t active = count_active(grad_block_mask, L.nnz);
+  const int64_t block_elems = L.bm * L.bk, active = count_active(grad_block_mask, L.nnz);
+  int32_t* ids = detail::index_workspace(active + 1, 0);  // kept blocks, in storage order
+  for (int64_t j = 0, a = 0; j < L.nnz; ++j)
+    if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
+  std::vector<float*> partials(std::max(threads, 1), nullptr);
+  const int64_t widest = std::max(L.rows(), L.cols());
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
-      zero_masked_share(grad_block_mask, L.nnz, L.bm * L.bk, dw, t, nt);
-      // An empty batch still gives every kept block one (zero) pass.
-      for (int64_t c0 = 0; c0 < std::max<int64_t>(pairs, 1); c0 += chunk) {
-        const int64_t count = std::min(pairs, c0 + chunk) - c0;
-        int64_t p0, p1;
-        even_share(count, t, nt, &p0, &p1);
-        const PairPanels dy_panels{dy_pairs, count, L.bm}, x_panels{x_pairs, count, L.bk};
-        pack(p0, p1, c0, dy_panels, x_panels);
-        detail::barrier();
-        for_active_share(grad_block_mask, L.nnz, active, t, nt, [&](int64_t j) {
-          pair_outer_block<decltype(W)::value>(dy_panels, x_panels, c0 > 0, j, L, dw);
-        });
-        detail::barrier();  // the next chunk overwrites the packed rows
+      zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
+      const int pair_splits = pairs >= kMinPairsPerThread * nt ? nt : 1;
+      const int block_splits = nt / pair_splits;  // one of the two is 1
+      const int ps = t / block_splits, bs = t % block_splits;
+      int64_t q0, q1, a0, a1;
+      even_share(pairs, ps, pair_splits, &q0, &q1);
+      even_share(active, bs, block_splits, &a0, &a1);
+      int32_t* storage = detail::index_workspace(2 * (L.block_rows + L.block_cols), 1);
+      const UsedOperands used{
+          used_panels(ids + a0, a1 - a0, L.row_indices, L.block_rows, storage),
+          used_panels(ids + a0, a1 - a0, L.col_indices, L.block_cols,
+                      storage + 2 * L.block_rows)};
+      const int64_t dy_width = used.rows.count * L.bm, x_width = used.cols.count * L.bk;
+      const int64_t chunk = pair_chunk(q1 - q0, dy_width + x_width);
+      uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
+          detail::thread_workspace(chunk * (dy_width + x_width), detail::kPanelInSlot));
+      uint32_t* x_pairs = dy_pairs + chunk * dy_width;
+      float* partial = nullptr;
+      if (ps > 0)
+        partials[t] = partial = detail::thread_workspace((a1 - a0) * block_elems,
+                                                         detail::kAccumulatorSlot);
+      const uint16_t* zeros = zero_row(widest);
+      // An empty share of pairs still gives each of its blocks one (zero) pass.
+      for (int64_t c0 = q0; c0 == q0 || c0 < q1; c0 += chunk) {
+        const int64_t count = std::min(q1, c0 + chunk) - c0;
+        const PairPanels dy_panels{dy_pairs, count, L.bm, used.rows.slot};
+        const PairPanels x_panels{x_pairs, count, L.bk, used.cols.slot};
+        pack(c0, count, used, dy_panels, x_panels, zeros);
+        for (int64_t a = a0; a < a1; ++a) {
+          float* out = partial ? partial + (a - a0) * block_elems : dw + ids[a] * block_elems;
+          pair_outer_block<decltype(W)::value>(dy_panels, x_panels, c0 > q0, ids[a], L, out);
+        }
+      }
+      if (pair_splits == 1) return;
+      detail::barrier();
+      // The threads of this block share add the partials of its blocks, each its own part.
+      int64_t r0, r1;
+      even_share(a1 - a0, ps, pair_splits, &r0, &r1);
+      for (int64_t a = a0 + r0; a < a0 + r1; ++a) {
+        float* out = dw + ids[a] * block_elems;
+        for (int s = 1; s < pair_splits; ++s) {
+          const float* part = partials[s * block_splits + bs] + (a - a0) * block_elems;
+          for (int64_t e = 0; e < block_elems; ++e) out[e] += part[e];
+        }
       }
     });
   });
@@ -315,11 +412,13 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  int64_t n, const BlockLayoutView& L, int threads) {
   pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads,
-                       [&](int64_t p0, int64_t p1, int64_t first, const PairPanels& dy_pairs,
-                           const PairPanels& x_pairs) {
-                         for (int64_t p = p0; p < p1; ++p) {
-                           pack_row_pair(dy, n, L.rows(), first + p, dy_pairs, p);
-                           pack_row_pair(x, n, L.cols(), first + p, x_pairs, p);
+                       [&](int64_t first, int64_t count, const UsedOperands& used,
+                           const PairPanels& dy_pairs, const PairPanels& x_pairs,
+                           const uint16_t* zeros) {
+                         for (int64_t p = 0; p < count; ++p) {
+                           pack_row_pair(dy, n, L.rows(), used.rows, zeros, first + p, dy_pairs,
+                                         p);
+                           pack_row_pair(x, n, L.cols(), used.cols, zeros, first + p, x_pairs, p);
                          }
                        });
 }
@@ -339,6 +438,7 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 namespace bf16_conv {
 
 using bf16_linear::dense_out;
+using bf16_linear::zero_row;
 using bf16_linear::pair_slab;
 using bf16_linear::with_pair_width;
 using bf16_linear::width_for;
@@ -382,9 +482,6 @@ struct PhasePairRows {
   }
 };
 
-inline const uint16_t* zero_row(int64_t elems) {
-  return reinterpret_cast<const uint16_t*>(detail::thread_workspace(elems / 2 + 1, detail::kZerosSlot));
-}
 
 void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint16_t* y,
              const BlockLayoutView& L, const ConvGeometry& g, int threads) {
@@ -463,24 +560,28 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   });
 }
 
-// Pair p of the chunk, output pixels 2 * pair and 2 * pair + 1: patches(p, tap * C + c) =
-// (x at the input pixel tap reaches from the first, the same from the second), zero in the
-// padding and past the last pixel.
+// Pair p of the chunk, output pixels 2 * pair and 2 * pair + 1: for each used block column
+// (tap, channel block), (x at the input pixel the tap reaches from the first, the same from
+// the second), zero in the padding and past the last pixel.
 inline void pack_patch_pair(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
+                            const bf16_linear::UsedPanels& used, const uint16_t* zeros,
                             int64_t pair, const bf16_linear::PairPanels& patches, int64_t p) {
-  const int64_t taps = g.kernel_h * g.kernel_w, C = g.channels, o = 2 * pair;
+  const int64_t C = g.channels, side = patches.side, o = 2 * pair;
   const Pixel a = pixel_of(o, g.out_h, g.out_w);
   const Pixel b = pixel_of(o + 1, g.out_h, g.out_w);
-  for (int64_t tap = 0; tap < taps; ++tap) {
-    const int64_t ia = input_pixel(g, a, tap);
-    const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
-    const uint16_t* ra = ia < 0 ? nullptr : x + ia * C;
-    const uint16_t* rb = ib < 0 ? nullptr : x + ib * C;
-    for (int64_t c = 0; c < C; c += patches.side) {  // block columns never straddle taps
-      uint32_t* out = patches.at(p, tap * C + c);
-      for (int64_t i = 0; i < patches.side; ++i)
-        out[i] = bf16::pair(ra ? ra[c + i] : uint16_t{0}, rb ? rb[c + i] : uint16_t{0});
+  int64_t last_tap = -1;
+  const uint16_t *ra = zeros, *rb = zeros;
+  for (int64_t u = 0; u < used.count; ++u) {
+    const int64_t column = used.list[u] * side, tap = column / C, c = column % C;
+    if (tap != last_tap) {  // the used columns come in tap order
+      const int64_t ia = input_pixel(g, a, tap);
+      const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
+      ra = ia < 0 ? zeros : x + ia * C;
+      rb = ib < 0 ? zeros : x + ib * C;
+      last_tap = tap;
     }
+    bf16_linear::interleave_pairs(ra + (ra == zeros ? 0 : c), rb + (rb == zeros ? 0 : c), side,
+                                  patches.at(p, used.list[u]));
   }
 }
 
@@ -489,11 +590,13 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   bf16_linear::pair_weight_gradient(
       grad_block_mask, dw, (pixels + 1) / 2, L, threads,
-      [&](int64_t p0, int64_t p1, int64_t first, const bf16_linear::PairPanels& dy_pairs,
-          const bf16_linear::PairPanels& patch_pairs) {
-        for (int64_t p = p0; p < p1; ++p) {
-          bf16_linear::pack_row_pair(dy, pixels, L.rows(), first + p, dy_pairs, p);
-          pack_patch_pair(x, g, pixels, first + p, patch_pairs, p);
+      [&](int64_t first, int64_t count, const bf16_linear::UsedOperands& used,
+          const bf16_linear::PairPanels& dy_pairs, const bf16_linear::PairPanels& patch_pairs,
+          const uint16_t* zeros) {
+        for (int64_t p = 0; p < count; ++p) {
+          bf16_linear::pack_row_pair(dy, pixels, L.rows(), used.rows, zeros, first + p,
+                                     dy_pairs, p);
+          pack_patch_pair(x, g, pixels, used.cols, zeros, first + p, patch_pairs, p);
         }
       });
 }
