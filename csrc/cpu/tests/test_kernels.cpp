@@ -283,8 +283,10 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
           if (c.cin % block[1] == 0 && c.cout % block[0] == 0)
             check_conv_bf16(c.cin, c.cout, c.kh, c.kw, c.stride, c.pad, c.dilation, c.h, c.w,
                             c.batch, block[0], block[1], density, threads, rng, tag);
-  // Weight-gradient chunks of batch pairs (256 pairs of 512 columns here), odd batch.
+  // Batch pairs split between threads (partial sums added at the end), odd batch.
   check_linear_bf16(8, 8, 32, 32, 0.3, 601, 2, rng, tag);
+  // Several weight-gradient chunks per thread (128 pairs of 1,024 packed columns).
+  for (const int threads : {1, 2}) check_linear_bf16(16, 16, 32, 32, 1.0, 301, threads, rng, tag);
   // One full block row among empty ones: uneven work across threads.
   check_linear_bf16(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
 }
