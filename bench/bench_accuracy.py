@@ -22,6 +22,13 @@ writes --speed_csv; the tables and the plot (accuracy against step speedup) read
     python bench/bench_accuracy.py --study blocks --seeds 0 1 2 3 4 \\
         --csv bench/block_study.csv --markdown bench/block_study.md
     python bench/bench_accuracy.py --study blocks --speed --speed_csv bench/block_study_speed.csv
+
+``--study precision`` (issue 27) pairs block-sparse SparCL-DER++ at 0.9 in fp32 with the same
+run under CPU bf16 autocast (``--block_size`` picks the blocks), on the blocks study's network
+and budget:
+
+    python bench/bench_accuracy.py --study precision --seeds 0 1 2 3 4 \\
+        --csv bench/precision_study.csv --markdown bench/precision_study.md
 """
 
 from __future__ import annotations
@@ -82,8 +89,22 @@ def block_variants() -> dict[str, dict]:
     return table
 
 
+FP32, BF16 = "SparCL-DER++ fp32", "SparCL-DER++ bf16"  # the precision study's pair
+
+
+def precision_variants(block_size: str) -> dict[str, dict]:
+    """The bf16 study (issue 27): block-sparse SparCL-DER++ at 0.9 in fp32 and with every
+    forward under CPU bf16 autocast (bf16 kernels where the CPU has the instruction)."""
+    sparcl = {"model": "sparcl-derpp", "sparsity": 0.9, "block_size": block_size}
+    return {FP32: sparcl, BF16: {**sparcl, "precision": "bf16"}}
+
+
 def study_variants(args: argparse.Namespace) -> dict[str, dict]:
-    return block_variants() if args.study == "blocks" else variants(args.sparsities)
+    if args.study == "blocks":
+        return block_variants()
+    if args.study == "precision":
+        return precision_variants(args.block_size)
+    return variants(args.sparsities)
 
 
 def base_settings(args: argparse.Namespace) -> dict:
@@ -147,7 +168,8 @@ def tables(rows: list[dict], args: argparse.Namespace, speed: dict[str, dict]) -
     for row in rows:
         by_variant.setdefault(row["variant"], {})[row["seed"]] = row
     seeds = sorted({row["seed"] for row in rows})
-    blocks = "block shape per variant" if args.study == "blocks" else "block size auto"
+    blocks = {"blocks": "block shape per variant", "precision": f"block size {args.block_size}"}
+    blocks = blocks.get(args.study, "block size auto")
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} "
         f"threads · ResNet-18 nf={args.nf}, Split Fashion-MNIST 5 tasks, "
@@ -182,7 +204,7 @@ def tables(rows: list[dict], args: argparse.Namespace, speed: dict[str, dict]) -
         "| comparison | Class-IL points | Task-IL points |",
         "|---|---|---|",
     ]
-    for first, second in comparisons(list(by_variant)):
+    for first, second in comparisons(list(by_variant), args.study):
         common = sorted(set(by_variant[first]) & set(by_variant[second]))
         cells = [
             paired_interval([by_variant[first][s][m] - by_variant[second][s][m] for s in common])
@@ -192,9 +214,11 @@ def tables(rows: list[dict], args: argparse.Namespace, speed: dict[str, dict]) -
     return "\n".join(lines)
 
 
-def comparisons(names: list[str]) -> list[tuple[str, str]]:
-    if FULL not in names:  # the block-shape study: every variant against the release's masks
+def comparisons(names: list[str], study: str) -> list[tuple[str, str]]:
+    if study == "blocks":  # every variant against the release's masks
         return [(name, UNSTRUCTURED) for name in names if name != UNSTRUCTURED]
+    if study == "precision":
+        return [(BF16, FP32)] if {BF16, FP32} <= set(names) else []
     pairs = [(FULL, UNSTRUCTURED), (FULL, "dense DER++")]
     pairs += [(name, FULL) for name in names if name.startswith(f"{FULL},")]
     pairs += [
@@ -282,6 +306,15 @@ def variant_config(args: argparse.Namespace, name: str, overrides: dict, seed: i
     path = Path(args.output_dir) / f"{name.replace(' ', '_').replace(',', '')}-s{seed}"
     return config, path
 
+
+# Where each study keeps its runs. The block and precision studies' finished runs are committed
+# (results, trained layouts; not the checkpoints), so that they resume across sessions and
+# machines.
+OUTPUT_DIRS = {
+    "ablations": "runs/accuracy-study",
+    "blocks": "bench/block-study",
+    "precision": "bench/precision-study",
+}
 
 LAYOUTS = "trained_layouts.pt"  # a finished run's block masks (committed; checkpoints are not)
 
@@ -388,15 +421,18 @@ def read_speed(target: str | None) -> dict[str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--study", choices=("ablations", "blocks"), default="ablations")
+    parser.add_argument("--study", choices=tuple(OUTPUT_DIRS), default="ablations")
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.9])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
-    parser.add_argument("--nf", type=int, help="default 16; the blocks study: 32 (the main job's)")
+    parser.add_argument(
+        "--nf", type=int, help="default 16; the blocks and precision studies: 32 (the main job's)"
+    )
+    parser.add_argument("--block_size", default="auto", help="the precision study's blocks")
     parser.add_argument("--n_epochs", type=int, default=10)
     parser.add_argument("--max_train_per_task", type=int, default=1000)
     parser.add_argument("--buffer_size", type=int, default=200)
     parser.add_argument("--data_dir")
-    parser.add_argument("--output_dir", help="default runs/accuracy-study or bench/block-study")
+    parser.add_argument("--output_dir", help="default: per study, see OUTPUT_DIRS")
     parser.add_argument("--csv", help="per-run summary (committed with the tables)")
     parser.add_argument("--markdown")
     parser.add_argument("--plot")
@@ -406,10 +442,8 @@ def main() -> None:
     parser.add_argument("--speed_csv", help="step speedups (written by --speed, read by tables)")
     args = parser.parse_args()
     blocks = args.study == "blocks"
-    args.nf = args.nf or (32 if blocks else 16)
-    # The block study's finished runs are committed (results, trained layouts; not the
-    # checkpoints), so that it resumes across sessions and machines.
-    args.output_dir = args.output_dir or ("bench/block-study" if blocks else "runs/accuracy-study")
+    args.nf = args.nf or (16 if args.study == "ablations" else 32)
+    args.output_dir = args.output_dir or OUTPUT_DIRS[args.study]
     data = load_dataset("seq-fmnist", args.data_dir)
     if args.speed:
         measure_speed(args, data)

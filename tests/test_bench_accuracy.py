@@ -49,3 +49,12 @@ def test_a_run_over_new_seeds_keeps_the_summary_of_earlier_ones(study, tmp_path)
         row("8x8", 0, 61.0),
         row("dense", 1, 71.0),
     ]
+
+
+def test_the_precision_study_pairs_bf16_with_fp32_and_changes_nothing_else(study):
+    fp32, bf16 = study.precision_variants("32").values()
+    assert bf16 == {**fp32, "precision": "bf16"}
+    assert fp32["block_size"] == "32" and "precision" not in fp32
+    names = [study.FP32, study.BF16]
+    assert study.comparisons(names, "precision") == [(study.BF16, study.FP32)]
+    assert study.comparisons(names[:1], "precision") == []
