@@ -8,6 +8,7 @@
 // SPARCL_TILE_ROWS and SPARCL_MAX_VECTORS as for the fp32 kernels (microkernels.h; the partition and workspace helpers are shared), and
 // pairdot::Dot<W> for each width W it offers (at most pairdot::kMaxWidth fp32 lanes):
 //   Acc                       W fp32 accumulators;   zero(), load(const float*), store(float*, Acc)
+//                             store_bf16(uint16_t*, Acc): rounded to nearest, ties to even
 //   Operand                   W bf16 pairs (one per lane), from load_pairs(const uint32_t*)
 //   Broadcast                 one bf16 pair in every lane, from broadcast(uint32_t)
 //   dot(acc, broadcast, op)   acc[l] + first(b) * first(op[l]) + second(b) * second(op[l])
@@ -89,11 +90,7 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) {
     SPARCL_UNROLL
-    for (int q = 0; q < KV; ++q) {
-      float lanes[W];
-      D::store(lanes, acc[i][q]);
-      simd::round_to_bf16<W>(lanes, out[i] + o0 + W * q);
-    }
+    for (int q = 0; q < KV; ++q) D::store_bf16(out[i] + o0 + W * q, acc[i][q]);
   }
 }
 

@@ -35,6 +35,9 @@ struct Dot {
   static Acc zero() { return vdupq_n_f32(0.0f); }
   static Acc load(const float* p) { return vld1q_f32(p); }
   static void store(float* p, Acc v) { vst1q_f32(p, v); }
+  static void store_bf16(uint16_t* p, Acc v) {
+    vst1_bf16(reinterpret_cast<bfloat16_t*>(p), vcvt_bf16_f32(v));
+  }
   static Operand load_pairs(const uint32_t* p) { return vreinterpretq_bf16_u32(vld1q_u32(p)); }
   static Broadcast broadcast(uint32_t pair) { return vreinterpretq_bf16_u32(vdupq_n_u32(pair)); }
   static Acc dot(Acc acc, Broadcast b, Operand op) { return vbfdotq_f32(acc, b, op); }

@@ -30,6 +30,11 @@ struct Dot {
   static Acc zero() { return simd::zero<W>(); }
   static Acc load(const float* p) { return simd::load<W>(p); }
   static void store(float* p, const Acc& v) { simd::store<W>(p, v); }
+  static void store_bf16(uint16_t* p, const Acc& v) {
+    float lanes[W];
+    simd::store<W>(lanes, v);
+    simd::round_to_bf16<W>(lanes, p);
+  }
   static Operand load_pairs(const uint32_t* pairs) {
     float first[W], second[W];
     for (int l = 0; l < W; ++l) {
