@@ -94,18 +94,16 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
   }
 }
 
-// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile:
-// make_rows(n, tn) gives the rows functor of the tile of rows n ... n + tn - 1, and
-// out_row(r) the output of row r (at the group's first column).
-template <int W, typename TileRows, typename OutRow>
-void pair_slab(int64_t count, const TileRows& make_rows, const OutRow& out_row,
-               const uint32_t* b, int64_t P2, int64_t O, const int32_t* ids, int32_t sb,
-               int32_t se, const float* init) {
+// Output rows [0, count) x [0, O) of one group (block row or column), tile by tile, in
+// order: make_tile(n, tn, out) gives the rows functor of the tile of rows n ... n + tn - 1
+// and sets out[i] to row n + i's output (at the group's first column).
+template <int W, typename MakeTile>
+void pair_slab(int64_t count, const MakeTile& make_tile, const uint32_t* b, int64_t P2,
+               int64_t O, const int32_t* ids, int32_t sb, int32_t se, const float* init) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
-    const auto tile_rows = make_rows(n, tn);
     uint16_t* out[kTile];
-    for (int i = 0; i < tn; ++i) out[i] = out_row(n + i);
+    const auto tile_rows = make_tile(n, tn, out);
     for (int64_t o = 0; o < O; o += kMaxVectors * W) {
       const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
       detail::with_constant<kTile>(tn, [&](auto TN) {
@@ -118,14 +116,14 @@ void pair_slab(int64_t count, const TileRows& make_rows, const OutRow& out_row,
   }
 }
 
-// The tile factory of a dense row-major operand: tile n's row i is row n + i of `a`.
-inline auto dense_rows(const uint16_t* a, int64_t lda, const int32_t* group, int64_t side) {
-  return [=](int64_t n, int) { return PairRows{a + n * lda, lda, group, side}; };
-}
-
-// Output rows of a dense row-major output: row r at out + r * ldo.
-inline auto dense_out(uint16_t* out, int64_t ldo) {
-  return [=](int64_t r) { return out + r * ldo; };
+// The tile factory of a dense row-major operand and output: tile n's row i is row n + i of
+// `a` and of `y`.
+inline auto dense_tiles(const uint16_t* a, int64_t lda, const int32_t* group, int64_t side,
+                        uint16_t* y, int64_t ldy) {
+  return [=](int64_t n, int tn, uint16_t** out) {
+    for (int i = 0; i < tn; ++i) out[i] = y + (n + i) * ldy;
+    return PairRows{a + n * lda, lda, group, side};
+  };
 }
 
 // Widest vector of this pair dot product that divides `side` (block sides are multiples of 4).
@@ -156,10 +154,10 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(n1 - n0, dense_rows(x + n0 * K, K, L.col_indices, L.bk),
-                                      dense_out(y + n0 * M + r * L.bm, M), packed, L.bk / 2,
-                                      L.bm, nullptr, L.row_offsets[r], L.row_offsets[r + 1],
-                                      bias ? bias + r * L.bm : nullptr);
+        pair_slab<decltype(W)::value>(
+            n1 - n0, dense_tiles(x + n0 * K, K, L.col_indices, L.bk, y + n0 * M + r * L.bm, M),
+            packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r], L.row_offsets[r + 1],
+            bias ? bias + r * L.bm : nullptr);
       });
     });
   });
@@ -173,10 +171,10 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(n1 - n0, dense_rows(dy + n0 * M, M, L.row_indices, L.bm),
-                                      dense_out(dx + n0 * K + c * L.bk, K), packed, L.bm / 2,
-                                      L.bk, L.transpose_block_ids, L.transpose_offsets[c],
-                                      L.transpose_offsets[c + 1], nullptr);
+        pair_slab<decltype(W)::value>(
+            n1 - n0, dense_tiles(dy + n0 * M, M, L.row_indices, L.bm, dx + n0 * K + c * L.bk, K),
+            packed, L.bm / 2, L.bk, L.transpose_block_ids, L.transpose_offsets[c],
+            L.transpose_offsets[c + 1], nullptr);
       });
     });
   });
@@ -434,11 +432,10 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 // over them.
 namespace bf16_conv {
 
-using bf16_linear::dense_out;
-using bf16_linear::zero_row;
 using bf16_linear::pair_slab;
-using bf16_linear::with_pair_width;
 using bf16_linear::width_for;
+using bf16_linear::with_pair_width;
+using bf16_linear::zero_row;
 using detail::kTile;
 using detail::run_parallel;
 
@@ -447,20 +444,12 @@ using conv_pixels::input_pixel;
 using conv_pixels::phase_extent;
 using conv_pixels::Pixel;
 using conv_pixels::pixel_of;
+using conv_pixels::PixelWalk;
 
-// Forward tile rows: row i of block j is x at the input pixel tap(j) maps output pixel i to,
-// at the block's first input channel, or `zeros` in the padding.
-struct ForwardPairRows {
-  const uint16_t* x;
-  const uint16_t* zeros;
-  const ConvGeometry* g;
-  const int32_t* tap;      // per block
-  const int32_t* channel;  // per block: first input channel
-  Pixel pixel[kTile];
-  const uint16_t* operator()(int64_t j, int i) const {
-    const int64_t target = input_pixel(*g, pixel[i], tap[j]);
-    return target < 0 ? zeros : x + target * g->channels + channel[j];
-  }
+// Forward tile rows in the form pair_tile takes (one row at a time): conv_pixels::TapRows.
+using ForwardPairRows = conv_pixels::TapRows<uint16_t, kTile>;
+struct ForwardTile : ForwardPairRows {
+  const uint16_t* operator()(int64_t j, int i) const { return at(j, i); }
 };
 
 // Input-gradient tile rows: row i (image, phase row a, phase column b) of block j is
@@ -479,33 +468,31 @@ struct PhasePairRows {
   }
 };
 
-
 void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint16_t* y,
              const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
   if (pixels == 0 || L.block_rows == 0) return;
-  // Per block: its tap and first input channel.
-  int32_t* tap = detail::index_workspace(2 * L.nnz, 0);
-  int32_t* channel = tap + L.nnz;
-  for (int64_t j = 0; j < L.nnz; ++j) {
-    const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
-    tap[j] = static_cast<int32_t>(column / g.channels);
-    channel[j] = static_cast<int32_t>(column % g.channels);
-  }
+  int32_t* storage = detail::index_workspace(conv_pixels::block_taps_ints(L.nnz), 0);
+  const conv_pixels::BlockTaps taps = conv_pixels::block_taps(L, g, storage);
   const uint16_t* zeros = zero_row(g.channels);
   const int64_t rows = 8 * kTile;
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, pixels, rows, L.bm * L.bk);
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, pixels, rows, t, nt, [&](int64_t r, int64_t p0, int64_t p1) {
-        const auto tile_rows = [&](int64_t n, int tn) {
-          ForwardPairRows tile{x, zeros, &g, tap, channel, {}};
-          for (int i = 0; i < tn; ++i) tile.pixel[i] = pixel_of(p0 + n + i, g.out_h, g.out_w);
+        PixelWalk walk(p0, g.out_h, g.out_w);  // the tiles come in order
+        uint16_t* y0 = y + p0 * cout + r * L.bm;
+        const auto make_tile = [&](int64_t n, int tn, uint16_t** out) {
+          ForwardTile tile{{x, zeros, &g, &taps, true, {}, {}, {}, {}}};
+          for (int i = 0; i < tn; ++i) {
+            tile.interior &= tile.locate(i, walk.next());
+            out[i] = y0 + (n + i) * cout;
+          }
           return tile;
         };
-        pair_slab<decltype(W)::value>(p1 - p0, tile_rows, dense_out(y + p0 * cout + r * L.bm, cout),
-                                      packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r],
-                                      L.row_offsets[r + 1], bias ? bias + r * L.bm : nullptr);
+        pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bk / 2, L.bm, nullptr,
+                                      L.row_offsets[r], L.row_offsets[r + 1],
+                                      bias ? bias + r * L.bm : nullptr);
       });
     });
   });
@@ -529,26 +516,21 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
       if (pixels == 0) continue;
       const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
       const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
-      // Phase pixel e of the phase grid [batch, height, width], as an input pixel.
-      const auto input_of = [&](int64_t e) {
-        const Pixel q = pixel_of(e, height, width);
-        return (q.image * g.in_h + ph + q.row * g.stride_h) * g.in_w + pw + q.col * g.stride_w;
-      };
       run_parallel(threads, [&](int t, int nt) {
         for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
-          const auto tile_rows = [&](int64_t n, int tn) {
+          PixelWalk walk(p0, height, width);  // phase pixels; the tiles come in order
+          const auto make_tile = [&](int64_t, int tn, uint16_t** out) {
             PhasePairRows tile{zeros, &g, &plan, {}, {}, {}};
             for (int i = 0; i < tn; ++i) {
-              const Pixel q = pixel_of(p0 + n + i, height, width);
+              const Pixel q = walk.next();  // q.row, q.col: phase row and column
               tile.a[i] = q.row, tile.b[i] = q.col;
               tile.base[i] = dy + ((q.image * g.out_h + q.row) * g.out_w + q.col) * cout;
+              const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
+              out[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
             }
             return tile;
           };
-          const auto out_row = [&](int64_t n) {
-            return dx + input_of(p0 + n) * g.channels + cb * L.bk;
-          };
-          pair_slab<decltype(W)::value>(p1 - p0, tile_rows, out_row, packed, L.bm / 2, L.bk,
+          pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bm / 2, L.bk,
                                         plan.group_blocks, offsets[cb], offsets[cb + 1],
                                         nullptr);
         });

@@ -24,35 +24,15 @@ using detail::run_parallel;
 constexpr int64_t kPixelChunk = 8 * kTile;  // output (or input) pixels per work item
 constexpr int64_t kSliceRows = 64;   // pixels per weight-gradient slice
 
+using conv_pixels::BlockTaps;
 using conv_pixels::input_pixel;
 using conv_pixels::output_pixel;
 using conv_pixels::Pixel;
 using conv_pixels::pixel_of;
+using conv_pixels::PixelWalk;
 using conv_pixels::GradInputPlan;
 using conv_pixels::phase_extent;
 using conv_pixels::plan_grad_input;
-
-// Consecutive pixels from `index` on, without the three integer divisions of pixel_of per
-// pixel: at a few blocks per tile those cost as much as the tile's multiply-adds.
-class PixelWalk {
- public:
-  PixelWalk(int64_t index, int64_t height, int64_t width)
-      : pixel_(pixel_of(index, height, width)), height_(height), width_(width) {}
-
-  // The current pixel; the walk moves on to the next one.
-  Pixel next() {
-    const Pixel current = pixel_;
-    if (++pixel_.col == width_) {
-      pixel_.col = 0;
-      if (++pixel_.row == height_) pixel_.row = 0, ++pixel_.image;
-    }
-    return current;
-  }
-
- private:
-  Pixel pixel_;
-  int64_t height_, width_;
-};
 
 inline int64_t tap_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
   return col * L.bk / g.channels;
@@ -62,44 +42,16 @@ inline int64_t channel_of_column(const BlockLayoutView& L, const ConvGeometry& g
   return col * L.bk % g.channels;
 }
 
-// Where each stored block reads the input, relative to an output pixel (oh, ow): row
-// oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
-// is `offset[j]` floats from the input row of (oh * stride_h, ow * stride_w) when both lie
-// inside the input. Computed once per call so that the row functors do no division.
-struct BlockTaps {
-  const int32_t* row;
-  const int32_t* col;
-  const int32_t* channel;
-  const int64_t* offset;
-};
-
+// Per stored block, where it reads the input (conv_pixels::block_taps), in the calling
+// thread's index workspace.
 inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g) {
-  int32_t* storage = detail::index_workspace(5 * L.nnz + 2);
-  int32_t *row = storage, *col = storage + L.nnz, *channel = storage + 2 * L.nnz;
-  int64_t* offset = reinterpret_cast<int64_t*>(storage + ((3 * L.nnz + 1) & ~int64_t{1}));
-  for (int64_t j = 0; j < L.nnz; ++j) {
-    const int64_t column = L.col_indices[j], tap = tap_of_column(L, g, column);
-    row[j] = static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
-    col[j] = static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
-    channel[j] = static_cast<int32_t>(channel_of_column(L, g, column));
-    offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
-  }
-  return {row, col, channel, offset};
+  int32_t* storage = detail::index_workspace(conv_pixels::block_taps_ints(L.nnz));
+  return conv_pixels::block_taps(L, g, storage);
 }
 
-// Forward tile rows: output pixel i reads, for block j, the input pixel its tap lands on (a
-// zero row inside the padding). A tile whose pixels see every tap inside the input (most of
-// them) takes one addition per row and block.
-struct ForwardRows {
-  const float* x;
-  const float* zeros;
-  const ConvGeometry* g;
-  const BlockTaps* taps;
-  bool interior;             // every tap of every pixel of the tile lands inside the input
-  int64_t image_row[kTile];  // image * in_h
-  int64_t row[kTile];        // oh * stride_h
-  int64_t col[kTile];        // ow * stride_w
-  const float* base[kTile];  // x at (image, oh * stride_h, ow * stride_w), when interior
+// Forward tile rows (conv_pixels::TapRows) in the form accumulate_tile takes: all rows of a
+// block at once, the interior test made once per block.
+struct ForwardRows : conv_pixels::TapRows<float, kTile> {
   template <int TN>
   void operator()(int64_t j, const float* (&rows)[TN]) const {
     if (interior) {
@@ -108,25 +60,8 @@ struct ForwardRows {
       for (int i = 0; i < TN; ++i) rows[i] = base[i] + offset;
       return;
     }
-    const int64_t dr = taps->row[j], dc = taps->col[j], channel = taps->channel[j];
     SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i) {
-      const int64_t ih = row[i] + dr, iw = col[i] + dc;
-      const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
-      rows[i] = inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels + channel : zeros;
-    }
-  }
-
-  // Sets tile row i to output pixel p; returns whether all its taps land inside the input.
-  bool locate(int i, const Pixel& p) {
-    image_row[i] = p.image * g->in_h;
-    row[i] = p.row * g->stride_h;
-    col[i] = p.col * g->stride_w;
-    base[i] = x + ((image_row[i] + row[i]) * g->in_w + col[i]) * g->channels;
-    return row[i] - g->pad_h >= 0 &&
-           row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
-           col[i] - g->pad_w >= 0 &&
-           col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
+    for (int i = 0; i < TN; ++i) rows[i] = at(j, i);
   }
 };
 
@@ -366,7 +301,7 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
     PixelWalk walk(begin * kPixelChunk, g.out_h, g.out_w);
     for (int64_t p0 = begin * kPixelChunk; p0 < stop; p0 += kTile) {
       const int64_t count = std::min<int64_t>(kTile, stop - p0);
-      ForwardRows rows{x, zeros, &g, &taps, true, {}, {}, {}, {}};
+      ForwardRows rows{{x, zeros, &g, &taps, true, {}, {}, {}, {}}};
       for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
       const auto tile_rows = [&](int64_t) { return rows; };  // one tile, all block rows
       for (int64_t r = 0; r < L.block_rows; ++r) {

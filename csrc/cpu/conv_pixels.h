@@ -19,6 +19,93 @@ inline Pixel pixel_of(int64_t index, int64_t height, int64_t width) {
   return {index / (height * width), (index / width) % height, index % width};
 }
 
+// Consecutive pixels from `index` on, without the three integer divisions of pixel_of per
+// pixel: at a few blocks per tile those cost as much as the tile's multiply-adds.
+class PixelWalk {
+ public:
+  PixelWalk(int64_t index, int64_t height, int64_t width)
+      : pixel_(pixel_of(index, height, width)), height_(height), width_(width) {}
+
+  // The current pixel; the walk moves on to the next one.
+  Pixel next() {
+    const Pixel current = pixel_;
+    if (++pixel_.col == width_) {
+      pixel_.col = 0;
+      if (++pixel_.row == height_) pixel_.row = 0, ++pixel_.image;
+    }
+    return current;
+  }
+
+ private:
+  Pixel pixel_;
+  int64_t height_, width_;
+};
+
+// Where each stored block reads the input, relative to an output pixel (oh, ow): row
+// oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
+// is `offset[j]` elements from the input row of (oh * stride_h, ow * stride_w) when both lie
+// inside the input. Computed once per call so that the row functors do no division.
+struct BlockTaps {
+  const int32_t* row;
+  const int32_t* col;
+  const int32_t* channel;
+  const int64_t* offset;
+};
+
+// int32 entries of block_taps' storage.
+inline int64_t block_taps_ints(int64_t nnz) { return 5 * nnz + 2; }
+
+inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int32_t* storage) {
+  int32_t *row = storage, *col = storage + L.nnz, *channel = storage + 2 * L.nnz;
+  int64_t* offset = reinterpret_cast<int64_t*>(storage + ((3 * L.nnz + 1) & ~int64_t{1}));
+  for (int64_t j = 0; j < L.nnz; ++j) {
+    const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
+    const int64_t tap = column / g.channels;
+    row[j] = static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
+    col[j] = static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
+    channel[j] = static_cast<int32_t>(column % g.channels);
+    offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
+  }
+  return {row, col, channel, offset};
+}
+
+// The forward's operand rows of up to N output pixels (a tile), of x with element type T:
+// row i of block j is x at the input pixel block j's tap reaches from pixel i, at the block's
+// first channel, or `zeros` inside the padding. A tile whose pixels see every tap inside the
+// input (most of them) takes one addition per row and block.
+template <typename T, int N>
+struct TapRows {
+  const T* x;
+  const T* zeros;
+  const ConvGeometry* g;
+  const BlockTaps* taps;
+  bool interior;        // every tap of every pixel of the tile lands inside the input
+  int64_t image_row[N];  // image * in_h
+  int64_t row[N];        // oh * stride_h
+  int64_t col[N];        // ow * stride_w
+  const T* base[N];      // x at (image, oh * stride_h, ow * stride_w), when interior
+
+  const T* at(int64_t j, int i) const {
+    if (interior) return base[i] + taps->offset[j];
+    const int64_t ih = row[i] + taps->row[j], iw = col[i] + taps->col[j];
+    const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
+    return inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels + taps->channel[j]
+                  : zeros;
+  }
+
+  // Sets tile row i to output pixel p; returns whether all its taps land inside the input.
+  bool locate(int i, const Pixel& p) {
+    image_row[i] = p.image * g->in_h;
+    row[i] = p.row * g->stride_h;
+    col[i] = p.col * g->stride_w;
+    base[i] = x + ((image_row[i] + row[i]) * g->in_w + col[i]) * g->channels;
+    return row[i] - g->pad_h >= 0 &&
+           row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
+           col[i] - g->pad_w >= 0 &&
+           col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
+  }
+};
+
 // Where tap `tap` of output pixel `p` reads the input, or -1 inside the padding.
 inline int64_t input_pixel(const ConvGeometry& g, const Pixel& p, int64_t tap) {
   const int64_t ih = p.row * g.stride_h - g.pad_h + (tap / g.kernel_w) * g.dilation_h;
