@@ -19,10 +19,10 @@
 //                [bk / 2][bm] (bf16_pack_forward_blocks);
 //   input grad   kTile batch rows x inputs: grad_out pairs along M broadcast, blocks packed
 //                [bm / 2][bk];
-//   weight grad  kTile block rows x block columns, summed over batch pairs: grad_out and x are
-//                packed in pairs over the batch chunk by chunk (pair_chunk), panel by panel
-//                ([M / bm][pairs][bm], [K / bk][pairs][bk]: PairPanels), a zero row padding
-//                an odd batch.
+//   weight grad  kTile block rows x block columns, summed over batch pairs: the block rows of
+//                grad_out and block columns of x that kept blocks read are packed in pairs
+//                over the batch, per thread and chunk (pair_weight_gradient), panel by panel
+//                ([used][pairs][bm or bk]: PairPanels), a zero row padding an odd batch.
 // Work is split as in the fp32 kernels (partition.h).
 #pragma once
 
@@ -427,9 +427,9 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 // the padding); the input gradient's rows are the input pixels of one stride phase
 // (conv_pixels::GradInputPlan), each block's pairs read from the output pixel that reaches
 // it through the block's tap (a zero row at the borders), so a strided convolution spends no
-// products on taps that reach no output pixel; the weight gradient packs the patch rows of
-// output-pixel pairs ([pairs][taps * C], every tap's input pixels) and runs the linear tile
-// over them.
+// products on taps that reach no output pixel; the weight gradient packs, for output-pixel
+// pairs, the columns of the patch matrix ([pairs][taps * C]) that kept blocks read, and runs
+// the linear tile over them.
 namespace bf16_conv {
 
 using bf16_linear::pair_slab;
