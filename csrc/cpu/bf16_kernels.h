@@ -314,6 +314,55 @@ void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, boo
   }
 }
 
+// The narrow-block form of pair_outer_tile, for blocks one vector wide (bk == W) that share
+// a block row: each broadcast grad_out pair feeds one vector of each of KB blocks, not one
+// vector of one block (which stalled on the broadcasts at 18 % of the dot-product peak for
+// 16x16 blocks). Block b's pairs are x[b] (row stride W); its result goes to out[b].
+template <int W, int TM, int KB>
+void pair_outer_run_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const* x,
+                         int64_t count, int64_t m0, bool accumulate, float* const* out) {
+  using D = pairdot::Dot<W>;
+  typename D::Acc acc[TM][KB];
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int b = 0; b < KB; ++b)
+      acc[i][b] = accumulate ? D::load(out[b] + (m0 + i) * W) : D::zero();
+  }
+  for (int64_t p = 0; p < count; ++p) {
+    typename D::Operand xv[KB];
+    SPARCL_UNROLL
+    for (int b = 0; b < KB; ++b) xv[b] = D::load_pairs(x[b] + p * W);
+    SPARCL_UNROLL
+    for (int i = 0; i < TM; ++i) {
+      const auto d = D::broadcast(dy[p * lddy + m0 + i]);
+      SPARCL_UNROLL
+      for (int b = 0; b < KB; ++b) acc[i][b] = D::dot(acc[i][b], d, xv[b]);
+    }
+  }
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int b = 0; b < KB; ++b) D::store(out[b] + (m0 + i) * W, acc[i][b]);
+  }
+}
+
+// Up to detail::kRunBlocks blocks one vector wide of one block row over the chunk's pairs
+// (pair_outer_run_tile); `dy` is the block row's packed pairs.
+template <int W>
+void pair_outer_run(const uint32_t* dy, const uint32_t* const* x, int blocks, int64_t count,
+                    int64_t bm, bool accumulate, float* const* out) {
+  for (int64_t m = 0; m < bm; m += detail::kRunRows) {
+    const int tm = static_cast<int>(std::min<int64_t>(detail::kRunRows, bm - m));
+    detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
+      detail::with_constant<detail::kRunBlocks>(blocks, [&](auto KB) {
+        pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(dy, bm, x, count, m,
+                                                                         accumulate, out);
+      });
+    });
+  }
+}
+
 // Batch pairs per chunk of one thread: both operands' packed rows (`row_pairs` pairs each)
 // within 512 KiB, so that the chunk stays in the core's L2 while all its blocks read it, and
 // at least 16 pairs, so that the tiles' accumulator loads and stores stay small beside their
@@ -330,6 +379,7 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
 struct UsedOperands {
   UsedPanels rows;
   UsedPanels cols;
+  int32_t* scratch;  // 4 ints per block column, for the pack's own table of its columns
 };
 
 // Each thread takes batch pairs from this many per thread on its own share of the pairs (all
@@ -353,7 +403,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
   std::vector<float*> partials(std::max(threads, 1), nullptr);
   const int64_t widest = std::max(L.rows(), L.cols());
-  with_pair_width(width_for(L.bk), [&](auto W) {
+  with_pair_width(width_for(L.bk), [&](auto width) {
+    constexpr int W = decltype(width)::value;
     run_parallel(threads, [&](int t, int nt) {
       zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
       const int pair_splits = pairs >= kMinPairsPerThread * nt ? nt : 1;
@@ -362,11 +413,13 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       int64_t q0, q1, a0, a1;
       even_share(pairs, ps, pair_splits, &q0, &q1);
       even_share(active, bs, block_splits, &a0, &a1);
-      int32_t* storage = detail::index_workspace(2 * (L.block_rows + L.block_cols), 1);
+      const int64_t groups = L.block_rows + L.block_cols;
+      int32_t* storage = detail::index_workspace(2 * groups + 4 * L.block_cols, 1);
       const UsedOperands used{
           used_panels(ids + a0, a1 - a0, L.row_indices, L.block_rows, storage),
           used_panels(ids + a0, a1 - a0, L.col_indices, L.block_cols,
-                      storage + 2 * L.block_rows)};
+                      storage + 2 * L.block_rows),
+          storage + 2 * groups};
       const int64_t dy_width = used.rows.count * L.bm, x_width = used.cols.count * L.bk;
       const int64_t chunk = pair_chunk(q1 - q0, dy_width + x_width);
       uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
@@ -383,9 +436,25 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
         const PairPanels dy_panels{dy_pairs, count, L.bm, used.rows.slot};
         const PairPanels x_panels{x_pairs, count, L.bk, used.cols.slot};
         pack(c0, count, used, dy_panels, x_panels, zeros);
-        for (int64_t a = a0; a < a1; ++a) {
-          float* out = partial ? partial + (a - a0) * block_elems : dw + ids[a] * block_elems;
-          pair_outer_block<decltype(W)::value>(dy_panels, x_panels, c0 > q0, ids[a], L, out);
+        const auto out_of = [&](int64_t a) {
+          return partial ? partial + (a - a0) * block_elems : dw + ids[a] * block_elems;
+        };
+        for (int64_t a = a0; a < a1;) {
+          if (L.bk != W) {
+            pair_outer_block<W>(dy_panels, x_panels, c0 > q0, ids[a], L, out_of(a));
+            ++a;
+            continue;
+          }
+          // A run of blocks of one block row (consecutive in storage order).
+          const int32_t row = L.row_indices[ids[a]];
+          int blocks = 0;
+          const uint32_t* x[detail::kRunBlocks];
+          float* out[detail::kRunBlocks];
+          for (; blocks < detail::kRunBlocks && a < a1 && L.row_indices[ids[a]] == row; ++a) {
+            x[blocks] = x_panels.at(0, L.col_indices[ids[a]]);
+            out[blocks++] = out_of(a);
+          }
+          pair_outer_run<W>(dy_panels.at(0, row), x, blocks, count, L.bm, c0 > q0, out);
         }
       }
       if (pair_splits == 1) return;
@@ -539,28 +608,60 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   });
 }
 
-// Pair p of the chunk, output pixels 2 * pair and 2 * pair + 1: for each used block column
-// (tap, channel block), (x at the input pixel the tap reaches from the first, the same from
-// the second), zero in the padding and past the last pixel.
-inline void pack_patch_pair(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
-                            const bf16_linear::UsedPanels& used, const uint16_t* zeros,
-                            int64_t pair, const bf16_linear::PairPanels& patches, int64_t p) {
-  const int64_t C = g.channels, side = patches.side, o = 2 * pair;
-  const Pixel a = pixel_of(o, g.out_h, g.out_w);
-  const Pixel b = pixel_of(o + 1, g.out_h, g.out_w);
-  int64_t last_tap = -1;
-  const uint16_t *ra = zeros, *rb = zeros;
+// The used block columns of the patch matrix, each as its tap's row and column offsets, its
+// first channel and its tap: worked out once per chunk, so that packing a pair divides
+// nothing (two divisions per column and pair had cost more than the products).
+struct PatchColumns {
+  const int32_t* list;  // UsedPanels::list
+  int64_t count;
+  const int32_t* row;
+  const int32_t* col;
+  const int32_t* channel;
+  const int32_t* tap;
+};
+
+inline PatchColumns patch_columns(const bf16_linear::UsedPanels& used, const ConvGeometry& g,
+                                  int64_t bk, int32_t* scratch) {
+  int32_t *row = scratch, *col = row + used.count, *channel = col + used.count;
+  int32_t* tap = channel + used.count;
+  const int64_t channel_blocks = g.channels / bk;
   for (int64_t u = 0; u < used.count; ++u) {
-    const int64_t column = used.list[u] * side, tap = column / C, c = column % C;
-    if (tap != last_tap) {  // the used columns come in tap order
-      const int64_t ia = input_pixel(g, a, tap);
-      const int64_t ib = o + 1 < pixels ? input_pixel(g, b, tap) : -1;
-      ra = ia < 0 ? zeros : x + ia * C;
-      rb = ib < 0 ? zeros : x + ib * C;
-      last_tap = tap;
+    const int64_t column = used.list[u], t = column / channel_blocks;
+    row[u] = static_cast<int32_t>((t / g.kernel_w) * g.dilation_h - g.pad_h);
+    col[u] = static_cast<int32_t>((t % g.kernel_w) * g.dilation_w - g.pad_w);
+    channel[u] = static_cast<int32_t>((column % channel_blocks) * bk);
+    tap[u] = static_cast<int32_t>(t);
+  }
+  return {used.list, used.count, row, col, channel, tap};
+}
+
+// x's row at input pixel (row, col) of `image`, or `zeros` in the padding.
+inline const uint16_t* input_row(const uint16_t* x, const ConvGeometry& g, int64_t image,
+                                 int64_t row, int64_t col, const uint16_t* zeros) {
+  const bool inside = row >= 0 && row < g.in_h && col >= 0 && col < g.in_w;
+  return inside ? x + ((image * g.in_h + row) * g.in_w + col) * g.channels : zeros;
+}
+
+// Pair row p of the chunk, output pixels a and b (b only if `second`, else zeros): for each
+// used block column (tap, channel block), the pairs (x at the input pixel the tap reaches
+// from a, the same from b), zero in the padding.
+inline void pack_patch_pair(const uint16_t* x, const ConvGeometry& g, const Pixel& a,
+                            const Pixel& b, bool second, const PatchColumns& cols,
+                            const uint16_t* zeros, const bf16_linear::PairPanels& patches,
+                            int64_t p) {
+  const int64_t ah = a.row * g.stride_h, aw = a.col * g.stride_w;
+  const int64_t bh = b.row * g.stride_h, bw = b.col * g.stride_w;
+  int32_t last_tap = -1;
+  const uint16_t *ra = zeros, *rb = zeros;
+  for (int64_t u = 0; u < cols.count; ++u) {
+    if (cols.tap[u] != last_tap) {  // the used columns come in tap order
+      ra = input_row(x, g, a.image, ah + cols.row[u], aw + cols.col[u], zeros);
+      rb = second ? input_row(x, g, b.image, bh + cols.row[u], bw + cols.col[u], zeros) : zeros;
+      last_tap = cols.tap[u];
     }
-    bf16_linear::interleave_pairs(ra + (ra == zeros ? 0 : c), rb + (rb == zeros ? 0 : c), side,
-                                  patches.at(p, used.list[u]));
+    const int64_t c = cols.channel[u];
+    bf16_linear::interleave_pairs(ra == zeros ? zeros : ra + c, rb == zeros ? zeros : rb + c,
+                                  patches.side, patches.at(p, cols.list[u]));
   }
 }
 
@@ -572,10 +673,14 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
       [&](int64_t first, int64_t count, const bf16_linear::UsedOperands& used,
           const bf16_linear::PairPanels& dy_pairs, const bf16_linear::PairPanels& patch_pairs,
           const uint16_t* zeros) {
+        if (count == 0) return;
+        const PatchColumns cols = patch_columns(used.cols, g, L.bk, used.scratch);
+        PixelWalk walk(2 * first, g.out_h, g.out_w);  // first < pairs: a pixel
         for (int64_t p = 0; p < count; ++p) {
+          const Pixel a = walk.next(), b = walk.next();
           bf16_linear::pack_row_pair(dy, pixels, L.rows(), used.rows, zeros, first + p,
                                      dy_pairs, p);
-          pack_patch_pair(x, g, pixels, used.cols, zeros, first + p, patch_pairs, p);
+          pack_patch_pair(x, g, a, b, 2 * (first + p) + 1 < pixels, cols, zeros, patch_pairs, p);
         }
       });
 }
