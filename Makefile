@@ -117,7 +117,7 @@ $(FMNIST):
 
 run: $(VENV)/.built $(FMNIST) tcmalloc
 	$(VENV)/bin/sparcl train --model sparcl-derpp --dataset seq-fmnist --nf 32 --sparsity 0.9 \
-		--block_size auto --n_epochs 6 --max_train_per_task 160 --buffer_size 500 \
+		--block_size largest --n_epochs 6 --max_train_per_task 160 --buffer_size 500 \
 		--alpha 0.1 --beta 0.5 --mask_current_logits --dgm_interval 10 --output_dir runs
 
 # On a machine with a CUDA GPU: GPU tests, compute-sanitizer, tuner and GPU tables in one

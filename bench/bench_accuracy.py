@@ -427,7 +427,9 @@ def main() -> None:
     parser.add_argument(
         "--nf", type=int, help="default 16; the blocks and precision studies: 32 (the main job's)"
     )
-    parser.add_argument("--block_size", default="auto", help="the precision study's blocks")
+    parser.add_argument(
+        "--block_size", default=TrainConfig.block_size, help="the precision study's blocks"
+    )
     parser.add_argument("--n_epochs", type=int, default=10)
     parser.add_argument("--max_train_per_task", type=int, default=1000)
     parser.add_argument("--buffer_size", type=int, default=200)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import yaml
 
+from sparcl.blocks import BLOCK_RULES
 from sparcl.data.datasets import PROTOCOLS
 from sparcl.data.protocol import AUGMENTATIONS
 from sparcl.masking import GRANULARITIES
@@ -46,7 +47,7 @@ class TrainConfig:
     data_dir: str | None = None
     output_dir: str = "runs"
     sparsity: float = 0.0
-    block_size: str = "auto"  # "auto" (per layer, see sparcl.train.block_sides) or a side
+    block_size: str = "largest"  # a rule of sparcl.train.BLOCK_RULES (per layer) or a side
     granularity: str = "block"  # "unstructured": the release's masked-dense training
     block_taps: str = "each"  # conv units: one tap's block ("each") or all taps together ("all")
     precision: str = "fp32"  # "bf16": every forward under bf16 autocast (sparcl.precision)
@@ -95,8 +96,10 @@ class TrainConfig:
             ),
             (0 <= self.sparsity < 1, f"--sparsity must be in [0, 1), got {self.sparsity}"),
             (
-                self.block_size == "auto" or (self.block_size.isdigit() and int(self.block_size)),
-                f"--block_size must be 'auto' or a positive integer, got {self.block_size!r}",
+                self.block_size in BLOCK_RULES
+                or (self.block_size.isdigit() and int(self.block_size)),
+                f"--block_size must be one of {BLOCK_RULES} or a positive integer, got "
+                f"{self.block_size!r}",
             ),
             (
                 self.block_taps in BLOCK_TAPS,

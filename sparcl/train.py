@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 import sparcl_kernels as sk
 from sparcl import allocator, faults, memory, precision
+from sparcl.blocks import block_sides
 from sparcl.config import TrainConfig
 from sparcl.data import SplitData, augment, load_dataset, with_augmentation
 from sparcl.distributed import Cluster
@@ -60,69 +61,6 @@ def build_network(config: TrainConfig, data: SplitData, report: bool = False) ->
             include = [name for name, chosen in sides.items() if chosen == side]
             sk.sparsify(net, config.sparsity, side, include=include, block_taps=config.block_taps)
     return net
-
-
-AUTO_BLOCK_SIDES = (32, 16, 8)  # --block_size auto: the largest that keeps a layer meaningful
-MIN_KEPT_BLOCKS = 8  # ... i.e. that leaves at least this many stored units at the sparsity
-
-
-def _unit_grid(module: nn.Module, side: int, block_taps: str) -> int:
-    """Units (what a layout change keeps or drops) of ``module`` at block side ``side``."""
-    if isinstance(module, nn.Conv2d):
-        kh, kw = module.kernel_size
-        taps = 1 if block_taps == "all" else kh * kw
-        return (module.out_channels // side) * (taps * module.in_channels // side)
-    return (module.out_features // side) * (module.in_features // side)
-
-
-def block_sides(
-    net: nn.Module, config: TrainConfig, sparse_layers: tuple[str, ...], report: bool
-) -> dict[str, int]:
-    """The block side of every layer to make sparse; layers no side fits are left out.
-
-    An explicit ``--block_size`` applies to every layer it divides. ``auto`` gives each layer
-    the largest side in AUTO_BLOCK_SIDES that it divides and at which at least
-    MIN_KEPT_BLOCKS units stay stored, so that narrow layers keep enough units for masks to
-    move (a 32-channel conv has 9 blocks of 32x32 and would keep 1 at 90%; with
-    ``--block_taps all`` a unit is a channel pair over all taps); the smallest side
-    that divides when none keeps that many. A block size that fits none of the layers is an
-    error (the run would be dense under a sparse label); one that leaves some layers dense
-    says which, with ``report``.
-    """
-    candidates = AUTO_BLOCK_SIDES if config.block_size == "auto" else (int(config.block_size),)
-    modules = dict(net.named_modules())
-    plans = {side: sk.nn.plan_sparsify(net, side, include=sparse_layers) for side in candidates}
-    selected = [
-        d.name for d in plans[candidates[0]] if d.reason not in ("not included", "excluded")
-    ]
-    sides, left_dense = {}, []
-    for name in selected:
-        fitting = [
-            side for side in candidates if any(d.name == name and d.sparse for d in plans[side])
-        ]
-        if not fitting:
-            reason = next(d.reason for d in plans[candidates[-1]] if d.name == name)
-            left_dense.append(f"{name} ({reason})")
-            continue
-        kept = [
-            s
-            for s in fitting
-            if (1 - config.sparsity) * _unit_grid(modules[name], s, config.block_taps)
-            >= MIN_KEPT_BLOCKS
-        ]
-        sides[name] = kept[0] if kept else fitting[-1]
-    if not sides:
-        raise ValueError(
-            f"--block_size {config.block_size} fits none of the layers to make sparse: "
-            + "; ".join(left_dense)
-        )
-    if left_dense and report:
-        print(
-            f"sparcl: --block_size {config.block_size} leaves {len(left_dense)} of "
-            f"{len(selected)} layers dense: {'; '.join(left_dense)}",
-            file=sys.stderr,
-        )
-    return sides
 
 
 def layer_block_size(net: nn.Module) -> dict[str, list[int]]:

@@ -571,12 +571,12 @@ def test_schedule_that_does_not_fit_warns_and_scaled_maps_it():
 
 @pytest.mark.parametrize("nf", [32, 64])
 def test_auto_block_size_keeps_every_resnet_layer_meaningful(nf, fmnist_dir):
+    from sparcl.blocks import MIN_KEPT_BLOCKS
     from sparcl.config import TrainConfig
-    from sparcl.train import MIN_KEPT_BLOCKS, build_network, layer_block_size
+    from sparcl.train import build_network, layer_block_size
 
     data = load_dataset("seq-fmnist", fmnist_dir)
-    config = TrainConfig(model="sparcl-derpp", nf=nf, sparsity=0.9)
-    assert config.block_size == "auto"
+    config = TrainConfig(model="sparcl-derpp", nf=nf, sparsity=0.9, block_size="auto")
     net = build_network(config, data)
     sides = layer_block_size(net)
     assert len(sides) == 16
@@ -585,6 +585,21 @@ def test_auto_block_size_keeps_every_resnet_layer_meaningful(nf, fmnist_dir):
             assert module.values.shape[0] >= MIN_KEPT_BLOCKS, (name, sides[name])
     # Narrow layers get smaller blocks than wide ones.
     assert sides["layer1.0.conv1"][0] < sides["layer4.0.conv1"][0] == 32
+
+
+def test_the_default_blocks_are_the_largest_side_that_divides_each_layer(fmnist_dir):
+    from sparcl.config import TrainConfig
+    from sparcl.train import build_network, layer_block_size
+
+    data = load_dataset("seq-fmnist", fmnist_dir)
+    config = TrainConfig(model="sparcl-derpp", nf=32, sparsity=0.9)
+    assert config.block_size == "largest"  # the block study's choice
+    sides = layer_block_size(build_network(config, data))
+    assert len(sides) == 16 and {tuple(s) for s in sides.values()} == {(32, 32)}
+    # An MLP whose input width 32 does not divide (784 = 28 x 28) takes 16 there, not dense.
+    mlp = TrainConfig(model="sparcl-derpp", backbone="mlp", sparsity=0.9)
+    sides = layer_block_size(build_network(mlp, data))
+    assert sides["body.1"] == [16, 16] and sides["body.3"] == [32, 32]
 
 
 def test_speed_check_measures_both_networks_memory_in_fresh_processes():
