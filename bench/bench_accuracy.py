@@ -294,6 +294,7 @@ def pareto_plot(rows: list[dict], speed: dict[str, dict], target: str) -> None:
         title=f"Split Fashion-MNIST, {seeds} paired seed(s); bars: 95% paired interval",
     )
     axis.grid(alpha=0.3)
+    axis.margins(x=0.15)  # room for the labels of the outermost points
     figure.tight_layout()
     figure.savefig(target, dpi=100)
     plt.close(figure)
