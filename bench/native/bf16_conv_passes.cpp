@@ -10,6 +10,7 @@
 // With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels (a ResNet stage's
 // first conv). Needs a CPU with AVX512_BF16.
 #include "kernels_bf16_avx512.cpp"
+#include "harness.h"
 
 #include <algorithm>
 #include <chrono>
@@ -25,18 +26,6 @@ double bf16_dot_peak_gflops(int threads, double seconds);
 using sparcl::BlockLayoutView;
 using sparcl::ConvGeometry;
 
-template <typename F>
-double best_ms(F f, int reps = 9) {
-  double best = 1e9;
-  for (int t = 0; t < reps; ++t) {
-    const auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best * 1e3;
-}
-
 int main(int argc, char** argv) {
   const int b = argc > 1 ? atoi(argv[1]) : 32;
   const int64_t C = argc > 2 ? atoi(argv[2]) : 64, S = argc > 3 ? atoi(argv[3]) : 32;
@@ -45,40 +34,20 @@ int main(int argc, char** argv) {
   const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
   const double density = argc > 7 ? atof(argv[7]) : 0.1;
   const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
-  std::mt19937 rng(0);
-  const int64_t br = C / b, bc = 9 * cin / b;
-  std::vector<int64_t> order(br * bc);
-  for (int64_t i = 0; i < br * bc; ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), rng);
-  std::vector<char> kept(br * bc, 0);
-  const int64_t want = std::max<int64_t>(1, std::llround(density * br * bc));
-  for (int64_t i = 0; i < want; ++i) kept[order[i]] = 1;
-  std::vector<int32_t> ro(br + 1), ci, ri;
-  for (int64_t r = 0; r < br; ++r) {
-    for (int64_t c = 0; c < bc; ++c)
-      if (kept[r * bc + c]) ci.push_back(c), ri.push_back(r);
-    ro[r + 1] = ci.size();
-  }
-  const int64_t nnz = ci.size();
-  std::vector<int32_t> to(bc + 1, 0), tid(nnz);
-  for (auto c : ci) to[c + 1]++;
-  for (int64_t c = 0; c < bc; ++c) to[c + 1] += to[c];
-  {
-    std::vector<int32_t> pos(to.begin(), to.end() - 1);
-    for (int64_t j = 0; j < nnz; ++j) tid[pos[ci[j]]++] = j;
-  }
-  BlockLayoutView L{br, bc, b, b, nnz, ro.data(), ci.data(), ri.data(), to.data(), tid.data()};
+  const harness::RandomLayout layout(C / b, 9 * cin / b, b, b, density);
+  const BlockLayoutView L = layout.view();
+  const int64_t nnz = L.nnz;
   const uint16_t half = 0x3f00, quarter = 0x3e80;
   std::vector<uint16_t> x(N * in * in * cin, half), y(N * S * S * C, quarter), dx(x.size());
   std::vector<uint32_t> packed(nnz * b * b / 2, sparcl::bf16::pair(quarter, quarter));
   std::vector<float> dw(nnz * b * b);
   const double flops = 2.0 * N * S * S * nnz * b * b;
   namespace conv = sparcl::avx512bf16::bf16_conv;
-  const double f = best_ms([&] {
+  const double f = harness::best_ms([&] {
     conv::forward(x.data(), packed.data(), nullptr, y.data(), L, g, threads);
   });
-  const double d = best_ms([&] { conv::grad_input(y.data(), packed.data(), dx.data(), L, g, threads); });
-  const double w = best_ms([&] {
+  const double d = harness::best_ms([&] { conv::grad_input(y.data(), packed.data(), dx.data(), L, g, threads); });
+  const double w = harness::best_ms([&] {
     conv::grad_weight(y.data(), x.data(), nullptr, dw.data(), L, g, threads);
   });
   const double peak = sparcl::bf16_dot_peak_gflops(threads, 0.3);

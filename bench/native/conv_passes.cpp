@@ -16,6 +16,7 @@
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
 #include "conv_kernels.h"
 #include "peak.h"
+#include "harness.h"
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,18 +28,6 @@ using sparcl::BlockLayoutView;
 using sparcl::ConvGeometry;
 using sparcl::Execution;
 
-template <typename F>
-double best_ms(F f, int reps = 9) {
-  double best = 1e9;
-  for (int t = 0; t < reps; ++t) {
-    auto t0 = std::chrono::steady_clock::now();
-    f();
-    best = std::min(best,
-                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-  }
-  return best * 1e3;
-}
-
 int main(int argc, char** argv) {
   const int b = argc > 1 ? atoi(argv[1]) : 8;
   const int64_t C = argc > 2 ? atoi(argv[2]) : 128, S = argc > 3 ? atoi(argv[3]) : 16;
@@ -46,41 +35,19 @@ int main(int argc, char** argv) {
   const int threads = argc > 5 ? atoi(argv[5]) : 1;
   const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
   const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
-  // Exactly round(density x positions) stored blocks (at least one), as from_dense keeps.
   const double density = argc > 7 ? atof(argv[7]) : 0.1;
-  std::mt19937 rng(0);
-  const int64_t br = C / b, bc = 9 * cin / b;
-  std::vector<char> kept(br * bc, 0);
-  std::vector<int64_t> order(br * bc);
-  for (int64_t i = 0; i < br * bc; ++i) order[i] = i;
-  std::shuffle(order.begin(), order.end(), rng);
-  const int64_t want = std::max<int64_t>(1, std::llround(density * br * bc));
-  for (int64_t i = 0; i < want; ++i) kept[order[i]] = 1;
-  std::vector<int32_t> ro(br + 1), ci, ri;
-  ro[0] = 0;
-  for (int64_t r = 0; r < br; ++r) {
-    for (int64_t c = 0; c < bc; ++c)
-      if (kept[r * bc + c]) ci.push_back(c), ri.push_back(r);
-    ro[r + 1] = ci.size();
-  }
-  const int64_t nnz = ci.size();
-  std::vector<int32_t> to(bc + 1, 0), tid(nnz);
-  for (auto c : ci) to[c + 1]++;
-  for (int64_t c = 0; c < bc; ++c) to[c + 1] += to[c];
-  {
-    std::vector<int32_t> pos(to.begin(), to.end() - 1);
-    for (int64_t j = 0; j < nnz; ++j) tid[pos[ci[j]]++] = j;
-  }
-  BlockLayoutView L{br, bc, b, b, nnz, ro.data(), ci.data(), ri.data(), to.data(), tid.data()};
+  const harness::RandomLayout layout(C / b, 9 * cin / b, b, b, density);
+  const BlockLayoutView L = layout.view();
+  const int64_t nnz = L.nnz;
   std::vector<float> x(N * in * in * cin, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),
       dx(x.size()), dw(v.size());
   const double flops = 2.0 * N * S * S * nnz * b * b;
   const Execution ex{threads, 16};
-  const double f = best_ms([&] {
+  const double f = harness::best_ms([&] {
     conv::forward<float>(x.data(), v.data(), vt.data(), nullptr, y.data(), L, g, ex);
   });
-  const double d = best_ms([&] { conv::grad_input<float>(y.data(), v.data(), dx.data(), L, g, ex); });
-  const double w = best_ms([&] {
+  const double d = harness::best_ms([&] { conv::grad_input<float>(y.data(), v.data(), dx.data(), L, g, ex); });
+  const double w = harness::best_ms([&] {
     conv::grad_weight<float>(y.data(), x.data(), nullptr, dw.data(), L, g, ex);
   });
   const double peak = peak::fma_gflops(threads, 0.3);

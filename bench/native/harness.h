@@ -1,0 +1,71 @@
+// What the torch-free kernel harnesses share: a best-of timer and a random block layout with
+// an exact number of stored blocks.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <random>
+#include <vector>
+
+#include "block_sparse.h"
+
+namespace harness {
+
+// The fastest of `reps` runs of f, in milliseconds.
+template <typename F>
+double best_ms(F f, int reps = 9) {
+  double best = 1e9;
+  for (int t = 0; t < reps; ++t) {
+    const auto t0 = std::chrono::steady_clock::now();
+    f();
+    best = std::min(best,
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return best * 1e3;
+}
+
+// A block_rows x block_cols grid of bm x bk blocks keeping exactly round(density x positions)
+// of them (at least one), drawn with a fixed seed, as from_dense keeps a count.
+class RandomLayout {
+ public:
+  RandomLayout(int64_t block_rows, int64_t block_cols, int64_t bm, int64_t bk, double density)
+      : rows_(block_rows), cols_(block_cols), bm_(bm), bk_(bk) {
+    std::mt19937 rng(0);
+    std::vector<int64_t> order(rows_ * cols_);
+    for (int64_t i = 0; i < rows_ * cols_; ++i) order[i] = i;
+    std::shuffle(order.begin(), order.end(), rng);
+    std::vector<char> kept(rows_ * cols_, 0);
+    const int64_t want = std::max<int64_t>(1, std::llround(density * rows_ * cols_));
+    for (int64_t i = 0; i < want && i < rows_ * cols_; ++i) kept[order[i]] = 1;
+    offsets_.assign(rows_ + 1, 0);
+    for (int64_t r = 0; r < rows_; ++r) {
+      for (int64_t c = 0; c < cols_; ++c)
+        if (kept[r * cols_ + c]) columns_.push_back(c), row_of_.push_back(r);
+      offsets_[r + 1] = static_cast<int32_t>(columns_.size());
+    }
+    const int64_t nnz = columns_.size();
+    transpose_offsets_.assign(cols_ + 1, 0);
+    transpose_ids_.resize(nnz);
+    for (const auto c : columns_) transpose_offsets_[c + 1]++;
+    for (int64_t c = 0; c < cols_; ++c) transpose_offsets_[c + 1] += transpose_offsets_[c];
+    std::vector<int32_t> next(transpose_offsets_.begin(), transpose_offsets_.end() - 1);
+    for (int64_t j = 0; j < nnz; ++j) transpose_ids_[next[columns_[j]]++] = j;
+  }
+
+  int64_t nnz() const { return static_cast<int64_t>(columns_.size()); }
+
+  sparcl::BlockLayoutView view() const {
+    return {rows_,           cols_,           bm_,
+            bk_,             nnz(),           offsets_.data(),
+            columns_.data(), row_of_.data(),  transpose_offsets_.data(),
+            transpose_ids_.data()};
+  }
+
+ private:
+  int64_t rows_, cols_, bm_, bk_;
+  std::vector<int32_t> offsets_, columns_, row_of_, transpose_offsets_, transpose_ids_;
+};
+
+}  // namespace harness
