@@ -1,7 +1,8 @@
 // The linear kernels alone, without torch: forward, input gradient and weight gradient of a
 // 2048 x 2048 block-sparse layer at density 0.1 (random layout, harness.h), and the panel
-// transposes, on the AVX-512 copy of the kernels, against the FMA peak probe. Used for A/Bs of kernel changes between
-// commits (build the file against each commit's csrc/cpu and run them alternately).
+// transposes, on the AVX-512 copy of the kernels, against the FMA peak probe. Used for A/Bs of
+// kernel changes between commits (build the file against each commit's csrc/cpu and run them
+// alternately).
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/linear_passes.cpp \
 //       -o build/linear_passes && build/linear_passes BLOCK BATCH THREADS
