@@ -7,13 +7,21 @@
 //       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 //
 // With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels (a ResNet stage's
-// first conv).
+// first conv). -DHARNESS_AVX2 builds the AVX2 copy instead.
 #include "isa_prelude.h"
+#ifdef HARNESS_AVX2
+#define SPARCL_ISA_NS avx2
+#define SPARCL_ISA_WIDTH 8
+#define SPARCL_TILE_ROWS 6
+#define SPARCL_MAX_VECTORS 2
+#pragma GCC target("avx2,fma")
+#else
 #define SPARCL_ISA_NS avx512
 #define SPARCL_ISA_WIDTH 16
 #define SPARCL_TILE_ROWS 12
 #define SPARCL_MAX_VECTORS 2
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
+#endif
 #include "conv_kernels.h"
 #include "peak.h"
 #include "harness.h"
@@ -23,7 +31,7 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
-using namespace sparcl::avx512;
+using namespace sparcl::SPARCL_ISA_NS;
 using sparcl::BlockLayoutView;
 using sparcl::ConvGeometry;
 using sparcl::Execution;
@@ -42,7 +50,7 @@ int main(int argc, char** argv) {
   std::vector<float> x(N * in * in * cin, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),
       dx(x.size()), dw(v.size());
   const double flops = 2.0 * N * S * S * nnz * b * b;
-  const Execution ex{threads, 16};
+  const Execution ex{threads, SPARCL_ISA_WIDTH};
   const double f = harness::best_ms([&] {
     conv::forward<float>(x.data(), v.data(), vt.data(), nullptr, y.data(), L, g, ex);
   });

@@ -128,19 +128,22 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
          g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
 }
 
-// Output pixels per image from which blocks exactly one vector wide take the panels.
-constexpr int64_t kOneVectorPanelMinPixels = 64;
+// Output pixels per image from which blocks exactly one vector wide take the panels. Their
+// pixel-major tile has kTile accumulators: AVX2's 6 cannot cover the multiply-add latency and
+// lost to the panels everywhere (Zen 4, 8x8 blocks: panels 1.3-1.8x faster on 8x8 to 32x32
+// images); AVX-512's 12 ran 1.3-1.4x faster than the panels on 8x8 images on a Zen 4 (16x16
+// blocks, alternated native runs), where an Ice Lake had measured either way. From 16x16
+// images on, AVX-512 keeps the panels (Ice Lake: 1.1-1.7x faster; Zen 4: 0.9-1.1x).
+constexpr int64_t kOneVectorPanelMinPixels = kTile >= 12 ? 256 : 64;
 
 // Whether a forward or input gradient over a side (bm or bk) runs on padded panels that fit.
 // Blocks narrower than one vector always (the pixel-major tiles then also run short vectors):
 // the chunk panels stay in L2 (padded_panel_pass), so even the main job's 32-channel convs
 // gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels
 // 1.2-1.7x over whole-batch panels, which lost below 64 channels). Blocks one vector wide
-// from 8x8 images up: their pixel-major tile does one broadcast per multiply-add; on panels
-// (2 threads, alternated) 16x16 blocks on AVX-512 ran 1.1-1.7x faster on 16x16 and 32x32
-// images and either way on 8x8 ones, 8x8 blocks on AVX2 1.1-1.4x from 8x8 images up; both lost
-// on 4x4 images (36 padded pixels for 16), where the pixel-major tiles stay. (NEON's 4x4
-// blocks follow the same rule untimed: emulated timings mean nothing.)
+// from kOneVectorPanelMinPixels up: their pixel-major tile does one broadcast per
+// multiply-add; both lost on 4x4 images (36 padded pixels for 16), where the pixel-major
+// tiles stay. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings mean nothing.)
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
   const bool narrow = side < width ||
                       (side == width && g.out_h * g.out_w >= kOneVectorPanelMinPixels);

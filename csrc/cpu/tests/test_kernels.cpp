@@ -459,6 +459,8 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                             // stride 1 (padded panels): dilated, uneven kernel, no padding
                             {16, 16, 3, 1, 1, 2, 2, 7, 6, 2}, {16, 32, 3, 3, 1, 0, 1, 9, 18, 2},
                             {32, 16, 5, 3, 1, 2, 1, 4, 3, 3},
+                            // 272 output pixels: one-vector blocks on panels on every ISA
+                            {16, 32, 3, 3, 1, 1, 1, 16, 17, 1},
                             // one input row: stride phase row 1 has no pixels
                             {16, 16, 3, 3, 2, 1, 1, 1, 5, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}, {8, 16}};
