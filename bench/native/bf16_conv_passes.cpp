@@ -27,14 +27,12 @@ using sparcl::BlockLayoutView;
 using sparcl::ConvGeometry;
 
 int main(int argc, char** argv) {
-  const int b = argc > 1 ? atoi(argv[1]) : 32;
-  const int64_t C = argc > 2 ? atoi(argv[2]) : 64, S = argc > 3 ? atoi(argv[3]) : 32;
-  const int64_t N = argc > 4 ? atoi(argv[4]) : 32;
-  const int threads = argc > 5 ? atoi(argv[5]) : 2;
-  const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
-  const double density = argc > 7 ? atof(argv[7]) : 0.1;
-  const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
-  const harness::RandomLayout layout(C / b, 9 * cin / b, b, b, density);
+  const harness::ConvCase c(argc, argv, 32, 2);
+  const int b = c.block, threads = c.threads;
+  const int64_t C = c.channels, S = c.size, N = c.batch, stride = c.stride;
+  const int64_t cin = c.in_channels, in = c.in_size;
+  const ConvGeometry g = c.geometry();
+  const harness::RandomLayout layout = c.layout();
   const BlockLayoutView L = layout.view();
   const int64_t nnz = L.nnz;
   const uint16_t half = 0x3f00, quarter = 0x3e80;

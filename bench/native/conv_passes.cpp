@@ -37,14 +37,12 @@ using sparcl::ConvGeometry;
 using sparcl::Execution;
 
 int main(int argc, char** argv) {
-  const int b = argc > 1 ? atoi(argv[1]) : 8;
-  const int64_t C = argc > 2 ? atoi(argv[2]) : 128, S = argc > 3 ? atoi(argv[3]) : 16;
-  const int64_t N = argc > 4 ? atoi(argv[4]) : 32;
-  const int threads = argc > 5 ? atoi(argv[5]) : 1;
-  const int64_t stride = argc > 6 ? atoi(argv[6]) : 1, cin = C / stride, in = S * stride;
-  const ConvGeometry g{N, in, in, cin, S, S, 3, 3, stride, stride, 1, 1, 1, 1};
-  const double density = argc > 7 ? atof(argv[7]) : 0.1;
-  const harness::RandomLayout layout(C / b, 9 * cin / b, b, b, density);
+  const harness::ConvCase c(argc, argv, 8, 1);
+  const int b = c.block, threads = c.threads;
+  const int64_t C = c.channels, S = c.size, N = c.batch;
+  const int64_t cin = c.in_channels, in = c.in_size;
+  const ConvGeometry g = c.geometry();
+  const harness::RandomLayout layout = c.layout();
   const BlockLayoutView L = layout.view();
   const int64_t nnz = L.nnz;
   std::vector<float> x(N * in * in * cin, 0.5f), v(nnz * b * b, 0.25f), vt(v), y(N * S * S * C),

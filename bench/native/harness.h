@@ -9,7 +9,10 @@
 #include <random>
 #include <vector>
 
+#include <cstdlib>
+
 #include "block_sparse.h"
+#include "block_sparse_conv.h"
 
 namespace harness {
 
@@ -66,6 +69,37 @@ class RandomLayout {
  private:
   int64_t rows_, cols_, bm_, bk_;
   std::vector<int32_t> offsets_, columns_, row_of_, transpose_offsets_, transpose_ids_;
+};
+
+// A ResNet-like 3x3 pad-1 conv from the command line: BLOCK CHANNELS SIZE BATCH THREADS
+// [STRIDE [DENSITY]]. With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels
+// (a ResNet stage's first conv).
+struct ConvCase {
+  int block;
+  int64_t channels, size, batch;
+  int threads;
+  int64_t stride, in_channels, in_size;
+  double density;
+
+  ConvCase(int argc, char** argv, int default_block, int default_threads) {
+    block = argc > 1 ? std::atoi(argv[1]) : default_block;
+    channels = argc > 2 ? std::atoi(argv[2]) : 64;
+    size = argc > 3 ? std::atoi(argv[3]) : 32;
+    batch = argc > 4 ? std::atoi(argv[4]) : 32;
+    threads = argc > 5 ? std::atoi(argv[5]) : default_threads;
+    stride = argc > 6 ? std::atoi(argv[6]) : 1;
+    density = argc > 7 ? std::atof(argv[7]) : 0.1;
+    in_channels = channels / stride;
+    in_size = size * stride;
+  }
+
+  sparcl::ConvGeometry geometry() const {
+    return {batch, in_size, in_size, in_channels, size, size, 3, 3, stride, stride, 1, 1, 1, 1};
+  }
+
+  RandomLayout layout() const {
+    return RandomLayout(channels / block, 9 * in_channels / block, block, block, density);
+  }
 };
 
 }  // namespace harness

@@ -393,7 +393,7 @@ constexpr int64_t kMinPairsPerThread = 64;
 // otherwise each thread sums its share of the kept blocks over all pairs. Per chunk of its
 // pairs a thread calls pack(first, count, used, dy_pairs, x_pairs, zeros): pairs [first,
 // first + count) into PairPanels of its used block rows and columns, `zeros` a zero row as
-// wide as either operand.
+// long as a block side (all a pack reads of it).
 template <typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
                           const BlockLayoutView& L, int threads, const Pack& pack) {
@@ -402,7 +402,7 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
   std::vector<float*> partials(std::max(threads, 1), nullptr);
-  const int64_t widest = std::max(L.rows(), L.cols());
+  const int64_t side = std::max(L.bm, L.bk);  // what a pack reads of a zero row
   with_pair_width(width_for(L.bk), [&](auto width) {
     constexpr int W = decltype(width)::value;
     run_parallel(threads, [&](int t, int nt) {
@@ -429,7 +429,7 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       if (ps > 0)
         partials[t] = partial = detail::thread_workspace((a1 - a0) * block_elems,
                                                          detail::kAccumulatorSlot);
-      const uint16_t* zeros = zero_row(widest);
+      const uint16_t* zeros = zero_row(side);
       // An empty share of pairs still gives each of its blocks one (zero) pass.
       for (int64_t c0 = q0; c0 == q0 || c0 < q1; c0 += chunk) {
         const int64_t count = std::min(q1, c0 + chunk) - c0;
