@@ -521,20 +521,9 @@ struct ForwardTile : ForwardPairRows {
   const uint16_t* operator()(int64_t j, int i) const { return at(j, i); }
 };
 
-// Input-gradient tile rows: row i (image, phase row a, phase column b) of block j is
-// grad_out at the output pixel the block's shift maps it to, at the block's first output
-// channel, or `zeros` at the borders.
-struct PhasePairRows {
-  const uint16_t* zeros;
-  const ConvGeometry* g;
-  const GradInputPlan* plan;
-  const uint16_t* base[kTile];  // grad_out at (image, a, b)
-  int64_t a[kTile], b[kTile];
-  const uint16_t* operator()(int64_t j, int i) const {
-    const int64_t oh = a[i] + plan->shift_h[j], ow = b[i] + plan->shift_w[j];
-    const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
-    return inside ? base[i] + plan->offset[j] : zeros;
-  }
+// Input-gradient tile rows in the form pair_tile takes: conv_pixels::PhaseRows.
+struct PhasePairRows : conv_pixels::PhaseRows<uint16_t, kTile> {
+  const uint16_t* operator()(int64_t j, int i) const { return at(j, i); }
 };
 
 void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint16_t* y,
@@ -551,12 +540,15 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
       for_each_item(grid, pixels, rows, t, nt, [&](int64_t r, int64_t p0, int64_t p1) {
         PixelWalk walk(p0, g.out_h, g.out_w);  // the tiles come in order
         uint16_t* y0 = y + p0 * cout + r * L.bm;
+        const uint32_t used = taps.used_by(L.row_offsets[r], L.row_offsets[r + 1]);
         const auto make_tile = [&](int64_t n, int tn, uint16_t** out) {
-          ForwardTile tile{{x, zeros, &g, &taps, true, {}, {}, {}, {}}};
+          ForwardTile tile;
+          tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps, tile.interior = true;
           for (int i = 0; i < tn; ++i) {
             tile.interior &= tile.locate(i, walk.next());
             out[i] = y0 + (n + i) * cout;
           }
+          tile.tabulate(tn, used);
           return tile;
         };
         pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bk / 2, L.bm, nullptr,
@@ -589,14 +581,17 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
         for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
           PixelWalk walk(p0, height, width);  // phase pixels; the tiles come in order
           const auto make_tile = [&](int64_t, int tn, uint16_t** out) {
-            PhasePairRows tile{zeros, &g, &plan, {}, {}, {}};
+            PhasePairRows tile;
+            tile.dy = dy, tile.zeros = zeros, tile.g = &g, tile.plan = &plan;
+            tile.row_indices = L.row_indices, tile.bm = L.bm, tile.cout = cout;
+            tile.interior = true;
             for (int i = 0; i < tn; ++i) {
               const Pixel q = walk.next();  // q.row, q.col: phase row and column
-              tile.a[i] = q.row, tile.b[i] = q.col;
-              tile.base[i] = dy + ((q.image * g.out_h + q.row) * g.out_w + q.col) * cout;
+              tile.interior &= tile.locate(i, q.image, q.row, q.col);
               const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
               out[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
             }
+            tile.tabulate(tn, phase * channel_blocks + cb);
             return tile;
           };
           pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bm / 2, L.bk,

@@ -49,59 +49,34 @@ inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g) {
   return conv_pixels::block_taps(L, g, storage);
 }
 
+// rows[i] = first[i] + offset for a whole tile.
+template <int TN>
+inline void shifted(const float* const* first, int64_t offset, const float* (&rows)[TN]) {
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) rows[i] = first[i] + offset;
+}
+
 // Forward tile rows (conv_pixels::TapRows) in the form accumulate_tile takes: all rows of a
 // block at once, the interior test made once per block.
 struct ForwardRows : conv_pixels::TapRows<float, kTile> {
   template <int TN>
   void operator()(int64_t j, const float* (&rows)[TN]) const {
-    if (interior) {
-      const int64_t offset = taps->offset[j];
-      SPARCL_UNROLL
-      for (int i = 0; i < TN; ++i) rows[i] = base[i] + offset;
-      return;
-    }
+    if (interior) return shifted(base, taps->offset[j], rows);
+    if (taps->tabled) return shifted(table[taps->tap[j]], taps->channel[j], rows);
     SPARCL_UNROLL
     for (int i = 0; i < TN; ++i) rows[i] = at(j, i);
   }
 };
 
-// Input-gradient tile rows: input pixel i (image n_i, phase row a_i, phase column b_i) reads
-// grad_out at the output pixel that block j's tap maps it to, or a zero row at the borders.
-// A tile whose pixels reach an output pixel under every block's shift takes one addition
-// per row and block.
-struct GradInputRows {
-  const float* dy;
-  const float* zeros;
-  const BlockLayoutView* L;
-  const ConvGeometry* g;
-  const GradInputPlan* plan;
-  bool interior;
-  int64_t image[kTile], a[kTile], b[kTile];
-  const float* base[kTile];  // grad_out at (image, a, b), when interior
+// Input-gradient tile rows (conv_pixels::PhaseRows) in the form accumulate_tile takes.
+struct GradInputRows : conv_pixels::PhaseRows<float, kTile> {
   template <int TN>
   void operator()(int64_t j, const float* (&rows)[TN]) const {
-    if (interior) {
-      const int64_t offset = plan->offset[j];
-      SPARCL_UNROLL
-      for (int i = 0; i < TN; ++i) rows[i] = base[i] + offset;
-      return;
-    }
-    const int64_t offset = static_cast<int64_t>(L->row_indices[j]) * L->bm;
-    const int64_t dh = plan->shift_h[j], dw = plan->shift_w[j], cout = L->rows();
+    if (interior) return shifted(base, plan->offset[j], rows);
+    if (plan->shifts)
+      return shifted(table[plan->shift_id[j]], static_cast<int64_t>(row_indices[j]) * bm, rows);
     SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i) {
-      const int64_t oh = a[i] + dh, ow = b[i] + dw;
-      const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
-      rows[i] = inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout + offset : zeros;
-    }
-  }
-
-  // Sets tile row i; returns whether every block's shift keeps it inside the output.
-  bool locate(int i, int64_t image_index, int64_t a_index, int64_t b_index) {
-    image[i] = image_index, a[i] = a_index, b[i] = b_index;
-    base[i] = dy + ((image_index * g->out_h + a_index) * g->out_w + b_index) * L->rows();
-    return a_index + plan->min_h >= 0 && a_index + plan->max_h < g->out_h &&
-           b_index + plan->min_w >= 0 && b_index + plan->max_w < g->out_w;
+    for (int i = 0; i < TN; ++i) rows[i] = at(j, i);
   }
 };
 
@@ -302,11 +277,15 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
     even_share(chunks, t, nt, &begin, &end);
     const int64_t stop = std::min(pixels, end * kPixelChunk);
     PixelWalk walk(begin * kPixelChunk, g.out_h, g.out_w);
+    ForwardRows rows;
+    rows.x = x, rows.zeros = zeros, rows.g = &g, rows.taps = &taps;
     for (int64_t p0 = begin * kPixelChunk; p0 < stop; p0 += kTile) {
-      const int64_t count = std::min<int64_t>(kTile, stop - p0);
-      ForwardRows rows{{x, zeros, &g, &taps, true, {}, {}, {}, {}}};
+      const int count = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
+      rows.interior = true;
       for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
-      const auto tile_rows = [&](int64_t) { return rows; };  // one tile, all block rows
+      rows.tabulate(count, taps.used);
+      // One tile, all block rows.
+      const auto tile_rows = [&](int64_t) -> const ForwardRows& { return rows; };
       for (int64_t r = 0; r < L.block_rows; ++r) {
         const auto tile_out = [&](int64_t) {
           return detail::StridedOut{y + p0 * cout + r * L.bm, cout};
@@ -327,6 +306,9 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
   const GradInputPlan plan =
       plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g)));
   run_parallel(threads, [&](int, int) {
+    GradInputRows rows;
+    rows.dy = dy, rows.zeros = zeros, rows.g = &g, rows.plan = &plan;
+    rows.row_indices = L.row_indices, rows.bm = L.bm, rows.cout = L.rows();
     for (int64_t phase = 0; phase < plan.phases; ++phase) {
       const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
       const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
@@ -341,17 +323,18 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
         const int64_t count = std::min(kPixelChunk, pixels - e0);
         const int64_t group = phase * channel_blocks + cb;
         const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
-        GradInputRows rows{dy, zeros, &L, &g, &plan, true, {}, {}, {}, {}};
         detail::ListedOut<kTile> out{};
         PixelWalk walk(e0, height, width);  // pixels of the phase grid, tiles taken in order
         const auto locate = [&](int64_t n) {  // the tile of phase pixels e0 + n ...
+          const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
           rows.interior = true;
-          for (int i = 0; i < kTile && n + i < count; ++i) {
+          for (int i = 0; i < tn; ++i) {
             const Pixel q = walk.next();  // q.row, q.col: phase row and column
             rows.interior &= rows.locate(i, q.image, q.row, q.col);
             const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
             out.rows[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
           }
+          return tn;
         };
         if (sb == se) {  // no block reaches this phase of this channel block: zeros
           for (int64_t n = 0; n < count; n += kTile) {
@@ -361,8 +344,8 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
           }
           continue;
         }
-        const auto tile_rows = [&](int64_t n) {
-          locate(n);
+        const auto tile_rows = [&](int64_t n) -> const GradInputRows& {
+          rows.tabulate(locate(n), group);
           return rows;
         };
         const auto tile_out = [&](int64_t) { return out; };  // located by tile_rows(n)

@@ -41,6 +41,12 @@ class PixelWalk {
   int64_t height_, width_;
 };
 
+// Kernels of at most this many taps (3x3 and smaller) get per-tile tap tables: a tile with
+// a pixel on the image border looks up the rows of each tap (or shift) once instead of
+// testing every row of every block, which cost as much as the multiply-adds of blocks one
+// vector wide on images of 8x8 and less, where no 12-pixel tile is clear of the border.
+constexpr int kTableTaps = 9;
+
 // Where each stored block reads the input, relative to an output pixel (oh, ow): row
 // oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
 // is `offset[j]` elements from the input row of (oh * stride_h, ow * stride_w) when both lie
@@ -49,30 +55,56 @@ struct BlockTaps {
   const int32_t* row;
   const int32_t* col;
   const int32_t* channel;
+  const int32_t* tap;  // the block's kernel tap
   const int64_t* offset;
+  // With at most kTableTaps kernel taps (else `tabled` is false): each tap's row and column
+  // shift, and which taps some block uses.
+  bool tabled;
+  int taps;
+  uint32_t used;  // bit t: some block reads tap t
+
+  // The taps blocks [begin, end) read (for TapRows::tabulate).
+  uint32_t used_by(int64_t begin, int64_t end) const {
+    uint32_t bits = 0;
+    if (tabled)
+      for (int64_t j = begin; j < end; ++j) bits |= 1u << tap[j];
+    return bits;
+  }
+  int32_t tap_row[kTableTaps], tap_col[kTableTaps];
 };
 
 // int32 entries of block_taps' storage.
-inline int64_t block_taps_ints(int64_t nnz) { return 5 * nnz + 2; }
+inline int64_t block_taps_ints(int64_t nnz) { return 6 * nnz + 2; }
 
 inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int32_t* storage) {
   int32_t *row = storage, *col = storage + L.nnz, *channel = storage + 2 * L.nnz;
-  int64_t* offset = reinterpret_cast<int64_t*>(storage + ((3 * L.nnz + 1) & ~int64_t{1}));
+  int32_t* tap_of = storage + 3 * L.nnz;
+  int64_t* offset = reinterpret_cast<int64_t*>(storage + ((4 * L.nnz + 1) & ~int64_t{1}));
+  const int64_t taps = g.kernel_h * g.kernel_w;
+  BlockTaps result{row, col, channel, tap_of, offset, taps <= kTableTaps,
+                   static_cast<int>(taps), 0u, {}, {}};
+  for (int64_t t = 0; t < std::min<int64_t>(taps, kTableTaps); ++t) {
+    result.tap_row[t] = static_cast<int32_t>((t / g.kernel_w) * g.dilation_h - g.pad_h);
+    result.tap_col[t] = static_cast<int32_t>((t % g.kernel_w) * g.dilation_w - g.pad_w);
+  }
   for (int64_t j = 0; j < L.nnz; ++j) {
     const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
     const int64_t tap = column / g.channels;
     row[j] = static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
     col[j] = static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
     channel[j] = static_cast<int32_t>(column % g.channels);
+    tap_of[j] = static_cast<int32_t>(tap);
     offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
+    if (result.tabled) result.used |= 1u << tap;
   }
-  return {row, col, channel, offset};
+  return result;
 }
 
 // The forward's operand rows of up to N output pixels (a tile), of x with element type T:
 // row i of block j is x at the input pixel block j's tap reaches from pixel i, at the block's
-// first channel, or `zeros` inside the padding. A tile whose pixels see every tap inside the
-// input (most of them) takes one addition per row and block.
+// first channel, or `zeros` (at least `channels` long) inside the padding. A tile whose
+// pixels see every tap inside the input (most of them) takes one addition per row and block;
+// the others one too after `tabulate`, where the kernel is small enough for a table.
 template <typename T, int N>
 struct TapRows {
   const T* x;
@@ -84,9 +116,11 @@ struct TapRows {
   int64_t row[N];        // oh * stride_h
   int64_t col[N];        // ow * stride_w
   const T* base[N];      // x at (image, oh * stride_h, ow * stride_w), when interior
+  const T* table[kTableTaps][N];  // after tabulate: x at each used tap's pixel, channel 0
 
   const T* at(int64_t j, int i) const {
     if (interior) return base[i] + taps->offset[j];
+    if (taps->tabled) return table[taps->tap[j]][i] + taps->channel[j];
     const int64_t ih = row[i] + taps->row[j], iw = col[i] + taps->col[j];
     const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
     return inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels + taps->channel[j]
@@ -103,6 +137,20 @@ struct TapRows {
            row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
            col[i] - g->pad_w >= 0 &&
            col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
+  }
+
+  // After rows [0, count) are located: the table of a border tile, for the taps in `used`
+  // (bit t: tap t; those of the blocks the tile multiplies).
+  void tabulate(int count, uint32_t used) {
+    if (interior || !taps->tabled) return;
+    for (int t = 0; t < taps->taps; ++t) {
+      if (!(used >> t & 1u)) continue;
+      for (int i = 0; i < count; ++i) {
+        const int64_t ih = row[i] + taps->tap_row[t], iw = col[i] + taps->tap_col[t];
+        const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
+        table[t][i] = inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels : zeros;
+      }
+    }
   }
 };
 
@@ -152,12 +200,18 @@ struct GradInputPlan {
   const int32_t* shift_w;        // [nnz] output column likewise
   const int64_t* offset;         // [nnz] grad_out offset (elements) of that pixel and block row
   int64_t min_h, max_h, min_w, max_w;  // extreme shifts over all blocks
+  // The distinct (shift_h, shift_w) pairs when there are at most kTableTaps of them (else
+  // `shifts` is 0), and each block's among them: border tiles tabulate their rows per pair.
+  const int32_t* shift_id;       // [nnz]
+  const uint32_t* group_shifts;  // [groups] which shifts a group's blocks use (bit shift_id)
+  int shifts;
+  int32_t table_h[kTableTaps], table_w[kTableTaps];
 };
 
 // int32 entries of a plan's storage before its 8-byte grad_out offsets, and in all.
 inline int64_t plan_index_ints(const BlockLayoutView& L, const ConvGeometry& g) {
   const int64_t groups = g.channels / L.bk * g.stride_h * g.stride_w;
-  return (groups + 1 + 4 * L.nnz + 1) & ~int64_t{1};
+  return (2 * groups + 1 + 5 * L.nnz + 1) & ~int64_t{1};
 }
 
 inline int64_t plan_ints(const BlockLayoutView& L, const ConvGeometry& g) {
@@ -174,6 +228,8 @@ inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometr
   int32_t* shift_h = blocks + L.nnz;
   int32_t* shift_w = shift_h + L.nnz;
   int32_t* group_of = shift_w + L.nnz;
+  int32_t* shift_id = group_of + L.nnz;
+  uint32_t* group_shifts = reinterpret_cast<uint32_t*>(shift_id + L.nnz);
   int64_t* offset = reinterpret_cast<int64_t*>(offsets + plan_index_ints(L, g));
   std::fill_n(offsets, groups + 1, 0);
   int64_t min_h = 0, max_h = 0, min_w = 0, max_w = 0;
@@ -195,13 +251,85 @@ inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometr
     ++offsets[group_of[j] + 1];
   }
   for (int64_t k = 0; k < groups; ++k) offsets[k + 1] += offsets[k];
+  int shifts = 0;
+  int32_t table_h[kTableTaps] = {}, table_w[kTableTaps] = {};
+  for (int64_t j = 0; j < L.nnz && shifts >= 0; ++j) {
+    int s = 0;
+    while (s < shifts && (table_h[s] != shift_h[j] || table_w[s] != shift_w[j])) ++s;
+    if (s == shifts) {
+      if (shifts == kTableTaps) {
+        shifts = -1;  // too many to tabulate
+        break;
+      }
+      table_h[s] = shift_h[j], table_w[s] = shift_w[j], ++shifts;
+    }
+    shift_id[j] = s;
+  }
+  std::fill_n(group_shifts, groups, 0u);
+  if (shifts > 0)
+    for (int64_t j = 0; j < L.nnz; ++j) group_shifts[group_of[j]] |= 1u << shift_id[j];
   // Fill in transpose (tap-major) order so each group lists its taps in order.
   std::vector<int32_t> cursor(offsets, offsets + groups);
   for (int64_t s = 0; s < L.nnz; ++s) {
     const int32_t j = L.transpose_block_ids[s];
     blocks[cursor[group_of[j]]++] = j;
   }
-  return {phases, offsets, blocks, shift_h, shift_w, offset, min_h, max_h, min_w, max_w};
+  GradInputPlan plan{phases, offsets, blocks, shift_h, shift_w, offset, min_h, max_h,
+                     min_w, max_w, shift_id, group_shifts, std::max(shifts, 0), {}, {}};
+  std::copy_n(table_h, kTableTaps, plan.table_h);
+  std::copy_n(table_w, kTableTaps, plan.table_w);
+  return plan;
 }
+
+// The input gradient's operand rows of up to N input pixels of one phase (a tile), of grad_out
+// with element type T (`cout` channels): row i (image, phase row a, phase column b) of block j
+// is grad_out at the output pixel the block's shift maps it to, at the block's first output
+// channel, or `zeros` (at least `cout` long) at the borders. A tile whose pixels reach an
+// output pixel under every block's shift takes one addition per row and block; the others
+// one too after `tabulate`, where the shifts are few enough for a table.
+template <typename T, int N>
+struct PhaseRows {
+  const T* dy;
+  const T* zeros;
+  const ConvGeometry* g;
+  const GradInputPlan* plan;
+  const int32_t* row_indices;  // the layout's
+  int64_t bm, cout;
+  bool interior;
+  int64_t image[N], a[N], b[N];
+  const T* base[N];  // grad_out at (image, a, b), when interior
+  const T* table[kTableTaps][N];  // after tabulate: grad_out under each shift, channel 0
+
+  const T* at(int64_t j, int i) const {
+    if (interior) return base[i] + plan->offset[j];
+    const int64_t channel = static_cast<int64_t>(row_indices[j]) * bm;
+    if (plan->shifts) return table[plan->shift_id[j]][i] + channel;
+    const int64_t oh = a[i] + plan->shift_h[j], ow = b[i] + plan->shift_w[j];
+    const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
+    return inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout + channel : zeros;
+  }
+
+  // Sets tile row i; returns whether every block's shift keeps it inside the output.
+  bool locate(int i, int64_t image_index, int64_t a_index, int64_t b_index) {
+    image[i] = image_index, a[i] = a_index, b[i] = b_index;
+    base[i] = dy + ((image_index * g->out_h + a_index) * g->out_w + b_index) * cout;
+    return a_index + plan->min_h >= 0 && a_index + plan->max_h < g->out_h &&
+           b_index + plan->min_w >= 0 && b_index + plan->max_w < g->out_w;
+  }
+
+  // After rows [0, count) are located: the table of a border tile of group `group`.
+  void tabulate(int count, int64_t group) {
+    if (interior) return;
+    const uint32_t used = plan->shifts ? plan->group_shifts[group] : 0u;
+    for (int s = 0; s < plan->shifts; ++s) {
+      if (!(used >> s & 1u)) continue;
+      for (int i = 0; i < count; ++i) {
+        const int64_t oh = a[i] + plan->table_h[s], ow = b[i] + plan->table_w[s];
+        const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
+        table[s][i] = inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout : zeros;
+      }
+    }
+  }
+};
 
 }  // namespace sparcl::conv_pixels

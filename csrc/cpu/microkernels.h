@@ -190,7 +190,7 @@ void accumulate_slab(int64_t count, const TileRows& tile_rows, const TileOut& ti
                      int32_t se, const float* init) {
   for (int64_t n = 0; n < count; n += kTile) {
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
-    const auto rows = tile_rows(n);
+    const auto& rows = tile_rows(n);  // a reference where the functor is large
     const auto out = tile_out(n);
     for (int64_t o = 0; o < O; o += kMaxVectors * W) {
       const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
