@@ -568,16 +568,18 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   const uint16_t* zeros = zero_row(cout);
   const int64_t rows = 8 * kTile;
   with_pair_width(width_for(L.bk), [&](auto W) {
-    // Phases write disjoint input pixels; each is split over the threads by stored blocks.
-    for (int64_t phase = 0; phase < plan.phases; ++phase) {
-      const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
-      const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
-      const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
-      const int64_t pixels = g.batch * height * width;
-      if (pixels == 0) continue;
-      const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
-      const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
-      run_parallel(threads, [&](int t, int nt) {
+    // Phases write disjoint input pixels, so a thread goes on to its share of the next phase
+    // without waiting for the others; each phase is split over the threads by stored blocks
+    // (every thread works the split out for itself, in its own workspace).
+    run_parallel(threads, [&](int t, int nt) {
+      for (int64_t phase = 0; phase < plan.phases; ++phase) {
+        const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+        const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
+        const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
+        const int64_t pixels = g.batch * height * width;
+        if (pixels == 0) continue;
+        const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
+        const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
         for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
           PixelWalk walk(p0, height, width);  // phase pixels; the tiles come in order
           const auto make_tile = [&](int64_t, int tn, uint16_t** out) {
@@ -598,8 +600,8 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
                                         plan.group_blocks, offsets[cb], offsets[cb + 1],
                                         nullptr);
         });
-      });
-    }
+      }
+    });
   });
 }
 

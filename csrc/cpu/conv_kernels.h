@@ -317,7 +317,7 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
       const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
       // Chunk-major items in contiguous shares: each thread writes every channel of a range
       // of input pixels, as the element-wise ops that read grad_x next split their work.
-#pragma omp for schedule(static)
+#pragma omp for schedule(static) nowait
       for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
         const int64_t cb = item % channel_blocks, e0 = (item / channel_blocks) * kPixelChunk;
         const int64_t count = std::min(kPixelChunk, pixels - e0);
