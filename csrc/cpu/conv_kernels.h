@@ -103,25 +103,30 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
          g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
 }
 
-// Output pixels per image from which blocks exactly one vector wide take the panels. Their
-// pixel-major tile has kTile accumulators: AVX2's 6 cannot cover the multiply-add latency and
-// lost to the panels everywhere (Zen 4, 8x8 blocks: panels 1.3-1.8x faster on 8x8 to 32x32
-// images); AVX-512's 12 ran 1.3-1.4x faster than the panels on 8x8 images on a Zen 4 (16x16
-// blocks, alternated native runs), where an Ice Lake had measured either way. From 16x16
-// images on, AVX-512 keeps the panels (Ice Lake: 1.1-1.7x faster; Zen 4: 0.9-1.1x).
-constexpr int64_t kOneVectorPanelMinPixels = kTile >= 12 ? 256 : 64;
+// Output pixels per image from which blocks exactly one vector wide take the panels, per
+// pass. Their pixel-major tile has kTile accumulators and one broadcast per multiply-add:
+// AVX2's 6 cannot cover the multiply-add latency and lost to the panels everywhere (Zen 4,
+// 8x8 blocks: panels 1.3-1.8x faster on 8x8 to 32x32 images). AVX-512's 12 do: with the
+// border tiles' tap tables its forward ran 11-24 % faster than the panels from 4x4 to 32x32
+// images on a Zen 4 (16x16 blocks, alternated native runs; an Ice Lake server had measured
+// the panels 1.1-1.7x faster from 16x16 images before the tables, when every border tile
+// tested each row of each block), and its input gradient ran within 5 % of them either way,
+// so that pass keeps the panels from 16x16 images on (Ice Lake 1.1-1.7x faster, Zen 4 0.9-1.1x).
+constexpr int64_t kOneVectorForwardPanelMinPixels = kTile >= 12 ? INT64_MAX : 64;
+constexpr int64_t kOneVectorGradInputPanelMinPixels = kTile >= 12 ? 256 : 64;
 
-// Whether a forward or input gradient over a side (bm or bk) runs on padded panels that fit.
-// Blocks narrower than one vector always (the pixel-major tiles then also run short vectors):
-// the chunk panels stay in L2 (padded_panel_pass), so even the main job's 32-channel convs
-// gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels
-// 1.2-1.7x over whole-batch panels, which lost below 64 channels). Blocks one vector wide
-// from kOneVectorPanelMinPixels up: their pixel-major tile does one broadcast per
-// multiply-add; both lost on 4x4 images (36 padded pixels for 16), where the pixel-major
-// tiles stay. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings mean nothing.)
-inline bool use_panels(int64_t side, const ConvGeometry& g, int width) {
-  const bool narrow = side < width ||
-                      (side == width && g.out_h * g.out_w >= kOneVectorPanelMinPixels);
+// Whether a forward (bm) or input gradient (bk) runs on padded panels that fit, by the
+// block side along the output channels `side`. Blocks narrower than one vector always (the
+// pixel-major tiles then also run short vectors): the chunk panels stay in L2
+// (padded_panel_pass), so even the main job's 32-channel convs gain (8x8 blocks on AVX-512,
+// one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels 1.2-1.7x over whole-batch
+// panels, which lost below 64 channels). Blocks one vector wide from the pass's pixel count
+// above; both lost on 4x4 images (36 padded pixels for 16), where the pixel-major tiles stay.
+// (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings mean nothing.)
+inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward) {
+  const int64_t min_pixels =
+      forward ? kOneVectorForwardPanelMinPixels : kOneVectorGradInputPanelMinPixels;
+  const bool narrow = side < width || (side == width && g.out_h * g.out_w >= min_pixels);
   return narrow && padded_panels_fit(g);
 }
 
@@ -870,7 +875,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
              const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, g, exec.max_width)) {
+    if (use_panels(L.bm, g, exec.max_width, true)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -895,7 +900,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
                 const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.in_h * g.in_w == 0 || g.channels == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, g, exec.max_width)) {
+    if (use_panels(L.bk, g, exec.max_width, false)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         grad_input_panels<decltype(W)::value>(grad_out, values, grad_x, L, g, exec.threads);
       });
