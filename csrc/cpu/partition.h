@@ -49,8 +49,13 @@ struct ItemGrid {
 
   int64_t items() const { return groups * chunks; }
 
-  // Cost of groups [0, g) in one chunk.
-  int64_t group_cost(int64_t g) const { return static_cast<int64_t>(offsets[g]) + g; }
+  // Cost of groups [0, g) in one chunk. `offsets` may be a window of a longer prefix sum
+  // (one stride phase's groups of an input-gradient plan), so costs count from offsets[0]:
+  // counted from zero, a late phase's prefix costs all exceeded half the total and one
+  // thread got every item (the bf16 stride-2 input gradient ran on one core for 3 phases of 4).
+  int64_t group_cost(int64_t g) const {
+    return static_cast<int64_t>(offsets[g]) - offsets[0] + g;
+  }
 
   // The band, chunk and group of an item.
   void decode(int64_t item, int64_t* band, int64_t* chunk, int64_t* group) const {

@@ -15,6 +15,15 @@
 #include "../block_sparse.h"
 #include "../block_sparse_conv.h"
 
+// The work split (partition.h) on its own, in a copy of the portable instruction set's
+// namespace of this file.
+#include "../isa_prelude.h"
+#define SPARCL_ISA_NS split_test
+#define SPARCL_ISA_WIDTH 4
+#define SPARCL_TILE_ROWS 6
+#define SPARCL_MAX_VECTORS 2
+#include "../partition.h"
+
 namespace {
 
 using sparcl::BlockLayoutView;
@@ -483,8 +492,31 @@ void run_all(std::mt19937& rng, const std::string& tag) {
 
 }  // namespace
 
+// Items of a grid split between two threads in proportion to their stored blocks, also when
+// the groups are a window of a longer prefix sum (a late stride phase's channel blocks):
+// counted from zero, such a window's first item had looked past half the total cost and one
+// thread got every item.
+void check_item_split() {
+  const std::vector<int32_t> prefix = {0, 10, 20, 30, 40, 43, 46, 49, 52};  // 8 groups
+  for (const int64_t first_group : {0, 4}) {
+    const sparcl::split_test::ItemGrid grid =
+        sparcl::split_test::item_grid(prefix.data() + first_group, 4, 960, 96, 1024);
+    const int64_t half = grid.first_item(1, 2), items = grid.items();
+    const double share = static_cast<double>(grid.cost_before(half)) / grid.cost_before(items);
+    ++checks;
+    if (!(half > 0 && half < items && share > 0.4 && share < 0.6)) {
+      std::printf("FAIL item split of groups %lld..%lld: thread 1 starts at item %lld of %lld "
+                  "(%.2f of the cost before it)\n",
+                  static_cast<long long>(first_group), static_cast<long long>(first_group + 4),
+                  static_cast<long long>(half), static_cast<long long>(items), share);
+      ++failures;
+    }
+  }
+}
+
 int main() {
   std::mt19937 rng(1234);
+  check_item_split();
   std::string tested;
   for (const std::string& isa : sparcl::supported_isas()) {
     for (const int width : {0, 16}) {
