@@ -624,8 +624,8 @@ inline PatchColumns patch_columns(const bf16_linear::UsedPanels& used, const Con
   const int64_t channel_blocks = g.channels / bk;
   for (int64_t u = 0; u < used.count; ++u) {
     const int64_t column = used.list[u], t = column / channel_blocks;
-    row[u] = static_cast<int32_t>((t / g.kernel_w) * g.dilation_h - g.pad_h);
-    col[u] = static_cast<int32_t>((t % g.kernel_w) * g.dilation_w - g.pad_w);
+    row[u] = conv_pixels::tap_row_shift(g, t);
+    col[u] = conv_pixels::tap_col_shift(g, t);
     channel[u] = static_cast<int32_t>((column % channel_blocks) * bk);
     tap[u] = static_cast<int32_t>(t);
   }

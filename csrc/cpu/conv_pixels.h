@@ -47,6 +47,24 @@ class PixelWalk {
 // vector wide on images of 8x8 and less, where no 12-pixel tile is clear of the border.
 constexpr int kTableTaps = 9;
 
+// Kernel tap `tap`'s row and column shift from an output pixel's scaled position
+// (oh * stride_h, ow * stride_w) to the input pixel it reads.
+inline int32_t tap_row_shift(const ConvGeometry& g, int64_t tap) {
+  return static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
+}
+inline int32_t tap_col_shift(const ConvGeometry& g, int64_t tap) {
+  return static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
+}
+
+// Row (r, c) of image `image` of a height x width grid of pixels of `ld` elements at `data`,
+// or `zeros` outside the grid.
+template <typename T>
+inline const T* grid_row(const T* data, const T* zeros, int64_t image, int64_t r, int64_t c,
+                         int64_t height, int64_t width, int64_t ld) {
+  const bool inside = r >= 0 && r < height && c >= 0 && c < width;
+  return inside ? data + ((image * height + r) * width + c) * ld : zeros;
+}
+
 // Where each stored block reads the input, relative to an output pixel (oh, ow): row
 // oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
 // is `offset[j]` elements from the input row of (oh * stride_h, ow * stride_w) when both lie
@@ -62,6 +80,7 @@ struct BlockTaps {
   bool tabled;
   int taps;
   uint32_t used;  // bit t: some block reads tap t
+  int32_t tap_row[kTableTaps], tap_col[kTableTaps];
 
   // The taps blocks [begin, end) read (for TapRows::tabulate).
   uint32_t used_by(int64_t begin, int64_t end) const {
@@ -70,7 +89,6 @@ struct BlockTaps {
       for (int64_t j = begin; j < end; ++j) bits |= 1u << tap[j];
     return bits;
   }
-  int32_t tap_row[kTableTaps], tap_col[kTableTaps];
 };
 
 // int32 entries of block_taps' storage.
@@ -84,14 +102,14 @@ inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int
   BlockTaps result{row, col, channel, tap_of, offset, taps <= kTableTaps,
                    static_cast<int>(taps), 0u, {}, {}};
   for (int64_t t = 0; t < std::min<int64_t>(taps, kTableTaps); ++t) {
-    result.tap_row[t] = static_cast<int32_t>((t / g.kernel_w) * g.dilation_h - g.pad_h);
-    result.tap_col[t] = static_cast<int32_t>((t % g.kernel_w) * g.dilation_w - g.pad_w);
+    result.tap_row[t] = tap_row_shift(g, t);
+    result.tap_col[t] = tap_col_shift(g, t);
   }
   for (int64_t j = 0; j < L.nnz; ++j) {
     const int64_t column = static_cast<int64_t>(L.col_indices[j]) * L.bk;
     const int64_t tap = column / g.channels;
-    row[j] = static_cast<int32_t>((tap / g.kernel_w) * g.dilation_h - g.pad_h);
-    col[j] = static_cast<int32_t>((tap % g.kernel_w) * g.dilation_w - g.pad_w);
+    row[j] = tap_row_shift(g, tap);
+    col[j] = tap_col_shift(g, tap);
     channel[j] = static_cast<int32_t>(column % g.channels);
     tap_of[j] = static_cast<int32_t>(tap);
     offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
@@ -112,7 +130,7 @@ struct TapRows {
   const ConvGeometry* g;
   const BlockTaps* taps;
   bool interior;        // every tap of every pixel of the tile lands inside the input
-  int64_t image_row[N];  // image * in_h
+  int64_t image[N];
   int64_t row[N];        // oh * stride_h
   int64_t col[N];        // ow * stride_w
   const T* base[N];      // x at (image, oh * stride_h, ow * stride_w), when interior
@@ -121,18 +139,16 @@ struct TapRows {
   const T* at(int64_t j, int i) const {
     if (interior) return base[i] + taps->offset[j];
     if (taps->tabled) return table[taps->tap[j]][i] + taps->channel[j];
-    const int64_t ih = row[i] + taps->row[j], iw = col[i] + taps->col[j];
-    const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
-    return inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels + taps->channel[j]
-                  : zeros;
+    return grid_row(x + taps->channel[j], zeros, image[i], row[i] + taps->row[j],
+                    col[i] + taps->col[j], g->in_h, g->in_w, g->channels);
   }
 
   // Sets tile row i to output pixel p; returns whether all its taps land inside the input.
   bool locate(int i, const Pixel& p) {
-    image_row[i] = p.image * g->in_h;
+    image[i] = p.image;
     row[i] = p.row * g->stride_h;
     col[i] = p.col * g->stride_w;
-    base[i] = x + ((image_row[i] + row[i]) * g->in_w + col[i]) * g->channels;
+    base[i] = x + ((p.image * g->in_h + row[i]) * g->in_w + col[i]) * g->channels;
     return row[i] - g->pad_h >= 0 &&
            row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
            col[i] - g->pad_w >= 0 &&
@@ -145,11 +161,9 @@ struct TapRows {
     if (interior || !taps->tabled) return;
     for (int t = 0; t < taps->taps; ++t) {
       if (!(used >> t & 1u)) continue;
-      for (int i = 0; i < count; ++i) {
-        const int64_t ih = row[i] + taps->tap_row[t], iw = col[i] + taps->tap_col[t];
-        const bool inside = ih >= 0 && ih < g->in_h && iw >= 0 && iw < g->in_w;
-        table[t][i] = inside ? x + ((image_row[i] + ih) * g->in_w + iw) * g->channels : zeros;
-      }
+      for (int i = 0; i < count; ++i)
+        table[t][i] = grid_row(x, zeros, image[i], row[i] + taps->tap_row[t],
+                               col[i] + taps->tap_col[t], g->in_h, g->in_w, g->channels);
     }
   }
 };
@@ -235,8 +249,7 @@ inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometr
   int64_t min_h = 0, max_h = 0, min_w = 0, max_w = 0;
   for (int64_t j = 0; j < L.nnz; ++j) {
     const int64_t col = L.col_indices[j], tap = col * L.bk / g.channels;
-    const int64_t r_off = (tap / g.kernel_w) * g.dilation_h - g.pad_h;
-    const int64_t c_off = (tap % g.kernel_w) * g.dilation_w - g.pad_w;
+    const int64_t r_off = tap_row_shift(g, tap), c_off = tap_col_shift(g, tap);
     const int64_t ph = positive_mod(r_off, g.stride_h), pw = positive_mod(c_off, g.stride_w);
     shift_h[j] = static_cast<int32_t>((ph - r_off) / g.stride_h);  // exact division
     shift_w[j] = static_cast<int32_t>((pw - c_off) / g.stride_w);
@@ -253,7 +266,7 @@ inline GradInputPlan plan_grad_input(const BlockLayoutView& L, const ConvGeometr
   for (int64_t k = 0; k < groups; ++k) offsets[k + 1] += offsets[k];
   int shifts = 0;
   int32_t table_h[kTableTaps] = {}, table_w[kTableTaps] = {};
-  for (int64_t j = 0; j < L.nnz && shifts >= 0; ++j) {
+  for (int64_t j = 0; j < L.nnz; ++j) {
     int s = 0;
     while (s < shifts && (table_h[s] != shift_h[j] || table_w[s] != shift_w[j])) ++s;
     if (s == shifts) {
@@ -304,9 +317,8 @@ struct PhaseRows {
     if (interior) return base[i] + plan->offset[j];
     const int64_t channel = static_cast<int64_t>(row_indices[j]) * bm;
     if (plan->shifts) return table[plan->shift_id[j]][i] + channel;
-    const int64_t oh = a[i] + plan->shift_h[j], ow = b[i] + plan->shift_w[j];
-    const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
-    return inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout + channel : zeros;
+    return grid_row(dy + channel, zeros, image[i], a[i] + plan->shift_h[j],
+                    b[i] + plan->shift_w[j], g->out_h, g->out_w, cout);
   }
 
   // Sets tile row i; returns whether every block's shift keeps it inside the output.
@@ -319,15 +331,13 @@ struct PhaseRows {
 
   // After rows [0, count) are located: the table of a border tile of group `group`.
   void tabulate(int count, int64_t group) {
-    if (interior) return;
-    const uint32_t used = plan->shifts ? plan->group_shifts[group] : 0u;
+    if (interior || !plan->shifts) return;
+    const uint32_t used = plan->group_shifts[group];
     for (int s = 0; s < plan->shifts; ++s) {
       if (!(used >> s & 1u)) continue;
-      for (int i = 0; i < count; ++i) {
-        const int64_t oh = a[i] + plan->table_h[s], ow = b[i] + plan->table_w[s];
-        const bool inside = oh >= 0 && oh < g->out_h && ow >= 0 && ow < g->out_w;
-        table[s][i] = inside ? dy + ((image[i] * g->out_h + oh) * g->out_w + ow) * cout : zeros;
-      }
+      for (int i = 0; i < count; ++i)
+        table[s][i] = grid_row(dy, zeros, image[i], a[i] + plan->table_h[s],
+                               b[i] + plan->table_w[s], g->out_h, g->out_w, cout);
     }
   }
 };
