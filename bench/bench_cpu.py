@@ -86,9 +86,13 @@ def measure(
         values.grad = bias.grad = x_grad.grad = None
         sk.block_sparse_linear(x_grad, values, layout, bias, backend="cpu").backward(grad_out)
 
+    # Detached once, as a layer's parameter is one tensor across steps: the backend keeps
+    # the forward's transposed blocks per values tensor (a fresh detach() per call would
+    # time a transpose the layer never repeats).
+    weights, bias_values = values.detach(), bias.detach()
     ours = {
-        "forward": lambda: cpu.forward(x, values.detach(), layout, bias.detach()),
-        "input grad": lambda: cpu.grad_input(grad_out, values.detach(), layout),
+        "forward": lambda: cpu.forward(x, weights, layout, bias_values),
+        "input grad": lambda: cpu.grad_input(grad_out, weights, layout),
         "weight grad": lambda: cpu.grad_weight(grad_out, x, layout, None),
         "all three": ours_step,
         "masked": lambda: cpu.grad_weight(grad_out, x, layout, grad_mask),
