@@ -187,30 +187,6 @@ inline const uint16_t* zero_row(int64_t elems) {
   return reinterpret_cast<const uint16_t*>(detail::thread_workspace(elems / 2 + 1, detail::kZerosSlot));
 }
 
-// The block rows (of grad_out) and block columns (of x) that the blocks a weight-gradient
-// pass computes read: only those are packed. A sparse convolution's blocks reach a few of
-// its taps x channel blocks (the 64-channel layers of a ResNet at 0.9 read 4 of 18 block
-// columns of the 9x larger patch matrix), and packing every column cost 4-8x the products.
-struct UsedPanels {
-  const int32_t* slot;  // per block row or column: its panel in the packed chunk, or -1
-  const int32_t* list;  // the used ones, in increasing order
-  int64_t count;
-};
-
-// Marks the rows (`of` = L.row_indices) or columns (L.col_indices) of blocks ids[0 .. count),
-// in `storage` (2 * groups ints).
-inline UsedPanels used_panels(const int32_t* ids, int64_t count, const int32_t* of,
-                              int64_t groups, int32_t* storage) {
-  int32_t* slot = storage;
-  int32_t* list = storage + groups;
-  std::fill_n(slot, groups, -1);
-  for (int64_t a = 0; a < count; ++a) slot[of[ids[a]]] = 0;
-  int64_t used = 0;
-  for (int64_t group = 0; group < groups; ++group)
-    if (slot[group] == 0) slot[group] = static_cast<int32_t>(used), list[used++] = group;
-  return {slot, list, used};
-}
-
 // One operand's packed chunk: `count` pair rows of the used panels (`side` pairs wide, a block
 // row or column), stored panel by panel, [used panels][count][side], so a block's pairs over
 // the whole chunk are one contiguous run. (Row by row, the rows of wide layers lie a multiple
@@ -617,7 +593,7 @@ struct PatchColumns {
   const int32_t* tap;
 };
 
-inline PatchColumns patch_columns(const bf16_linear::UsedPanels& used, const ConvGeometry& g,
+inline PatchColumns patch_columns(const UsedPanels& used, const ConvGeometry& g,
                                   int64_t bk, int32_t* scratch) {
   int32_t *row = scratch, *col = row + used.count, *channel = col + used.count;
   int32_t* tap = channel + used.count;

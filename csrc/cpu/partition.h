@@ -179,65 +179,29 @@ void weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int64_t bloc
   });
 }
 
-// Batch rows per chunk of a chunked weight-gradient pass: a chunk's rows of both operands
-// (`row_elems` floats per batch row) stay in a core's L2 while every block reads them; at
-// least 16 rows, so that loading and storing the accumulator tiles stays small next to the
-// multiply-adds.
-inline int64_t weight_gradient_chunk(int64_t n, int64_t row_elems) {
-  constexpr int64_t kBudgetFloats = 512 * 1024 / sizeof(float);
-  const int64_t rows = kBudgetFloats / std::max<int64_t>(row_elems, 1);
-  return std::clamp<int64_t>(rows, 16, std::max<int64_t>(n, 1));
-}
+// The block rows (of grad_out) and block columns (of x or the patch matrix) that the blocks
+// of a packed weight-gradient pass read: only those are packed. A sparse convolution's
+// blocks reach a few of its taps x channel blocks (the 64-channel layers of a ResNet at 0.9
+// read 4 of 18 block columns of the 9x larger patch matrix; packing every column cost 4-8x
+// the products), a thread's share of a linear layer's blocks about half the block rows.
+struct UsedPanels {
+  const int32_t* slot;  // per block row or column: its panel in the packed chunk, or -1
+  const int32_t* list;  // the used ones, in increasing order
+  int64_t count;
+};
 
-// A weight-gradient pass over a long batch: the batch is cut into chunks of `chunk` rows,
-// outermost, and compute(j, r0, r1, accumulate) adds rows [r0, r1) to block j (accumulate is
-// false for the first chunk, which overwrites). Each block still sums its rows in order into
-// one accumulator, so results equal the unchunked pass bit for bit; an empty batch gives
-// every kept block one call with r0 == r1 (zeros through the same kernels).
-template <typename T, typename Compute>
-void chunked_weight_gradient_pass(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
-                                  T* grad_values, int threads, int64_t n, int64_t chunk,
-                                  const Compute& compute) {
-  const int64_t active = count_active(grad_block_mask, nnz);
-  detail::run_parallel(threads, [&](int t, int nt) {
-    zero_masked_share(grad_block_mask, nnz, block_elems, grad_values, t, nt);
-    for (int64_t r0 = 0; r0 < std::max<int64_t>(n, 1); r0 += chunk) {
-      const int64_t r1 = std::min(n, r0 + chunk);
-      for_active_share(grad_block_mask, nnz, active, t, nt,
-                       [&](int64_t j) { compute(j, r0, r1, r0 > 0); });
-    }
-  });
-}
-
-// chunked_weight_gradient_pass for kernels that take several blocks of one block row at once
-// (they share grad_out rows): each thread's share of kept blocks, in storage order, is cut
-// into runs of at most `max_run` consecutive blocks with equal row[j], and
-// compute(ids, count, r0, r1, accumulate) adds rows [r0, r1) to blocks ids[0 .. count).
-// Every block still sums its rows in order, so results equal the one-block pass bit for bit.
-template <typename T, typename Compute>
-void chunked_weight_gradient_runs(const bool* grad_block_mask, int64_t nnz, int64_t block_elems,
-                                  T* grad_values, int threads, int64_t n, int64_t chunk,
-                                  const int32_t* row, int max_run, const Compute& compute) {
-  const int64_t active = count_active(grad_block_mask, nnz);
-  detail::run_parallel(threads, [&](int t, int nt) {
-    zero_masked_share(grad_block_mask, nnz, block_elems, grad_values, t, nt);
-    int64_t first, last;
-    even_share(active, t, nt, &first, &last);
-    int32_t* ids = detail::index_workspace(std::max<int64_t>(last - first, 1), 0);
-    int64_t share = 0;
-    for_active_share(grad_block_mask, nnz, active, t, nt,
-                     [&](int64_t j) { ids[share++] = static_cast<int32_t>(j); });
-    for (int64_t r0 = 0; r0 < std::max<int64_t>(n, 1); r0 += chunk) {
-      const int64_t r1 = std::min(n, r0 + chunk);
-      for (int64_t i = 0; i < share;) {
-        int count = 1;
-        while (count < max_run && i + count < share && row[ids[i + count]] == row[ids[i]])
-          ++count;
-        compute(ids + i, count, r0, r1, r0 > 0);
-        i += count;
-      }
-    }
-  });
+// Marks the rows (`of` = L.row_indices) or columns (L.col_indices) of blocks ids[0 .. count),
+// in `storage` (2 * groups ints).
+inline UsedPanels used_panels(const int32_t* ids, int64_t count, const int32_t* of,
+                              int64_t groups, int32_t* storage) {
+  int32_t* slot = storage;
+  int32_t* list = storage + groups;
+  std::fill_n(slot, groups, -1);
+  for (int64_t a = 0; a < count; ++a) slot[of[ids[a]]] = 0;
+  int64_t used = 0;
+  for (int64_t group = 0; group < groups; ++group)
+    if (slot[group] == 0) slot[group] = static_cast<int32_t>(used), list[used++] = group;
+  return {slot, list, used};
 }
 
 }  // namespace sparcl::SPARCL_ISA_NS
