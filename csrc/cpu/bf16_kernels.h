@@ -75,6 +75,23 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
     SPARCL_UNROLL
     for (int i = 0; i < TN; ++i) a[i] = rows(j, i);
     const uint32_t* bb = b + j * P2 * O + o0;
+    if constexpr (KV == 1 && W >= 16 && TN > detail::kHalfTileRows) {
+      // Rows in two halves, as accumulate_tile's one-vector tiles (register pressure).
+      constexpr int H = TN / 2;
+      for (int64_t p = 0; p < P2; ++p) {
+        const auto bv = D::load_pairs(bb + p * O);
+        SPARCL_UNROLL
+        for (int i = 0; i < H; ++i)
+          acc[i][0] = D::dot(acc[i][0], D::broadcast(bf16::load_pair(a[i] + 2 * p)), bv);
+      }
+      for (int64_t p = 0; p < P2; ++p) {
+        const auto bv = D::load_pairs(bb + p * O);
+        SPARCL_UNROLL
+        for (int i = H; i < TN; ++i)
+          acc[i][0] = D::dot(acc[i][0], D::broadcast(bf16::load_pair(a[i] + 2 * p)), bv);
+      }
+      continue;
+    }
     for (int64_t p = 0; p < P2; ++p) {
       typename D::Operand bv[KV];
       SPARCL_UNROLL
