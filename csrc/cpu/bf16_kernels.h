@@ -57,6 +57,25 @@ struct PairRows {
 //       pair_i(j, p) . b_j[p, o0 + W q ...])
 // with j = ids[s] (or s), pair_i(j, p) the p-th pair of row i's operand for block j and b_j
 // the block's packed pairs [P2 x O].
+// acc[i][q] += sum over pairs p < P2 of pair(a[i], p) . b[p * O + W q ...], rows I0 <= i < I1
+// of a tile.
+template <int W, int KV, int I0, int I1, int TN>
+SPARCL_INLINE void pair_rows(const uint16_t* const (&a)[TN], const uint32_t* b, int64_t P2,
+                             int64_t O, typename pairdot::Dot<W>::Acc (&acc)[TN][KV]) {
+  using D = pairdot::Dot<W>;
+  for (int64_t p = 0; p < P2; ++p) {
+    typename D::Operand bv[KV];
+    SPARCL_UNROLL
+    for (int q = 0; q < KV; ++q) bv[q] = D::load_pairs(b + p * O + W * q);
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) {
+      const auto av = D::broadcast(bf16::load_pair(a[i] + 2 * p));
+      SPARCL_UNROLL
+      for (int q = 0; q < KV; ++q) acc[i][q] = D::dot(acc[i][q], av, bv[q]);
+    }
+  }
+}
+
 template <int W, int TN, int KV, typename Rows>
 void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
@@ -75,33 +94,11 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
     SPARCL_UNROLL
     for (int i = 0; i < TN; ++i) a[i] = rows(j, i);
     const uint32_t* bb = b + j * P2 * O + o0;
-    if constexpr (KV == 1 && W >= 16 && TN > detail::kHalfTileRows) {
-      // Rows in two halves, as accumulate_tile's one-vector tiles (register pressure).
-      constexpr int H = TN / 2;
-      for (int64_t p = 0; p < P2; ++p) {
-        const auto bv = D::load_pairs(bb + p * O);
-        SPARCL_UNROLL
-        for (int i = 0; i < H; ++i)
-          acc[i][0] = D::dot(acc[i][0], D::broadcast(bf16::load_pair(a[i] + 2 * p)), bv);
-      }
-      for (int64_t p = 0; p < P2; ++p) {
-        const auto bv = D::load_pairs(bb + p * O);
-        SPARCL_UNROLL
-        for (int i = H; i < TN; ++i)
-          acc[i][0] = D::dot(acc[i][0], D::broadcast(bf16::load_pair(a[i] + 2 * p)), bv);
-      }
-      continue;
-    }
-    for (int64_t p = 0; p < P2; ++p) {
-      typename D::Operand bv[KV];
-      SPARCL_UNROLL
-      for (int q = 0; q < KV; ++q) bv[q] = D::load_pairs(bb + p * O + W * q);
-      SPARCL_UNROLL
-      for (int i = 0; i < TN; ++i) {
-        const auto av = D::broadcast(bf16::load_pair(a[i] + 2 * p));
-        SPARCL_UNROLL
-        for (int q = 0; q < KV; ++q) acc[i][q] = D::dot(acc[i][q], av, bv[q]);
-      }
+    if constexpr (W >= 16 && TN > detail::kHalfTileRows) {  // as accumulate_tile
+      pair_rows<W, KV, 0, TN / 2>(a, bb, P2, O, acc);
+      pair_rows<W, KV, TN / 2, TN>(a, bb, P2, O, acc);
+    } else {
+      pair_rows<W, KV, 0, TN>(a, bb, P2, O, acc);
     }
   }
   SPARCL_UNROLL

@@ -27,15 +27,15 @@ struct Dot {
   struct Broadcast {
     float first, second;
   };
-  static Acc zero() { return simd::zero<W>(); }
-  static Acc load(const float* p) { return simd::load<W>(p); }
-  static void store(float* p, const Acc& v) { simd::store<W>(p, v); }
-  static void store_bf16(uint16_t* p, const Acc& v) {
+  static SPARCL_INLINE Acc zero() { return simd::zero<W>(); }
+  static SPARCL_INLINE Acc load(const float* p) { return simd::load<W>(p); }
+  static SPARCL_INLINE void store(float* p, const Acc& v) { simd::store<W>(p, v); }
+  static SPARCL_INLINE void store_bf16(uint16_t* p, const Acc& v) {
     float lanes[W];
     simd::store<W>(lanes, v);
     simd::round_to_bf16<W>(lanes, p);
   }
-  static Operand load_pairs(const uint32_t* pairs) {
+  static SPARCL_INLINE Operand load_pairs(const uint32_t* pairs) {
     float first[W], second[W];
     for (int l = 0; l < W; ++l) {
       first[l] = bf16::to_float(static_cast<uint16_t>(pairs[l]));
@@ -43,11 +43,11 @@ struct Dot {
     }
     return {simd::load<W>(first), simd::load<W>(second)};
   }
-  static Broadcast broadcast(uint32_t pair) {
+  static SPARCL_INLINE Broadcast broadcast(uint32_t pair) {
     return {bf16::to_float(static_cast<uint16_t>(pair)),
             bf16::to_float(static_cast<uint16_t>(pair >> 16))};
   }
-  static Acc dot(const Acc& acc, const Broadcast& b, const Operand& op) {
+  static SPARCL_INLINE Acc dot(const Acc& acc, const Broadcast& b, const Operand& op) {
     return simd::multiply_add<W>(b.second, op.second, simd::multiply_add<W>(b.first, op.first, acc));
   }
 };

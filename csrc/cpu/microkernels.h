@@ -139,8 +139,32 @@ struct ListedOut {
   float* operator()(int i) const { return rows[i]; }
 };
 
-// Tiles one vector wide and taller than this run their rows in two halves (accumulate_tile).
+// 512-bit tiles taller than this run their rows in two halves per block (accumulate_tile):
+// 12 row pointers and a loop's own registers overflow the 16 general-purpose registers, and
+// perf showed the rows reloaded from vector registers and the stack inside the inner loop.
+// Each half-loop holds 6; the block's vectors are read twice, from L1. Zen 4, AVX-512, native
+// A/Bs: 16x16 conv forwards 1.1-1.25x faster, 32x32 conv forward and input gradient 1.04-1.06x,
+// the 2048x2048 linear forward and input gradient at N=256 1.1x. 256-bit tiles (8-wide
+// blocks), bound by their loads rather than their multiply-adds, gained nothing and keep one
+// loop.
 constexpr int kHalfTileRows = 8;
+
+// acc[i][q] += sum over p < P of a[i][p] * b[p * O + W q ...], rows I0 <= i < I1 of a tile.
+template <int W, int KV, int I0, int I1, int TN>
+SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, int64_t P,
+                                   int64_t O, simd::Vec<W> (&acc)[TN][KV]) {
+  for (int64_t p = 0; p < P; ++p) {
+    simd::Vec<W> bv[KV];
+    SPARCL_UNROLL
+    for (int q = 0; q < KV; ++q) bv[q] = simd::load<W>(b + p * O + W * q);
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) {
+      const float av = a[i][p];
+      SPARCL_UNROLL
+      for (int q = 0; q < KV; ++q) acc[i][q] = simd::multiply_add<W>(av, bv[q], acc[i][q]);
+    }
+  }
+}
 
 // One register tile of the "stream the blocks of a group" passes:
 //   out(i)[o0 + W q ...] = init[o0 + W q ...]
@@ -164,36 +188,11 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
     const int64_t j = ids ? ids[s] : s;
     rows(j, a);
     const float* bb = b + j * P * O + o0;
-    if constexpr (KV == 1 && W >= 16 && TN > kHalfTileRows) {
-      // One vector per row (blocks one vector wide): 12 row pointers and the loop's own
-      // registers overflow the 16 general-purpose ones, and the rows were reloaded from
-      // vector registers and the stack in the inner loop, once per multiply-add. In two
-      // halves each loop holds 6 (the block's vectors are read twice, from L1). Zen 4,
-      // 16x16 blocks on AVX-512: forwards 1.1-1.25x faster; 8-wide (256-bit) tiles, bound
-      // by their loads rather than their multiply-adds, gained nothing and keep one loop.
-      constexpr int H = TN / 2;
-      for (int64_t p = 0; p < P; ++p) {
-        const V bv = simd::load<W>(bb + p * O);
-        SPARCL_UNROLL
-        for (int i = 0; i < H; ++i) acc[i][0] = simd::multiply_add<W>(a[i][p], bv, acc[i][0]);
-      }
-      for (int64_t p = 0; p < P; ++p) {
-        const V bv = simd::load<W>(bb + p * O);
-        SPARCL_UNROLL
-        for (int i = H; i < TN; ++i) acc[i][0] = simd::multiply_add<W>(a[i][p], bv, acc[i][0]);
-      }
-      continue;
-    }
-    for (int64_t p = 0; p < P; ++p) {
-      V bv[KV];
-      SPARCL_UNROLL
-      for (int q = 0; q < KV; ++q) bv[q] = simd::load<W>(bb + p * O + W * q);
-      SPARCL_UNROLL
-      for (int i = 0; i < TN; ++i) {
-        const float av = a[i][p];
-        SPARCL_UNROLL
-        for (int q = 0; q < KV; ++q) acc[i][q] = simd::multiply_add<W>(av, bv[q], acc[i][q]);
-      }
+    if constexpr (W >= 16 && TN > kHalfTileRows) {
+      accumulate_rows<W, KV, 0, TN / 2>(a, bb, P, O, acc);
+      accumulate_rows<W, KV, TN / 2, TN>(a, bb, P, O, acc);
+    } else {
+      accumulate_rows<W, KV, 0, TN>(a, bb, P, O, acc);
     }
   }
   SPARCL_UNROLL

@@ -18,6 +18,15 @@
 #error "simd.h is compiled once per instruction set: include it through isa_kernels.h"
 #endif
 
+// Helpers of a register tile that take its vectors or accumulators: inlined whatever the
+// optimiser's budget says (the tile's accumulators must stay in registers, and where GCC
+// inlined them on its own the tile's inner loop came out slower).
+#if defined(__GNUC__) || defined(__clang__)
+#define SPARCL_INLINE inline __attribute__((always_inline))
+#else
+#define SPARCL_INLINE inline
+#endif
+
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(SPARCL_PORTABLE_VECTORS)
 #define SPARCL_VECTOR_EXTENSIONS 1
 // Vectors wider than the target's registers change the calling convention of non-inlined
