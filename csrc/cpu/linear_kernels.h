@@ -126,29 +126,41 @@ struct ChunkPanels {
   int64_t rows;
   int64_t side;
   const int32_t* slot;  // UsedPanels::slot
+  // Floats from one panel to the next: a cache line more than the panel, so that panels of a
+  // power-of-two size (256 rows of a 16-wide block: 16 KiB) do not all start in the same
+  // cache sets.
+  int64_t stride() const { return rows * side + kLineFloats; }
   // Offset of the panel of block row or column `group` from `data`.
-  int64_t offset(int64_t group) const { return static_cast<int64_t>(slot[group]) * rows * side; }
+  int64_t offset(int64_t group) const { return static_cast<int64_t>(slot[group]) * stride(); }
   const float* at(int64_t group) const { return data + offset(group); }
+  static constexpr int64_t kLineFloats = 64 / sizeof(float);
+  // Floats of `panels` panels of `rows` rows.
+  static int64_t floats(int64_t panels, int64_t rows, int64_t side) {
+    return panels * (rows * side + kLineFloats);
+  }
 };
 
-// Rows [r0, r0 + out.rows) of the used panels of a row-major [n, width] matrix into `out`.
+// Rows [r0, r0 + out.rows) of the used panels of a row-major [n, width] matrix into `out`,
+// row by row (reading the matrix in order; panel by panel, its rows' strided reads made
+// the pass 1.1-1.25x slower at N = 2048).
 inline void pack_chunk(const float* a, int64_t width, int64_t r0, const UsedPanels& used,
                        const ChunkPanels& out) {
   for (int64_t r = 0; r < out.rows; ++r) {
     const float* row = a + (r0 + r) * width;
     for (int64_t u = 0; u < used.count; ++u)
-      std::copy_n(row + used.list[u] * out.side, out.side, out.data + (u * out.rows + r) * out.side);
+      std::copy_n(row + used.list[u] * out.side, out.side,
+                  out.data + u * out.stride() + r * out.side);
   }
 }
 
 // Batch rows per chunk of one thread's packed operands (`row_floats` per batch row): within
-// 2 MiB, at least 16 rows so that the accumulator tiles' loads and stores stay small beside
-// their products. Packed panels are read in order, so a chunk larger than L2 streams well
-// from L3, and fewer chunks mean fewer accumulator round trips (on a Zen 4, 2048x2048 at
-// 0.9: 2 MiB chunks 1.1-1.3x faster than 512 KiB ones for 8- to 32-wide blocks, N = 256 and
-// 2048).
+// 512 KiB, so that a chunk stays in the core's L2 while its blocks read it, and at least 16
+// rows, so that the accumulator tiles' loads and stores stay small beside their products.
+// (2 MiB chunks, streamed from L3, were 1.1x faster in most processes on a Zen 4 and 2x
+// slower in others: at N = 256 the 16x16 weight gradient of a 2048x2048 layer took 1.6 or
+// 3.4 ms from one process to the next.)
 inline int64_t packed_chunk_rows(int64_t n, int64_t row_floats) {
-  constexpr int64_t kChunkFloats = 2 * 1024 * 1024 / sizeof(float);
+  constexpr int64_t kChunkFloats = 512 * 1024 / sizeof(float);
   return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(row_floats, 1), 16,
                              std::max<int64_t>(n, 1));
 }
@@ -201,14 +213,15 @@ void grad_weight_packed(const float* dy, const float* x, const bool* grad_block_
     const UsedPanels rows = used_panels(ids, share, L.row_indices, L.block_rows, storage);
     const UsedPanels cols =
         used_panels(ids, share, L.col_indices, L.block_cols, storage + 2 * L.block_rows);
-    const int64_t dy_width = rows.count * L.bm, x_width = cols.count * L.bk;
-    const int64_t chunk = packed_chunk_rows(n, dy_width + x_width);
-    float* panels = detail::thread_workspace(chunk * (dy_width + x_width), detail::kPanelInSlot);
+    const int64_t chunk = packed_chunk_rows(n, rows.count * L.bm + cols.count * L.bk);
+    const int64_t dy_floats = ChunkPanels::floats(rows.count, chunk, L.bm);
+    float* panels = detail::thread_workspace(
+        dy_floats + ChunkPanels::floats(cols.count, chunk, L.bk), detail::kPanelInSlot);
     // An empty batch still gives each block one (zero) pass.
     for (int64_t r0 = 0; r0 == 0 || r0 < n; r0 += chunk) {
       const int64_t count = std::min(n, r0 + chunk) - r0;
       const ChunkPanels dy_panels{panels, count, L.bm, rows.slot};
-      const ChunkPanels x_panels{panels + count * dy_width, count, L.bk, cols.slot};
+      const ChunkPanels x_panels{panels + dy_floats, count, L.bk, cols.slot};
       pack_chunk(dy, L.rows(), r0, rows, dy_panels);
       pack_chunk(x, L.cols(), r0, cols, x_panels);
       grad_weight_chunk<W>(dy_panels, x_panels, ids, share, r0 > 0, dw, L);
