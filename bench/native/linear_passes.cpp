@@ -1,11 +1,12 @@
 // The linear kernels alone, without torch: forward, input gradient and weight gradient of a
-// 2048 x 2048 block-sparse layer at density 0.1 (random layout, harness.h), and the panel
-// transposes, on the AVX-512 copy of the kernels, against the FMA peak probe. Used for A/Bs of
+// block-sparse layer at density 0.1 (random layout, harness.h; 2048 x 2048 unless IN and OUT
+// are given), and the panel transposes, on the AVX-512 copy of the kernels, against the FMA
+// peak probe. Used for A/Bs of
 // kernel changes between commits (build the file against each commit's csrc/cpu and run them
 // alternately).
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/linear_passes.cpp \
-//       -o build/linear_passes && build/linear_passes BLOCK BATCH THREADS
+//       -o build/linear_passes && build/linear_passes BLOCK BATCH THREADS [IN OUT]
 #include "isa_prelude.h"
 #define SPARCL_ISA_NS avx512
 #define SPARCL_ISA_WIDTH 16
@@ -20,7 +21,8 @@
 #include <random>
 using namespace sparcl::avx512; using sparcl::BlockLayoutView; using sparcl::Execution;
 int main(int argc, char** argv) {
-  const int64_t K = 2048, M = 2048, n = argc > 2 ? atoi(argv[2]) : 256; const int b = argc > 1 ? atoi(argv[1]) : 16;
+  const int64_t K = argc > 5 ? atoi(argv[4]) : 2048, M = argc > 5 ? atoi(argv[5]) : 2048;
+  const int64_t n = argc > 2 ? atoi(argv[2]) : 256; const int b = argc > 1 ? atoi(argv[1]) : 16;
   const int threads = argc > 3 ? atoi(argv[3]) : 1;
   const harness::RandomLayout layout(M / b, K / b, b, b, 0.1);
   const BlockLayoutView L = layout.view();
@@ -32,10 +34,10 @@ int main(int argc, char** argv) {
   double g = harness::best_ms([&] { linear::grad_input<float>(y.data(), v.data(), dx.data(), n, L, ex); });
   std::vector<float> dw(v.size());
   double w = harness::best_ms([&] { linear::grad_weight<float>(y.data(), x.data(), nullptr, dw.data(), n, L, ex); });
-  detail::PanelShape shape(K, n, 16);
-  std::vector<float> panel(shape.size());
+  detail::PanelShape shape(K, n, 16), out_shape(M, n, 16);
+  std::vector<float> panel(std::max(shape.size(), out_shape.size()));
   double pk = harness::best_ms([&] { detail::pack_panel<16>(x.data(), K, shape, 0, K, panel.data()); });
-  double up = harness::best_ms([&] { detail::unpack_panel<16>(panel.data(), shape, 0, M, y.data(), M); });
+  double up = harness::best_ms([&] { detail::unpack_panel<16>(panel.data(), out_shape, 0, M, y.data(), M); });
   double peak = peak::fma_gflops(threads, 0.3);
   std::printf("b=%d n=%ld thr=%d nnz=%ld: fwd %.3f ms (%.0f%%) dx %.3f ms (%.0f%%) dw %.3f ms (%.0f%%) pack %.3f unpack %.3f  peak %.0f\n", b, n, threads, nnz,
               f, flops / f / 1e6 / peak * 100, g, flops / g / 1e6 / peak * 100, w, flops / w / 1e6 / peak * 100, pk, up, peak);
