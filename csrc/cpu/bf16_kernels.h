@@ -531,6 +531,7 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
         PixelWalk walk(p0, g.out_h, g.out_w);  // the tiles come in order
         uint16_t* y0 = y + p0 * cout + r * L.bm;
         const uint32_t used = taps.used_by(L.row_offsets[r], L.row_offsets[r + 1]);
+        const bool prefetch = grid.opens_band(r);
         const auto make_tile = [&](int64_t n, int tn, uint16_t** out) {
           ForwardTile tile;
           tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps, tile.interior = true;
@@ -539,6 +540,7 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
             out[i] = y0 + (n + i) * cout;
           }
           tile.tabulate(tn, used);
+          if (prefetch) tile.prefetch_ahead(tn, kTile);
           return tile;
         };
         pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bk / 2, L.bm, nullptr,
@@ -572,6 +574,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
         const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
         for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
           PixelWalk walk(p0, height, width);  // phase pixels; the tiles come in order
+          const bool prefetch = grid.opens_band(cb);
           const auto make_tile = [&](int64_t, int tn, uint16_t** out) {
             PhasePairRows tile;
             tile.dy = dy, tile.zeros = zeros, tile.g = &g, tile.plan = &plan;
@@ -584,6 +587,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
               out[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
             }
             tile.tabulate(tn, phase * channel_blocks + cb);
+            if (prefetch) tile.prefetch_ahead(tn, kTile);
             return tile;
           };
           pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bm / 2, L.bk,

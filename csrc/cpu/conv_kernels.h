@@ -289,6 +289,7 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
       rows.interior = true;
       for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
       rows.tabulate(count, taps.used);
+      rows.prefetch_ahead(count, kTile);
       // One tile, all block rows.
       const auto tile_rows = [&](int64_t) -> const ForwardRows& { return rows; };
       for (int64_t r = 0; r < L.block_rows; ++r) {
@@ -350,7 +351,10 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
           continue;
         }
         const auto tile_rows = [&](int64_t n) -> const GradInputRows& {
-          rows.tabulate(locate(n), group);
+          const int tn = locate(n);
+          rows.tabulate(tn, group);
+          // The chunk's other channel blocks read the same grad_out rows again, from cache.
+          if (cb == 0) rows.prefetch_ahead(tn, kTile);
           return rows;
         };
         const auto tile_out = [&](int64_t) { return out; };  // located by tile_rows(n)

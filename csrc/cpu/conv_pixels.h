@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "block_sparse_conv.h"
+#include "compiler.h"
 
 namespace sparcl::conv_pixels {
 
@@ -63,6 +64,14 @@ inline const T* grid_row(const T* data, const T* zeros, int64_t image, int64_t r
                          int64_t height, int64_t width, int64_t ld) {
   const bool inside = r >= 0 && r < height && c >= 0 && c < width;
   return inside ? data + ((image * height + r) * width + c) * ld : zeros;
+}
+
+// Asks the cache for `bytes` from `address` on, line by line. Addresses are computed as
+// integers: the ranges may run past the operand (prefetches never fault).
+SPARCL_INLINE void prefetch_bytes(uintptr_t address, int64_t bytes) {
+  constexpr int64_t kLine = 64;
+  for (int64_t b = 0; b < bytes; b += kLine)
+    __builtin_prefetch(reinterpret_cast<const void*>(address + static_cast<uintptr_t>(b)), 0, 2);
 }
 
 // Where each stored block reads the input, relative to an output pixel (oh, ow): row
@@ -153,6 +162,21 @@ struct TapRows {
            row[i] - g->pad_h + (g->kernel_h - 1) * g->dilation_h < g->in_h &&
            col[i] - g->pad_w >= 0 &&
            col[i] - g->pad_w + (g->kernel_w - 1) * g->dilation_w < g->in_w;
+  }
+
+  // After rows [0, count) are located: prefetches what the tile `ahead` output pixels
+  // further along each row reads (every kernel row, the stride's columns of every channel).
+  // With 64 channels at batch 32 the activations outgrow L2 and the hardware prefetchers
+  // fell behind the tile's three image rows (Zen 4: forward 0.55x its speed at batch 8).
+  SPARCL_INLINE void prefetch_ahead(int count, int64_t ahead) const {
+    const int64_t ld = g->channels * static_cast<int64_t>(sizeof(T));
+    const int64_t row_bytes = g->in_w * ld;
+    const int64_t shift = (ahead * g->stride_w - g->pad_w) * ld - g->pad_h * row_bytes;
+    for (int i = 0; i < count; ++i) {
+      uintptr_t address = reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift);
+      for (int64_t r = 0; r < g->kernel_h; ++r, address += g->dilation_h * row_bytes)
+        prefetch_bytes(address, g->stride_w * ld);
+    }
   }
 
   // After rows [0, count) are located: the table of a border tile, for the taps in `used`
@@ -327,6 +351,18 @@ struct PhaseRows {
     base[i] = dy + ((image_index * g->out_h + a_index) * g->out_w + b_index) * cout;
     return a_index + plan->min_h >= 0 && a_index + plan->max_h < g->out_h &&
            b_index + plan->min_w >= 0 && b_index + plan->max_w < g->out_w;
+  }
+
+  // After rows [0, count) are located: prefetches the grad_out rows of the tile `ahead`
+  // phase pixels further along each row, under every row shift (as TapRows::prefetch_ahead).
+  SPARCL_INLINE void prefetch_ahead(int count, int64_t ahead) const {
+    const int64_t ld = cout * static_cast<int64_t>(sizeof(T)), row_bytes = g->out_w * ld;
+    const int64_t shift = (ahead + plan->min_w) * ld + plan->min_h * row_bytes;
+    for (int i = 0; i < count; ++i) {
+      uintptr_t address = reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift);
+      for (int64_t h = plan->min_h; h <= plan->max_h; ++h, address += row_bytes)
+        prefetch_bytes(address, ld);
+    }
   }
 
   // After rows [0, count) are located: the table of a border tile of group `group`.

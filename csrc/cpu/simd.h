@@ -13,18 +13,10 @@
 #include <utility>
 
 #include "bf16_convert.h"
+#include "compiler.h"
 
 #ifndef SPARCL_ISA_NS
 #error "simd.h is compiled once per instruction set: include it through isa_kernels.h"
-#endif
-
-// Helpers of a register tile that take its vectors or accumulators: inlined whatever the
-// optimiser's budget says (the tile's accumulators must stay in registers, and where GCC
-// inlined them on its own the tile's inner loop came out slower).
-#if defined(__GNUC__) || defined(__clang__)
-#define SPARCL_INLINE inline __attribute__((always_inline))
-#else
-#define SPARCL_INLINE inline
 #endif
 
 #if (defined(__GNUC__) || defined(__clang__)) && !defined(SPARCL_PORTABLE_VECTORS)
