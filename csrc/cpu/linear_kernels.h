@@ -129,14 +129,15 @@ struct ChunkPanels {
   // Floats from one panel to the next: a cache line more than the panel, so that panels of a
   // power-of-two size (256 rows of a 16-wide block: 16 KiB) do not all start in the same
   // cache sets.
-  int64_t stride() const { return rows * side + kLineFloats; }
+  int64_t stride() const { return panel_stride(rows, side); }
   // Offset of the panel of block row or column `group` from `data`.
   int64_t offset(int64_t group) const { return static_cast<int64_t>(slot[group]) * stride(); }
   const float* at(int64_t group) const { return data + offset(group); }
   static constexpr int64_t kLineFloats = 64 / sizeof(float);
+  static int64_t panel_stride(int64_t rows, int64_t side) { return rows * side + kLineFloats; }
   // Floats of `panels` panels of `rows` rows.
   static int64_t floats(int64_t panels, int64_t rows, int64_t side) {
-    return panels * (rows * side + kLineFloats);
+    return panels * panel_stride(rows, side);
   }
 };
 
