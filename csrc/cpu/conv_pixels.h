@@ -165,16 +165,19 @@ struct TapRows {
   }
 
   // After rows [0, count) are located: prefetches what the tile `ahead` output pixels
-  // further along each row reads (every kernel row, the stride's columns of every channel).
-  // With 64 channels at batch 32 the activations outgrow L2 and the hardware prefetchers
-  // fell behind the tile's three image rows (Zen 4: forward 0.55x its speed at batch 8).
+  // further along each row reads, in the kernel rows the previous output row did not read
+  // (the last one at stride 1), the stride's columns of every channel. Where the activations
+  // come from memory the hardware prefetchers fell behind the tile's image rows.
   SPARCL_INLINE void prefetch_ahead(int count, int64_t ahead) const {
     const int64_t ld = g->channels * static_cast<int64_t>(sizeof(T));
     const int64_t row_bytes = g->in_w * ld;
-    const int64_t shift = (ahead * g->stride_w - g->pad_w) * ld - g->pad_h * row_bytes;
+    const int64_t fresh = std::min(g->kernel_h, (g->stride_h + g->dilation_h - 1) / g->dilation_h);
+    const int64_t first = g->kernel_h - fresh;
+    const int64_t shift = (ahead * g->stride_w - g->pad_w) * ld +
+                          (first * g->dilation_h - g->pad_h) * row_bytes;
     for (int i = 0; i < count; ++i) {
       uintptr_t address = reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift);
-      for (int64_t r = 0; r < g->kernel_h; ++r, address += g->dilation_h * row_bytes)
+      for (int64_t r = first; r < g->kernel_h; ++r, address += g->dilation_h * row_bytes)
         prefetch_bytes(address, g->stride_w * ld);
     }
   }
@@ -354,15 +357,13 @@ struct PhaseRows {
   }
 
   // After rows [0, count) are located: prefetches the grad_out rows of the tile `ahead`
-  // phase pixels further along each row, under every row shift (as TapRows::prefetch_ahead).
+  // phase pixels further along each row, under the largest row shift (the row the previous
+  // phase row did not read; as TapRows::prefetch_ahead).
   SPARCL_INLINE void prefetch_ahead(int count, int64_t ahead) const {
     const int64_t ld = cout * static_cast<int64_t>(sizeof(T)), row_bytes = g->out_w * ld;
-    const int64_t shift = (ahead + plan->min_w) * ld + plan->min_h * row_bytes;
-    for (int i = 0; i < count; ++i) {
-      uintptr_t address = reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift);
-      for (int64_t h = plan->min_h; h <= plan->max_h; ++h, address += row_bytes)
-        prefetch_bytes(address, ld);
-    }
+    const int64_t shift = (ahead + plan->min_w) * ld + plan->max_h * row_bytes;
+    for (int i = 0; i < count; ++i)
+      prefetch_bytes(reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift), ld);
   }
 
   // After rows [0, count) are located: the table of a border tile of group `group`.
