@@ -171,8 +171,8 @@ struct TapRows {
   SPARCL_INLINE void prefetch_ahead(int count, int64_t ahead) const {
     const int64_t ld = g->channels * static_cast<int64_t>(sizeof(T));
     const int64_t row_bytes = g->in_w * ld;
-    const int64_t fresh = std::min(g->kernel_h, (g->stride_h + g->dilation_h - 1) / g->dilation_h);
-    const int64_t first = g->kernel_h - fresh;
+    const int64_t fresh_rows = (g->stride_h + g->dilation_h - 1) / g->dilation_h;
+    const int64_t first = g->kernel_h - std::min(g->kernel_h, fresh_rows);
     const int64_t shift = (ahead * g->stride_w - g->pad_w) * ld +
                           (first * g->dilation_h - g->pad_h) * row_bytes;
     for (int i = 0; i < count; ++i) {
