@@ -52,11 +52,6 @@ struct PairRows {
   }
 };
 
-// One register tile of the forward and input gradient:
-//   out[i][o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
-//       pair_i(j, p) . b_j[p, o0 + W q ...])
-// with j = ids[s] (or s), pair_i(j, p) the p-th pair of row i's operand for block j and b_j
-// the block's packed pairs [P2 x O].
 // acc[i][q] += sum over pairs p < P2 of pair(a[i], p) . b[p * O + W q ...], rows I0 <= i < I1
 // of a tile.
 template <int W, int KV, int I0, int I1, int TN>
@@ -76,6 +71,11 @@ SPARCL_INLINE void pair_rows(const uint16_t* const (&a)[TN], const uint32_t* b, 
   }
 }
 
+// One register tile of the forward and input gradient:
+//   out[i][o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
+//       pair_i(j, p) . b_j[p, o0 + W q ...])
+// with j = ids[s] (or s), pair_i(j, p) the p-th pair of row i's operand for block j and b_j
+// the block's packed pairs [P2 x O].
 template <int W, int TN, int KV, typename Rows>
 void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
