@@ -541,6 +541,8 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
           }
           tile.tabulate(tn, used);
           if (prefetch) tile.prefetch_ahead(tn, kTile);
+          // Two tiles ahead: a bf16 tile takes half the time of an fp32 one.
+          conv_pixels::prefetch_output(out, tn, 2 * kTile * cout, L.bm * 2);
           return tile;
         };
         pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bk / 2, L.bm, nullptr,
@@ -588,6 +590,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
             }
             tile.tabulate(tn, phase * channel_blocks + cb);
             if (prefetch) tile.prefetch_ahead(tn, kTile);
+            conv_pixels::prefetch_output(out, tn, kTile * g.stride_w * g.channels, L.bk * 2);
             return tile;
           };
           pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bm / 2, L.bk,

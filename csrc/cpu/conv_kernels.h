@@ -33,6 +33,10 @@ using conv_pixels::PixelWalk;
 using conv_pixels::GradInputPlan;
 using conv_pixels::phase_extent;
 using conv_pixels::plan_grad_input;
+using conv_pixels::floor_div;
+using conv_pixels::positive_mod;
+using conv_pixels::tap_col_shift;
+using conv_pixels::tap_row_shift;
 
 inline int64_t tap_of_column(const BlockLayoutView& L, const ConvGeometry& g, int64_t col) {
   return col * L.bk / g.channels;
@@ -86,18 +90,20 @@ inline int simd_width(const float*, int64_t contiguous, int max_width) {
 }
 inline int simd_width(const double*, int64_t, int) { return 0; }
 
-// ------------------------------------------------------------------ stride-1 panels
+// ------------------------------------------------------------------ padded panels
 //
 // Blocks narrower than a vector (bm in the forward, bk in the input gradient) leave the
-// pixel-major tiles short vectors and one broadcast per multiply-add (see panels.h). A
-// stride-1 convolution runs those passes over zero-padded image panels instead: the pixels
-// are the vectorised dimension, a block's tap is a constant column shift, and the padded
-// grid's extra pixels are computed and dropped (11 % of them at 32x32 images with a 3x3
-// kernel, 36 % at 8x8). The input gradient is the same pass over grad_out padded by the
-// kernel's reach minus the padding, with the taps mirrored.
+// pixel-major tiles short vectors and one broadcast per multiply-add (see panels.h). Those
+// passes run over zero-padded image panels instead: the pixels are the vectorised
+// dimension, a block's tap is a constant column shift, and the padded grid's extra pixels
+// are computed and dropped (11 % of them at 32x32 images with a 3x3 kernel, 36 % at 8x8).
+// The forward needs stride 1. The input gradient is the same pass over grad_out, padded so
+// that every block's shift stays inside, once per stride phase (the phase's pixels are its
+// output), and the weight gradient packs the input by stride phase: so strided
+// convolutions take them too (stride 2, 8x8 blocks on AVX-512: input gradient 1.1-2x
+// faster than the phase tiles, 1.5-2.4x on AVX2).
 
-// Whether padded panels describe the convolution: stride 1, padding at most the kernel's
-// reach (so the input gradient's padding is not negative).
+// Whether padded panels describe the forward: stride 1, padding at most the kernel's reach.
 inline bool padded_panels_fit(const ConvGeometry& g) {
   return g.stride_h == 1 && g.stride_w == 1 && g.pad_h <= (g.kernel_h - 1) * g.dilation_h &&
          g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
@@ -115,8 +121,8 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
 constexpr int64_t kOneVectorForwardPanelMinPixels = kTile >= 12 ? INT64_MAX : 64;
 constexpr int64_t kOneVectorGradInputPanelMinPixels = kTile >= 12 ? 256 : 64;
 
-// Whether a forward (bm) or input gradient (bk) runs on padded panels that fit, by the
-// block side along the output channels `side`. Blocks narrower than one vector always (the
+// Whether a forward (bm; one that padded_panels_fit) or input gradient (bk, any geometry)
+// runs on padded panels, by the block side along the output channels `side`. Blocks narrower than one vector always (the
 // pixel-major tiles then also run short vectors): the chunk panels stay in L2
 // (padded_panel_pass), so even the main job's 32-channel convs gain (8x8 blocks on AVX-512,
 // one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels 1.2-1.7x over whole-batch
@@ -127,17 +133,44 @@ inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forw
   const int64_t min_pixels =
       forward ? kOneVectorForwardPanelMinPixels : kOneVectorGradInputPanelMinPixels;
   const bool narrow = side < width || (side == width && g.out_h * g.out_w >= min_pixels);
-  return narrow && padded_panels_fit(g);
+  return narrow && (!forward || padded_panels_fit(g));
+}
+
+// The grid of grad_out's pixels on which grad_weight_panels lays each stride phase of the
+// input (the whole input at stride 1): tap (kh, kw) of output pixel (a, b) reads phase
+// (r mod stride_h, c mod stride_w) at phase pixel (a + floor(r / stride_h), b + floor(c /
+// stride_w)), r and c the tap's row and column shifts. The grid starts `top` rows and `left`
+// columns before the phase images, so that no tap's shift is negative (the largest is
+// reach_h rows and reach_w columns), and is wide and tall enough for both operands.
+struct PhaseGrid {
+  int64_t top, left, reach_h, reach_w, rows, cols;
+};
+
+inline PhaseGrid phase_grid(const ConvGeometry& g) {
+  const int64_t last_tap = g.kernel_h * g.kernel_w - 1;
+  const int64_t top = -floor_div(tap_row_shift(g, 0), g.stride_h);
+  const int64_t left = -floor_div(tap_col_shift(g, 0), g.stride_w);
+  const int64_t reach_h = top + floor_div(tap_row_shift(g, last_tap), g.stride_h);
+  const int64_t reach_w = left + floor_div(tap_col_shift(g, last_tap), g.stride_w);
+  return {top, left, reach_h, reach_w,
+          std::max(g.out_h + reach_h, top + phase_extent(g.in_h, 0, g.stride_h)),
+          std::max(g.out_w + reach_w, left + phase_extent(g.in_w, 0, g.stride_w))};
 }
 
 // The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
 // 1.3-6x faster than gathered rows from 32 channels up (32-channel 32x32 images to
 // 256-channel 8x8 ones), but 2-3x slower on 4x4 images: padded to 6x6, 2.25x the output's
 // pixels, and each block's lanes are summed per chunk of few columns. Hence a padded grid
-// of at most twice the output image.
+// of at most twice the output image. Strided convolutions pack every input pixel for a
+// quarter of them in the output (stride 2): from 16x16 output images (Zen 4, stride 2,
+// 8x8 blocks: 1.5x faster there, 1.3x slower on 8x8 images and 2.2x on 4x4 ones).
+constexpr int64_t kStridedWeightGradientPanelMinPixels = 256;
+
 inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
-  const int64_t grid = (g.in_h + 2 * g.pad_h) * (g.in_w + 2 * g.pad_w);
-  return bk < width && padded_panels_fit(g) && grid <= 2 * g.out_h * g.out_w;
+  const PhaseGrid grid = phase_grid(g);
+  const bool strided = g.stride_h * g.stride_w > 1;
+  return bk < width && grid.rows * grid.cols <= 2 * g.out_h * g.out_w &&
+         (!strided || g.out_h * g.out_w >= kStridedWeightGradientPanelMinPixels);
 }
 
 // Per stored block: the panel row block it reads (offset_of) and its tap's column shift.
@@ -154,21 +187,31 @@ inline PanelBlocks panel_blocks(int64_t nnz, int64_t extra_ints) {
   return {storage, shift};
 }
 
+// Where one output pass of padded_panel_pass writes: channels-last images height x width at
+// `place` from `out`.
+struct PanelOutput {
+  float* out;
+  int64_t height, width;
+  detail::ImagePlacement place;
+};
+
 // The panel pass of a stride-1 convolution over the padded grid `in_grid` of `a` (channels
-// `features`), writing the channels-last `out` (`outputs` channels, image out_h x out_w).
+// `features`, dense images), in `passes` output passes over each packed chunk: pass q writes
+// `groups` groups of `side` channels (`outputs` in all; group(q, g), init(g)) at output(q).
+// The input gradient's stride phases are its passes, so grad_out is packed once for all.
 // The grid's rows are cut into chunks whose operand and output panels fit in L2 together;
 // a thread packs a chunk (with the rows its taps reach past it), computes every group's
 // output rows over it and unpacks them, so no panel makes a round trip to memory (whole-batch
 // panels of a 128-channel layer are megabytes: packing them ran at memory speed, a fifth of
 // the pass). Each output element is computed by one tile in a fixed order: the results do
 // not depend on the thread count.
-template <int W, typename Group, typename Init>
+template <int W, typename Group, typename Init, typename Output>
 void padded_panel_pass(const float* a, int64_t features, const detail::PaddedGrid& in_grid,
-                       int64_t max_shift, float* out, int64_t outputs, int64_t out_h,
-                       int64_t out_w, int64_t side, int64_t groups, int threads,
-                       const Group& group, const Init& init) {
-  const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, in_grid.cols, 0, 0, out_h,
-                                    out_w};
+                       int64_t max_shift, int64_t outputs, int64_t side, int64_t groups,
+                       int64_t passes, int threads, const Group& group, const Init& init,
+                       const Output& output) {
+  const detail::ImagePlacement in_place =
+      detail::dense_images(in_grid.height, in_grid.width, features);
   const int64_t tile = int64_t{detail::kPanelVectors} * W, cols = in_grid.cols;
   const int64_t grid_rows = in_grid.batch * in_grid.rows;
   // Operand rows a chunk reads past its own: the taps' reach and the last vector's overrun
@@ -186,18 +229,26 @@ void padded_panel_pass(const float* a, int64_t features, const detail::PaddedGri
     even_share(chunks, t, nt, &begin, &end);
     for (int64_t chunk = begin; chunk < end; ++chunk) {
       const int64_t r0 = chunk * chunk_rows, r1 = std::min(grid_rows, r0 + chunk_rows);
-      detail::pack_padded_rows<W>(a, features, in_grid, r0, r1 + halo_rows, in_panel, in_ld);
+      detail::pack_padded_rows<W>(a, features, in_grid, in_place, r0, r1 + halo_rows, in_panel,
+                                  in_ld);
       const int64_t columns = (r1 - r0) * cols, tiles = (columns + tile - 1) / tile;
-      for (int64_t g = 0; g < groups; ++g) {
-        const auto tile_at = [&](int64_t k) {
-          const int vectors = static_cast<int>(
-              std::min<int64_t>(detail::kPanelVectors, (columns - k * tile + W - 1) / W));
-          return detail::PanelTile{in_panel + k * tile, in_ld,
-                                   out_panel + g * side * out_ld + k * tile, out_ld, vectors};
-        };
-        detail::panel_slab<W>(group(g), side, 0, tiles, tile_at, init(g));
+      for (int64_t q = 0; q < passes; ++q) {
+        const PanelOutput to = output(q);
+        if (to.height == 0 || to.width == 0) continue;
+        for (int64_t g = 0; g < groups; ++g) {
+          const auto tile_at = [&](int64_t k) {
+            const int vectors = static_cast<int>(
+                std::min<int64_t>(detail::kPanelVectors, (columns - k * tile + W - 1) / W));
+            return detail::PanelTile{in_panel + k * tile, in_ld,
+                                     out_panel + g * side * out_ld + k * tile, out_ld, vectors};
+          };
+          detail::panel_slab<W>(group(q, g), side, 0, tiles, tile_at, init(g));
+        }
+        const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, cols, 0, 0, to.height,
+                                          to.width};
+        detail::unpack_padded_rows<W>(out_panel, out_ld, out_grid, r0, r1, to.out, outputs,
+                                      to.place);
       }
-      detail::unpack_padded_rows<W>(out_panel, out_ld, out_grid, r0, r1, out, outputs);
     }
   });
 }
@@ -217,52 +268,55 @@ void forward_panels(const float* x, const float* values_t, const float* bias, fl
   const int64_t max_shift =
       (g.kernel_h - 1) * g.dilation_h * grid.cols + (g.kernel_w - 1) * g.dilation_w;
   padded_panel_pass<W>(
-      x, g.channels, grid, max_shift, y, L.rows(), g.out_h, g.out_w, L.bm, L.block_rows, threads,
-      [&](int64_t r) {
+      x, g.channels, grid, max_shift, L.rows(), L.bm, L.block_rows, 1, threads,
+      [&](int64_t, int64_t r) {
         return detail::PanelGroup{values_t, L.bm * L.bk, L.bm, L.bk, nullptr, L.row_offsets[r],
                                   L.row_offsets[r + 1], blocks.offset_of, blocks.shift};
       },
-      [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; });
+      [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; },
+      [&](int64_t) {
+        return PanelOutput{y, g.out_h, g.out_w, detail::dense_images(g.out_h, g.out_w, L.rows())};
+      });
 }
 
 template <int W>
 void grad_input_panels(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
                        const ConvGeometry& g, int threads) {
-  // grad_out padded by the kernel's reach minus the padding: input pixel (ih, iw) then reads
-  // tap (a, b)'s gradient (kernel_h - 1 - a) * dilation_h rows and likewise columns on.
-  const int64_t reach_h = (g.kernel_h - 1) * g.dilation_h;
-  const int64_t reach_w = (g.kernel_w - 1) * g.dilation_w;
-  const int64_t top = reach_h - g.pad_h, left = reach_w - g.pad_w;
-  const detail::PaddedGrid grid{g.batch, g.out_h + 2 * top, g.out_w + 2 * left, top, left,
-                                g.out_h, g.out_w};
-  const int64_t channel_blocks = g.channels / L.bk, taps = g.kernel_h * g.kernel_w;
-  // The blocks of each channel block (all taps), which write that block's input channels.
-  const PanelBlocks blocks = panel_blocks(L.nnz, L.nnz + channel_blocks + 1);
-  int32_t* ids = blocks.offset_of + L.nnz;
-  int32_t* group_offsets = ids + L.nnz;
-  int32_t count = 0;
-  for (int64_t c = 0; c < channel_blocks; ++c) {
-    group_offsets[c] = count;
-    for (int64_t tap = 0; tap < taps; ++tap) {
-      const int64_t column = tap * channel_blocks + c;
-      for (int32_t s = L.transpose_offsets[column]; s < L.transpose_offsets[column + 1]; ++s) {
-        const int32_t j = L.transpose_block_ids[s];
-        ids[count++] = j;
-        blocks.offset_of[j] = L.row_indices[j];
-        blocks.shift[j] = (g.kernel_h - 1 - tap / g.kernel_w) * g.dilation_h * grid.cols +
-                          (g.kernel_w - 1 - tap % g.kernel_w) * g.dilation_w;
-      }
-    }
-  }
-  group_offsets[channel_blocks] = count;
+  // Stride phase by stride phase (one at stride 1): phase pixel (a, b) reads grad_out pixel
+  // (a + shift_h, b + shift_w) under each of its blocks (GradInputPlan), so a phase is a
+  // stride-1 pass over grad_out padded to keep every shift inside the grid, whose output
+  // pixels are every stride-th input pixel.
+  const GradInputPlan plan =
+      plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g)));
+  const int64_t top = std::max<int64_t>(0, -plan.min_h), left = std::max<int64_t>(0, -plan.min_w);
+  const int64_t channel_blocks = g.channels / L.bk;
+  // Wide enough for grad_out and for every phase's widest shift (phase 0 is the widest).
+  const int64_t cols =
+      left + std::max<int64_t>(g.out_w, phase_extent(g.in_w, 0, g.stride_w) + plan.max_w);
+  // Each block's grid shift, in the second index workspace (operator new's alignment).
+  int64_t* shift = reinterpret_cast<int64_t*>(detail::index_workspace(2 * L.nnz, 1));
+  for (int64_t j = 0; j < L.nnz; ++j)
+    shift[j] = (plan.shift_h[j] + top) * cols + plan.shift_w[j] + left;
+  const int64_t max_shift = (plan.max_h + top) * cols + plan.max_w + left;
+  const int64_t rows =
+      top + std::max<int64_t>(g.out_h, phase_extent(g.in_h, 0, g.stride_h) + plan.max_h);
+  const detail::PaddedGrid grid{g.batch, rows, cols, top, left, g.out_h, g.out_w};
+  const detail::ImagePlacement place{g.in_h * g.in_w * g.channels,
+                                     g.stride_h * g.in_w * g.channels, g.stride_w * g.channels};
   padded_panel_pass<W>(
-      dy, L.rows(), grid, reach_h * grid.cols + reach_w, dx, g.channels, g.in_h, g.in_w, L.bk,
-      channel_blocks, threads,
-      [&](int64_t c) {
-        return detail::PanelGroup{values, L.bm * L.bk, L.bk, L.bm, ids, group_offsets[c],
-                                  group_offsets[c + 1], blocks.offset_of, blocks.shift};
+      dy, L.rows(), grid, max_shift, g.channels, L.bk, channel_blocks, plan.phases, threads,
+      [&](int64_t phase, int64_t c) {
+        const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
+        return detail::PanelGroup{values, L.bm * L.bk, L.bk, L.bm, plan.group_blocks,
+                                  offsets[c], offsets[c + 1], L.row_indices, shift};
       },
-      [](int64_t) -> const float* { return nullptr; });
+      [](int64_t) -> const float* { return nullptr; },
+      [&](int64_t phase) {
+        const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+        return PanelOutput{dx + (ph * g.in_w + pw) * g.channels,
+                           phase_extent(g.in_h, ph, g.stride_h),
+                           phase_extent(g.in_w, pw, g.stride_w), place};
+      });
 }
 
 // ------------------------------------------------------------------ fp32 fast paths
@@ -290,6 +344,9 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
       for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
       rows.tabulate(count, taps.used);
       rows.prefetch_ahead(count, kTile);
+      // The next tile's output: every channel of the pixels that follow.
+      conv_pixels::prefetch_bytes(reinterpret_cast<uintptr_t>(y + (p0 + kTile) * cout),
+                                  kTile * cout * static_cast<int64_t>(sizeof(float)));
       // One tile, all block rows.
       const auto tile_rows = [&](int64_t) -> const ForwardRows& { return rows; };
       for (int64_t r = 0; r < L.block_rows; ++r) {
@@ -355,6 +412,8 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
           rows.tabulate(tn, group);
           // The chunk's other channel blocks read the same grad_out rows again, from cache.
           if (cb == 0) rows.prefetch_ahead(tn, kTile);
+          conv_pixels::prefetch_output(out.rows, tn, kTile * g.stride_w * g.channels,
+                                       L.bk * static_cast<int64_t>(sizeof(float)));
           return rows;
         };
         const auto tile_out = [&](int64_t) { return out; };  // located by tile_rows(n)
@@ -737,32 +796,39 @@ template <int W>
 void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_mask,
                         float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
                         int threads) {
-  const detail::PaddedGrid in_grid{g.batch, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w,
-                                   g.pad_h, g.pad_w, g.in_h, g.in_w};
-  const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, in_grid.cols, 0, 0, g.out_h,
-                                    g.out_w};
+  // The input packed by stride phase on grad_out's grid (phase_grid): a block reads a row
+  // block of its tap's phase at a grid shift, and the products run as at stride 1.
+  const int64_t phases = g.stride_h * g.stride_w;
+  const PhaseGrid grid = phase_grid(g);
+  const int64_t top = grid.top, left = grid.left, rows = grid.rows, cols = grid.cols;
+  const detail::PaddedGrid out_grid{g.batch, rows, cols, 0, 0, g.out_h, g.out_w};
+  const detail::ImagePlacement x_place{g.in_h * g.in_w * g.channels,
+                                       g.stride_h * g.in_w * g.channels, g.stride_w * g.channels};
+  const detail::ImagePlacement dy_place = detail::dense_images(g.out_h, g.out_w, L.rows());
   const int64_t active = count_active(grad_block_mask, L.nnz);
   const PanelBlocks blocks = panel_blocks(L.nnz, active);
   int32_t* ids = blocks.offset_of + L.nnz;
+  const int64_t channel_blocks = g.channels / L.bk;
   for (int64_t j = 0, a = 0; j < L.nnz; ++j) {
     const int64_t column = L.col_indices[j], tap = tap_of_column(L, g, column);
-    blocks.offset_of[j] = static_cast<int32_t>(channel_of_column(L, g, column) / L.bk);
-    blocks.shift[j] =
-        (tap / g.kernel_w) * g.dilation_h * in_grid.cols + (tap % g.kernel_w) * g.dilation_w;
+    const int64_t r = tap_row_shift(g, tap), c = tap_col_shift(g, tap);
+    const int64_t phase = positive_mod(r, g.stride_h) * g.stride_w + positive_mod(c, g.stride_w);
+    blocks.offset_of[j] = static_cast<int32_t>(phase * channel_blocks +
+                                               channel_of_column(L, g, column) / L.bk);
+    blocks.shift[j] = (floor_div(r, g.stride_h) + top) * cols + floor_div(c, g.stride_w) + left;
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
   }
-  const int64_t cols = in_grid.cols, grid_rows = in_grid.batch * in_grid.rows;
-  const int64_t max_shift =
-      (g.kernel_h - 1) * g.dilation_h * cols + (g.kernel_w - 1) * g.dilation_w;
+  const int64_t grid_rows = g.batch * rows;
+  const int64_t max_shift = grid.reach_h * cols + grid.reach_w;
   // x rows a chunk reads past its own: the taps' reach and the last vector's overrun.
   const int64_t halo_rows = (max_shift + W + cols - 1) / cols;
-  const int64_t features = g.channels + L.rows();
+  const int64_t features = phases * g.channels + L.rows();
   const int64_t chunk_rows = std::max<int64_t>(
       1, (kCacheSliceFloats / features - halo_rows * cols) / cols);
   // At least 8 segments (or one per row) so that any thread count has a share; at least one
   // so that an empty batch still writes zeros.
   const int64_t segments = std::max<int64_t>(
-      1, std::clamp<int64_t>((in_grid.positions() + kSegmentPixels - 1) / kSegmentPixels,
+      1, std::clamp<int64_t>((out_grid.positions() + kSegmentPixels - 1) / kSegmentPixels,
                              std::min<int64_t>(8, grid_rows), kWeightGradientItems));
   const int64_t block_elems = L.bm * L.bk;
   float* partials =
@@ -772,7 +838,7 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
     const int64_t dy_ld = detail::panel_row_stride(chunk_columns);
     const int64_t x_ld = detail::panel_row_stride((chunk_rows + halo_rows) * cols);
     float* dy_panel = detail::thread_workspace(L.rows() * dy_ld, detail::kPanelOutSlot);
-    float* x_panel = detail::thread_workspace(g.channels * x_ld, detail::kPanelInSlot);
+    float* x_panel = detail::thread_workspace(phases * g.channels * x_ld, detail::kPanelInSlot);
     const WeightGradientPanels panels{dy_panel, dy_ld, x_panel, x_ld, blocks};
     int64_t begin, end;
     even_share(segments, t, nt, &begin, &end);
@@ -781,8 +847,16 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
       segment_pixels(grid_rows, segments, segment, &s0, &s1);
       for (int64_t r0 = s0;; r0 += chunk_rows) {  // at least once: an empty segment gives zeros
         const int64_t r1 = std::min(s1, r0 + chunk_rows);
-        detail::pack_padded_rows<W>(dy, L.rows(), out_grid, r0, r1, dy_panel, dy_ld);
-        detail::pack_padded_rows<W>(x, g.channels, in_grid, r0, r1 + halo_rows, x_panel, x_ld);
+        detail::pack_padded_rows<W>(dy, L.rows(), out_grid, dy_place, r0, r1, dy_panel, dy_ld);
+        for (int64_t phase = 0; phase < phases; ++phase) {
+          const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+          const detail::PaddedGrid x_grid{g.batch, rows, cols, top, left,
+                                          phase_extent(g.in_h, ph, g.stride_h),
+                                          phase_extent(g.in_w, pw, g.stride_w)};
+          detail::pack_padded_rows<W>(x + (ph * g.in_w + pw) * g.channels, g.channels, x_grid,
+                                      x_place, r0, r1 + halo_rows,
+                                      x_panel + phase * g.channels * x_ld, x_ld);
+        }
         const int64_t columns = ((r1 - r0) * cols + W - 1) / W * W;
         for (int64_t a = 0; a < active; ++a)
           grad_weight_panel_block<W>(panels, ids[a], columns,

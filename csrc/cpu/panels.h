@@ -291,6 +291,17 @@ struct PaddedGrid {
   int64_t positions() const { return batch * rows * cols; }
 };
 
+// Where the pixels of channels-last images lie: pixel (image, row, col) starts image *
+// image_ld + row * row_ld + col * pixel_ld elements from the images' first pixel. Dense
+// images, or one stride phase of them (every stride-th pixel of every stride-th row).
+struct ImagePlacement {
+  int64_t image_ld, row_ld, pixel_ld;
+};
+
+inline ImagePlacement dense_images(int64_t height, int64_t width, int64_t channels) {
+  return {height * width * channels, width * channels, channels};
+}
+
 // Panel row stride for `columns` columns: whole cache lines, an odd number of them (rows a
 // power of two of lines apart would share L1 sets).
 inline int64_t panel_row_stride(int64_t columns) {
@@ -300,11 +311,12 @@ inline int64_t panel_row_stride(int64_t columns) {
 
 // Panel rows [0, features) (row stride ld) of the padded grid rows [r0, r1) of `grid` (rows
 // past the grid are zeros): column (r - r0) * grid.cols + c holds padded pixel c of row r;
-// the columns past the rows, up to ld, are zeroed. The images are channels-last
-// a[batch, height, width, features].
+// the columns past the rows, up to ld, are zeroed. The images are channels-last with
+// `features` channels, at `place` from a.
 template <int W>
-void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid, int64_t r0,
-                      int64_t r1, float* panel, int64_t ld) {
+void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
+                      const ImagePlacement& place, int64_t r0, int64_t r1, float* panel,
+                      int64_t ld) {
   const int64_t full = grid.width / W * W, vector_end = features / W * W;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t image = r / grid.rows, row = r % grid.rows - grid.top;
@@ -317,37 +329,39 @@ void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid, 
       std::fill_n(dst + e * ld, grid.left, 0.0f);
       std::fill(dst + e * ld + grid.left + grid.width, dst + e * ld + grid.cols, 0.0f);
     }
-    const float* src = a + (image * grid.height + row) * grid.width * features;
+    const float* src = a + image * place.image_ld + row * place.row_ld;
+    const int64_t step = place.pixel_ld;
     float* pixels = dst + grid.left;
     for (int64_t d = 0; d < vector_end; d += W)
       for (int64_t c = 0; c < full; c += W)
-        transpose_tile<W>(src + c * features + d, features, pixels + d * ld + c, ld);
+        transpose_tile<W>(src + c * step + d, step, pixels + d * ld + c, ld);
     for (int64_t e = 0; e < features; ++e)
       for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
-        pixels[e * ld + c] = src[c * features + e];
+        pixels[e * ld + c] = src[c * step + e];
   }
   for (int64_t e = 0; e < features; ++e)
     std::fill(panel + e * ld + (r1 - r0) * grid.cols, panel + (e + 1) * ld, 0.0f);
 }
 
 // The inverse for an output grid (top = left = 0, height x width the output image): the
-// channels-last out[batch, height, width, outputs] at the pixels of grid rows [r0, r1) from
-// panel rows [0, outputs) (row stride ld, column (r - r0) * grid.cols + c).
+// channels-last images at `place` from out (`outputs` channels) at the pixels of grid rows
+// [r0, r1) from panel rows [0, outputs) (row stride ld, column (r - r0) * grid.cols + c).
 template <int W>
 void unpack_padded_rows(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t r0,
-                        int64_t r1, float* out, int64_t outputs) {
+                        int64_t r1, float* out, int64_t outputs, const ImagePlacement& place) {
   const int64_t full = grid.width / W * W, vector_end = outputs / W * W;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t image = r / grid.rows, row = r % grid.rows;
     if (row >= grid.height) continue;  // the padding rows of the operand grid
     const float* src = panel + (r - r0) * grid.cols;
-    float* dst = out + (image * grid.height + row) * grid.width * outputs;
+    float* dst = out + image * place.image_ld + row * place.row_ld;
+    const int64_t step = place.pixel_ld;
     for (int64_t d = 0; d < vector_end; d += W)
       for (int64_t c = 0; c < full; c += W)
-        transpose_tile<W>(src + d * ld + c, ld, dst + c * outputs + d, outputs);
+        transpose_tile<W>(src + d * ld + c, ld, dst + c * step + d, step);
     for (int64_t e = 0; e < outputs; ++e)
       for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
-        dst[c * outputs + e] = src[e * ld + c];
+        dst[c * step + e] = src[e * ld + c];
   }
 }
 
