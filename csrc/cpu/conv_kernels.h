@@ -122,8 +122,9 @@ constexpr int64_t kOneVectorForwardPanelMinPixels = kTile >= 12 ? INT64_MAX : 64
 constexpr int64_t kOneVectorGradInputPanelMinPixels = kTile >= 12 ? 256 : 64;
 
 // Whether a forward (bm; one that padded_panels_fit) or input gradient (bk, any geometry)
-// runs on padded panels, by the block side along the output channels `side`. Blocks narrower than one vector always (the
-// pixel-major tiles then also run short vectors): the chunk panels stay in L2
+// runs on padded panels, by the block side along the output channels `side`. Blocks
+// narrower than one vector always (the pixel-major tiles then also run short vectors): the
+// chunk panels stay in L2
 // (padded_panel_pass), so even the main job's 32-channel convs gain (8x8 blocks on AVX-512,
 // one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels 1.2-1.7x over whole-batch
 // panels, which lost below 64 channels). Blocks one vector wide from the pass's pixel count
