@@ -109,31 +109,33 @@ inline bool padded_panels_fit(const ConvGeometry& g) {
          g.pad_w <= (g.kernel_w - 1) * g.dilation_w;
 }
 
-// Output pixels per image from which blocks exactly one vector wide take the panels, per
-// pass. Their pixel-major tile has kTile accumulators and one broadcast per multiply-add:
-// AVX2's 6 cannot cover the multiply-add latency and lost to the panels everywhere (Zen 4,
-// 8x8 blocks: panels 1.3-1.8x faster on 8x8 to 32x32 images). AVX-512's 12 do: with the
-// border tiles' tap tables its forward ran 11-24 % faster than the panels from 4x4 to 32x32
-// images on a Zen 4 (16x16 blocks, alternated native runs; an Ice Lake server had measured
-// the panels 1.1-1.7x faster from 16x16 images before the tables, when every border tile
-// tested each row of each block), and its input gradient ran within 5 % of them either way,
-// so that pass keeps the panels from 16x16 images on (Ice Lake 1.1-1.7x faster, Zen 4 0.9-1.1x).
-constexpr int64_t kOneVectorForwardPanelMinPixels = kTile >= 12 ? INT64_MAX : 64;
-constexpr int64_t kOneVectorGradInputPanelMinPixels = kTile >= 12 ? 256 : 64;
+// Whether blocks exactly one vector wide take the panels. Their pixel-major tile has kTile
+// accumulators and one broadcast per multiply-add: AVX2's 6 cannot cover the multiply-add
+// latency and lost to the panels everywhere from 8x8 images (Zen 4, 8x8 blocks: panels
+// 1.3-1.8x faster on 8x8 to 32x32 images). AVX-512's 12 do: with the border tiles' tap
+// tables its forward ran 11-24 % faster than the panels from 4x4 to 32x32 images on a Zen 4
+// (16x16 blocks, alternated native runs), and so did its stride-1 input gradient once the
+// tiles prefetched (1.13-1.17x warm, 1.15-1.33x from cold caches, at 16x16 and 32x32
+// images; an Ice Lake server had measured the panels 1.1-1.7x faster before the tables).
+// Its strided input gradient keeps the panels from 16x16 phase images (1.05x faster there).
+// Both lost on 4x4 images (36 padded pixels for 16), where the pixel-major tiles stay.
+inline bool one_vector_panels(const ConvGeometry& g, bool forward) {
+  const int64_t pixels = g.out_h * g.out_w;
+  if (kTile < 12) return pixels >= 64;
+  const bool strided = g.stride_h * g.stride_w > 1;
+  return !forward && strided && pixels >= 256;
+}
 
 // Whether a forward (bm; one that padded_panels_fit) or input gradient (bk, any geometry)
 // runs on padded panels, by the block side along the output channels `side`. Blocks
 // narrower than one vector always (the pixel-major tiles then also run short vectors): the
-// chunk panels stay in L2
-// (padded_panel_pass), so even the main job's 32-channel convs gain (8x8 blocks on AVX-512,
-// one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels 1.2-1.7x over whole-batch
-// panels, which lost below 64 channels). Blocks one vector wide from the pass's pixel count
-// above; both lost on 4x4 images (36 padded pixels for 16), where the pixel-major tiles stay.
-// (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings mean nothing.)
+// chunk panels stay in L2 (padded_panel_pass), so even the main job's 32-channel convs gain
+// (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels
+// 1.2-1.7x over whole-batch panels, which lost below 64 channels). Blocks one vector wide as
+// one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings
+// mean nothing.)
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward) {
-  const int64_t min_pixels =
-      forward ? kOneVectorForwardPanelMinPixels : kOneVectorGradInputPanelMinPixels;
-  const bool narrow = side < width || (side == width && g.out_h * g.out_w >= min_pixels);
+  const bool narrow = side < width || (side == width && one_vector_panels(g, forward));
   return narrow && (!forward || padded_panels_fit(g));
 }
 

@@ -469,12 +469,14 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                             // stride 1 (padded panels): dilated, uneven kernel, no padding
                             {16, 16, 3, 1, 1, 2, 2, 7, 6, 2}, {16, 32, 3, 3, 1, 0, 1, 9, 18, 2},
                             {32, 16, 5, 3, 1, 2, 1, 4, 3, 3},
-                            // 272 output pixels: one-vector blocks on panels on every ISA
+                            // 272 output pixels: one-vector blocks on panels on AVX2 and
+                            // NEON (AVX-512: the strided cases below)
                             {16, 32, 3, 3, 1, 1, 1, 16, 17, 1},
                             // one input row: stride phase row 1 has no pixels
                             {16, 16, 3, 3, 2, 1, 1, 1, 5, 2},
                             // over 256 output pixels at stride 2: the weight gradient's
-                            // phase panels; odd sizes (phases of unequal size), no padding
+                            // phase panels, AVX-512's one-vector input gradient panels; odd
+                            // sizes (phases of unequal size), no padding
                             {16, 16, 3, 3, 2, 1, 1, 32, 33, 1}, {16, 16, 3, 3, 2, 0, 1, 35, 36, 1}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}, {8, 16}};
   for (const auto& c : convs)
