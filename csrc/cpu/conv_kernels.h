@@ -304,8 +304,8 @@ void grad_input_panels(const float* dy, const float* values, float* dx, const Bl
   const int64_t rows =
       top + std::max<int64_t>(g.out_h, phase_extent(g.in_h, 0, g.stride_h) + plan.max_h);
   const detail::PaddedGrid grid{g.batch, rows, cols, top, left, g.out_h, g.out_w};
-  const detail::ImagePlacement place{g.in_h * g.in_w * g.channels,
-                                     g.stride_h * g.in_w * g.channels, g.stride_w * g.channels};
+  const detail::ImagePlacement place =
+      detail::dense_images(g.in_h, g.in_w, g.channels, g.stride_h, g.stride_w);
   padded_panel_pass<W>(
       dy, L.rows(), grid, max_shift, g.channels, L.bk, channel_blocks, plan.phases, threads,
       [&](int64_t phase, int64_t c) {
@@ -805,8 +805,8 @@ void grad_weight_panels(const float* dy, const float* x, const bool* grad_block_
   const PhaseGrid grid = phase_grid(g);
   const int64_t top = grid.top, left = grid.left, rows = grid.rows, cols = grid.cols;
   const detail::PaddedGrid out_grid{g.batch, rows, cols, 0, 0, g.out_h, g.out_w};
-  const detail::ImagePlacement x_place{g.in_h * g.in_w * g.channels,
-                                       g.stride_h * g.in_w * g.channels, g.stride_w * g.channels};
+  const detail::ImagePlacement x_place =
+      detail::dense_images(g.in_h, g.in_w, g.channels, g.stride_h, g.stride_w);
   const detail::ImagePlacement dy_place = detail::dense_images(g.out_h, g.out_w, L.rows());
   const int64_t active = count_active(grad_block_mask, L.nnz);
   const PanelBlocks blocks = panel_blocks(L.nnz, active);

@@ -298,8 +298,11 @@ struct ImagePlacement {
   int64_t image_ld, row_ld, pixel_ld;
 };
 
-inline ImagePlacement dense_images(int64_t height, int64_t width, int64_t channels) {
-  return {height * width * channels, width * channels, channels};
+// Images height x width x channels; with strides, the pixels of one stride phase of them
+// (from the phase's first pixel).
+inline ImagePlacement dense_images(int64_t height, int64_t width, int64_t channels,
+                                   int64_t stride_h = 1, int64_t stride_w = 1) {
+  return {height * width * channels, stride_h * width * channels, stride_w * channels};
 }
 
 // Panel row stride for `columns` columns: whole cache lines, an odd number of them (rows a
