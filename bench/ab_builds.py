@@ -38,9 +38,14 @@ def load_build(path: Path) -> ModuleType:
     """The ``_cpu`` extension module built at ``path``, loaded beside this checkout's."""
     if not path.is_file():
         raise SystemExit(f"ab_builds: no extension module at {path}")
-    spec = importlib.util.spec_from_file_location("sparcl_kernels._cpu", path)
+    # Under the checkout's own name ("sparcl_kernels._cpu") CPython hands back the module it
+    # has already loaded, whatever the path: the comparison would time one build twice. The
+    # init function is found by the name's last part, so only the package part differs.
+    spec = importlib.util.spec_from_file_location("other_build._cpu", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    if module is cpu_backend._cpu or Path(module.__file__).resolve() != path.resolve():
+        raise SystemExit(f"ab_builds: {path} loaded as this checkout's own module")
     ours = {name for name in dir(cpu_backend._cpu) if not name.startswith("_")}
     missing = sorted(ours - set(dir(module)))
     if missing:
