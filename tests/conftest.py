@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
+from pathlib import Path
+from types import ModuleType
 
 import pytest
 import torch
@@ -131,3 +135,16 @@ def backend(request):
     select_cpu_isa(variant[1], variant[2])
     yield "cpu"
     cpu.select_isa(os.environ.get(cpu.ISA_ENV_VAR) or None)
+
+
+def load_bench_module(name: str) -> ModuleType:
+    """bench/<name>.py as a module, its sibling modules importable as when run as a script."""
+    bench = Path(__file__).resolve().parents[1] / "bench"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(bench))
+    return module

@@ -2,27 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import shutil
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_bench_module
 
 from sparcl_kernels.backends import cpu as cpu_backend
 
 
 @pytest.fixture(scope="module")
 def ab_builds():
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    sys.path.insert(0, str(bench))  # its sibling modules, as when run as a script
-    spec = importlib.util.spec_from_file_location("ab_builds", bench / "ab_builds.py")
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
+    return load_bench_module("ab_builds")
 
 
 def test_the_other_build_is_the_file_it_names(ab_builds, tmp_path):

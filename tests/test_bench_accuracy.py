@@ -2,25 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
+from conftest import load_bench_module
 
 
 @pytest.fixture(scope="module")
 def study():
-    bench = Path(__file__).resolve().parents[1] / "bench"
-    path = bench / "bench_accuracy.py"
-    sys.path.insert(0, str(bench))  # its sibling module timing, as when run as a script
-    spec = importlib.util.spec_from_file_location("bench_accuracy", path)
-    module = importlib.util.module_from_spec(spec)
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(bench))
-    return module
+    return load_bench_module("bench_accuracy")
 
 
 def row(variant: str, seed: int, class_il: float) -> dict:
