@@ -126,16 +126,26 @@ inline bool one_vector_panels(const ConvGeometry& g, bool forward) {
   return !forward && strided && pixels >= 256;
 }
 
+// Whether blocks narrower than a vector take the panels: everywhere but on AVX-512's small
+// images, where the padded grid wastes most (36 positions for a 4x4 image's 16 pixels) and
+// its 12-row tiles of half vectors won (Zen 4, 8x8 blocks, native: forward 1.35x faster at
+// 4x4 images, 1.2-1.3x at 8x8, within 10 % either way from 16x16; input gradient 1.14x at
+// 4x4, the panels 1.03-1.09x faster at 8x8).
+inline bool narrow_panels(const ConvGeometry& g, bool forward) {
+  return kTile < 12 || g.out_h * g.out_w >= (forward ? 256 : 64);
+}
+
 // Whether a forward (bm; one that padded_panels_fit) or input gradient (bk, any geometry)
 // runs on padded panels, by the block side along the output channels `side`. Blocks
-// narrower than one vector always (the pixel-major tiles then also run short vectors): the
-// chunk panels stay in L2 (padded_panel_pass), so even the main job's 32-channel convs gain
-// (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x, 128 and 256 channels
-// 1.2-1.7x over whole-batch panels, which lost below 64 channels). Blocks one vector wide as
-// one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings
+// narrower than one vector as narrow_panels says (the pixel-major tiles then run short
+// vectors): the chunk panels stay in L2 (padded_panel_pass), so even the main job's
+// 32-channel convs gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x,
+// 128 and 256 channels 1.2-1.7x over whole-batch panels, which lost below 64 channels).
+// Blocks one vector wide as one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings
 // mean nothing.)
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward) {
-  const bool narrow = side < width || (side == width && one_vector_panels(g, forward));
+  const bool narrow = (side < width && narrow_panels(g, forward)) ||
+                      (side == width && one_vector_panels(g, forward));
   return narrow && (!forward || padded_panels_fit(g));
 }
 
