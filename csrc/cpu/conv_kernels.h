@@ -141,8 +141,8 @@ inline bool narrow_panels(const ConvGeometry& g, bool forward) {
 // vectors): the chunk panels stay in L2 (padded_panel_pass), so even the main job's
 // 32-channel convs gain (8x8 blocks on AVX-512, one thread: 32 and 64 channels 1.0-2.4x,
 // 128 and 256 channels 1.2-1.7x over whole-batch panels, which lost below 64 channels).
-// Blocks one vector wide as one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule untimed: emulated timings
-// mean nothing.)
+// Blocks one vector wide as one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule
+// untimed: emulated timings mean nothing.)
 inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward) {
   const bool narrow = (side < width && narrow_panels(g, forward)) ||
                       (side == width && one_vector_panels(g, forward));
