@@ -201,74 +201,62 @@ inline PanelBlocks panel_blocks(int64_t nnz, int64_t extra_ints) {
 }
 
 // Where one output pass of padded_panel_pass writes: channels-last images height x width at
-// `place` from `out`.
+// `place` from `out` (fp32, or bf16 for the bf16 kernels' panels).
+template <typename Out>
 struct PanelOutput {
-  float* out;
+  Out* out;
   int64_t height, width;
   detail::ImagePlacement place;
 };
 
+// Values of a pass's operand per panel element: 1 for fp32, 2 for bf16, whose panels hold
+// pairs of consecutive channels (bf16_kernels.h) as the packed blocks hold pairs of weights.
+template <typename In>
+constexpr int64_t kPanelPack = static_cast<int64_t>(sizeof(float) / sizeof(In));
+
 // The panel pass of a stride-1 convolution over the padded grid `in_grid` of `a` (channels
-// `features`, dense images), in `passes` output passes over each packed chunk: pass q writes
-// `groups` groups of `side` channels (`outputs` in all; group(q, g), init(g)) at output(q).
-// The input gradient's stride phases are its passes, so grad_out is packed once for all.
-// The grid's rows are cut into chunks whose operand and output panels fit in L2 together;
-// a thread packs a chunk (with the rows its taps reach past it), computes every group's
-// output rows over it and unpacks them, so no panel makes a round trip to memory (whole-batch
-// panels of a 128-channel layer are megabytes: packing them ran at memory speed, a fifth of
-// the pass). Each output element is computed by one tile in a fixed order: the results do
-// not depend on the thread count.
+// `features`, dense images; chunked as detail::padded_chunks says), in `passes` output
+// passes over each packed chunk: pass q writes `groups` groups of `side` channels (`outputs`
+// in all; group(q, g), init(g)) at output(q). The input gradient's stride phases are its
+// passes, so grad_out is packed once for all. Each output element is computed by one tile in
+// a fixed order: the results do not depend on the thread count.
 template <int W, typename Group, typename Init, typename Output>
 void padded_panel_pass(const float* a, int64_t features, const detail::PaddedGrid& in_grid,
                        int64_t max_shift, int64_t outputs, int64_t side, int64_t groups,
                        int64_t passes, int threads, const Group& group, const Init& init,
                        const Output& output) {
-  const detail::ImagePlacement in_place =
-      detail::dense_images(in_grid.height, in_grid.width, features);
   const int64_t tile = int64_t{detail::kPanelVectors} * W, cols = in_grid.cols;
-  const int64_t grid_rows = in_grid.batch * in_grid.rows;
-  // Operand rows a chunk reads past its own: the taps' reach and the last vector's overrun
-  // (a chunk's last tile has only the vectors its columns need).
-  const int64_t halo_rows = (max_shift + W + cols - 1) / cols;
-  const int64_t chunk_rows = std::max<int64_t>(
-      1, (kCacheSliceFloats / (features + outputs) - halo_rows * cols) / cols);
-  const int64_t chunks = (grid_rows + chunk_rows - 1) / chunk_rows;
-  const int64_t in_ld = detail::panel_row_stride((chunk_rows + halo_rows) * cols);
-  const int64_t out_ld = detail::panel_row_stride((chunk_rows * cols + tile - 1) / tile * tile);
-  run_parallel(threads, [&](int t, int nt) {
-    float* in_panel = detail::thread_workspace(features * in_ld, detail::kPanelInSlot);
-    float* out_panel = detail::thread_workspace(outputs * out_ld, detail::kPanelOutSlot);
-    int64_t begin, end;
-    even_share(chunks, t, nt, &begin, &end);
-    for (int64_t chunk = begin; chunk < end; ++chunk) {
-      const int64_t r0 = chunk * chunk_rows, r1 = std::min(grid_rows, r0 + chunk_rows);
-      detail::pack_padded_rows<W>(a, features, in_grid, in_place, r0, r1 + halo_rows, in_panel,
-                                  in_ld);
-      const int64_t columns = (r1 - r0) * cols, tiles = (columns + tile - 1) / tile;
-      for (int64_t q = 0; q < passes; ++q) {
-        const PanelOutput to = output(q);
-        if (to.height == 0 || to.width == 0) continue;
-        for (int64_t g = 0; g < groups; ++g) {
-          const auto tile_at = [&](int64_t k) {
-            const int vectors = static_cast<int>(
-                std::min<int64_t>(detail::kPanelVectors, (columns - k * tile + W - 1) / W));
-            return detail::PanelTile{in_panel + k * tile, in_ld,
-                                     out_panel + g * side * out_ld + k * tile, out_ld, vectors};
-          };
-          detail::panel_slab<W>(group(q, g), side, 0, tiles, tile_at, init(g));
+  detail::padded_chunks<W>(
+      a, features, in_grid, max_shift, outputs, threads,
+      [&](const float* in_panel, int64_t in_ld, float* out_panel, int64_t out_ld, int64_t r0,
+          int64_t r1) {
+        const int64_t columns = (r1 - r0) * cols, tiles = (columns + tile - 1) / tile;
+        for (int64_t q = 0; q < passes; ++q) {
+          const auto to = output(q);
+          if (to.height == 0 || to.width == 0) continue;
+          for (int64_t g = 0; g < groups; ++g) {
+            const auto tile_at = [&](int64_t k) {
+              const int vectors = static_cast<int>(
+                  std::min<int64_t>(detail::kPanelVectors, (columns - k * tile + W - 1) / W));
+              return detail::PanelTile{in_panel + k * tile, in_ld,
+                                       out_panel + g * side * out_ld + k * tile, out_ld, vectors};
+            };
+            detail::panel_slab<W>(group(q, g), side, 0, tiles, tile_at, init(g));
+          }
+          const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, cols, 0, 0, to.height,
+                                            to.width};
+          detail::unpack_padded_rows<W>(out_panel, out_ld, out_grid, r0, r1, to.out, outputs,
+                                        to.place);
         }
-        const detail::PaddedGrid out_grid{in_grid.batch, in_grid.rows, cols, 0, 0, to.height,
-                                          to.width};
-        detail::unpack_padded_rows<W>(out_panel, out_ld, out_grid, r0, r1, to.out, outputs,
-                                      to.place);
-      }
-    }
-  });
+      });
 }
 
-template <int W>
-void forward_panels(const float* x, const float* values_t, const float* bias, float* y,
+// In: float with fp32 blocks transposed ([nnz][bk][bm]), or bf16 (uint16_t) with the blocks
+// packed in pairs along bk ([nnz][bk / 2][bm], uint32_t); Out: y's type.
+template <int W, typename In, typename Weight, typename Out>
+void forward_panels(const In* x, const Weight* values_t, const float* bias, Out* y,
                     const BlockLayoutView& L, const ConvGeometry& g, int threads) {
+  constexpr int64_t pack = kPanelPack<In>;
   const detail::PaddedGrid grid{g.batch, g.in_h + 2 * g.pad_h, g.in_w + 2 * g.pad_w,
                                 g.pad_h, g.pad_w, g.in_h, g.in_w};
   const PanelBlocks blocks = panel_blocks(L.nnz, 0);
@@ -281,20 +269,28 @@ void forward_panels(const float* x, const float* values_t, const float* bias, fl
   const int64_t max_shift =
       (g.kernel_h - 1) * g.dilation_h * grid.cols + (g.kernel_w - 1) * g.dilation_w;
   padded_panel_pass<W>(
-      x, g.channels, grid, max_shift, L.rows(), L.bm, L.block_rows, 1, threads,
+      reinterpret_cast<const float*>(x), g.channels / pack, grid, max_shift, L.rows(), L.bm,
+      L.block_rows, 1, threads,
       [&](int64_t, int64_t r) {
-        return detail::PanelGroup{values_t, L.bm * L.bk, L.bm, L.bk, nullptr, L.row_offsets[r],
-                                  L.row_offsets[r + 1], blocks.offset_of, blocks.shift};
+        return detail::PanelGroupOf<Weight>{values_t,         L.bm * L.bk / pack,
+                                            L.bm,             L.bk / pack,
+                                            nullptr,          L.row_offsets[r],
+                                            L.row_offsets[r + 1], blocks.offset_of,
+                                            blocks.shift};
       },
       [&](int64_t r) { return bias ? bias + r * L.bm : nullptr; },
       [&](int64_t) {
-        return PanelOutput{y, g.out_h, g.out_w, detail::dense_images(g.out_h, g.out_w, L.rows())};
+        return PanelOutput<Out>{y, g.out_h, g.out_w,
+                                detail::dense_images(g.out_h, g.out_w, L.rows())};
       });
 }
 
-template <int W>
-void grad_input_panels(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
+// In: float with the fp32 blocks as stored, or bf16 (uint16_t) with the blocks packed in
+// pairs along bm ([nnz][bm / 2][bk], uint32_t); Out: dx's type.
+template <int W, typename In, typename Weight, typename Out>
+void grad_input_panels(const In* dy, const Weight* values, Out* dx, const BlockLayoutView& L,
                        const ConvGeometry& g, int threads) {
+  constexpr int64_t pack = kPanelPack<In>;
   // Stride phase by stride phase (one at stride 1): phase pixel (a, b) reads grad_out pixel
   // (a + shift_h, b + shift_w) under each of its blocks (GradInputPlan), so a phase is a
   // stride-1 pass over grad_out padded to keep every shift inside the grid, whose output
@@ -317,18 +313,22 @@ void grad_input_panels(const float* dy, const float* values, float* dx, const Bl
   const detail::ImagePlacement place =
       detail::dense_images(g.in_h, g.in_w, g.channels, g.stride_h, g.stride_w);
   padded_panel_pass<W>(
-      dy, L.rows(), grid, max_shift, g.channels, L.bk, channel_blocks, plan.phases, threads,
+      reinterpret_cast<const float*>(dy), L.rows() / pack, grid, max_shift, g.channels, L.bk,
+      channel_blocks, plan.phases, threads,
       [&](int64_t phase, int64_t c) {
         const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
-        return detail::PanelGroup{values, L.bm * L.bk, L.bk, L.bm, plan.group_blocks,
-                                  offsets[c], offsets[c + 1], L.row_indices, shift};
+        return detail::PanelGroupOf<Weight>{values,           L.bm * L.bk / pack,
+                                            L.bk,             L.bm / pack,
+                                            plan.group_blocks, offsets[c],
+                                            offsets[c + 1],   L.row_indices,
+                                            shift};
       },
       [](int64_t) -> const float* { return nullptr; },
       [&](int64_t phase) {
         const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
-        return PanelOutput{dx + (ph * g.in_w + pw) * g.channels,
-                           phase_extent(g.in_h, ph, g.stride_h),
-                           phase_extent(g.in_w, pw, g.stride_w), place};
+        return PanelOutput<Out>{dx + (ph * g.in_w + pw) * g.channels,
+                                phase_extent(g.in_h, ph, g.stride_h),
+                                phase_extent(g.in_w, pw, g.stride_w), place};
       });
 }
 

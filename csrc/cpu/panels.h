@@ -114,8 +114,9 @@ void share_features(int64_t features, int t, int threads, const Body& body) {
 // weights[j * block_elems + p * ldw + i] (tile rows contiguous: forwards pass the transposed
 // blocks, input gradients the blocks as stored); it reads panel rows offset_of[j] * P + p,
 // shift[j] batch columns on (a convolution's tap; null: 0).
-struct PanelGroup {
-  const float* weights;
+template <typename Weight>
+struct PanelGroupOf {
+  const Weight* weights;
   int64_t block_elems;
   int64_t ldw;
   int64_t P;
@@ -124,6 +125,9 @@ struct PanelGroup {
   const int32_t* offset_of;
   const int64_t* shift;
 };
+// fp32 weights; the bf16 kernels' panels hold pairs of bf16 channels and weights
+// (PanelGroupOf<uint32_t>, their panel_tile in bf16_kernels.h).
+using PanelGroup = PanelGroupOf<float>;
 
 // Where one batch tile of a pass reads and writes: its first column in the operand panel and
 // in the output panel's first row of the group, the row strides, and its width in vectors.
@@ -203,8 +207,8 @@ constexpr int64_t kPanelStepBytes = 24 * 1024;
 // Output rows [0, rows) of batch tiles [t0, t1) of one group (tile_at(t): the PanelTile of
 // tile t), in steps of as many blocks as keep their operands in L1, the later steps adding to
 // the output tile.
-template <int W, typename TileAt>
-void panel_slab(const PanelGroup& g, int64_t rows, int64_t t0, int64_t t1, const TileAt& tile_at,
+template <int W, typename Group, typename TileAt>
+void panel_slab(const Group& g, int64_t rows, int64_t t0, int64_t t1, const TileAt& tile_at,
                 const float* init) {
   const int64_t tile_columns = int64_t{kPanelVectors} * W;
   const int64_t block_bytes = (g.P * tile_columns + g.block_elems) * int64_t{sizeof(float)};
@@ -349,23 +353,69 @@ void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
 // The inverse for an output grid (top = left = 0, height x width the output image): the
 // channels-last images at `place` from out (`outputs` channels) at the pixels of grid rows
 // [r0, r1) from panel rows [0, outputs) (row stride ld, column (r - r0) * grid.cols + c).
-template <int W>
+// Out is float, or uint16_t for bf16 images (each value rounded to nearest, ties to even).
+template <int W, typename Out>
 void unpack_padded_rows(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t r0,
-                        int64_t r1, float* out, int64_t outputs, const ImagePlacement& place) {
+                        int64_t r1, Out* out, int64_t outputs, const ImagePlacement& place) {
   const int64_t full = grid.width / W * W, vector_end = outputs / W * W;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t image = r / grid.rows, row = r % grid.rows;
     if (row >= grid.height) continue;  // the padding rows of the operand grid
     const float* src = panel + (r - r0) * grid.cols;
-    float* dst = out + image * place.image_ld + row * place.row_ld;
+    Out* dst = out + image * place.image_ld + row * place.row_ld;
     const int64_t step = place.pixel_ld;
     for (int64_t d = 0; d < vector_end; d += W)
-      for (int64_t c = 0; c < full; c += W)
-        transpose_tile<W>(src + d * ld + c, ld, dst + c * step + d, step);
+      for (int64_t c = 0; c < full; c += W) {
+        if constexpr (std::is_same_v<Out, float>) {
+          transpose_tile<W>(src + d * ld + c, ld, dst + c * step + d, step);
+        } else {
+          alignas(64) float pixels[W * W];
+          transpose_tile<W>(src + d * ld + c, ld, pixels, W);
+          SPARCL_UNROLL
+          for (int i = 0; i < W; ++i)
+            simd::round_to_bf16<W>(pixels + i * W, dst + (c + i) * step + d);
+        }
+      }
     for (int64_t e = 0; e < outputs; ++e)
-      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
-        dst[c * step + e] = src[e * ld + c];
+      for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c) {
+        if constexpr (std::is_same_v<Out, float>) dst[c * step + e] = src[e * ld + c];
+        else dst[c * step + e] = bf16::from_float(src[e * ld + c]);
+      }
   }
+}
+
+// The chunks of a pass over the padded grid `in_grid` of `a` (channels-last, `features`
+// floats or 32-bit bf16 pairs a pixel, dense images) toward `outputs` output rows. The grid's
+// rows are cut into chunks whose operand and output panels fit in L2 together; a thread
+// packs a chunk (with the rows its taps reach past it, max_shift columns) and calls
+// on_chunk(in_panel, in_ld, out_panel, out_ld, r0, r1) to compute and unpack grid rows
+// [r0, r1), so no panel makes a round trip to memory (whole-batch panels of a 128-channel
+// layer are megabytes: packing them ran at memory speed, a fifth of the pass).
+template <int W, typename OnChunk>
+void padded_chunks(const float* a, int64_t features, const PaddedGrid& in_grid,
+                   int64_t max_shift, int64_t outputs, int threads, const OnChunk& on_chunk) {
+  const ImagePlacement in_place = dense_images(in_grid.height, in_grid.width, features);
+  const int64_t tile = int64_t{kPanelVectors} * W, cols = in_grid.cols;
+  const int64_t grid_rows = in_grid.batch * in_grid.rows;
+  // Operand rows a chunk reads past its own: the taps' reach and the last vector's overrun
+  // (a chunk's last tile has only the vectors its columns need).
+  const int64_t halo_rows = (max_shift + W + cols - 1) / cols;
+  const int64_t chunk_rows = std::max<int64_t>(
+      1, (kCacheSliceFloats / (features + outputs) - halo_rows * cols) / cols);
+  const int64_t chunks = (grid_rows + chunk_rows - 1) / chunk_rows;
+  const int64_t in_ld = panel_row_stride((chunk_rows + halo_rows) * cols);
+  const int64_t out_ld = panel_row_stride((chunk_rows * cols + tile - 1) / tile * tile);
+  run_parallel(threads, [&](int t, int nt) {
+    float* in_panel = thread_workspace(features * in_ld, kPanelInSlot);
+    float* out_panel = thread_workspace(outputs * out_ld, kPanelOutSlot);
+    int64_t begin, end;
+    even_share(chunks, t, nt, &begin, &end);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      const int64_t r0 = chunk * chunk_rows, r1 = std::min(grid_rows, r0 + chunk_rows);
+      pack_padded_rows<W>(a, features, in_grid, in_place, r0, r1 + halo_rows, in_panel, in_ld);
+      on_chunk(static_cast<const float*>(in_panel), in_ld, out_panel, out_ld, r0, r1);
+    }
+  });
 }
 
 }  // namespace detail

@@ -283,7 +283,13 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
                             {32, 16, 1, 1, 1, 0, 1, 5, 5, 1}, {16, 16, 3, 1, 2, 2, 2, 7, 6, 2},
                             {8, 16, 5, 3, 3, 2, 1, 11, 4, 1}, {16, 16, 3, 3, 1, 1, 1, 16, 14, 2},
                             // one input row: stride phase row 1 has no pixels
-                            {16, 16, 3, 3, 2, 1, 1, 1, 5, 2}};
+                            {16, 16, 3, 3, 2, 1, 1, 1, 5, 2},
+                            // 64 output pixels or more: blocks narrower than the widest pair
+                            // dot product on padded pair panels (a strided input gradient of
+                            // odd sizes, a forward without padding, a dilated uneven kernel
+                            // whose forward keeps the tiles)
+                            {16, 16, 3, 3, 2, 1, 1, 17, 18, 1}, {16, 32, 3, 3, 1, 0, 1, 10, 12, 1},
+                            {16, 16, 3, 1, 1, 2, 2, 9, 8, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
