@@ -9,8 +9,10 @@ that of a fresh process per variant that loads the data and takes three steps, o
 memory allocator: glibc's default keeps freed heap memory, so its peak RSS shows the
 allocator's high-water mark more than the live tensors; tcmalloc and jemalloc (Debian's
 libtcmalloc-minimal4 / libjemalloc2, preloaded into the child where installed) track them.
+The timings run under this process's own allocator, named in the table's header: preload
+tcmalloc to time what `sparcl train` runs with (it preloads tcmalloc by default).
 
-    python bench/bench_sparcl.py --repeats 6 --markdown /tmp/sparcl.md
+    LD_PRELOAD=libtcmalloc_minimal.so.4 python bench/bench_sparcl.py --repeats 6
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from timing import (
 )
 
 import sparcl_kernels as sk
+from sparcl.allocator import describe as describe_allocator
 from sparcl.allocator import environment_for
 from sparcl.data import augment, load_dataset
 from sparcl.flops import count_flops
@@ -196,7 +199,7 @@ def main() -> None:
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {torch.get_num_threads()} threads"
         f" · ResNet-18 nf={args.nf}, 28x28x1, batch 32 + 2 x 32 replay · medians of "
-        f"{args.repeats} interleaved steps · fp32\n",
+        f"{args.repeats} interleaved steps · fp32 · allocator {describe_allocator()['name']}\n",
         "| variant | step ms | speedup vs best dense | FLOP reduction | realization ratio |",
         "|---|---|---|---|---|",
     ]
