@@ -65,16 +65,10 @@ void panel_tile(const PanelGroupOf<uint32_t>& g, int32_t s0, int32_t s1, const P
     }
   }
   for (int32_t s = s0; s < s1; ++s) {
-    const int64_t j = g.ids ? g.ids[s] : s;
-    const uint32_t* w = g.weights + j * g.block_elems + i0;
-    const uint32_t* rows = in + static_cast<int64_t>(g.offset_of[j]) * g.P * tile.in_ld +
-                           (g.shift ? g.shift[j] : 0);
-    const uint32_t* next = nullptr;
-    if (Prefetch && s + 1 < s1) {
-      const int64_t following = g.ids ? g.ids[s + 1] : s + 1;
-      next = in + static_cast<int64_t>(g.offset_of[following]) * g.P * tile.in_ld +
-             (g.shift ? g.shift[following] : 0);
-    }
+    const uint32_t* w = g.weights + block_at(g, s) * g.block_elems + i0;
+    const uint32_t* rows = in + block_rows_offset(g, s, tile.in_ld);
+    const uint32_t* next =
+        Prefetch && s + 1 < s1 ? in + block_rows_offset(g, s + 1, tile.in_ld) : nullptr;
     for (int64_t p = 0; p < g.P; ++p) {
       if constexpr (Prefetch) {
         if (next) {

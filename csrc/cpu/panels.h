@@ -129,6 +129,20 @@ struct PanelGroupOf {
 // (PanelGroupOf<uint32_t>, their panel_tile in bf16_kernels.h).
 using PanelGroup = PanelGroupOf<float>;
 
+// The storage index of the group's block at position s.
+template <typename Weight>
+inline int64_t block_at(const PanelGroupOf<Weight>& g, int32_t s) {
+  return g.ids ? g.ids[s] : s;
+}
+
+// Where, from a tile's first operand column, the panel rows of the group's block at position
+// s start (rows in_ld elements apart).
+template <typename Weight>
+inline int64_t block_rows_offset(const PanelGroupOf<Weight>& g, int32_t s, int64_t in_ld) {
+  const int64_t j = block_at(g, s);
+  return static_cast<int64_t>(g.offset_of[j]) * g.P * in_ld + (g.shift ? g.shift[j] : 0);
+}
+
 // Where one batch tile of a pass reads and writes: its first column in the operand panel and
 // in the output panel's first row of the group, the row strides, and its width in vectors.
 struct PanelTile {
@@ -162,16 +176,10 @@ void panel_tile(const PanelGroup& g, int32_t s0, int32_t s1, const PanelTile& ti
       acc[i][q] = accumulate ? simd::load<W>(tile.out + (i0 + i) * tile.out_ld + W * q) : start;
   }
   for (int32_t s = s0; s < s1; ++s) {
-    const int64_t j = g.ids ? g.ids[s] : s;
-    const float* w = g.weights + j * g.block_elems + i0;
-    const float* rows = tile.in + static_cast<int64_t>(g.offset_of[j]) * g.P * tile.in_ld +
-                        (g.shift ? g.shift[j] : 0);
-    const float* next = nullptr;
-    if (Prefetch && s + 1 < s1) {
-      const int64_t following = g.ids ? g.ids[s + 1] : s + 1;
-      next = tile.in + static_cast<int64_t>(g.offset_of[following]) * g.P * tile.in_ld +
-             (g.shift ? g.shift[following] : 0);
-    }
+    const float* w = g.weights + block_at(g, s) * g.block_elems + i0;
+    const float* rows = tile.in + block_rows_offset(g, s, tile.in_ld);
+    const float* next =
+        Prefetch && s + 1 < s1 ? tile.in + block_rows_offset(g, s + 1, tile.in_ld) : nullptr;
     for (int64_t p = 0; p < g.P; ++p) {
       if constexpr (Prefetch) {
         if (next) {
