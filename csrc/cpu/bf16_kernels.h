@@ -444,16 +444,17 @@ constexpr int64_t kMinPairsPerThread = 64;
 // otherwise each thread sums its share of the kept blocks over all pairs. Per chunk of its
 // pairs a thread calls pack(first, count, used, dy_pairs, x_pairs, zeros): pairs [first,
 // first + count) into PairPanels of its used block rows and columns, `zeros` a zero row as
-// long as a block side (all a pack reads of it).
+// long as a block side or `zero_elems`, whichever is longer (all a pack reads of it).
 template <typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
-                          const BlockLayoutView& L, int threads, const Pack& pack) {
+                          const BlockLayoutView& L, int threads, int64_t zero_elems,
+                          const Pack& pack) {
   const int64_t block_elems = L.bm * L.bk, active = count_active(grad_block_mask, L.nnz);
   int32_t* ids = detail::index_workspace(active + 1, 0);  // kept blocks, in storage order
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
   std::vector<float*> partials(std::max(threads, 1), nullptr);
-  const int64_t side = std::max(L.bm, L.bk);  // what a pack reads of a zero row
+  const int64_t side = std::max({L.bm, L.bk, zero_elems});  // what a pack reads of a zero row
   with_pair_width(width_for(L.bk), [&](auto width) {
     constexpr int W = decltype(width)::value;
     run_parallel(threads, [&](int t, int nt) {
@@ -526,7 +527,7 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
 
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  int64_t n, const BlockLayoutView& L, int threads) {
-  pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads,
+  pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads, 0,
                        [&](int64_t first, int64_t count, const UsedOperands& used,
                            const PairPanels& dy_pairs, const PairPanels& x_pairs,
                            const uint16_t* zeros) {
@@ -683,60 +684,91 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   });
 }
 
-// The used block columns of the patch matrix, each as its tap's row and column offsets, its
-// first channel and its tap: worked out once per chunk, so that packing a pair divides
-// nothing (two divisions per column and pair had cost more than the products).
+// The used block columns of the patch matrix, each as its channel offset and the slot of its
+// tap among the used taps, and each used tap's row and column offsets: worked out once per
+// chunk, so that packing divides nothing (two divisions per column and pair had cost more
+// than the products).
 struct PatchColumns {
-  const int32_t* list;  // UsedPanels::list
+  const int32_t* list;      // UsedPanels::list
   int64_t count;
-  const int32_t* row;
-  const int32_t* col;
-  const int32_t* channel;
-  const int32_t* tap;
+  const int32_t* channel;   // per used column
+  const int32_t* tap_slot;  // per used column: its tap in tap_row / tap_col
+  int64_t taps;             // used taps
+  const int32_t* tap_row;
+  const int32_t* tap_col;
 };
 
+// `scratch` holds 4 ints per block column.
 inline PatchColumns patch_columns(const UsedPanels& used, const ConvGeometry& g,
                                   int64_t bk, int32_t* scratch) {
-  int32_t *row = scratch, *col = row + used.count, *channel = col + used.count;
-  int32_t* tap = channel + used.count;
+  int32_t *channel = scratch, *tap_slot = channel + used.count;
+  int32_t *tap_row = tap_slot + used.count, *tap_col = tap_row + used.count;
   const int64_t channel_blocks = g.channels / bk;
-  for (int64_t u = 0; u < used.count; ++u) {
+  int64_t taps = 0, last_tap = -1;
+  for (int64_t u = 0; u < used.count; ++u) {  // the used columns come in tap order
     const int64_t column = used.list[u], t = column / channel_blocks;
-    row[u] = conv_pixels::tap_row_shift(g, t);
-    col[u] = conv_pixels::tap_col_shift(g, t);
+    if (t != last_tap) {
+      tap_row[taps] = static_cast<int32_t>(conv_pixels::tap_row_shift(g, t));
+      tap_col[taps] = static_cast<int32_t>(conv_pixels::tap_col_shift(g, t));
+      ++taps, last_tap = t;
+    }
     channel[u] = static_cast<int32_t>((column % channel_blocks) * bk);
-    tap[u] = static_cast<int32_t>(t);
+    tap_slot[u] = static_cast<int32_t>(taps - 1);
   }
-  return {used.list, used.count, row, col, channel, tap};
+  return {used.list, used.count, channel, tap_slot, taps, tap_row, tap_col};
 }
 
-// x's row at input pixel (row, col) of `image`, or `zeros` in the padding.
+// x's row at input pixel (row, col) of `image`, or `zeros` (a row of g.channels zeros) in the
+// padding.
 inline const uint16_t* input_row(const uint16_t* x, const ConvGeometry& g, int64_t image,
                                  int64_t row, int64_t col, const uint16_t* zeros) {
   const bool inside = row >= 0 && row < g.in_h && col >= 0 && col < g.in_w;
   return inside ? x + ((image * g.in_h + row) * g.in_w + col) * g.channels : zeros;
 }
 
-// Pair row p of the chunk, output pixels a and b (b only if `second`, else zeros): for each
-// used block column (tap, channel block), the pairs (x at the input pixel the tap reaches
-// from a, the same from b), zero in the padding.
-inline void pack_patch_pair(const uint16_t* x, const ConvGeometry& g, const Pixel& a,
-                            const Pixel& b, bool second, const PatchColumns& cols,
-                            const uint16_t* zeros, const bf16_linear::PairPanels& patches,
-                            int64_t p) {
-  const int64_t ah = a.row * g.stride_h, aw = a.col * g.stride_w;
-  const int64_t bh = b.row * g.stride_h, bw = b.col * g.stride_w;
-  int32_t last_tap = -1;
-  const uint16_t *ra = zeros, *rb = zeros;
-  for (int64_t u = 0; u < cols.count; ++u) {
-    if (cols.tap[u] != last_tap) {  // the used columns come in tap order
-      ra = input_row(x, g, a.image, ah + cols.row[u], aw + cols.col[u], zeros);
-      rb = second ? input_row(x, g, b.image, bh + cols.row[u], bw + cols.col[u], zeros) : zeros;
-      last_tap = cols.tap[u];
+// One used column's pairs over the chunk: pair p is (first[p][c + i], second[p][c + i]) for
+// i < side, N at a time, p < count, into out (pair row p at out + p * side).
+template <int N>
+void pack_column_pairs(const uint16_t* const* first, const uint16_t* const* second, int64_t c,
+                       int64_t count, int64_t side, uint32_t* out) {
+  for (int64_t p = 0; p < count; ++p)
+    bf16_linear::interleave_run<N>(first[p] + c, second[p] + c, side, out + p * side);
+}
+
+// The chunk's pairs [first, first + count) of the patch matrix's used columns, column by
+// column: first each pair's two input rows at every used tap (a table of pointers, `zeros`
+// in the padding and past an odd batch's end), then each column's pairs as one run of
+// fixed-width interleaves. (Pair by pair and column by column, the per-column set-up of
+// 8-wide blocks cost twice the products: 8x8 blocks, 64 channels at 32x32 images.)
+inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t pixels,
+                             int64_t first, int64_t count, const PatchColumns& cols,
+                             const uint16_t* zeros, const bf16_linear::PairPanels& patches) {
+  const uint16_t** rows = reinterpret_cast<const uint16_t**>(detail::thread_workspace(
+      2 * cols.taps * count * int64_t{sizeof(void*) / sizeof(float)}, detail::kPanelOutSlot));
+  PixelWalk walk(2 * first, g.out_h, g.out_w);  // first < pairs: a pixel
+  for (int64_t p = 0; p < count; ++p) {
+    const Pixel a = walk.next(), b = walk.next();
+    const bool second = 2 * (first + p) + 1 < pixels;
+    const int64_t ah = a.row * g.stride_h, aw = a.col * g.stride_w;
+    const int64_t bh = b.row * g.stride_h, bw = b.col * g.stride_w;
+    for (int64_t s = 0; s < cols.taps; ++s) {
+      const int64_t r = cols.tap_row[s], c = cols.tap_col[s];
+      rows[2 * s * count + p] = input_row(x, g, a.image, ah + r, aw + c, zeros);
+      rows[(2 * s + 1) * count + p] =
+          second ? input_row(x, g, b.image, bh + r, bw + c, zeros) : zeros;
     }
+  }
+  const int64_t side = patches.side;
+  for (int64_t u = 0; u < cols.count; ++u) {
+    const uint16_t* const* pair_rows = rows + 2 * cols.tap_slot[u] * count;
+    uint32_t* out = patches.at(0, cols.list[u]);
     const int64_t c = cols.channel[u];
-    bf16_linear::interleave_pairs(ra == zeros ? zeros : ra + c, rb == zeros ? zeros : rb + c,
-                                  patches.side, patches.at(p, cols.list[u]));
+    if (side % 16 == 0)
+      pack_column_pairs<16>(pair_rows, pair_rows + count, c, count, side, out);
+    else if (side % 8 == 0)
+      pack_column_pairs<8>(pair_rows, pair_rows + count, c, count, side, out);
+    else
+      pack_column_pairs<4>(pair_rows, pair_rows + count, c, count, side, out);
   }
 }
 
@@ -744,19 +776,16 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
                  const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   bf16_linear::pair_weight_gradient(
-      grad_block_mask, dw, (pixels + 1) / 2, L, threads,
+      grad_block_mask, dw, (pixels + 1) / 2, L, threads, g.channels,
       [&](int64_t first, int64_t count, const bf16_linear::UsedOperands& used,
           const bf16_linear::PairPanels& dy_pairs, const bf16_linear::PairPanels& patch_pairs,
           const uint16_t* zeros) {
         if (count == 0) return;
-        const PatchColumns cols = patch_columns(used.cols, g, L.bk, used.scratch);
-        PixelWalk walk(2 * first, g.out_h, g.out_w);  // first < pairs: a pixel
-        for (int64_t p = 0; p < count; ++p) {
-          const Pixel a = walk.next(), b = walk.next();
+        for (int64_t p = 0; p < count; ++p)
           bf16_linear::pack_row_pair(dy, pixels, L.rows(), used.rows, zeros, first + p,
                                      dy_pairs, p);
-          pack_patch_pair(x, g, a, b, 2 * (first + p) + 1 < pixels, cols, zeros, patch_pairs, p);
-        }
+        const PatchColumns cols = patch_columns(used.cols, g, L.bk, used.scratch);
+        pack_patch_pairs(x, g, pixels, first, count, cols, zeros, patch_pairs);
       });
 }
 
