@@ -171,19 +171,25 @@ inline PhaseGrid phase_grid(const ConvGeometry& g) {
 }
 
 // The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
-// 1.3-6x faster than gathered rows from 32 channels up (32-channel 32x32 images to
-// 256-channel 8x8 ones), but 2-3x slower on 4x4 images: padded to 6x6, 2.25x the output's
-// pixels, and each block's lanes are summed per chunk of few columns. Hence a padded grid
-// of at most twice the output image. Strided convolutions pack every input pixel for a
-// quarter of them in the output (stride 2): from 16x16 output images (Zen 4, stride 2,
-// 8x8 blocks: 1.5x faster there, 1.3x slower on 8x8 images and 2.2x on 4x4 ones).
+// 1.3-6x faster than gathered rows on 16x16 and larger images, but 2-3x slower on 4x4 images
+// (padded to 6x6, 2.25x the output's pixels) and slower on 8x8 and 7x7 ones too (Zen 4,
+// 256 channels at 8x8: gathered rows 1.08x faster warm, 1.14x from cold caches; 128 at 7x7:
+// 1.25x and 1.43x; even at 14x14): each block's lanes are summed once per chunk, and a
+// small image's padded grid holds few columns per chunk. Hence images of at least
+// kWeightGradientPanelMinPixels whose padded grid is at most twice the output image.
+// Strided convolutions pack every input pixel for a quarter of them in the output (stride
+// 2): from 16x16 output images (Zen 4, stride 2, 8x8 blocks: 1.5x faster there, 1.3x slower
+// on 8x8 images and 2.2x on 4x4 ones).
+constexpr int64_t kWeightGradientPanelMinPixels = 128;
 constexpr int64_t kStridedWeightGradientPanelMinPixels = 256;
 
 inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
   const PhaseGrid grid = phase_grid(g);
   const bool strided = g.stride_h * g.stride_w > 1;
-  return bk < width && grid.rows * grid.cols <= 2 * g.out_h * g.out_w &&
-         (!strided || g.out_h * g.out_w >= kStridedWeightGradientPanelMinPixels);
+  const int64_t pixels = g.out_h * g.out_w;
+  const int64_t min_pixels =
+      strided ? kStridedWeightGradientPanelMinPixels : kWeightGradientPanelMinPixels;
+  return bk < width && grid.rows * grid.cols <= 2 * pixels && pixels >= min_pixels;
 }
 
 // Per stored block: the panel row block it reads (offset_of) and its tap's column shift.
