@@ -266,6 +266,7 @@ void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, i
   float* out_panel = detail::thread_workspace(out_shape.size(), detail::kPanelOutSlot);
   detail::run_panel_pass<W>(
       threads, features, outputs, in_shape.tiles(), side, offsets, groups, block_elems,
+      linear_band_floats(n * features),
       [&](int64_t d0, int64_t d1) {
         detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel);
       },
@@ -289,7 +290,8 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
              const BlockLayoutView& L, const Execution& exec) {
   if (n == 0 || L.block_rows == 0) return;
   const int64_t rows = batch_chunk(L.cols());
-  const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
+  const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk,
+                                  linear_band_floats(n * L.cols()));
   if constexpr (std::is_same_v<T, float>) {
     if (use_panels(L.bm, n, exec.max_width, L)) {
       const float* blocks_t =
@@ -334,7 +336,8 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
                 const BlockLayoutView& L, const Execution& exec) {
   if (n == 0 || L.block_cols == 0) return;
   const int64_t rows = batch_chunk(L.rows());
-  const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
+  const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk,
+                                  linear_band_floats(n * L.rows()));
   if constexpr (std::is_same_v<T, float>) {
     if (use_panels(L.bk, n, exec.max_width, L)) {
       return detail::with_width(exec.max_width, [&](auto W) {

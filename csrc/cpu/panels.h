@@ -265,15 +265,17 @@ inline int64_t panel_chunk(int64_t features, int64_t tile) {
 
 // The steps every panel pass takes on `threads` threads: pack(d0, d1) the operand panel's
 // features [d0, d1) (shared by whole vectors), then the (chunk of tiles, group) items of
-// `offsets`' groups, each group's output rows [0, side) of tile t at tile_at(g, t) from
-// group(g)'s blocks starting from init(g), then unpack(d0, d1) the outputs.
+// `offsets`' groups (in bands of band_floats floats of blocks, see item_grid), each group's
+// output rows [0, side) of tile t at tile_at(g, t) from group(g)'s blocks starting from
+// init(g), then unpack(d0, d1) the outputs.
 template <int W, typename Pack, typename Group, typename TileAt, typename Init, typename Unpack>
 void run_panel_pass(int threads, int64_t features, int64_t outputs, int64_t tiles, int64_t side,
-                    const int32_t* offsets, int64_t groups, int64_t block_elems, const Pack& pack,
+                    const int32_t* offsets, int64_t groups, int64_t block_elems,
+                    int64_t band_floats, const Pack& pack,
                     const Group& group, const TileAt& tile_at, const Init& init,
                     const Unpack& unpack) {
   const int64_t chunk = panel_chunk(features, int64_t{kPanelVectors} * W);
-  const ItemGrid grid = item_grid(offsets, groups, tiles, chunk, block_elems);
+  const ItemGrid grid = item_grid(offsets, groups, tiles, chunk, block_elems, band_floats);
   run_parallel(threads, [&](int t, int nt) {
     share_features<W>(features, t, nt, pack);
     barrier();
