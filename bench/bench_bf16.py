@@ -18,7 +18,7 @@ import itertools
 import sys
 
 import torch
-from timing import efficiency, emit, interleaved_medians, machine_line
+from timing import cache_evictor, efficiency, emit, interleaved_medians, machine_line
 from tqdm import tqdm
 
 import sparcl_kernels as sk
@@ -68,7 +68,7 @@ def measure(in_f, out_f, batch, block, sparsity, repeats) -> dict[str, float]:
         "input grad": lambda: cpu.grad_input(grad16, weights, layout),
         "weight grad": lambda: cpu.grad_weight(grad16, x16, layout, None),
     }
-    times = interleaved_medians(fns, repeats=repeats, warmup=2)
+    times = interleaved_medians(fns, repeats=repeats, warmup=2, before=cache_evictor())
     result = {name: seconds * 1e3 for name, seconds in times.items()}
     result["stored_flops"] = 2.0 * batch * layout.nnz * block * block
     return result

@@ -19,6 +19,7 @@ import multiprocessing
 
 import torch
 from timing import (
+    cache_evictor,
     efficiency,
     emit,
     interleaved_medians,
@@ -117,7 +118,7 @@ def conv_table(
             fns[f"all-taps {sparsity:g} {isa}"] = on_isa(isa, step_fn(all_taps))
             flops[f"per-tap {sparsity:g} {isa}"] = step_flops(per_tap)
             flops[f"all-taps {sparsity:g} {isa}"] = step_flops(all_taps)
-    times = interleaved_medians(fns, repeats=repeats, warmup=1)
+    times = interleaved_medians(fns, repeats=repeats, warmup=1, before=cache_evictor())
     best = min(("dense NCHW", "dense channels_last"), key=times.__getitem__)
     lines = [
         f"\n#### {image_size}x{image_size} input, batch 32, blocks {block}x{block}\n",

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import torch
 from timing import (
+    cache_evictor,
     efficiency,
     emit,
     interleaved_medians,
@@ -108,7 +109,7 @@ def measure(
     if layout.nnz:
         # Favours BSR: x is transposed outside the timed region.
         fns["bsr forward"] = lambda: bsr @ x_t
-    times = interleaved_medians(fns, repeats=repeats, warmup=2)
+    times = interleaved_medians(fns, repeats=repeats, warmup=2, before=cache_evictor())
     cpu.select_isa(None)
     return [
         Row(

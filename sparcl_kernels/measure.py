@@ -12,15 +12,25 @@ from collections.abc import Callable
 
 
 def interleaved_medians(
-    fns: dict[str, Callable[[], object]], repeats: int = 15, warmup: int = 3
+    fns: dict[str, Callable[[], object]],
+    repeats: int = 15,
+    warmup: int = 3,
+    before: Callable[[], object] | None = None,
 ) -> dict[str, float]:
-    """Median seconds of each callable, timed in round-robin so that drift hits all equally."""
+    """Median seconds of each callable, timed in round-robin so that drift hits all equally.
+
+    ``before``, when given, runs (untimed) before every timed call: e.g. an eviction of the
+    caches, so that each callable starts from the same cache state instead of inheriting the
+    operands its predecessor in the round left cached.
+    """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if before is not None:
+                before()
             start = time.perf_counter()
             fn()
             samples[name].append(time.perf_counter() - start)
