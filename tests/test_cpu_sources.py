@@ -5,9 +5,12 @@ under qemu; the extension's own tests cover the vector-extension build."""
 
 from __future__ import annotations
 
+import platform
 import shutil
 import subprocess
 from pathlib import Path
+
+import pytest
 
 from sparcl_kernels.toolchain import CXX_STANDARD
 
@@ -30,3 +33,29 @@ def test_kernels_with_portable_vectors_match_the_scalar_reference(tmp_path):
     assert build.returncode == 0, build.stdout + build.stderr
     run = subprocess.run([str(binary)], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0 and "kernel tests passed" in run.stdout, run.stdout + run.stderr
+
+
+NATIVE_DIR = CPU_DIR.parent.parent / "bench" / "native"
+
+
+@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64"), reason="x86-64 harnesses")
+@pytest.mark.parametrize(
+    "harness, extra",
+    [
+        ("conv_passes.cpp", []),
+        ("conv_passes.cpp", ["-DHARNESS_AVX2"]),
+        ("linear_passes.cpp", []),
+        ("linear_passes.cpp", ["-DHARNESS_AVX2"]),
+        ("bf16_conv_passes.cpp", []),
+    ],
+)
+def test_native_benchmark_harnesses_still_compile(harness, extra):
+    """The A/B harnesses (bench/native) include the kernel headers directly: a change to a
+    kernel's signature must not leave them broken for the next A/B."""
+    compiler = shutil.which("c++") or shutil.which("g++")
+    assert compiler, "a C++ compiler is needed (it also builds the CPU extension)"
+    flags = ["-fsyntax-only", f"-std={CXX_STANDARD}", "-fopenmp", f"-I{CPU_DIR}", *extra]
+    build = subprocess.run(
+        [compiler, *flags, str(NATIVE_DIR / harness)], capture_output=True, text=True, timeout=600
+    )
+    assert build.returncode == 0, build.stdout + build.stderr

@@ -10,19 +10,7 @@
 //
 // -DHARNESS_AVX2 builds the AVX2 copy instead.
 #include "isa_prelude.h"
-#ifdef HARNESS_AVX2
-#define SPARCL_ISA_NS avx2
-#define SPARCL_ISA_WIDTH 8
-#define SPARCL_TILE_ROWS 6
-#define SPARCL_MAX_VECTORS 2
-#pragma GCC target("avx2,fma")
-#else
-#define SPARCL_ISA_NS avx512
-#define SPARCL_ISA_WIDTH 16
-#define SPARCL_TILE_ROWS 12
-#define SPARCL_MAX_VECTORS 2
-#pragma GCC target("avx512f,avx512vl,avx2,fma")
-#endif
+#include "harness_isa.h"
 #include "linear_kernels.h"
 #include "peak.h"
 #include "harness.h"
