@@ -113,19 +113,24 @@ struct PairRows {
   }
 };
 
-// acc[i][q] += sum over pairs p < P2 of pair(a[i], p) . b[p * O + W q ...], rows I0 <= i < I1
-// of a tile.
-template <int W, int KV, int I0, int I1, int TN>
-SPARCL_INLINE void pair_rows(const uint16_t* const (&a)[TN], const uint32_t* b, int64_t P2,
+// acc[i][q] += sum over pairs p < P2 of pair(rows(j, i), p) . b[p * O + W q ...], rows
+// I0 <= i < I1 of a tile. The rows' pointers are located here, per half of a tall tile: with
+// all twelve live through the first half, GCC kept pointers in vector registers and spilled
+// the loaded weight vectors, reloading one per dot product (the bf16 linear forward).
+template <int W, int KV, int I0, int I1, int TN, typename Rows>
+SPARCL_INLINE void pair_rows(const Rows& rows, int64_t j, const uint32_t* b, int64_t P2,
                              int64_t O, typename pairdot::Dot<W>::Acc (&acc)[TN][KV]) {
   using D = pairdot::Dot<W>;
+  const uint16_t* a[I1 - I0];
+  SPARCL_UNROLL
+  for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
   for (int64_t p = 0; p < P2; ++p) {
     typename D::Operand bv[KV];
     SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) bv[q] = D::load_pairs(b + p * O + W * q);
     SPARCL_UNROLL
     for (int i = I0; i < I1; ++i) {
-      const auto av = D::broadcast(bf16::load_pair(a[i] + 2 * p));
+      const auto av = D::broadcast(bf16::load_pair(a[i - I0] + 2 * p));
       SPARCL_UNROLL
       for (int q = 0; q < KV; ++q) acc[i][q] = D::dot(acc[i][q], av, bv[q]);
     }
@@ -151,15 +156,12 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
   }
   for (int32_t s = sb; s < se; ++s) {
     const int64_t j = ids ? ids[s] : s;
-    const uint16_t* a[TN];
-    SPARCL_UNROLL
-    for (int i = 0; i < TN; ++i) a[i] = rows(j, i);
     const uint32_t* bb = b + j * P2 * O + o0;
     if constexpr (W >= 16 && TN > detail::kHalfTileRows) {  // as accumulate_tile
-      pair_rows<W, KV, 0, TN / 2>(a, bb, P2, O, acc);
-      pair_rows<W, KV, TN / 2, TN>(a, bb, P2, O, acc);
+      pair_rows<W, KV, 0, TN / 2>(rows, j, bb, P2, O, acc);
+      pair_rows<W, KV, TN / 2, TN>(rows, j, bb, P2, O, acc);
     } else {
-      pair_rows<W, KV, 0, TN>(a, bb, P2, O, acc);
+      pair_rows<W, KV, 0, TN>(rows, j, bb, P2, O, acc);
     }
   }
   SPARCL_UNROLL
@@ -760,15 +762,15 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
   }
   const int64_t side = patches.side;
   for (int64_t u = 0; u < cols.count; ++u) {
-    const uint16_t* const* pair_rows = rows + 2 * cols.tap_slot[u] * count;
+    const uint16_t* const* tap_rows = rows + 2 * cols.tap_slot[u] * count;
     uint32_t* out = patches.at(0, cols.list[u]);
     const int64_t c = cols.channel[u];
     if (side % 16 == 0)
-      pack_column_pairs<16>(pair_rows, pair_rows + count, c, count, side, out);
+      pack_column_pairs<16>(tap_rows, tap_rows + count, c, count, side, out);
     else if (side % 8 == 0)
-      pack_column_pairs<8>(pair_rows, pair_rows + count, c, count, side, out);
+      pack_column_pairs<8>(tap_rows, tap_rows + count, c, count, side, out);
     else
-      pack_column_pairs<4>(pair_rows, pair_rows + count, c, count, side, out);
+      pack_column_pairs<4>(tap_rows, tap_rows + count, c, count, side, out);
   }
 }
 
