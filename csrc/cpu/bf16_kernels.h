@@ -291,14 +291,22 @@ inline void interleave_run(const uint16_t* __restrict first, const uint16_t* __r
   }
 }
 
-// out[i] = (first[i], second[i]) as pairs, i < count (a multiple of 4), in fixed runs of 16,
-// 8 or 4 that the compiler turns into whole vectors (a block side of 8 left a loop of
-// unknown length mostly scalar).
+// Calls f(std::integral_constant<int, N>) with the longest fixed run N (16, 8 or 4) that
+// divides `count` (a multiple of 4): runs the compiler turns into whole vectors (a block side
+// of 8 left a loop of unknown length mostly scalar).
+template <typename F>
+void with_interleave_run(int64_t count, const F& f) {
+  if (count % 16 == 0) return f(std::integral_constant<int, 16>{});
+  if (count % 8 == 0) return f(std::integral_constant<int, 8>{});
+  f(std::integral_constant<int, 4>{});
+}
+
+// out[i] = (first[i], second[i]) as pairs, i < count (a multiple of 4).
 inline void interleave_pairs(const uint16_t* first, const uint16_t* second, int64_t count,
                              uint32_t* out) {
-  if (count % 16 == 0) return interleave_run<16>(first, second, count, out);
-  if (count % 8 == 0) return interleave_run<8>(first, second, count, out);
-  interleave_run<4>(first, second, count, out);
+  with_interleave_run(count, [&](auto run) {
+    interleave_run<decltype(run)::value>(first, second, count, out);
+  });
 }
 
 // Pair row p of the used panels of a [n, width] bf16 matrix: (a[2r][c], a[2r + 1][c]) for
@@ -765,12 +773,9 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
     const uint16_t* const* tap_rows = rows + 2 * cols.tap_slot[u] * count;
     uint32_t* out = patches.at(0, cols.list[u]);
     const int64_t c = cols.channel[u];
-    if (side % 16 == 0)
-      pack_column_pairs<16>(tap_rows, tap_rows + count, c, count, side, out);
-    else if (side % 8 == 0)
-      pack_column_pairs<8>(tap_rows, tap_rows + count, c, count, side, out);
-    else
-      pack_column_pairs<4>(tap_rows, tap_rows + count, c, count, side, out);
+    bf16_linear::with_interleave_run(side, [&](auto run) {
+      pack_column_pairs<decltype(run)::value>(tap_rows, tap_rows + count, c, count, side, out);
+    });
   }
 }
 
