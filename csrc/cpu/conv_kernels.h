@@ -611,7 +611,8 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
         std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
     even_share(runs * segments, t, nt, &begin, &end);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t run = item / segments, segment = item % segments;
+      // Segment-major, as segmented_weight_gradient's items.
+      const int64_t run = item % runs, segment = item / runs;
       const int32_t first = run_start[run];
       const int blocks = run_start[run + 1] - first;
       float* out[detail::kRunBlocks];
@@ -668,10 +669,14 @@ void segmented_weight_gradient(const bool* grad_block_mask, float* grad_values,
   run_parallel(threads, [&](int t, int nt) {
     int64_t begin, end;
     even_share(active * segments, t, nt, &begin, &end);
+    // Segment-major items: a thread's share is every block over its segments' pixels, whose
+    // rows then come from memory once per thread, not once per block (block-major, the
+    // 64-channel layers' pass ran 1.5-1.8x slower with the activations in memory).
     for (int64_t item = begin; item < end; ++item) {
+      const int64_t a = item % active, s = item / active;
       int64_t first, last;
-      segment_pixels(extent, segments, item % segments, &first, &last);
-      block(partials + item * block_elems, ids[item / segments], first, last);
+      segment_pixels(extent, segments, s, &first, &last);
+      block(partials + (a * segments + s) * block_elems, ids[a], first, last);
     }
     detail::barrier();
     finish_segments(grad_block_mask, ids, partials, active, segments, L, grad_values, t, nt);
