@@ -204,14 +204,14 @@ def test_conv_over_chunked_panels(threads, masked):
 
 
 @per_isa
-@pytest.mark.parametrize("block", [8, 16])
+@pytest.mark.parametrize("block", [8, 16, 32])
 @pytest.mark.parametrize("masked", [False, True])
 def test_conv_weight_gradient_over_pixel_slices(threads, block, masked):
-    """Under 4096 output pixels, one-vector-wide blocks (8 on AVX2 and AVX-512, 16 on
-    AVX-512) walk the pixels in slices that fit in L2, every run of blocks over one slice
-    before the next: 256 + 256 channels make 256-pixel slices, so the batch's 384 pixels
-    take two and the second adds to the first. Matches fp64 dense, masked blocks get zeros,
-    bitwise across threads."""
+    """Under 4096 output pixels the weight gradient's gathered rows walk the pixels in slices
+    that fit in L2, every block (or run of one-vector-wide blocks) over one slice before the
+    next: 256 + 256 channels make 256-pixel slices, so the batch's 384 pixels take two and
+    the second adds to the first. Matches fp64 dense, masked blocks get zeros, bitwise
+    across threads."""
     generator = torch.Generator().manual_seed(block + masked)
     layout = BlockLayout.from_dense(torch.randn(256, 9 * 256, generator=generator), block, 0.9)
     mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None

@@ -500,10 +500,10 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   // image of the batch).
   for (const int threads : {1, 2})
     check_conv<T>(16, 16, 3, 3, 1, 1, 1, 16, 16, 49, 8, 8, 1.0, threads, rng, tag);
-  // Under 4096 output pixels one-vector-wide blocks walk the pixels in L2-sized slices
-  // (256 + 256 channels: 256 pixels), every run over a slice before the next: 320 pixels
-  // take two slices, the second adding to the first.
-  const int64_t slice_blocks[][2] = {{4, 4}, {8, 8}, {16, 16}};
+  // Under 4096 output pixels the weight gradient walks the pixels in L2-sized slices
+  // (256 + 256 channels: 256 pixels), every block or run over a slice before the next: 320
+  // pixels take two slices, the second adding to the first.
+  const int64_t slice_blocks[][2] = {{4, 4}, {8, 8}, {16, 16}, {32, 32}};
   for (const auto& block : slice_blocks)
     for (const int threads : {1, 2})
       check_conv<T>(256, 256, 1, 1, 1, 0, 1, 4, 4, 20, block[0], block[1], 0.3, threads, rng,
