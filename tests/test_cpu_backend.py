@@ -166,32 +166,24 @@ def test_conv_weight_gradient_over_pixel_segments(threads, batch, size, stride, 
     assert torch.equal(grad_values, grad_other)
 
 
-@per_isa
-@pytest.mark.parametrize("masked", [False, True])
-def test_conv_over_chunked_panels(threads, masked):
-    """Blocks narrower than a vector of a stride-1 conv: the three passes pack chunks of
-    padded-grid rows that fit in L2. 512 + 512 channels leave 7 rows of 8 per forward or
-    input-gradient chunk (14 chunks over the batch's 96 rows) and 11 per weight-gradient
-    chunk, whose 8 segments of 12 rows then add a second chunk to their partials. All three
-    match fp64 dense, masked blocks get zeros, and results are bitwise across threads."""
-    generator = torch.Generator().manual_seed(11)
-    layout = BlockLayout.from_dense(torch.randn(512, 9 * 512, generator=generator), 8, 0.95)
-    mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
-    x = torch.randn(12, 512, 6, 6, generator=generator).requires_grad_()
+def check_square_conv_against_dense(x, layout, mask, generator, threads):
+    """A 3x3 pad-1 block-sparse conv with as many output as input channels: its output and
+    both gradients match fp64 dense, masked blocks get exactly zero, and all three are
+    bitwise the same on the other thread count."""
+    channels = x.shape[1]
     values = torch.randn(layout.values_shape, generator=generator).requires_grad_()
     geometry = ((3, 3), (1, 1), (1, 1))
     y = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=mask)
     grad_out = torch.randn(y.shape, generator=generator)
-    (grad_values,) = torch.autograd.grad(y, values, grad_out, retain_graph=True)
-    weight = layout.to_dense(values.detach().double()).view(512, 3, 3, 512).permute(0, 3, 1, 2)
-    weight.requires_grad_()
+    grad_x, grad_values = torch.autograd.grad(y, (x, values), grad_out)
+    weight = layout.to_dense(values.detach().double()).view(channels, 3, 3, channels)
+    weight = weight.permute(0, 3, 1, 2).requires_grad_()
     x64 = x.detach().double().requires_grad_()
     dense = torch.nn.functional.conv2d(x64, weight, padding=1)
     dense.backward(grad_out.double())
     torch.testing.assert_close(y.double(), dense, rtol=1e-4, atol=1e-3)
-    (grad_x,) = torch.autograd.grad(y, x, grad_out)
     torch.testing.assert_close(grad_x.double(), x64.grad, rtol=1e-4, atol=1e-3)
-    expected = layout.to_blocks(weight.grad.permute(0, 2, 3, 1).reshape(512, -1))
+    expected = layout.to_blocks(weight.grad.permute(0, 2, 3, 1).reshape(channels, -1))
     if mask is not None:
         expected[~mask] = 0
         assert torch.all(grad_values[~mask] == 0)
@@ -204,35 +196,32 @@ def test_conv_over_chunked_panels(threads, masked):
 
 
 @per_isa
+@pytest.mark.parametrize("masked", [False, True])
+def test_conv_over_chunked_panels(threads, masked):
+    """Blocks narrower than a vector of a stride-1 conv: the three passes pack chunks of
+    padded-grid rows that fit in L2. 512 + 512 channels leave 7 rows of 8 per forward or
+    input-gradient chunk (14 chunks over the batch's 96 rows) and 11 per weight-gradient
+    chunk, whose 8 segments of 12 rows then add a second chunk to their partials."""
+    generator = torch.Generator().manual_seed(11)
+    layout = BlockLayout.from_dense(torch.randn(512, 9 * 512, generator=generator), 8, 0.95)
+    mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
+    x = torch.randn(12, 512, 6, 6, generator=generator).requires_grad_()
+    check_square_conv_against_dense(x, layout, mask, generator, threads)
+
+
+@per_isa
 @pytest.mark.parametrize("block", [8, 16, 32])
 @pytest.mark.parametrize("masked", [False, True])
 def test_conv_weight_gradient_over_pixel_slices(threads, block, masked):
     """Under 4096 output pixels the weight gradient's gathered rows walk the pixels in slices
     that fit in L2, every block (or run of one-vector-wide blocks) over one slice before the
     next: 256 + 256 channels make 256-pixel slices, so the batch's 384 pixels take two and
-    the second adds to the first. Matches fp64 dense, masked blocks get zeros, bitwise
-    across threads."""
+    the second adds to the first."""
     generator = torch.Generator().manual_seed(block + masked)
     layout = BlockLayout.from_dense(torch.randn(256, 9 * 256, generator=generator), block, 0.9)
     mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
     x = torch.randn(6, 256, 8, 8, generator=generator).requires_grad_()
-    values = torch.randn(layout.values_shape, generator=generator).requires_grad_()
-    geometry = ((3, 3), (1, 1), (1, 1))
-    y = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=mask)
-    grad_out = torch.randn(y.shape, generator=generator)
-    (grad_values,) = torch.autograd.grad(y, values, grad_out)
-    weight = layout.to_dense(values.detach().double()).view(256, 3, 3, 256).permute(0, 3, 1, 2)
-    weight.requires_grad_()
-    torch.nn.functional.conv2d(x.detach().double(), weight, padding=1).backward(grad_out.double())
-    expected = layout.to_blocks(weight.grad.permute(0, 2, 3, 1).reshape(256, -1))
-    if mask is not None:
-        expected[~mask] = 0
-        assert torch.all(grad_values[~mask] == 0)
-    torch.testing.assert_close(grad_values.double(), expected, rtol=1e-4, atol=1e-3)
-    torch.set_num_threads(3 - threads)
-    y_other = sk.block_sparse_conv2d(x, values, layout, *geometry, grad_block_mask=mask)
-    (grad_other,) = torch.autograd.grad(y_other, values, grad_out)
-    assert torch.equal(grad_other, grad_values)
+    check_square_conv_against_dense(x, layout, mask, generator, threads)
 
 
 @per_isa
