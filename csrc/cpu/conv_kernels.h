@@ -626,11 +626,8 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
                                                              detail::kScratchSlot);
   run_parallel(threads, [&](int t, int nt) {
     const float* zeros = detail::thread_workspace(L.bk, detail::kZerosSlot);
+    zero_masked_share(grad_block_mask, L.nnz, block_elems, grad_values, t, nt);
     int64_t begin, end;
-    even_share(L.nnz, t, nt, &begin, &end);
-    for (int64_t j = begin; j < end; ++j)
-      if (grad_block_mask && !grad_block_mask[j])
-        std::fill_n(grad_values + j * block_elems, block_elems, 0.0f);
     const auto compute = [&](int64_t run, int64_t segment, int64_t p0, int64_t p1,
                              bool accumulate) {
       const int32_t first = run_start[run];
