@@ -171,6 +171,23 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
   }
 }
 
+// One tile of tn rows of one group (block row or column), every column [0, O) of it: out[i]
+// is row i's output at the group's first column.
+template <int W, typename Rows>
+void pair_tiles(const Rows& tile_rows, int tn, const uint32_t* b, int64_t P2, int64_t O,
+                const int32_t* ids, int32_t sb, int32_t se, const float* init,
+                uint16_t* const* out) {
+  for (int64_t o = 0; o < O; o += kMaxVectors * W) {
+    const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
+    detail::with_constant<kTile>(tn, [&](auto TN) {
+      detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
+        pair_tile<W, decltype(TN)::value, decltype(KV)::value>(tile_rows, b, P2, O, ids, sb,
+                                                                se, o, init, out);
+      });
+    });
+  }
+}
+
 // Output rows [0, count) x [0, O) of one group (block row or column), tile by tile, in
 // order: make_tile(n, tn, out) gives the rows functor of the tile of rows n ... n + tn - 1
 // and sets out[i] to row n + i's output (at the group's first column).
@@ -181,15 +198,7 @@ void pair_slab(int64_t count, const MakeTile& make_tile, const uint32_t* b, int6
     const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
     uint16_t* out[kTile];
     const auto tile_rows = make_tile(n, tn, out);
-    for (int64_t o = 0; o < O; o += kMaxVectors * W) {
-      const int kv = static_cast<int>(std::min<int64_t>(kMaxVectors, (O - o) / W));
-      detail::with_constant<kTile>(tn, [&](auto TN) {
-        detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
-          pair_tile<W, decltype(TN)::value, decltype(KV)::value>(tile_rows, b, P2, O, ids, sb,
-                                                                  se, o, init, out);
-        });
-      });
-    }
+    pair_tiles<W>(tile_rows, tn, b, P2, O, ids, sb, se, init, out);
   }
 }
 
@@ -563,7 +572,6 @@ void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_m
 // the linear tile over them.
 namespace bf16_conv {
 
-using bf16_linear::pair_slab;
 using bf16_linear::width_for;
 using bf16_linear::with_pair_width;
 using bf16_linear::zero_row;
@@ -611,32 +619,35 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   int32_t* storage = detail::index_workspace(conv_pixels::block_taps_ints(L.nnz), 0);
   const conv_pixels::BlockTaps taps = conv_pixels::block_taps(L, g, storage);
   const uint16_t* zeros = zero_row(g.channels);
-  const int64_t rows = 8 * kTile;
-  const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, pixels, rows, L.bm * L.bk);
+  const int64_t chunks = (pixels + conv::kPixelChunk - 1) / conv::kPixelChunk;
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
-      for_each_item(grid, pixels, rows, t, nt, [&](int64_t r, int64_t p0, int64_t p1) {
-        PixelWalk walk(p0, g.out_h, g.out_w);  // the tiles come in order
-        uint16_t* y0 = y + p0 * cout + r * L.bm;
-        const uint32_t used = taps.used_by(L.row_offsets[r], L.row_offsets[r + 1]);
-        const bool prefetch = grid.opens_band(r);
-        const auto make_tile = [&](int64_t n, int tn, uint16_t** out) {
-          ForwardTile tile;
-          tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps, tile.interior = true;
-          for (int i = 0; i < tn; ++i) {
-            tile.interior &= tile.locate(i, walk.next());
-            out[i] = y0 + (n + i) * cout;
-          }
-          tile.tabulate(tn, used);
-          if (prefetch) tile.prefetch_ahead(tn, kTile);
-          // Two tiles ahead: a bf16 tile takes half the time of an fp32 one.
-          conv_pixels::prefetch_output(out, tn, 2 * kTile * cout, L.bm * 2);
-          return tile;
-        };
-        pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bk / 2, L.bm, nullptr,
-                                      L.row_offsets[r], L.row_offsets[r + 1],
-                                      bias ? bias + r * L.bm : nullptr);
-      });
+      // As the fp32 forward: each thread takes a contiguous range of output pixels, and each
+      // tile, located (and tabulated at the border) once, runs every block row. Items of one
+      // block row had each located their tiles again: with 16x16 blocks on 16x16 images that
+      // took a third of the pass.
+      int64_t begin, end;
+      even_share(chunks, t, nt, &begin, &end);
+      const int64_t stop = std::min(pixels, end * conv::kPixelChunk);
+      PixelWalk walk(begin * conv::kPixelChunk, g.out_h, g.out_w);
+      ForwardTile tile;
+      tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps;
+      for (int64_t p0 = begin * conv::kPixelChunk; p0 < stop; p0 += kTile) {
+        const int tn = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
+        tile.interior = true;
+        for (int i = 0; i < tn; ++i) tile.interior &= tile.locate(i, walk.next());
+        tile.tabulate(tn, taps.used);
+        tile.prefetch_ahead(tn, kTile);
+        conv_pixels::prefetch_bytes(reinterpret_cast<uintptr_t>(y + (p0 + kTile) * cout),
+                                    kTile * cout * static_cast<int64_t>(sizeof(uint16_t)));
+        for (int64_t r = 0; r < L.block_rows; ++r) {
+          uint16_t* out[kTile];
+          for (int i = 0; i < tn; ++i) out[i] = y + (p0 + i) * cout + r * L.bm;
+          bf16_linear::pair_tiles<decltype(W)::value>(
+              tile, tn, packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r], L.row_offsets[r + 1],
+              bias ? bias + r * L.bm : nullptr, out);
+        }
+      }
     });
   });
 }
@@ -652,44 +663,22 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
   const GradInputPlan plan =
       conv_pixels::plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g), 0));
   const uint16_t* zeros = zero_row(cout);
-  const int64_t rows = 8 * kTile;
   with_pair_width(width_for(L.bk), [&](auto W) {
-    // Phases write disjoint input pixels, so a thread goes on to its share of the next phase
-    // without waiting for the others; each phase is split over the threads by stored blocks
-    // (every thread works the split out for itself, in its own workspace).
     run_parallel(threads, [&](int t, int nt) {
-      for (int64_t phase = 0; phase < plan.phases; ++phase) {
-        const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
-        const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
-        const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
-        const int64_t pixels = g.batch * height * width;
-        if (pixels == 0) continue;
-        const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
-        const ItemGrid grid = item_grid(offsets, channel_blocks, pixels, rows, L.bm * L.bk);
-        for_each_item(grid, pixels, rows, t, nt, [&](int64_t cb, int64_t p0, int64_t p1) {
-          PixelWalk walk(p0, height, width);  // phase pixels; the tiles come in order
-          const bool prefetch = grid.opens_band(cb);
-          const auto make_tile = [&](int64_t, int tn, uint16_t** out) {
-            PhasePairRows tile;
-            tile.dy = dy, tile.zeros = zeros, tile.g = &g, tile.plan = &plan;
-            tile.row_indices = L.row_indices, tile.bm = L.bm, tile.cout = cout;
-            tile.interior = true;
-            for (int i = 0; i < tn; ++i) {
-              const Pixel q = walk.next();  // q.row, q.col: phase row and column
-              tile.interior &= tile.locate(i, q.image, q.row, q.col);
-              const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
-              out[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
-            }
-            tile.tabulate(tn, phase * channel_blocks + cb);
-            if (prefetch) tile.prefetch_ahead(tn, kTile);
-            conv_pixels::prefetch_output(out, tn, kTile * g.stride_w * g.channels, L.bk * 2);
-            return tile;
-          };
-          pair_slab<decltype(W)::value>(p1 - p0, make_tile, packed, L.bm / 2, L.bk,
-                                        plan.group_blocks, offsets[cb], offsets[cb + 1],
-                                        nullptr);
-        });
-      }
+      PhasePairRows tile;
+      tile.dy = dy, tile.zeros = zeros, tile.g = &g, tile.plan = &plan;
+      tile.row_indices = L.row_indices, tile.bm = L.bm, tile.cout = cout;
+      conv::walk_phase_tiles(tile, dx, plan, g, channel_blocks, t, nt,
+                             [&](int64_t phase, int tn, uint16_t* const* pixel) {
+        for (int64_t cb = 0; cb < channel_blocks; ++cb) {
+          const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
+          uint16_t* out[kTile];
+          for (int i = 0; i < tn; ++i) out[i] = pixel[i] + cb * L.bk;
+          bf16_linear::pair_tiles<decltype(W)::value>(tile, tn, packed, L.bm / 2, L.bk,
+                                                      plan.group_blocks, offsets[cb],
+                                                      offsets[cb + 1], nullptr, out);
+        }
+      });
     });
   });
 }

@@ -380,6 +380,51 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
   });
 }
 
+// Thread t's share of every stride phase's input pixels, tile by tile: each tile of up to
+// kTile pixels is located in `rows` once, tabulated (at the border) for the shifts of all the
+// phase's channel blocks, its grad_out rows ahead and the next tile's grad_x rows prefetched,
+// and then tile(phase, tn, pixel) runs every channel block over it, pixel[i] pointing at
+// row i's input pixel in dx (channel 0). Phases write disjoint pixels, so a thread goes on to
+// the next one without waiting for the others. Items of one channel block had each located
+// their tiles again, which cost 10-30 % of the pass with 16x16 blocks (Zen 4, native).
+template <typename T, typename Tile>
+void walk_phase_tiles(conv_pixels::PhaseRows<T, kTile>& rows, T* dx, const GradInputPlan& plan,
+                      const ConvGeometry& g, int64_t channel_blocks, int t, int nt,
+                      const Tile& tile) {
+  for (int64_t phase = 0; phase < plan.phases; ++phase) {
+    const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
+    const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
+    const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
+    const int64_t pixels = g.batch * height * width;
+    if (pixels == 0) continue;  // a phase past the image (stride larger than it)
+    uint32_t used = 0;
+    for (int64_t cb = 0; cb < channel_blocks; ++cb)
+      used |= plan.group_shifts[phase * channel_blocks + cb];
+    // Contiguous shares of equal chunks: each thread writes every channel of a range of input
+    // pixels, as the element-wise ops that read grad_x next split their work.
+    int64_t begin, end;
+    even_share((pixels + kPixelChunk - 1) / kPixelChunk, t, nt, &begin, &end);
+    const int64_t stop = std::min(pixels, end * kPixelChunk);
+    PixelWalk walk(begin * kPixelChunk, height, width);  // phase pixels, in order
+    for (int64_t e = begin * kPixelChunk; e < stop; e += kTile) {
+      const int tn = static_cast<int>(std::min<int64_t>(kTile, stop - e));
+      T* pixel[kTile];
+      rows.interior = true;
+      for (int i = 0; i < tn; ++i) {
+        const Pixel q = walk.next();  // q.row, q.col: phase row and column
+        rows.interior &= rows.locate(i, q.image, q.row, q.col);
+        const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
+        pixel[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels;
+      }
+      rows.tabulate(tn, used);
+      rows.prefetch_ahead(tn, kTile);
+      conv_pixels::prefetch_output(pixel, tn, kTile * g.stride_w * g.channels,
+                                   g.channels * static_cast<int64_t>(sizeof(T)));
+      tile(phase, tn, static_cast<T* const*>(pixel));
+    }
+  }
+}
+
 template <int W>
 void grad_input_simd(const float* dy, const float* values, float* dx, const BlockLayoutView& L,
                      const ConvGeometry& g, int threads) {
@@ -387,59 +432,26 @@ void grad_input_simd(const float* dy, const float* values, float* dx, const Bloc
   const float* zeros = detail::thread_workspace(L.rows(), detail::kZerosSlot);
   const GradInputPlan plan =
       plan_grad_input(L, g, detail::index_workspace(conv_pixels::plan_ints(L, g)));
-  run_parallel(threads, [&](int, int) {
+  run_parallel(threads, [&](int t, int nt) {
     GradInputRows rows;
     rows.dy = dy, rows.zeros = zeros, rows.g = &g, rows.plan = &plan;
     rows.row_indices = L.row_indices, rows.bm = L.bm, rows.cout = L.rows();
-    for (int64_t phase = 0; phase < plan.phases; ++phase) {
-      const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
-      const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
-      const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
-      const int64_t pixels = g.batch * height * width;
-      const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
-      // Chunk-major items in contiguous shares: each thread writes every channel of a range
-      // of input pixels, as the element-wise ops that read grad_x next split their work.
-#pragma omp for schedule(static) nowait
-      for (int64_t item = 0; item < channel_blocks * chunks; ++item) {
-        const int64_t cb = item % channel_blocks, e0 = (item / channel_blocks) * kPixelChunk;
-        const int64_t count = std::min(kPixelChunk, pixels - e0);
+    const auto tile_rows = [&](int64_t) -> const GradInputRows& { return rows; };
+    walk_phase_tiles(rows, dx, plan, g, channel_blocks, t, nt,
+                     [&](int64_t phase, int tn, float* const* pixel) {
+      for (int64_t cb = 0; cb < channel_blocks; ++cb) {
         const int64_t group = phase * channel_blocks + cb;
         const int32_t sb = plan.group_offsets[group], se = plan.group_offsets[group + 1];
         detail::ListedOut<kTile> out{};
-        PixelWalk walk(e0, height, width);  // pixels of the phase grid, tiles taken in order
-        const auto locate = [&](int64_t n) {  // the tile of phase pixels e0 + n ...
-          const int tn = static_cast<int>(std::min<int64_t>(kTile, count - n));
-          rows.interior = true;
-          for (int i = 0; i < tn; ++i) {
-            const Pixel q = walk.next();  // q.row, q.col: phase row and column
-            rows.interior &= rows.locate(i, q.image, q.row, q.col);
-            const int64_t ih = ph + q.row * g.stride_h, iw = pw + q.col * g.stride_w;
-            out.rows[i] = dx + ((q.image * g.in_h + ih) * g.in_w + iw) * g.channels + cb * L.bk;
-          }
-          return tn;
-        };
+        for (int i = 0; i < tn; ++i) out.rows[i] = pixel[i] + cb * L.bk;
         if (sb == se) {  // no block reaches this phase of this channel block: zeros
-          for (int64_t n = 0; n < count; n += kTile) {
-            locate(n);
-            for (int i = 0; i < kTile && n + i < count; ++i)
-              std::fill_n(out.rows[i], L.bk, 0.0f);
-          }
+          for (int i = 0; i < tn; ++i) std::fill_n(out.rows[i], L.bk, 0.0f);
           continue;
         }
-        const auto tile_rows = [&](int64_t n) -> const GradInputRows& {
-          const int tn = locate(n);
-          rows.tabulate(tn, group);
-          // The chunk's other channel blocks read the same grad_out rows again, from cache.
-          if (cb == 0) rows.prefetch_ahead(tn, kTile);
-          conv_pixels::prefetch_output(out.rows, tn, kTile * g.stride_w * g.channels,
-                                       L.bk * static_cast<int64_t>(sizeof(float)));
-          return rows;
-        };
-        const auto tile_out = [&](int64_t) { return out; };  // located by tile_rows(n)
-        detail::accumulate_slab<W>(count, tile_rows, tile_out, values, L.bm, L.bk,
-                                   plan.group_blocks, sb, se, nullptr);
+        detail::accumulate_slab<W>(tn, tile_rows, [&](int64_t) { return out; }, values, L.bm,
+                                   L.bk, plan.group_blocks, sb, se, nullptr);
       }
-    }
+    });
   });
 }
 

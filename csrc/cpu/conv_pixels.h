@@ -379,10 +379,10 @@ struct PhaseRows {
       prefetch_bytes(reinterpret_cast<uintptr_t>(base[i]) + static_cast<uintptr_t>(shift), ld);
   }
 
-  // After rows [0, count) are located: the table of a border tile of group `group`.
-  void tabulate(int count, int64_t group) {
+  // After rows [0, count) are located: the table of a border tile, for the shifts in `used`
+  // (bit s: shift s; those of the groups the tile multiplies, from group_shifts).
+  void tabulate(int count, uint32_t used) {
     if (interior || !plan->shifts) return;
-    const uint32_t used = plan->group_shifts[group];
     for (int s = 0; s < plan->shifts; ++s) {
       if (!(used >> s & 1u)) continue;
       for (int i = 0; i < count; ++i)
