@@ -695,6 +695,13 @@ struct PatchColumns {
   int64_t taps;             // used taps
   const int32_t* tap_row;
   const int32_t* tap_col;
+  int64_t min_row, max_row, min_col, max_col;  // extreme shifts of the used taps
+
+  // Whether every used tap of the input pixel at (row, col) lies inside the input.
+  bool inside(const ConvGeometry& g, int64_t row, int64_t col) const {
+    return row + min_row >= 0 && row + max_row < g.in_h && col + min_col >= 0 &&
+           col + max_col < g.in_w;
+  }
 };
 
 // `scratch` holds 4 ints per block column.
@@ -714,7 +721,10 @@ inline PatchColumns patch_columns(const UsedPanels& used, const ConvGeometry& g,
     channel[u] = static_cast<int32_t>((column % channel_blocks) * bk);
     tap_slot[u] = static_cast<int32_t>(taps - 1);
   }
-  return {used.list, used.count, channel, tap_slot, taps, tap_row, tap_col};
+  const auto [min_row, max_row] = std::minmax_element(tap_row, tap_row + taps);
+  const auto [min_col, max_col] = std::minmax_element(tap_col, tap_col + taps);
+  return {used.list, used.count, channel, tap_slot, taps, tap_row, tap_col,
+          taps ? *min_row : 0, taps ? *max_row : 0, taps ? *min_col : 0, taps ? *max_col : 0};
 }
 
 // x's row at input pixel (row, col) of `image`, or `zeros` (a row of g.channels zeros) in the
@@ -750,11 +760,19 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
     const bool second = 2 * (first + p) + 1 < pixels;
     const int64_t ah = a.row * g.stride_h, aw = a.col * g.stride_w;
     const int64_t bh = b.row * g.stride_h, bw = b.col * g.stride_w;
+    // Pixels whose used taps all land inside the input (most) find each tap's row by one
+    // addition to their own offset (which itself may lie in the padding), as TapRows.
+    const bool a_inside = cols.inside(g, ah, aw), b_inside = second && cols.inside(g, bh, bw);
+    const int64_t a_at = ((a.image * g.in_h + ah) * g.in_w + aw) * g.channels;
+    const int64_t b_at = ((b.image * g.in_h + bh) * g.in_w + bw) * g.channels;
     for (int64_t s = 0; s < cols.taps; ++s) {
       const int64_t r = cols.tap_row[s], c = cols.tap_col[s];
-      rows[2 * s * count + p] = input_row(x, g, a.image, ah + r, aw + c, zeros);
+      const int64_t shift = (r * g.in_w + c) * g.channels;
+      rows[2 * s * count + p] =
+          a_inside ? x + (a_at + shift) : input_row(x, g, a.image, ah + r, aw + c, zeros);
       rows[(2 * s + 1) * count + p] =
-          second ? input_row(x, g, b.image, bh + r, bw + c, zeros) : zeros;
+          b_inside ? x + (b_at + shift)
+                   : second ? input_row(x, g, b.image, bh + r, bw + c, zeros) : zeros;
     }
   }
   const int64_t side = patches.side;
