@@ -391,23 +391,16 @@ template <typename T, typename Tile>
 void walk_phase_tiles(conv_pixels::PhaseRows<T, kTile>& rows, T* dx, const GradInputPlan& plan,
                       const ConvGeometry& g, int64_t channel_blocks, int t, int nt,
                       const Tile& tile) {
-  for (int64_t phase = 0; phase < plan.phases; ++phase) {
+  // Tiles of phase pixels [e0, e1) of one phase.
+  const auto walk_range = [&](int64_t phase, int64_t e0, int64_t e1) {
     const int64_t ph = phase / g.stride_w, pw = phase % g.stride_w;
-    const int64_t height = phase_extent(g.in_h, ph, g.stride_h);
-    const int64_t width = phase_extent(g.in_w, pw, g.stride_w);
-    const int64_t pixels = g.batch * height * width;
-    if (pixels == 0) continue;  // a phase past the image (stride larger than it)
     uint32_t used = 0;
     for (int64_t cb = 0; cb < channel_blocks; ++cb)
       used |= plan.group_shifts[phase * channel_blocks + cb];
-    // Contiguous shares of equal chunks: each thread writes every channel of a range of input
-    // pixels, as the element-wise ops that read grad_x next split their work.
-    int64_t begin, end;
-    even_share((pixels + kPixelChunk - 1) / kPixelChunk, t, nt, &begin, &end);
-    const int64_t stop = std::min(pixels, end * kPixelChunk);
-    PixelWalk walk(begin * kPixelChunk, height, width);  // phase pixels, in order
-    for (int64_t e = begin * kPixelChunk; e < stop; e += kTile) {
-      const int tn = static_cast<int>(std::min<int64_t>(kTile, stop - e));
+    PixelWalk walk(e0, phase_extent(g.in_h, ph, g.stride_h),
+                   phase_extent(g.in_w, pw, g.stride_w));  // phase pixels, in order
+    for (int64_t e = e0; e < e1; e += kTile) {
+      const int tn = static_cast<int>(std::min<int64_t>(kTile, e1 - e));
       T* pixel[kTile];
       rows.interior = true;
       for (int i = 0; i < tn; ++i) {
@@ -422,6 +415,33 @@ void walk_phase_tiles(conv_pixels::PhaseRows<T, kTile>& rows, T* dx, const GradI
                                    g.channels * static_cast<int64_t>(sizeof(T)));
       tile(phase, tn, static_cast<T* const*>(pixel));
     }
+  };
+  const auto phase_pixels = [&](int64_t phase) {
+    return g.batch * phase_extent(g.in_h, phase / g.stride_w, g.stride_h) *
+           phase_extent(g.in_w, phase % g.stride_w, g.stride_w);
+  };
+  // Contiguous shares of equal chunks: each thread writes every channel of a range of input
+  // pixels, as the element-wise ops that read grad_x next split their work.
+  bool even = true;
+  for (int64_t phase = 1; phase < plan.phases; ++phase)
+    even &= phase_pixels(phase) == phase_pixels(0);
+  if (even) {
+    // Phases of one size (an even image at stride 2): chunk by chunk, every phase of a chunk,
+    // whose grad_out rows the phases share, before the next, rather than each phase over
+    // all of grad_out in turn.
+    const int64_t pixels = phase_pixels(0);
+    int64_t begin, end;
+    even_share((pixels + kPixelChunk - 1) / kPixelChunk, t, nt, &begin, &end);
+    for (int64_t c = begin; c < end; ++c)
+      for (int64_t phase = 0; phase < plan.phases; ++phase)
+        walk_range(phase, c * kPixelChunk, std::min(pixels, (c + 1) * kPixelChunk));
+    return;
+  }
+  for (int64_t phase = 0; phase < plan.phases; ++phase) {
+    const int64_t pixels = phase_pixels(phase);
+    int64_t begin, end;
+    even_share((pixels + kPixelChunk - 1) / kPixelChunk, t, nt, &begin, &end);
+    if (begin < end) walk_range(phase, begin * kPixelChunk, std::min(pixels, end * kPixelChunk));
   }
 }
 

@@ -289,7 +289,9 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
                             // odd sizes, a forward without padding, a dilated uneven kernel
                             // whose forward keeps the tiles)
                             {16, 16, 3, 3, 2, 1, 1, 17, 18, 1}, {16, 32, 3, 3, 1, 0, 1, 10, 12, 1},
-                            {16, 16, 3, 1, 1, 2, 2, 9, 8, 2}};
+                            {16, 16, 3, 1, 1, 2, 2, 9, 8, 2},
+                            // even sizes at stride 2: phases of one size, two chunks each
+                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
@@ -483,7 +485,10 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                             // over 256 output pixels at stride 2: the weight gradient's
                             // phase panels, AVX-512's one-vector input gradient panels; odd
                             // sizes (phases of unequal size), no padding
-                            {16, 16, 3, 3, 2, 1, 1, 32, 33, 1}, {16, 16, 3, 3, 2, 0, 1, 35, 36, 1}};
+                            {16, 16, 3, 3, 2, 1, 1, 32, 33, 1}, {16, 16, 3, 3, 2, 0, 1, 35, 36, 1},
+                            // even sizes at stride 2 (phases of one size, walked chunk by
+                            // chunk across the phases), two chunks per phase
+                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}, {8, 16}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
