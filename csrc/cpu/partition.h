@@ -94,12 +94,6 @@ struct ItemGrid {
            group_cost(group) - group_cost(first);
   }
 
-  // Whether `group` opens its band: its item is the first of each chunk in the band, and the
-  // band's other groups then find the chunk's operand rows in cache.
-  bool opens_band(int64_t group) const {
-    return std::binary_search(band_starts, band_starts + bands, static_cast<int32_t>(group));
-  }
-
   // First item of thread `t` of `threads`: the first item whose prefix cost reaches t/threads
   // of the total. Thread t owns [first_item(t), first_item(t + 1)).
   int64_t first_item(int t, int threads) const {
