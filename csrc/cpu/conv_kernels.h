@@ -340,46 +340,34 @@ void grad_input_panels(const In* dy, const Weight* values, Out* dx, const BlockL
 
 // ------------------------------------------------------------------ fp32 fast paths
 
-// Thread t's share of the output pixels, tile by tile: each tile of up to kTile pixels is
-// located in `rows` once (tabulated at the border for every used tap), the rows ahead and
-// the next tile's output prefetched, and then tile(p0, count) runs every block row over the
-// tile of pixels p0 ... p0 + count - 1 (of y, `cout` channels per pixel). Each thread writes
-// every channel of a contiguous range of output pixels, the way the element-wise ops that
-// read y next split their work (split by block row, each core read half of their input from
-// the other core's cache). Every chunk costs the same.
-template <typename T, typename Tile>
-void walk_forward_tiles(conv_pixels::TapRows<T, kTile>& rows, T* y, int64_t cout,
-                        const ConvGeometry& g, const BlockTaps& taps, int t, int nt,
-                        const Tile& tile) {
-  const int64_t pixels = g.batch * g.out_h * g.out_w;
-  int64_t begin, end;
-  even_share((pixels + kPixelChunk - 1) / kPixelChunk, t, nt, &begin, &end);
-  const int64_t stop = std::min(pixels, end * kPixelChunk);
-  PixelWalk walk(begin * kPixelChunk, g.out_h, g.out_w);
-  for (int64_t p0 = begin * kPixelChunk; p0 < stop; p0 += kTile) {
-    const int count = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
-    rows.interior = true;
-    for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
-    rows.tabulate(count, taps.used);
-    rows.prefetch_ahead(count, kTile);
-    // The next tile's output: every channel of the pixels that follow.
-    conv_pixels::prefetch_bytes(reinterpret_cast<uintptr_t>(y + (p0 + kTile) * cout),
-                                kTile * cout * static_cast<int64_t>(sizeof(T)));
-    tile(p0, count);
-  }
-}
-
 template <int W>
 void forward_simd(const float* x, const float* values_t, const float* bias, float* y,
                   const BlockLayoutView& L, const ConvGeometry& g, int threads) {
-  const int64_t cout = L.rows();
+  const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
   const float* zeros = detail::thread_workspace(g.channels, detail::kZerosSlot);
+  const int64_t chunks = (pixels + kPixelChunk - 1) / kPixelChunk;
   const BlockTaps taps = block_taps(L, g);
   run_parallel(threads, [&](int t, int nt) {
+    int64_t begin, end;
+    // Each thread writes every channel of a contiguous range of output pixels, the way the
+    // element-wise ops that read y next split their work (split by block row, each core
+    // read half of their input from the other core's cache). Every chunk costs the same.
+    even_share(chunks, t, nt, &begin, &end);
+    const int64_t stop = std::min(pixels, end * kPixelChunk);
+    PixelWalk walk(begin * kPixelChunk, g.out_h, g.out_w);
     ForwardRows rows;
     rows.x = x, rows.zeros = zeros, rows.g = &g, rows.taps = &taps;
-    const auto tile_rows = [&](int64_t) -> const ForwardRows& { return rows; };
-    walk_forward_tiles(rows, y, cout, g, taps, t, nt, [&](int64_t p0, int count) {
+    for (int64_t p0 = begin * kPixelChunk; p0 < stop; p0 += kTile) {
+      const int count = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
+      rows.interior = true;
+      for (int i = 0; i < count; ++i) rows.interior &= rows.locate(i, walk.next());
+      rows.tabulate(count, taps.used);
+      rows.prefetch_ahead(count, kTile);
+      // The next tile's output: every channel of the pixels that follow.
+      conv_pixels::prefetch_bytes(reinterpret_cast<uintptr_t>(y + (p0 + kTile) * cout),
+                                  kTile * cout * static_cast<int64_t>(sizeof(float)));
+      // One tile, all block rows.
+      const auto tile_rows = [&](int64_t) -> const ForwardRows& { return rows; };
       for (int64_t r = 0; r < L.block_rows; ++r) {
         const auto tile_out = [&](int64_t) {
           return detail::StridedOut{y + p0 * cout + r * L.bm, cout};
@@ -388,7 +376,7 @@ void forward_simd(const float* x, const float* values_t, const float* bias, floa
                                    L.row_offsets[r], L.row_offsets[r + 1],
                                    bias ? bias + r * L.bm : nullptr);
       }
-    });
+    }
   });
 }
 
