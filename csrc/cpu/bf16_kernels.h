@@ -670,8 +670,8 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
       tile.row_indices = L.row_indices, tile.bm = L.bm, tile.cout = cout;
       conv::walk_phase_tiles(tile, dx, plan, g, channel_blocks, t, nt,
                              [&](int64_t phase, int tn, uint16_t* const* pixel) {
+        const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
         for (int64_t cb = 0; cb < channel_blocks; ++cb) {
-          const int32_t* offsets = plan.group_offsets + phase * channel_blocks;
           uint16_t* out[kTile];
           for (int i = 0; i < tn; ++i) out[i] = pixel[i] + cb * L.bk;
           bf16_linear::pair_tiles<decltype(W)::value>(tile, tn, packed, L.bm / 2, L.bk,
