@@ -137,6 +137,55 @@ SPARCL_INLINE void pair_rows(const Rows& rows, int64_t j, const uint32_t* b, int
   }
 }
 
+// pair_tile for one-vector tiles of 16 lanes (W = 16) and an even P2, as detail::pairs::accumulate_tile
+// (microkernels.h) with pairs of pairs: each step broadcasts a row's pairs p and p + 1 into
+// every lane pair and dots them with the block's pair rows p and p + 1 interleaved, so that
+// one broadcast feeds two dot products (Zen 5: 16x16 blocks, a broadcast per vdpbf16ps held
+// the passes near half the bf16 peak).
+template <int W, int I0, int I1, int TN, typename Rows>
+SPARCL_INLINE void quad_rows(const Rows& rows, int64_t j, const uint32_t* b, int64_t P2,
+                             int64_t O, typename pairdot::Dot<W>::Acc (&acc)[TN][2]) {
+  using D = pairdot::Dot<W>;
+  const uint16_t* a[I1 - I0];
+  SPARCL_UNROLL
+  for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
+  for (int64_t p = 0; p < P2; p += 2) {
+    const auto r0 = D::load_pairs(b + p * O), r1 = D::load_pairs(b + (p + 1) * O);
+    const auto low = D::interleave_low(r0, r1), high = D::interleave_high(r0, r1);
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) {
+      uint64_t quad;
+      __builtin_memcpy(&quad, a[i - I0] + 2 * p, sizeof quad);
+      const auto av = D::broadcast_quad(quad);
+      acc[i][0] = D::dot(acc[i][0], av, low);
+      acc[i][1] = D::dot(acc[i][1], av, high);
+    }
+  }
+}
+
+template <int W, int TN, typename Rows>
+void quad_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O, const int32_t* ids,
+               int32_t sb, int32_t se, int64_t o0, const float* init, uint16_t* const* out) {
+  using D = pairdot::Dot<W>;
+  typename D::Acc acc[TN][2];
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = D::zero();
+  for (int32_t s = sb; s < se; ++s) {
+    const int64_t j = ids ? ids[s] : s;
+    const uint32_t* bb = b + j * P2 * O + o0;
+    if constexpr (TN > detail::kHalfTileRows) {
+      quad_rows<W, 0, TN / 2>(rows, j, bb, P2, O, acc);
+      quad_rows<W, TN / 2, TN>(rows, j, bb, P2, O, acc);
+    } else {
+      quad_rows<W, 0, TN>(rows, j, bb, P2, O, acc);
+    }
+  }
+  const auto start = init ? D::load(init + o0) : D::zero();
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i)
+    D::store_bf16(out[i] + o0, D::add(start, D::fold_pairs(acc[i][0], acc[i][1])));
+}
+
 // One register tile of the forward and input gradient:
 //   out[i][o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
 //       pair_i(j, p) . b_j[p, o0 + W q ...])
@@ -146,6 +195,9 @@ template <int W, int TN, int KV, typename Rows>
 void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
                uint16_t* const* out) {
+  if constexpr (W == 16 && KV == 1) {
+    if (P2 % 2 == 0) return quad_tile<W, TN>(rows, b, P2, O, ids, sb, se, o0, init, out);
+  }
   using D = pairdot::Dot<W>;
   typename D::Acc acc[TN][KV];
   SPARCL_UNROLL

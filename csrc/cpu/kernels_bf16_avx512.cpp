@@ -49,6 +49,28 @@ struct Dot<16> {
     return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
   }
   static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm512_dpbf16_ps(acc, b, op); }
+  // The quad tile's operations (bf16_linear::quad_tile): two pairs in every lane pair, the
+  // rows p and p + 1 of packed pairs interleaved lane by lane in each 128-bit lane, and the
+  // lane pairs' sums in column order.
+  static Broadcast broadcast_quad(uint64_t quad) {
+    return (__m512bh)_mm512_set1_epi64(static_cast<long long>(quad));
+  }
+  // (vector shuffles: GCC 12's _mm512_unpacklo_epi32 trips -Wmaybe-uninitialized)
+  static Operand interleave_low(Operand r0, Operand r1) {
+    return (__m512bh)__builtin_shufflevector((__v16si)r0, (__v16si)r1, 0, 16, 1, 17, 4, 20, 5,
+                                             21, 8, 24, 9, 25, 12, 28, 13, 29);
+  }
+  static Operand interleave_high(Operand r0, Operand r1) {
+    return (__m512bh)__builtin_shufflevector((__v16si)r0, (__v16si)r1, 2, 18, 3, 19, 6, 22, 7,
+                                             23, 10, 26, 11, 27, 14, 30, 15, 31);
+  }
+  static Acc fold_pairs(Acc low, Acc high) {
+    return _mm512_add_ps(__builtin_shufflevector(low, high, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10,
+                                                 24, 26, 12, 14, 28, 30),
+                         __builtin_shufflevector(low, high, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11,
+                                                 25, 27, 13, 15, 29, 31));
+  }
+  static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
 };
 
 template <>
