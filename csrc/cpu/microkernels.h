@@ -21,6 +21,10 @@
 
 #include "simd.h"
 
+#if SPARCL_ISA_WIDTH >= 16  // AVX-512 (quads::broadcast_quad)
+#include <immintrin.h>
+#endif
+
 // Fixed-trip loops over tile dimensions must be fully unrolled before GCC's scalar
 // replacement runs, or the accumulator arrays live on the stack instead of in registers.
 #define SPARCL_UNROLL _Pragma("GCC unroll 16")
@@ -244,6 +248,77 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
 }
 }  // namespace pairs
 
+// Quads of p for 8-float tiles on an instruction set with 16-float vectors (8-wide blocks on
+// AVX-512): a half-width tile row runs its multiply-adds at half the 512-bit rate, with a
+// broadcast each. Here a step broadcasts the row's quad a[p .. p + 3] into every 128-bit
+// lane and multiplies two vectors holding rows p .. p + 3 of an 8-column block transposed
+// (lane 4c + g: row p + g, column c; columns 0-3 in `low`, 4-7 in `high`), so that one
+// broadcast feeds two full-width multiply-adds; the tile sums each lane quad at its store.
+#if SPARCL_ISA_WIDTH >= 16
+namespace quads {
+using Vec8 = simd::Vec<8>;
+using Vec16 = simd::Vec<16>;
+// (an intrinsic: GCC turned the vector-extension forms into stores and a reload through
+// the stack; the quads run only where vectors are 16 floats wide, i.e. AVX-512)
+SPARCL_INLINE Vec16 broadcast_quad(const float* a) {
+  return reinterpret_cast<Vec16>(_mm512_maskz_broadcast_f32x4(0xffff, _mm_loadu_ps(a)));
+}
+
+// Column sums of the quads: lane c of the result adds lanes 4c .. 4c + 3 of low (c < 4) or
+// of high (c >= 4).
+SPARCL_INLINE Vec8 fold_quads(const Vec16& low, const Vec16& high) {
+  const Vec16 halves = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
+                                               22, 24, 26, 28, 30) +
+                       __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21,
+                                               23, 25, 27, 29, 31);
+  return __builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14) +
+         __builtin_shufflevector(halves, halves, 1, 3, 5, 7, 9, 11, 13, 15);
+}
+
+template <int I0, int I1, int TN>
+SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, int64_t P,
+                                   Vec16 (&acc)[TN][2]) {
+  for (int64_t p = 0; p < P; p += 4) {
+    const Vec16 r01 = simd::load<16>(b + p * 8), r23 = simd::load<16>(b + p * 8 + 16);
+    const Vec16 low = __builtin_shufflevector(r01, r23, 0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18,
+                                              26, 3, 11, 19, 27);
+    const Vec16 high = __builtin_shufflevector(r01, r23, 4, 12, 20, 28, 5, 13, 21, 29, 6, 14,
+                                               22, 30, 7, 15, 23, 31);
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) {
+      const Vec16 av = broadcast_quad(a[i] + p);
+      acc[i][0] = simd::multiply_add<16>(av, low, acc[i][0]);
+      acc[i][1] = simd::multiply_add<16>(av, high, acc[i][1]);
+    }
+  }
+}
+
+// accumulate_tile for W = 8, O = 8 (the block's rows contiguous), KV = 1 and P a multiple of 4.
+template <int TN, typename Rows, typename Out>
+void accumulate_tile(const Rows& rows, const float* b, int64_t P, const int32_t* ids, int32_t sb,
+                     int32_t se, const float* init, const Out& out) {
+  Vec16 acc[TN][2];
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = simd::zero<16>();
+  const float* a[TN];
+  for (int32_t s = sb; s < se; ++s) {
+    const int64_t j = ids ? ids[s] : s;
+    rows(j, a);
+    const float* bb = b + j * P * 8;
+    if constexpr (TN > kHalfTileRows) {
+      accumulate_rows<0, TN / 2>(a, bb, P, acc);
+      accumulate_rows<TN / 2, TN>(a, bb, P, acc);
+    } else {
+      accumulate_rows<0, TN>(a, bb, P, acc);
+    }
+  }
+  const Vec8 start = init ? simd::load<8>(init) : simd::zero<8>();
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) simd::store<8>(out(i), start + fold_quads(acc[i][0], acc[i][1]));
+}
+}  // namespace quads
+#endif
+
 // One register tile of the "stream the blocks of a group" passes:
 //   out(i)[o0 + W q ...] = init[o0 + W q ...]
 //       + sum over s in [sb, se), p < P of a_i(j)[p] * b_j[p, o0 + W q ...]
@@ -256,6 +331,12 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
   if constexpr (W == 16 && KV == 1) {
     if (P % 2 == 0) return pairs::accumulate_tile<TN>(rows, b, P, O, ids, sb, se, o0, init, out);
   }
+#if SPARCL_ISA_WIDTH >= 16
+  if constexpr (W == 8 && KV == 1) {
+    if (O == 8 && P % 4 == 0)
+      return quads::accumulate_tile<TN>(rows, b, P, ids, sb, se, init, out);
+  }
+#endif
   using V = simd::Vec<W>;
   V acc[TN][KV];
   SPARCL_UNROLL
