@@ -533,7 +533,7 @@ void grad_weight_run_simd(const float* dy, const float* x, float* const* out,
   const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
   const float* dy_rows[kSliceRows];
-  const float* x_rows[detail::kRunBlocks][kSliceRows];
+  const float* x_rows[detail::kMaxRunBlocks][kSliceRows];
   bool written = accumulate;
   int64_t count = 0;
   const auto flush = [&] {
@@ -545,8 +545,8 @@ void grad_weight_run_simd(const float* dy, const float* x, float* const* out,
   // Per output row, each block's input row (or none, in the padding) and the output columns
   // whose tap lands inside the input; within the row a pixel costs one test per block.
   const int64_t step = g.stride_w * g.channels;
-  const float* base[detail::kRunBlocks];
-  int64_t lo[detail::kRunBlocks], hi[detail::kRunBlocks];
+  const float* base[detail::kMaxRunBlocks];
+  int64_t lo[detail::kMaxRunBlocks], hi[detail::kMaxRunBlocks];
   for (int64_t r = begin / g.out_w; r * g.out_w < end; ++r) {
     const int64_t image = r / g.out_h, oh = r % g.out_h;
     int64_t row_lo = g.out_w, row_hi = 0;  // columns some block reads
@@ -632,7 +632,7 @@ inline void segment_pixels(int64_t pixels, int64_t segments, int64_t s, int64_t*
 // are added in segment order. The segments depend on the problem only, never on the thread
 // count, so neither does the result.
 // grad_weight_simd for one-vector-wide blocks: the kept blocks in runs of at most
-// kRunBlocks consecutive blocks of one block row, each run's pixels cut into segments as
+// kRunBlocksOf<W> consecutive blocks of one block row, each run's pixels cut into segments as
 // grad_weight_simd cuts a block's; the segments' partial sums are added in segment order.
 template <int W>
 void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_block_mask,
@@ -644,7 +644,7 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   int64_t runs = 0;
   for (int64_t j = 0, a = 0; j < L.nnz; ++j) {
     if (grad_block_mask && !grad_block_mask[j]) continue;
-    const bool joins = a > 0 && a - run_start[runs - 1] < detail::kRunBlocks &&
+    const bool joins = a > 0 && a - run_start[runs - 1] < detail::kRunBlocksOf<W> &&
                        L.row_indices[ids[a - 1]] == L.row_indices[j];
     if (!joins) run_start[runs++] = static_cast<int32_t>(a);
     ids[a++] = static_cast<int32_t>(j);
@@ -664,7 +664,7 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
                              bool accumulate) {
       const int32_t first = run_start[run];
       const int blocks = run_start[run + 1] - first;
-      float* out[detail::kRunBlocks];
+      float* out[detail::kMaxRunBlocks];
       for (int q = 0; q < blocks; ++q)
         out[q] = partials ? partials + ((first + q) * segments + segment) * block_elems
                           : grad_values + static_cast<int64_t>(ids[first + q]) * block_elems;

@@ -184,9 +184,9 @@ void grad_weight_chunk(const ChunkPanels& dy, const ChunkPanels& x, const int32_
       continue;
     }
     int blocks = 0;
-    int64_t x_offset[detail::kRunBlocks];
-    float* out[detail::kRunBlocks];
-    for (; blocks < detail::kRunBlocks && i < count && L.row_indices[ids[i]] == row; ++i) {
+    int64_t x_offset[detail::kMaxRunBlocks];
+    float* out[detail::kMaxRunBlocks];
+    for (; blocks < detail::kRunBlocksOf<W> && i < count && L.row_indices[ids[i]] == row; ++i) {
       x_offset[blocks] = x.offset(L.col_indices[ids[i]]);
       out[blocks++] = dw + ids[i] * block_elems;
     }

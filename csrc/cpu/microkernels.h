@@ -480,6 +480,12 @@ void outer_product_tile_blocks(const Rows& rows, int64_t count, int64_t m0, bool
 // accumulators fit: AVX-512 takes 8 rows x 3 blocks; else 4), at most 4 blocks.
 constexpr int kRunRows = kTile * kMaxVectors >= 24 ? 8 : 4;
 constexpr int kRunBlocks = std::min(4, kTile * kMaxVectors / kRunRows);
+// Blocks 8 wide where vectors hold 16 floats (AVX-512) run in pairs, one block per half
+// vector (outer_product_tile_block_pairs): runs of up to twice as many blocks.
+constexpr bool kPairedNarrowRuns = SPARCL_ISA_WIDTH >= 16;
+template <int W>
+constexpr int kRunBlocksOf = kPairedNarrowRuns && W == 8 ? 2 * kRunBlocks : kRunBlocks;
+constexpr int kMaxRunBlocks = kPairedNarrowRuns ? 2 * kRunBlocks : kRunBlocks;
 
 // Row pairs of a run of blocks by stride: grad_out row r at dy + r * lddy, block q's input
 // row at x + r * ldx + x_offset[q].
@@ -502,13 +508,78 @@ struct GatheredRunRows {
   const float* x_row(int q, int64_t r) const { return x[q][r]; }
 };
 
-// Up to kRunBlocks whole bm x W blocks of one block row from `count` row pairs (see
+#if SPARCL_ISA_WIDTH >= 16
+// outer_product_tile_blocks for 8-wide blocks on 16-float vectors: blocks 2q and 2q + 1 share
+// vector q (low and high half), so each broadcast of grad_out feeds full-width multiply-adds
+// (Zen 5, 8x8 blocks: 256-bit ones run at half its 512-bit rate). A missing block 2q + 1
+// (odd `blocks`) repeats block 2q's rows in the high half and is not stored.
+template <int TM, int KP, typename Rows>
+void outer_product_tile_block_pairs(const Rows& rows, int blocks, int64_t count, int64_t m0,
+                                    bool accumulate, float* const* out) {
+  using V = simd::Vec<16>;
+  using Half = simd::Vec<8>;
+  const auto join = [](const Half& low, const Half& high) -> V {
+    return __builtin_shufflevector(low, high, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14,
+                                   15);
+  };
+  int second[KP];  // the block in vector q's high half
+  SPARCL_UNROLL
+  for (int q = 0; q < KP; ++q) second[q] = 2 * q + 1 < blocks ? 2 * q + 1 : 2 * q;
+  V acc[TM][KP];
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q)
+      acc[i][q] = accumulate ? join(simd::load<8>(out[2 * q] + (m0 + i) * 8),
+                                    simd::load<8>(out[second[q]] + (m0 + i) * 8))
+                             : simd::zero<16>();
+  }
+  for (int64_t r = 0; r < count; ++r) {
+    const float* dy_row = rows.dy_row(r) + m0;
+    V xv[KP];
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q)
+      xv[q] = join(simd::load<8>(rows.x_row(2 * q, r)), simd::load<8>(rows.x_row(second[q], r)));
+    SPARCL_UNROLL
+    for (int i = 0; i < TM; ++i) {
+      const float d = dy_row[i];
+      SPARCL_UNROLL
+      for (int q = 0; q < KP; ++q) acc[i][q] = simd::multiply_add<16>(d, xv[q], acc[i][q]);
+    }
+  }
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q) {
+      simd::store<8>(out[2 * q] + (m0 + i) * 8,
+                     __builtin_shufflevector(acc[i][q], acc[i][q], 0, 1, 2, 3, 4, 5, 6, 7));
+      if (second[q] != 2 * q)
+        simd::store<8>(out[second[q]] + (m0 + i) * 8,
+                       __builtin_shufflevector(acc[i][q], acc[i][q], 8, 9, 10, 11, 12, 13, 14,
+                                               15));
+    }
+  }
+}
+#endif
+
+// Up to kRunBlocksOf<W> whole bm x W blocks of one block row from `count` row pairs (see
 // outer_product_tile_blocks); block q's result goes to out[q].
 template <int W, typename Rows>
 void outer_product_blocks(const Rows& rows, int blocks, int64_t count, int64_t bm,
                           bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(kRunRows, bm - m));
+#if SPARCL_ISA_WIDTH >= 16
+    if constexpr (W == 8) {
+      with_constant<kRunRows>(tm, [&](auto TM) {
+        with_constant<kRunBlocks>((blocks + 1) / 2, [&](auto KP) {
+          outer_product_tile_block_pairs<decltype(TM)::value, decltype(KP)::value>(
+              rows, blocks, count, m, accumulate, out);
+        });
+      });
+      continue;
+    }
+#endif
     with_constant<kRunRows>(tm, [&](auto TM) {
       with_constant<kRunBlocks>(blocks, [&](auto KV) {
         outer_product_tile_blocks<W, decltype(TM)::value, decltype(KV)::value>(
