@@ -186,6 +186,52 @@ void quad_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O, const
     D::store_bf16(out[i] + o0, D::add(start, D::fold_pairs(acc[i][0], acc[i][1])));
 }
 
+// pair_tile for 8-wide blocks (W = 8, O = 8) where the pair dot product is 16 lanes wide, as
+// detail::quads::accumulate_tile (microkernels.h) with pairs: each step broadcasts a row's
+// pairs p .. p + 3 into every 128-bit lane and dots them with the block's pair rows p .. p + 3
+// transposed, two full-width dot products per broadcast instead of one half-width one.
+template <int W, int I0, int I1, int TN, typename Rows>
+SPARCL_INLINE void octet_rows(const Rows& rows, int64_t j, const uint32_t* b, int64_t P2,
+                              typename pairdot::Dot<2 * W>::Acc (&acc)[TN][2]) {
+  using D = pairdot::Dot<2 * W>;
+  const uint16_t* a[I1 - I0];
+  SPARCL_UNROLL
+  for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
+  for (int64_t p = 0; p < P2; p += 4) {
+    const auto low = D::transpose_low(b + p * 8), high = D::transpose_high(b + p * 8);
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) {
+      const auto av = D::broadcast_octet(a[i - I0] + 2 * p);
+      acc[i][0] = D::dot(acc[i][0], av, low);
+      acc[i][1] = D::dot(acc[i][1], av, high);
+    }
+  }
+}
+
+template <int W, int TN, typename Rows>
+void octet_tile(const Rows& rows, const uint32_t* b, int64_t P2, const int32_t* ids, int32_t sb,
+                int32_t se, const float* init, uint16_t* const* out) {
+  using D = pairdot::Dot<2 * W>;
+  using Half = pairdot::Dot<W>;
+  typename D::Acc acc[TN][2];
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = D::zero();
+  for (int32_t s = sb; s < se; ++s) {
+    const int64_t j = ids ? ids[s] : s;
+    const uint32_t* bb = b + j * P2 * 8;
+    if constexpr (TN > detail::kHalfTileRows) {
+      octet_rows<W, 0, TN / 2>(rows, j, bb, P2, acc);
+      octet_rows<W, TN / 2, TN>(rows, j, bb, P2, acc);
+    } else {
+      octet_rows<W, 0, TN>(rows, j, bb, P2, acc);
+    }
+  }
+  const auto start = init ? Half::load(init) : Half::zero();
+  SPARCL_UNROLL
+  for (int i = 0; i < TN; ++i)
+    Half::store_bf16(out[i], Half::add(start, D::fold_quads(acc[i][0], acc[i][1])));
+}
+
 // One register tile of the forward and input gradient:
 //   out[i][o0 + W q ...] = bf16(init[o0 + W q ...] + sum over s in [sb, se), p < P2 of
 //       pair_i(j, p) . b_j[p, o0 + W q ...])
@@ -197,6 +243,9 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                uint16_t* const* out) {
   if constexpr (W == 16 && KV == 1) {
     if (P2 % 2 == 0) return quad_tile<W, TN>(rows, b, P2, O, ids, sb, se, o0, init, out);
+  }
+  if constexpr (W == 8 && KV == 1 && pairdot::kMaxWidth >= 16) {
+    if (O == 8 && P2 % 4 == 0) return octet_tile<W, TN>(rows, b, P2, ids, sb, se, init, out);
   }
   using D = pairdot::Dot<W>;
   typename D::Acc acc[TN][KV];

@@ -71,6 +71,32 @@ struct Dot<16> {
                                                  25, 27, 13, 15, 29, 31));
   }
   static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
+  // The octet tile's operations (bf16_linear::octet_tile, 8-wide blocks): four pairs in every
+  // 128-bit lane, four pair rows of an 8-column block transposed (lane 4c + g: pair row
+  // p + g, column c; columns 0-3 from `low`, 4-7 from `high`) and the lane quads' sums.
+  static Broadcast broadcast_octet(const uint16_t* a) {
+    return (__m512bh)_mm512_maskz_broadcast_i32x4(
+        0xffff, _mm_loadu_si128(reinterpret_cast<const __m128i*>(a)));
+  }
+  static Operand transpose_low(const uint32_t* rows) {
+    const __m512i r01 = _mm512_loadu_si512(rows), r23 = _mm512_loadu_si512(rows + 16);
+    return (__m512bh)__builtin_shufflevector((__v16si)r01, (__v16si)r23, 0, 8, 16, 24, 1, 9,
+                                             17, 25, 2, 10, 18, 26, 3, 11, 19, 27);
+  }
+  static Operand transpose_high(const uint32_t* rows) {
+    const __m512i r01 = _mm512_loadu_si512(rows), r23 = _mm512_loadu_si512(rows + 16);
+    return (__m512bh)__builtin_shufflevector((__v16si)r01, (__v16si)r23, 4, 12, 20, 28, 5, 13,
+                                             21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
+  }
+  static __m256 fold_quads(Acc low, Acc high) {
+    const __m512 halves = _mm512_add_ps(
+        __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
+                                28, 30),
+        __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27,
+                                29, 31));
+    return _mm256_add_ps(__builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14),
+                         __builtin_shufflevector(halves, halves, 1, 3, 5, 7, 9, 11, 13, 15));
+  }
 };
 
 template <>
@@ -91,6 +117,7 @@ struct Dot<8> {
     return (__m256bh)_mm256_set1_epi32(static_cast<int>(pair));
   }
   static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm256_dpbf16_ps(acc, b, op); }
+  static Acc add(Acc a, Acc b) { return _mm256_add_ps(a, b); }
 };
 
 template <>
