@@ -518,13 +518,72 @@ void pair_outer_run_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const
   }
 }
 
-// Up to detail::kRunBlocks blocks one vector wide of one block row over the chunk's pairs
+// Blocks 8 wide where the pair dot product is 16 lanes wide run in pairs (as the fp32
+// detail::outer_product_tile_block_pairs): runs of up to twice as many blocks.
+constexpr bool kPairedNarrowRuns = pairdot::kMaxWidth >= 16;
+template <int W>
+constexpr int kPairRunBlocks = kPairedNarrowRuns && W == 8 ? 2 * detail::kRunBlocks
+                                                           : detail::kRunBlocks;
+constexpr int kMaxPairRunBlocks = kPairedNarrowRuns ? 2 * detail::kRunBlocks
+                                                    : detail::kRunBlocks;
+
+// pair_outer_run_tile for 8-wide blocks on 16-lane dot products: blocks 2q and 2q + 1 share
+// vector q (low and high half), full-width dot products per broadcast grad_out pair. A
+// missing block 2q + 1 (odd `blocks`) repeats block 2q's pairs and is not stored.
+template <int W, int TM, int KP>
+void pair_outer_run_pairs_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const* x,
+                               int blocks, int64_t count, int64_t m0, bool accumulate,
+                               float* const* out) {
+  using D = pairdot::Dot<2 * W>;
+  int second[KP];
+  SPARCL_UNROLL
+  for (int q = 0; q < KP; ++q) second[q] = 2 * q + 1 < blocks ? 2 * q + 1 : 2 * q;
+  typename D::Acc acc[TM][KP];
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q)
+      acc[i][q] = accumulate ? D::load_halves(out[2 * q] + (m0 + i) * W,
+                                              out[second[q]] + (m0 + i) * W)
+                             : D::zero();
+  }
+  for (int64_t p = 0; p < count; ++p) {
+    typename D::Operand xv[KP];
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q) xv[q] = D::join_pairs(x[2 * q] + p * W, x[second[q]] + p * W);
+    SPARCL_UNROLL
+    for (int i = 0; i < TM; ++i) {
+      const auto d = D::broadcast(dy[p * lddy + m0 + i]);
+      SPARCL_UNROLL
+      for (int q = 0; q < KP; ++q) acc[i][q] = D::dot(acc[i][q], d, xv[q]);
+    }
+  }
+  SPARCL_UNROLL
+  for (int i = 0; i < TM; ++i) {
+    SPARCL_UNROLL
+    for (int q = 0; q < KP; ++q) {
+      D::store_low(out[2 * q] + (m0 + i) * W, acc[i][q]);
+      if (second[q] != 2 * q) D::store_high(out[second[q]] + (m0 + i) * W, acc[i][q]);
+    }
+  }
+}
+
+// Up to kPairRunBlocks<W> blocks one vector wide of one block row over the chunk's pairs
 // (pair_outer_run_tile); `dy` is the block row's packed pairs.
 template <int W>
 void pair_outer_run(const uint32_t* dy, const uint32_t* const* x, int blocks, int64_t count,
                     int64_t bm, bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += detail::kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(detail::kRunRows, bm - m));
+    if constexpr (kPairedNarrowRuns && W == 8) {
+      detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
+        detail::with_constant<detail::kRunBlocks>((blocks + 1) / 2, [&](auto KP) {
+          pair_outer_run_pairs_tile<W, decltype(TM)::value, decltype(KP)::value>(
+              dy, bm, x, blocks, count, m, accumulate, out);
+        });
+      });
+      continue;
+    }
     detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
       detail::with_constant<detail::kRunBlocks>(blocks, [&](auto KB) {
         pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(dy, bm, x, count, m,
@@ -620,9 +679,9 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
           // A run of blocks of one block row (consecutive in storage order).
           const int32_t row = L.row_indices[ids[a]];
           int blocks = 0;
-          const uint32_t* x[detail::kRunBlocks];
-          float* out[detail::kRunBlocks];
-          for (; blocks < detail::kRunBlocks && a < a1 && L.row_indices[ids[a]] == row; ++a) {
+          const uint32_t* x[kMaxPairRunBlocks];
+          float* out[kMaxPairRunBlocks];
+          for (; blocks < kPairRunBlocks<W> && a < a1 && L.row_indices[ids[a]] == row; ++a) {
             x[blocks] = x_panels.at(0, L.col_indices[ids[a]]);
             out[blocks++] = out_of(a);
           }

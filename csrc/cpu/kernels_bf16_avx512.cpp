@@ -88,6 +88,24 @@ struct Dot<16> {
     return (__m512bh)__builtin_shufflevector((__v16si)r01, (__v16si)r23, 4, 12, 20, 28, 5, 13,
                                              21, 29, 6, 14, 22, 30, 7, 15, 23, 31);
   }
+  // The weight gradient's block pairs (bf16_linear::pair_outer_run_pairs_tile): two 8-pair
+  // operands or 8-float results in the halves of one vector.
+  static Operand join_pairs(const uint32_t* low, const uint32_t* high) {
+    const auto lo = (__v8si)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(low));
+    const auto hi = (__v8si)_mm256_loadu_si256(reinterpret_cast<const __m256i*>(high));
+    return (__m512bh)__builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+                                             13, 14, 15);
+  }
+  static Acc load_halves(const float* low, const float* high) {
+    return __builtin_shufflevector(_mm256_loadu_ps(low), _mm256_loadu_ps(high), 0, 1, 2, 3, 4,
+                                   5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+  }
+  static void store_low(float* low, Acc v) {
+    _mm256_storeu_ps(low, __builtin_shufflevector(v, v, 0, 1, 2, 3, 4, 5, 6, 7));
+  }
+  static void store_high(float* high, Acc v) {
+    _mm256_storeu_ps(high, __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15));
+  }
   static __m256 fold_quads(Acc low, Acc high) {
     const __m512 halves = _mm512_add_ps(
         __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26,
