@@ -172,9 +172,9 @@ SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, 
 
 // Pairs of p for one-vector tiles of 16 floats (16-wide blocks on AVX-512): a tile row of
 // one vector takes one broadcast per multiply-add, and Zen 5's two 512-bit FMA pipes outrun
-// its broadcasts (a 12 x 1 tile reached 76 % of a core's peak from L1, a 12 x 2 one 95 %;
-// conv passes with 16x16 blocks, native, alternated: forward 1.14-1.30x and input gradient
-// 1.05-1.34x faster from 64 to 512 channels).
+// its broadcasts (bench/native/broadcast_rate.cpp, one core, L1: such a loop 73-75 % of the
+// peak, this one 86-88 %; conv passes with 16x16 blocks, native, alternated: forward
+// 1.14-1.30x and input gradient 1.05-1.34x faster from 64 to 512 channels).
 // Here a step broadcasts the row's pair (a[p], a[p + 1]) into every lane pair and multiplies
 // two vectors of interleaved rows p and p + 1 of b: `low` holds the pairs of columns 4j and
 // 4j + 1, `high` those of 4j + 2 and 4j + 3 in each 128-bit lane j (unpack order). Each lane
