@@ -222,31 +222,19 @@ SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, 
   }
 }
 
-// accumulate_tile for W = 16, KV = 1 and an even P.
-template <int TN, typename Rows, typename Out>
-void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
-                     int32_t sb, int32_t se, int64_t o0, const float* init, const Out& out) {
-  Vec16 acc[TN][2];
-  SPARCL_UNROLL
-  for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = simd::zero<16>();
-  const float* a[TN];
-  for (int32_t s = sb; s < se; ++s) {
-    const int64_t j = ids ? ids[s] : s;
-    rows(j, a);
-    const float* bb = b + j * P * O + o0;
-    if constexpr (TN > kHalfTileRows) {
-      accumulate_rows<0, TN / 2>(a, bb, P, O, acc);
-      accumulate_rows<TN / 2, TN>(a, bb, P, O, acc);
-    } else {
-      accumulate_rows<0, TN>(a, bb, P, O, acc);
-    }
-  }
-  const Vec16 start = init ? simd::load<16>(init + o0) : simd::zero<16>();
-  SPARCL_UNROLL
-  for (int i = 0; i < TN; ++i)
-    simd::store<16>(out(i) + o0, start + fold_pairs(acc[i][0], acc[i][1]));
-}
 }  // namespace pairs
+
+struct Pairs {
+  static constexpr int kOutputWidth = 16;
+  template <int I0, int I1, int TN>
+  SPARCL_INLINE static void accumulate_rows(const float* const (&a)[TN], const float* b,
+                                            int64_t P, int64_t O, simd::Vec<16> (&acc)[TN][2]) {
+    pairs::accumulate_rows<I0, I1>(a, b, P, O, acc);
+  }
+  SPARCL_INLINE static simd::Vec<16> fold(const simd::Vec<16>& low, const simd::Vec<16>& high) {
+    return pairs::fold_pairs(low, high);
+  }
+};
 
 // Quads of p for 8-float tiles on an instruction set with 16-float vectors (8-wide blocks on
 // AVX-512): a half-width tile row runs its multiply-adds at half the 512-bit rate, with a
@@ -275,9 +263,10 @@ SPARCL_INLINE Vec8 fold_quads(const Vec16& low, const Vec16& high) {
          __builtin_shufflevector(halves, halves, 1, 3, 5, 7, 9, 11, 13, 15);
 }
 
+// b: the block's P x 8 rows, contiguous (O = 8).
 template <int I0, int I1, int TN>
 SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, int64_t P,
-                                   Vec16 (&acc)[TN][2]) {
+                                   int64_t /*O*/, Vec16 (&acc)[TN][2]) {
   for (int64_t p = 0; p < P; p += 4) {
     const Vec16 r01 = simd::load<16>(b + p * 8), r23 = simd::load<16>(b + p * 8 + 16);
     const Vec16 low = __builtin_shufflevector(r01, r23, 0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18,
@@ -293,10 +282,28 @@ SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, 
   }
 }
 
-// accumulate_tile for W = 8, O = 8 (the block's rows contiguous), KV = 1 and P a multiple of 4.
-template <int TN, typename Rows, typename Out>
-void accumulate_tile(const Rows& rows, const float* b, int64_t P, const int32_t* ids, int32_t sb,
-                     int32_t se, const float* init, const Out& out) {
+}  // namespace quads
+
+struct Quads {
+  static constexpr int kOutputWidth = 8;
+  template <int I0, int I1, int TN>
+  SPARCL_INLINE static void accumulate_rows(const float* const (&a)[TN], const float* b,
+                                            int64_t P, int64_t O, simd::Vec<16> (&acc)[TN][2]) {
+    quads::accumulate_rows<I0, I1>(a, b, P, O, acc);
+  }
+  SPARCL_INLINE static simd::Vec<8> fold(const simd::Vec<16>& low, const simd::Vec<16>& high) {
+    return quads::fold_quads(low, high);
+  }
+};
+#endif
+
+// The tile of pairs:: and quads:: (Group): two accumulators per row, each block's rows
+// accumulated by Group::accumulate_rows (in two half-loops on tall tiles, as accumulate_tile),
+// the lane groups folded into the row's output vector at the store.
+template <typename Group, int TN, typename Rows, typename Out>
+void grouped_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
+                  int32_t sb, int32_t se, int64_t o0, const float* init, const Out& out) {
+  using Vec16 = simd::Vec<16>;
   Vec16 acc[TN][2];
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = simd::zero<16>();
@@ -304,20 +311,20 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, const int32_t*
   for (int32_t s = sb; s < se; ++s) {
     const int64_t j = ids ? ids[s] : s;
     rows(j, a);
-    const float* bb = b + j * P * 8;
+    const float* bb = b + j * P * O + o0;
     if constexpr (TN > kHalfTileRows) {
-      accumulate_rows<0, TN / 2>(a, bb, P, acc);
-      accumulate_rows<TN / 2, TN>(a, bb, P, acc);
+      Group::template accumulate_rows<0, TN / 2>(a, bb, P, O, acc);
+      Group::template accumulate_rows<TN / 2, TN>(a, bb, P, O, acc);
     } else {
-      accumulate_rows<0, TN>(a, bb, P, acc);
+      Group::template accumulate_rows<0, TN>(a, bb, P, O, acc);
     }
   }
-  const Vec8 start = init ? simd::load<8>(init) : simd::zero<8>();
+  constexpr int R = Group::kOutputWidth;
+  const simd::Vec<R> start = init ? simd::load<R>(init + o0) : simd::zero<R>();
   SPARCL_UNROLL
-  for (int i = 0; i < TN; ++i) simd::store<8>(out(i), start + fold_quads(acc[i][0], acc[i][1]));
+  for (int i = 0; i < TN; ++i)
+    simd::store<R>(out(i) + o0, start + Group::fold(acc[i][0], acc[i][1]));
 }
-}  // namespace quads
-#endif
 
 // One register tile of the "stream the blocks of a group" passes:
 //   out(i)[o0 + W q ...] = init[o0 + W q ...]
@@ -329,12 +336,12 @@ template <int W, int TN, int KV, typename Rows, typename Out>
 void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
                      int32_t sb, int32_t se, int64_t o0, const float* init, const Out& out) {
   if constexpr (W == 16 && KV == 1) {
-    if (P % 2 == 0) return pairs::accumulate_tile<TN>(rows, b, P, O, ids, sb, se, o0, init, out);
+    if (P % 2 == 0) return grouped_tile<Pairs, TN>(rows, b, P, O, ids, sb, se, o0, init, out);
   }
 #if SPARCL_ISA_WIDTH >= 16
   if constexpr (W == 8 && KV == 1) {
     if (O == 8 && P % 4 == 0)
-      return quads::accumulate_tile<TN>(rows, b, P, ids, sb, se, init, out);
+      return grouped_tile<Quads, TN>(rows, b, P, O, ids, sb, se, o0, init, out);
   }
 #endif
   using V = simd::Vec<W>;
