@@ -137,8 +137,8 @@ SPARCL_INLINE void pair_rows(const Rows& rows, int64_t j, const uint32_t* b, int
   }
 }
 
-// pair_tile for one-vector tiles of 16 lanes (W = 16) and an even P2, as detail::pairs::accumulate_tile
-// (microkernels.h) with pairs of pairs: each step broadcasts a row's pairs p and p + 1 into
+// pair_tile's rows for one-vector tiles of 16 lanes (W = 16) and an even P2, as
+// detail::pairs (microkernels.h) with pairs of pairs: each step broadcasts a row's pairs p and p + 1 into
 // every lane pair and dots them with the block's pair rows p and p + 1 interleaved, so that
 // one broadcast feeds two dot products (Zen 5: 16x16 blocks, a broadcast per vdpbf16ps held
 // the passes near half the bf16 peak).
@@ -163,31 +163,8 @@ SPARCL_INLINE void quad_rows(const Rows& rows, int64_t j, const uint32_t* b, int
   }
 }
 
-template <int W, int TN, typename Rows>
-void quad_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O, const int32_t* ids,
-               int32_t sb, int32_t se, int64_t o0, const float* init, uint16_t* const* out) {
-  using D = pairdot::Dot<W>;
-  typename D::Acc acc[TN][2];
-  SPARCL_UNROLL
-  for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = D::zero();
-  for (int32_t s = sb; s < se; ++s) {
-    const int64_t j = ids ? ids[s] : s;
-    const uint32_t* bb = b + j * P2 * O + o0;
-    if constexpr (TN > detail::kHalfTileRows) {
-      quad_rows<W, 0, TN / 2>(rows, j, bb, P2, O, acc);
-      quad_rows<W, TN / 2, TN>(rows, j, bb, P2, O, acc);
-    } else {
-      quad_rows<W, 0, TN>(rows, j, bb, P2, O, acc);
-    }
-  }
-  const auto start = init ? D::load(init + o0) : D::zero();
-  SPARCL_UNROLL
-  for (int i = 0; i < TN; ++i)
-    D::store_bf16(out[i] + o0, D::add(start, D::fold_pairs(acc[i][0], acc[i][1])));
-}
-
-// pair_tile for 8-wide blocks (W = 8, O = 8) where the pair dot product is 16 lanes wide, as
-// detail::quads::accumulate_tile (microkernels.h) with pairs: each step broadcasts a row's
+// pair_tile's rows for 8-wide blocks (W = 8, O = 8) where the pair dot product is 16 lanes
+// wide, as detail::quads (microkernels.h) with pairs: each step broadcasts a row's
 // pairs p .. p + 3 into every 128-bit lane and dots them with the block's pair rows p .. p + 3
 // transposed, two full-width dot products per broadcast instead of one half-width one.
 template <int W, int I0, int I1, int TN, typename Rows>
@@ -208,28 +185,62 @@ SPARCL_INLINE void octet_rows(const Rows& rows, int64_t j, const uint32_t* b, in
   }
 }
 
-template <int W, int TN, typename Rows>
-void octet_tile(const Rows& rows, const uint32_t* b, int64_t P2, const int32_t* ids, int32_t sb,
-                int32_t se, const float* init, uint16_t* const* out) {
+// The two groupings of pair_tile for one-vector tiles: how a block's pair rows are
+// accumulated (Dot D, two accumulators per row) and folded into the row's output (Dot Out).
+template <int W>
+struct QuadGroups {
+  using D = pairdot::Dot<W>;
+  using Out = pairdot::Dot<W>;
+  template <int I0, int I1, int TN, typename Rows>
+  SPARCL_INLINE static void accumulate_rows(const Rows& rows, int64_t j, const uint32_t* b,
+                                            int64_t P2, int64_t O,
+                                            typename D::Acc (&acc)[TN][2]) {
+    quad_rows<W, I0, I1>(rows, j, b, P2, O, acc);
+  }
+  SPARCL_INLINE static auto fold(typename D::Acc low, typename D::Acc high) {
+    return D::fold_pairs(low, high);
+  }
+};
+
+template <int W>
+struct OctetGroups {
   using D = pairdot::Dot<2 * W>;
-  using Half = pairdot::Dot<W>;
+  using Out = pairdot::Dot<W>;
+  template <int I0, int I1, int TN, typename Rows>
+  SPARCL_INLINE static void accumulate_rows(const Rows& rows, int64_t j, const uint32_t* b,
+                                            int64_t P2, int64_t /*O = 8*/,
+                                            typename D::Acc (&acc)[TN][2]) {
+    octet_rows<W, I0, I1>(rows, j, b, P2, acc);
+  }
+  SPARCL_INLINE static auto fold(typename D::Acc low, typename D::Acc high) {
+    return D::fold_quads(low, high);
+  }
+};
+
+// pair_tile through Groups (QuadGroups or OctetGroups), as detail::grouped_tile.
+template <typename Groups, int TN, typename Rows>
+void grouped_pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
+                       const int32_t* ids, int32_t sb, int32_t se, int64_t o0,
+                       const float* init, uint16_t* const* out) {
+  using D = typename Groups::D;
+  using Out = typename Groups::Out;
   typename D::Acc acc[TN][2];
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = D::zero();
   for (int32_t s = sb; s < se; ++s) {
     const int64_t j = ids ? ids[s] : s;
-    const uint32_t* bb = b + j * P2 * 8;
+    const uint32_t* bb = b + j * P2 * O + o0;
     if constexpr (TN > detail::kHalfTileRows) {
-      octet_rows<W, 0, TN / 2>(rows, j, bb, P2, acc);
-      octet_rows<W, TN / 2, TN>(rows, j, bb, P2, acc);
+      Groups::template accumulate_rows<0, TN / 2>(rows, j, bb, P2, O, acc);
+      Groups::template accumulate_rows<TN / 2, TN>(rows, j, bb, P2, O, acc);
     } else {
-      octet_rows<W, 0, TN>(rows, j, bb, P2, acc);
+      Groups::template accumulate_rows<0, TN>(rows, j, bb, P2, O, acc);
     }
   }
-  const auto start = init ? Half::load(init) : Half::zero();
+  const auto start = init ? Out::load(init + o0) : Out::zero();
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i)
-    Half::store_bf16(out[i], Half::add(start, D::fold_quads(acc[i][0], acc[i][1])));
+    Out::store_bf16(out[i] + o0, Out::add(start, Groups::fold(acc[i][0], acc[i][1])));
 }
 
 // One register tile of the forward and input gradient:
@@ -242,10 +253,12 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
                const int32_t* ids, int32_t sb, int32_t se, int64_t o0, const float* init,
                uint16_t* const* out) {
   if constexpr (W == 16 && KV == 1) {
-    if (P2 % 2 == 0) return quad_tile<W, TN>(rows, b, P2, O, ids, sb, se, o0, init, out);
+    if (P2 % 2 == 0)
+      return grouped_pair_tile<QuadGroups<W>, TN>(rows, b, P2, O, ids, sb, se, o0, init, out);
   }
   if constexpr (W == 8 && KV == 1 && pairdot::kMaxWidth >= 16) {
-    if (O == 8 && P2 % 4 == 0) return octet_tile<W, TN>(rows, b, P2, ids, sb, se, init, out);
+    if (O == 8 && P2 % 4 == 0)
+      return grouped_pair_tile<OctetGroups<W>, TN>(rows, b, P2, O, ids, sb, se, o0, init, out);
   }
   using D = pairdot::Dot<W>;
   typename D::Acc acc[TN][KV];
