@@ -47,6 +47,7 @@ NATIVE_DIR = CPU_DIR.parent.parent / "bench" / "native"
         ("linear_passes.cpp", []),
         ("linear_passes.cpp", ["-DHARNESS_AVX2"]),
         ("bf16_conv_passes.cpp", []),
+        ("broadcast_rate.cpp", []),
     ],
 )
 def test_native_benchmark_harnesses_still_compile(harness, extra):

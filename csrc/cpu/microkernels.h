@@ -21,7 +21,13 @@
 
 #include "simd.h"
 
-#if SPARCL_ISA_WIDTH >= 16  // AVX-512 (quads::broadcast_quad)
+// The grouped tiles (pairs, quads, block pairs) shuffle the compilers' vector extensions,
+// and the quads and block pairs exist only where vectors are 16 floats wide (AVX-512; the
+// quads' broadcast is an intrinsic). Portable vectors keep the plain tiles.
+#define SPARCL_PAIR_TILES SPARCL_VECTOR_EXTENSIONS
+#define SPARCL_WIDE_GROUP_TILES (SPARCL_VECTOR_EXTENSIONS && SPARCL_ISA_WIDTH >= 16)
+
+#if SPARCL_WIDE_GROUP_TILES
 #include <immintrin.h>
 #endif
 
@@ -170,6 +176,7 @@ SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, 
   }
 }
 
+#if SPARCL_PAIR_TILES
 // Pairs of p for one-vector tiles of 16 floats (16-wide blocks on AVX-512): a tile row of
 // one vector takes one broadcast per multiply-add, and Zen 5's two 512-bit FMA pipes outrun
 // its broadcasts (bench/native/broadcast_rate.cpp, one core, L1: such a loop 73-75 % of the
@@ -235,6 +242,7 @@ struct Pairs {
     return pairs::fold_pairs(low, high);
   }
 };
+#endif
 
 // Quads of p for 8-float tiles on an instruction set with 16-float vectors (8-wide blocks on
 // AVX-512): a half-width tile row runs its multiply-adds at half the 512-bit rate, with a
@@ -242,7 +250,7 @@ struct Pairs {
 // lane and multiplies two vectors holding rows p .. p + 3 of an 8-column block transposed
 // (lane 4c + g: row p + g, column c; columns 0-3 in `low`, 4-7 in `high`), so that one
 // broadcast feeds two full-width multiply-adds; the tile sums each lane quad at its store.
-#if SPARCL_ISA_WIDTH >= 16
+#if SPARCL_WIDE_GROUP_TILES
 namespace quads {
 using Vec8 = simd::Vec<8>;
 using Vec16 = simd::Vec<16>;
@@ -335,10 +343,12 @@ void grouped_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const 
 template <int W, int TN, int KV, typename Rows, typename Out>
 void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const int32_t* ids,
                      int32_t sb, int32_t se, int64_t o0, const float* init, const Out& out) {
+#if SPARCL_PAIR_TILES
   if constexpr (W == 16 && KV == 1) {
     if (P % 2 == 0) return grouped_tile<Pairs, TN>(rows, b, P, O, ids, sb, se, o0, init, out);
   }
-#if SPARCL_ISA_WIDTH >= 16
+#endif
+#if SPARCL_WIDE_GROUP_TILES
   if constexpr (W == 8 && KV == 1) {
     if (O == 8 && P % 4 == 0)
       return grouped_tile<Quads, TN>(rows, b, P, O, ids, sb, se, o0, init, out);
@@ -489,7 +499,7 @@ constexpr int kRunRows = kTile * kMaxVectors >= 24 ? 8 : 4;
 constexpr int kRunBlocks = std::min(4, kTile * kMaxVectors / kRunRows);
 // Blocks 8 wide where vectors hold 16 floats (AVX-512) run in pairs, one block per half
 // vector (outer_product_tile_block_pairs): runs of up to twice as many blocks.
-constexpr bool kPairedNarrowRuns = SPARCL_ISA_WIDTH >= 16;
+constexpr bool kPairedNarrowRuns = SPARCL_WIDE_GROUP_TILES;
 template <int W>
 constexpr int kRunBlocksOf = kPairedNarrowRuns && W == 8 ? 2 * kRunBlocks : kRunBlocks;
 constexpr int kMaxRunBlocks = kPairedNarrowRuns ? 2 * kRunBlocks : kRunBlocks;
@@ -515,7 +525,7 @@ struct GatheredRunRows {
   const float* x_row(int q, int64_t r) const { return x[q][r]; }
 };
 
-#if SPARCL_ISA_WIDTH >= 16
+#if SPARCL_WIDE_GROUP_TILES
 // outer_product_tile_blocks for 8-wide blocks on 16-float vectors: blocks 2q and 2q + 1 share
 // vector q (low and high half), so each broadcast of grad_out feeds full-width multiply-adds
 // (Zen 5, 8x8 blocks: 256-bit ones run at half its 512-bit rate). A missing block 2q + 1
@@ -576,7 +586,7 @@ void outer_product_blocks(const Rows& rows, int blocks, int64_t count, int64_t b
                           bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(kRunRows, bm - m));
-#if SPARCL_ISA_WIDTH >= 16
+#if SPARCL_WIDE_GROUP_TILES
     if constexpr (W == 8) {
       with_constant<kRunRows>(tm, [&](auto TM) {
         with_constant<kRunBlocks>((blocks + 1) / 2, [&](auto KP) {
