@@ -137,56 +137,15 @@ SPARCL_INLINE void pair_rows(const Rows& rows, int64_t j, const uint32_t* b, int
   }
 }
 
-// pair_tile's rows for one-vector tiles of 16 lanes (W = 16) and an even P2, as
-// detail::pairs (microkernels.h) with pairs of pairs: each step broadcasts a row's pairs p and p + 1 into
-// every lane pair and dots them with the block's pair rows p and p + 1 interleaved, so that
-// one broadcast feeds two dot products (Zen 5: 16x16 blocks, a broadcast per vdpbf16ps held
-// the passes near half the bf16 peak).
-template <int W, int I0, int I1, int TN, typename Rows>
-SPARCL_INLINE void quad_rows(const Rows& rows, int64_t j, const uint32_t* b, int64_t P2,
-                             int64_t O, typename pairdot::Dot<W>::Acc (&acc)[TN][2]) {
-  using D = pairdot::Dot<W>;
-  const uint16_t* a[I1 - I0];
-  SPARCL_UNROLL
-  for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
-  for (int64_t p = 0; p < P2; p += 2) {
-    const auto r0 = D::load_pairs(b + p * O), r1 = D::load_pairs(b + (p + 1) * O);
-    const auto low = D::interleave_low(r0, r1), high = D::interleave_high(r0, r1);
-    SPARCL_UNROLL
-    for (int i = I0; i < I1; ++i) {
-      uint64_t quad;
-      __builtin_memcpy(&quad, a[i - I0] + 2 * p, sizeof quad);
-      const auto av = D::broadcast_quad(quad);
-      acc[i][0] = D::dot(acc[i][0], av, low);
-      acc[i][1] = D::dot(acc[i][1], av, high);
-    }
-  }
-}
-
-// pair_tile's rows for 8-wide blocks (W = 8, O = 8) where the pair dot product is 16 lanes
-// wide, as detail::quads (microkernels.h) with pairs: each step broadcasts a row's
-// pairs p .. p + 3 into every 128-bit lane and dots them with the block's pair rows p .. p + 3
-// transposed, two full-width dot products per broadcast instead of one half-width one.
-template <int W, int I0, int I1, int TN, typename Rows>
-SPARCL_INLINE void octet_rows(const Rows& rows, int64_t j, const uint32_t* b, int64_t P2,
-                              typename pairdot::Dot<2 * W>::Acc (&acc)[TN][2]) {
-  using D = pairdot::Dot<2 * W>;
-  const uint16_t* a[I1 - I0];
-  SPARCL_UNROLL
-  for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
-  for (int64_t p = 0; p < P2; p += 4) {
-    const auto low = D::transpose_low(b + p * 8), high = D::transpose_high(b + p * 8);
-    SPARCL_UNROLL
-    for (int i = I0; i < I1; ++i) {
-      const auto av = D::broadcast_octet(a[i - I0] + 2 * p);
-      acc[i][0] = D::dot(acc[i][0], av, low);
-      acc[i][1] = D::dot(acc[i][1], av, high);
-    }
-  }
-}
-
-// The two groupings of pair_tile for one-vector tiles: how a block's pair rows are
-// accumulated (Dot D, two accumulators per row) and folded into the row's output (Dot Out).
+// The two groupings of pair_tile for one-vector tiles (grouped_pair_tile): how a block's pair
+// rows are accumulated (Dot D, two accumulators per row) and folded into the row's output
+// (Dot Out).
+//
+// QuadGroups: 16 lanes (W = 16) and an even P2, as detail::Pairs (microkernels.h) with pairs
+// of pairs: each step broadcasts a row's pairs p and p + 1 into every lane pair and dots them
+// with the block's pair rows p and p + 1 interleaved, so that one broadcast feeds two dot
+// products (Zen 5: 16x16 blocks, a broadcast per vdpbf16ps held the passes near half the
+// bf16 peak).
 template <int W>
 struct QuadGroups {
   using D = pairdot::Dot<W>;
@@ -195,13 +154,31 @@ struct QuadGroups {
   SPARCL_INLINE static void accumulate_rows(const Rows& rows, int64_t j, const uint32_t* b,
                                             int64_t P2, int64_t O,
                                             typename D::Acc (&acc)[TN][2]) {
-    quad_rows<W, I0, I1>(rows, j, b, P2, O, acc);
+    const uint16_t* a[I1 - I0];
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
+    for (int64_t p = 0; p < P2; p += 2) {
+      const auto r0 = D::load_pairs(b + p * O), r1 = D::load_pairs(b + (p + 1) * O);
+      const auto low = D::interleave_low(r0, r1), high = D::interleave_high(r0, r1);
+      SPARCL_UNROLL
+      for (int i = I0; i < I1; ++i) {
+        uint64_t quad;
+        __builtin_memcpy(&quad, a[i - I0] + 2 * p, sizeof quad);
+        const auto av = D::broadcast_quad(quad);
+        acc[i][0] = D::dot(acc[i][0], av, low);
+        acc[i][1] = D::dot(acc[i][1], av, high);
+      }
+    }
   }
   SPARCL_INLINE static auto fold(typename D::Acc low, typename D::Acc high) {
     return D::fold_pairs(low, high);
   }
 };
 
+// OctetGroups: 8-wide blocks (W = 8, O = 8) where the pair dot product is 16 lanes wide, as
+// detail::Quads (microkernels.h) with pairs: each step broadcasts a row's pairs p .. p + 3
+// into every 128-bit lane and dots them with the block's pair rows p .. p + 3 transposed, two
+// full-width dot products per broadcast instead of one half-width one.
 template <int W>
 struct OctetGroups {
   using D = pairdot::Dot<2 * W>;
@@ -210,7 +187,18 @@ struct OctetGroups {
   SPARCL_INLINE static void accumulate_rows(const Rows& rows, int64_t j, const uint32_t* b,
                                             int64_t P2, int64_t /*O = 8*/,
                                             typename D::Acc (&acc)[TN][2]) {
-    octet_rows<W, I0, I1>(rows, j, b, P2, acc);
+    const uint16_t* a[I1 - I0];
+    SPARCL_UNROLL
+    for (int i = I0; i < I1; ++i) a[i - I0] = rows(j, i);
+    for (int64_t p = 0; p < P2; p += 4) {
+      const auto low = D::transpose_low(b + p * 8), high = D::transpose_high(b + p * 8);
+      SPARCL_UNROLL
+      for (int i = I0; i < I1; ++i) {
+        const auto av = D::broadcast_octet(a[i - I0] + 2 * p);
+        acc[i][0] = D::dot(acc[i][0], av, low);
+        acc[i][1] = D::dot(acc[i][1], av, high);
+      }
+    }
   }
   SPARCL_INLINE static auto fold(typename D::Acc low, typename D::Acc high) {
     return D::fold_quads(low, high);

@@ -49,7 +49,7 @@ struct Dot<16> {
     return (__m512bh)_mm512_set1_epi32(static_cast<int>(pair));
   }
   static Acc dot(Acc acc, Broadcast b, Operand op) { return _mm512_dpbf16_ps(acc, b, op); }
-  // The quad tile's operations (bf16_linear::quad_rows): two pairs in every lane pair, the
+  // The quad tile's operations (bf16_linear::QuadGroups): two pairs in every lane pair, the
   // rows p and p + 1 of packed pairs interleaved lane by lane in each 128-bit lane, and the
   // lane pairs' sums in column order.
   static Broadcast broadcast_quad(uint64_t quad) {
@@ -71,7 +71,7 @@ struct Dot<16> {
                                                  25, 27, 13, 15, 29, 31));
   }
   static Acc add(Acc a, Acc b) { return _mm512_add_ps(a, b); }
-  // The octet tile's operations (bf16_linear::octet_rows, 8-wide blocks): four pairs in every
+  // The octet tile's operations (bf16_linear::OctetGroups, 8-wide blocks): four pairs in every
   // 128-bit lane, four pair rows of an 8-column block transposed (lane 4c + g: pair row
   // p + g, column c; columns 0-3 from `low`, 4-7 from `high`) and the lane quads' sums.
   static Broadcast broadcast_octet(const uint16_t* a) {

@@ -185,7 +185,7 @@ SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, 
 // Here a step broadcasts the row's pair (a[p], a[p + 1]) into every lane pair and multiplies
 // two vectors of interleaved rows p and p + 1 of b: `low` holds the pairs of columns 4j and
 // 4j + 1, `high` those of 4j + 2 and 4j + 3 in each 128-bit lane j (unpack order). Each lane
-// pair sums separately, and the tile adds its halves once at the end (fold_pairs).
+// pair sums separately, and the tile adds its halves once at the end (Pairs::fold).
 namespace pairs {
 using Vec16 = simd::Vec<16>;
 typedef double PairVec __attribute__((vector_size(64), aligned(4), may_alias));
@@ -205,41 +205,35 @@ SPARCL_INLINE Vec16 interleave_high(const Vec16& r0, const Vec16& r1) {
                                  15, 31);
 }
 
-// Columns 0..15 in order from the two accumulators' lane pairs.
-SPARCL_INLINE Vec16 fold_pairs(const Vec16& low, const Vec16& high) {
-  const Vec16 even = __builtin_shufflevector(low, high, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24,
-                                             26, 12, 14, 28, 30);
-  const Vec16 odd = __builtin_shufflevector(low, high, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25,
-                                            27, 13, 15, 29, 31);
-  return even + odd;
-}
-
-template <int I0, int I1, int TN>
-SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, int64_t P,
-                                   int64_t O, Vec16 (&acc)[TN][2]) {
-  for (int64_t p = 0; p < P; p += 2) {
-    const Vec16 r0 = simd::load<16>(b + p * O), r1 = simd::load<16>(b + (p + 1) * O);
-    const Vec16 low = interleave_low(r0, r1), high = interleave_high(r0, r1);
-    SPARCL_UNROLL
-    for (int i = I0; i < I1; ++i) {
-      const Vec16 av = broadcast_pair(a[i] + p);
-      acc[i][0] = simd::multiply_add<16>(av, low, acc[i][0]);
-      acc[i][1] = simd::multiply_add<16>(av, high, acc[i][1]);
-    }
-  }
-}
-
 }  // namespace pairs
 
+// The group of grouped_tile for 16-wide blocks.
 struct Pairs {
+  using Vec16 = simd::Vec<16>;
   static constexpr int kOutputWidth = 16;
+
   template <int I0, int I1, int TN>
   SPARCL_INLINE static void accumulate_rows(const float* const (&a)[TN], const float* b,
-                                            int64_t P, int64_t O, simd::Vec<16> (&acc)[TN][2]) {
-    pairs::accumulate_rows<I0, I1>(a, b, P, O, acc);
+                                            int64_t P, int64_t O, Vec16 (&acc)[TN][2]) {
+    for (int64_t p = 0; p < P; p += 2) {
+      const Vec16 r0 = simd::load<16>(b + p * O), r1 = simd::load<16>(b + (p + 1) * O);
+      const Vec16 low = pairs::interleave_low(r0, r1), high = pairs::interleave_high(r0, r1);
+      SPARCL_UNROLL
+      for (int i = I0; i < I1; ++i) {
+        const Vec16 av = pairs::broadcast_pair(a[i] + p);
+        acc[i][0] = simd::multiply_add<16>(av, low, acc[i][0]);
+        acc[i][1] = simd::multiply_add<16>(av, high, acc[i][1]);
+      }
+    }
   }
-  SPARCL_INLINE static simd::Vec<16> fold(const simd::Vec<16>& low, const simd::Vec<16>& high) {
-    return pairs::fold_pairs(low, high);
+
+  // Columns 0..15 in order from the two accumulators' lane pairs.
+  SPARCL_INLINE static Vec16 fold(const Vec16& low, const Vec16& high) {
+    const Vec16 even = __builtin_shufflevector(low, high, 0, 2, 16, 18, 4, 6, 20, 22, 8, 10, 24,
+                                               26, 12, 14, 28, 30);
+    const Vec16 odd = __builtin_shufflevector(low, high, 1, 3, 17, 19, 5, 7, 21, 23, 9, 11, 25,
+                                              27, 13, 15, 29, 31);
+    return even + odd;
   }
 };
 #endif
@@ -252,7 +246,6 @@ struct Pairs {
 // broadcast feeds two full-width multiply-adds; the tile sums each lane quad at its store.
 #if SPARCL_WIDE_GROUP_TILES
 namespace quads {
-using Vec8 = simd::Vec<8>;
 using Vec16 = simd::Vec<16>;
 // (an intrinsic: GCC turned the vector-extension forms into stores and a reload through
 // the stack; the quads run only where vectors are 16 floats wide, i.e. AVX-512)
@@ -260,52 +253,47 @@ SPARCL_INLINE Vec16 broadcast_quad(const float* a) {
   return reinterpret_cast<Vec16>(_mm512_maskz_broadcast_f32x4(0xffff, _mm_loadu_ps(a)));
 }
 
-// Column sums of the quads: lane c of the result adds lanes 4c .. 4c + 3 of low (c < 4) or
-// of high (c >= 4).
-SPARCL_INLINE Vec8 fold_quads(const Vec16& low, const Vec16& high) {
-  const Vec16 halves = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20,
-                                               22, 24, 26, 28, 30) +
-                       __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21,
-                                               23, 25, 27, 29, 31);
-  return __builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14) +
-         __builtin_shufflevector(halves, halves, 1, 3, 5, 7, 9, 11, 13, 15);
-}
-
-// b: the block's P x 8 rows, contiguous (O = 8).
-template <int I0, int I1, int TN>
-SPARCL_INLINE void accumulate_rows(const float* const (&a)[TN], const float* b, int64_t P,
-                                   int64_t /*O*/, Vec16 (&acc)[TN][2]) {
-  for (int64_t p = 0; p < P; p += 4) {
-    const Vec16 r01 = simd::load<16>(b + p * 8), r23 = simd::load<16>(b + p * 8 + 16);
-    const Vec16 low = __builtin_shufflevector(r01, r23, 0, 8, 16, 24, 1, 9, 17, 25, 2, 10, 18,
-                                              26, 3, 11, 19, 27);
-    const Vec16 high = __builtin_shufflevector(r01, r23, 4, 12, 20, 28, 5, 13, 21, 29, 6, 14,
-                                               22, 30, 7, 15, 23, 31);
-    SPARCL_UNROLL
-    for (int i = I0; i < I1; ++i) {
-      const Vec16 av = broadcast_quad(a[i] + p);
-      acc[i][0] = simd::multiply_add<16>(av, low, acc[i][0]);
-      acc[i][1] = simd::multiply_add<16>(av, high, acc[i][1]);
-    }
-  }
-}
-
 }  // namespace quads
 
+// The group of grouped_tile for 8-wide blocks on 16-float vectors.
 struct Quads {
+  using Vec8 = simd::Vec<8>;
+  using Vec16 = simd::Vec<16>;
   static constexpr int kOutputWidth = 8;
+
+  // b: the block's P x 8 rows, contiguous (O = 8).
   template <int I0, int I1, int TN>
   SPARCL_INLINE static void accumulate_rows(const float* const (&a)[TN], const float* b,
-                                            int64_t P, int64_t O, simd::Vec<16> (&acc)[TN][2]) {
-    quads::accumulate_rows<I0, I1>(a, b, P, O, acc);
+                                            int64_t P, int64_t /*O*/, Vec16 (&acc)[TN][2]) {
+    for (int64_t p = 0; p < P; p += 4) {
+      const Vec16 r01 = simd::load<16>(b + p * 8), r23 = simd::load<16>(b + p * 8 + 16);
+      const Vec16 low = __builtin_shufflevector(r01, r23, 0, 8, 16, 24, 1, 9, 17, 25, 2, 10,
+                                                18, 26, 3, 11, 19, 27);
+      const Vec16 high = __builtin_shufflevector(r01, r23, 4, 12, 20, 28, 5, 13, 21, 29, 6, 14,
+                                                 22, 30, 7, 15, 23, 31);
+      SPARCL_UNROLL
+      for (int i = I0; i < I1; ++i) {
+        const Vec16 av = quads::broadcast_quad(a[i] + p);
+        acc[i][0] = simd::multiply_add<16>(av, low, acc[i][0]);
+        acc[i][1] = simd::multiply_add<16>(av, high, acc[i][1]);
+      }
+    }
   }
-  SPARCL_INLINE static simd::Vec<8> fold(const simd::Vec<16>& low, const simd::Vec<16>& high) {
-    return quads::fold_quads(low, high);
+
+  // Column sums of the quads: lane c of the result adds lanes 4c .. 4c + 3 of low (c < 4) or
+  // of high (c >= 4).
+  SPARCL_INLINE static Vec8 fold(const Vec16& low, const Vec16& high) {
+    const Vec16 halves = __builtin_shufflevector(low, high, 0, 2, 4, 6, 8, 10, 12, 14, 16, 18,
+                                                 20, 22, 24, 26, 28, 30) +
+                         __builtin_shufflevector(low, high, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19,
+                                                 21, 23, 25, 27, 29, 31);
+    return __builtin_shufflevector(halves, halves, 0, 2, 4, 6, 8, 10, 12, 14) +
+           __builtin_shufflevector(halves, halves, 1, 3, 5, 7, 9, 11, 13, 15);
   }
 };
 #endif
 
-// The tile of pairs:: and quads:: (Group): two accumulators per row, each block's rows
+// The tile of Pairs and Quads (Group): two accumulators per row, each block's rows
 // accumulated by Group::accumulate_rows (in two half-loops on tall tiles, as accumulate_tile),
 // the lane groups folded into the row's output vector at the store.
 template <typename Group, int TN, typename Rows, typename Out>
