@@ -326,6 +326,18 @@ inline int64_t panel_row_stride(int64_t columns) {
   return (lines | 1) * 16;
 }
 
+// Zeroes the n floats of one panel row's padding columns (a few): with std::fill, GCC called
+// memset twice per channel and grid row, 8 % of the 8x8-block passes on 32x32 images.
+inline void zero_padding(float* p, int64_t n) {
+  if (n > 3) {
+    std::fill_n(p, n, 0.0f);
+    return;
+  }
+  if (n > 0) p[0] = 0.0f;
+  if (n > 1) p[1] = 0.0f;
+  if (n > 2) p[2] = 0.0f;
+}
+
 // Panel rows [0, features) (row stride ld) of the padded grid rows [r0, r1) of `grid` (rows
 // past the grid are zeros): column (r - r0) * grid.cols + c holds padded pixel c of row r;
 // the columns past the rows, up to ld, are zeroed. The images are channels-last with
@@ -342,9 +354,10 @@ void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
       for (int64_t e = 0; e < features; ++e) std::fill_n(dst + e * ld, grid.cols, 0.0f);
       continue;
     }
+    const int64_t right = grid.cols - grid.left - grid.width;
     for (int64_t e = 0; e < features; ++e) {
-      std::fill_n(dst + e * ld, grid.left, 0.0f);
-      std::fill(dst + e * ld + grid.left + grid.width, dst + e * ld + grid.cols, 0.0f);
+      zero_padding(dst + e * ld, grid.left);
+      zero_padding(dst + e * ld + grid.left + grid.width, right);
     }
     const float* src = a + image * place.image_ld + row * place.row_ld;
     const int64_t step = place.pixel_ld;
