@@ -170,17 +170,16 @@ inline PhaseGrid phase_grid(const ConvGeometry& g) {
           std::max(g.out_w + reach_w, left + phase_extent(g.in_w, 0, g.stride_w))};
 }
 
-// The weight gradient on chunk panels (grad_weight_panels): 8x8 blocks on AVX-512 measured
-// 1.3-6x faster than gathered rows on 16x16 and larger images, but 2-3x slower on 4x4 images
-// (padded to 6x6, 2.25x the output's pixels) and slower on 8x8 and 7x7 ones too (Zen 4,
-// 256 channels at 8x8: gathered rows 1.08x faster warm, 1.14x from cold caches; 128 at 7x7:
-// 1.25x and 1.43x; even at 14x14): each block's lanes are summed once per chunk, and a
-// small image's padded grid holds few columns per chunk. Hence images of at least
-// kWeightGradientPanelMinPixels whose padded grid is at most twice the output image.
-// Strided convolutions pack every input pixel for a quarter of them in the output (stride
-// 2): from 16x16 output images (Zen 4, stride 2, 8x8 blocks: 1.5x faster there, 1.3x slower
-// on 8x8 images and 2.2x on 4x4 ones).
-constexpr int64_t kWeightGradientPanelMinPixels = 128;
+// The weight gradient on chunk panels (grad_weight_panels) against runs of blocks over the
+// padded input (grad_weight_runs_simd), 8x8 blocks on AVX-512: panels are faster on 32x32
+// images (Zen 5, 64 channels at batch 32: runs 0.86-0.89x), runs from 16x16 images down
+// (128 channels at 16x16: 1.23x; on 4x4 images panels pad to 6x6, 2.25x the output's
+// pixels, and each block's lanes are summed once per chunk, few columns on small images).
+// Hence images of at least kWeightGradientPanelMinPixels whose padded grid is at most twice
+// the output image. Strided convolutions pack every input pixel for a quarter of them in the
+// output (stride 2): from 16x16 output images (Zen 5, stride 2 from 32x32 images: runs
+// 0.89x; Zen 4: 1.3x slower on 8x8 output images and 2.2x on 4x4 ones).
+constexpr int64_t kWeightGradientPanelMinPixels = 512;
 constexpr int64_t kStridedWeightGradientPanelMinPixels = 256;
 
 inline bool use_weight_gradient_panels(int64_t bk, const ConvGeometry& g, int width) {
@@ -520,49 +519,95 @@ void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t
   if (count || !written) flush();
 }
 
+// The input images zero-padded so that every tap of every output pixel lands in them
+// ([batch][rows][cols][channels], the image at (top, left)): a weight-gradient run then reads
+// each block's row of a pixel at a fixed shift from the pixel's own row, with no test per
+// block and pixel (the tests and pointer lists cost more than the products on 4x4 and 8x8
+// images).
+struct PaddedImages {
+  float* data;
+  int64_t rows, cols, top, left, channels;
+
+  static PaddedImages shape_of(const ConvGeometry& g) {
+    const int64_t reach_h =
+        (g.out_h - 1) * g.stride_h + (g.kernel_h - 1) * g.dilation_h - g.pad_h + 1;
+    const int64_t reach_w =
+        (g.out_w - 1) * g.stride_w + (g.kernel_w - 1) * g.dilation_w - g.pad_w + 1;
+    return {nullptr, g.pad_h + std::max(g.in_h, reach_h), g.pad_w + std::max(g.in_w, reach_w),
+            g.pad_h, g.pad_w, g.channels};
+  }
+  int64_t size(int64_t batch) const { return batch * rows * cols * channels; }
+  // Block j's row of a pixel, from the pixel's own row (its tap's shift and channels).
+  int64_t shift(const BlockTaps& taps, int64_t j) const {
+    return (taps.row[j] * cols + taps.col[j]) * channels + taps.channel[j];
+  }
+  // Output row oh of image `image`: the padded row its pixels' taps shift from.
+  const float* row_of(const ConvGeometry& g, int64_t image, int64_t oh) const {
+    return data + ((image * rows + oh * g.stride_h + top) * cols + left) * channels;
+  }
+
+  // Padded rows [r0, r1) (image * rows + row) from the channels-last images x.
+  void fill(const float* x, const ConvGeometry& g, int64_t r0, int64_t r1) const {
+    const int64_t line = cols * channels, image_line = g.in_w * channels;
+    for (int64_t r = r0; r < r1; ++r) {
+      float* dst = data + r * line;
+      const int64_t image = r / rows, ih = r % rows - top;
+      if (ih < 0 || ih >= g.in_h) {
+        std::fill_n(dst, line, 0.0f);
+        continue;
+      }
+      std::fill_n(dst, left * channels, 0.0f);
+      std::copy_n(x + (image * g.in_h + ih) * image_line, image_line, dst + left * channels);
+      std::fill(dst + left * channels + image_line, dst + line, 0.0f);
+    }
+  }
+};
+
 // Weight gradient of a run of `blocks` one-vector-wide blocks of one block row (ids[0 ..
 // blocks), bk == W) over output pixels [begin, end), into out[q] (added to it if
-// `accumulate`): the run shares its grad_out rows, and a block whose tap lands in the
-// padding at a pixel reads a zero row there (pixels where every block's tap does are
-// skipped).
+// `accumulate`), from the padded input images: the run shares its grad_out rows, a block
+// whose tap lands in the padding at a pixel reads the padding's zeros, and pixels where
+// every block's tap does are skipped.
 template <int W>
-void grad_weight_run_simd(const float* dy, const float* x, float* const* out,
+void grad_weight_run_simd(const float* dy, const PaddedImages& x, float* const* out,
                           const int32_t* ids, int blocks, int64_t begin, int64_t end,
                           const BlockLayoutView& L, const ConvGeometry& g, const BlockTaps& taps,
-                          const float* zeros, bool accumulate) {
+                          bool accumulate) {
   const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
   const float* dy_rows[kSliceRows];
-  const float* x_rows[detail::kMaxRunBlocks][kSliceRows];
+  const float* x_rows[kSliceRows];
+  int64_t shift[detail::kMaxRunBlocks];
   bool written = accumulate;
   int64_t count = 0;
   const auto flush = [&] {
-    const detail::GatheredRunRows<kSliceRows> rows{dy_rows, x_rows};
+    const detail::ShiftedRunRows rows{dy_rows, x_rows, shift};
     detail::outer_product_blocks<W>(rows, blocks, count, L.bm, written, out);
     written = true;
     count = 0;
   };
-  // Per output row, each block's input row (or none, in the padding) and the output columns
-  // whose tap lands inside the input; within the row a pixel costs one test per block.
-  const int64_t step = g.stride_w * g.channels;
-  const float* base[detail::kMaxRunBlocks];
-  int64_t lo[detail::kMaxRunBlocks], hi[detail::kMaxRunBlocks];
-  for (int64_t r = begin / g.out_w; r * g.out_w < end; ++r) {
-    const int64_t image = r / g.out_h, oh = r % g.out_h;
-    int64_t row_lo = g.out_w, row_hi = 0;  // columns some block reads
+  // Each block's output columns whose tap lands inside the input, the same in every row.
+  int64_t col_lo[detail::kMaxRunBlocks], col_hi[detail::kMaxRunBlocks];
+  for (int q = 0; q < blocks; ++q) {
+    const int64_t col = taps.col[ids[q]];
+    shift[q] = x.shift(taps, ids[q]);
+    col_lo[q] = col >= 0 ? 0 : (g.stride_w - 1 - col) / g.stride_w;
+    col_hi[q] = col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
+  }
+  const int64_t step = g.stride_w * g.channels, first_row = begin / g.out_w;
+  int64_t image = first_row / g.out_h, oh = first_row % g.out_h;
+  for (int64_t r = first_row; r * g.out_w < end; ++r) {
+    int64_t row_lo = g.out_w, row_hi = 0;  // columns where some block's tap is inside
     for (int q = 0; q < blocks; ++q) {
-      const int64_t j = ids[q], ih = oh * g.stride_h + taps.row[j], col = taps.col[j];
-      lo[q] = col >= 0 ? 0 : (g.stride_w - 1 - col) / g.stride_w;
-      hi[q] = col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
-      if (ih < 0 || ih >= g.in_h) hi[q] = 0;  // the whole row reads the padding
-      base[q] = x + ((image * g.in_h + ih) * g.in_w + col) * g.channels + taps.channel[j];
-      if (lo[q] < hi[q]) row_lo = std::min(row_lo, lo[q]), row_hi = std::max(row_hi, hi[q]);
+      const int64_t ih = oh * g.stride_h + taps.row[ids[q]];
+      if (ih >= 0 && ih < g.in_h && col_lo[q] < col_hi[q])
+        row_lo = std::min(row_lo, col_lo[q]), row_hi = std::max(row_hi, col_hi[q]);
     }
-    const int64_t first = std::max(row_lo, begin - r * g.out_w);
+    const float* x_row = x.row_of(g, image, oh);
+    if (++oh == g.out_h) oh = 0, ++image;
     const int64_t last = std::min(row_hi, end - r * g.out_w);
-    for (int64_t ow = first; ow < last; ++ow) {
-      for (int q = 0; q < blocks; ++q)
-        x_rows[q][count] = ow >= lo[q] && ow < hi[q] ? base[q] + ow * step : zeros;
+    for (int64_t ow = std::max(row_lo, begin - r * g.out_w); ow < last; ++ow) {
+      x_rows[count] = x_row + ow * step;
       dy_rows[count] = dyb + (r * g.out_w + ow) * cout;
       if (++count == kSliceRows) flush();
     }
@@ -605,15 +650,16 @@ inline int64_t weight_gradient_segments(int64_t pixels, int64_t items) {
 }
 
 // Kept blocks [begin, end) of the list `ids`: the sum, in segment order, of their segments'
-// partial gradients (kept block a's segment s at partials[(a * segments + s) * block_elems]).
+// partial gradients (kept block a's segment s at partials[(a * segments + s) * block_elems]),
+// added to the blocks' gradients when `accumulate`.
 inline void add_segment_partials(const float* partials, const int32_t* ids, int64_t begin,
                                  int64_t end, int64_t segments, int64_t block_elems,
-                                 float* grad_values) {
+                                 float* grad_values, bool accumulate = false) {
   for (int64_t a = begin; a < end; ++a) {
     float* out = grad_values + static_cast<int64_t>(ids[a]) * block_elems;
     const float* partial = partials + a * segments * block_elems;
-    std::copy_n(partial, block_elems, out);
-    for (int64_t s = 1; s < segments; ++s)
+    if (!accumulate) std::copy_n(partial, block_elems, out);
+    for (int64_t s = accumulate ? 0 : 1; s < segments; ++s)
       for (int64_t e = 0; e < block_elems; ++e) out[e] += partial[s * block_elems + e];
   }
 }
@@ -634,11 +680,20 @@ inline void segment_pixels(int64_t pixels, int64_t segments, int64_t s, int64_t*
 // grad_weight_simd for one-vector-wide blocks: the kept blocks in runs of at most
 // kRunBlocksOf<W> consecutive blocks of one block row, each run's pixels cut into segments as
 // grad_weight_simd cuts a block's; the segments' partial sums are added in segment order.
+// Floats of the padded input (PaddedImages) a weight-gradient pass holds at once: larger
+// batches are summed over chunks of images, so that the copy never costs more than this.
+// (A build may set a smaller bound: the portable-vector kernel test does, to check chunks.)
+#ifdef SPARCL_PADDED_INPUT_FLOATS
+constexpr int64_t kPaddedInputFloats = SPARCL_PADDED_INPUT_FLOATS;
+#else
+constexpr int64_t kPaddedInputFloats = int64_t{16} << 20;
+#endif
+
 template <int W>
 void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_block_mask,
                            float* grad_values, const BlockLayoutView& L, const ConvGeometry& g,
                            int threads, const BlockTaps& taps, int64_t active) {
-  const int64_t pixels = g.batch * g.out_h * g.out_w, block_elems = L.bm * L.bk;
+  const int64_t block_elems = L.bm * L.bk;
   int32_t* ids = detail::index_workspace(2 * active + 1, 1);
   int32_t* run_start = ids + active;  // run r is ids[run_start[r] .. run_start[r + 1])
   int64_t runs = 0;
@@ -650,46 +705,63 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
     ids[a++] = static_cast<int32_t>(j);
   }
   run_start[runs] = static_cast<int32_t>(active);
-  const int64_t segments = weight_gradient_segments(pixels, runs);
-  // Segment s of kept block a lands in partials[(a * segments + s) * block_elems]; with one
-  // segment that is the block's own gradient.
-  float* partials = segments == 1 ? nullptr
-                                  : detail::thread_workspace(active * segments * block_elems,
-                                                             detail::kScratchSlot);
-  run_parallel(threads, [&](int t, int nt) {
-    const float* zeros = detail::thread_workspace(L.bk, detail::kZerosSlot);
-    zero_masked_share(grad_block_mask, L.nnz, block_elems, grad_values, t, nt);
-    int64_t begin, end;
-    const auto compute = [&](int64_t run, int64_t segment, int64_t p0, int64_t p1,
-                             bool accumulate) {
-      const int32_t first = run_start[run];
-      const int blocks = run_start[run + 1] - first;
-      float* out[detail::kMaxRunBlocks];
-      for (int q = 0; q < blocks; ++q)
-        out[q] = partials ? partials + ((first + q) * segments + segment) * block_elems
-                          : grad_values + static_cast<int64_t>(ids[first + q]) * block_elems;
-      grad_weight_run_simd<W>(dy, x, out, ids + first, blocks, p0, p1, L, g, taps, zeros,
-                              accumulate);
-    };
-    even_share(runs * segments, t, nt, &begin, &end);
-    if (!partials) {
-      return walk_pixel_slices(
-          pixels, weight_gradient_slice(g, L.rows()), end - begin,
-          [&](int64_t i, int64_t p0, int64_t p1, bool accumulate) {
-            compute(begin + i, 0, p0, p1, accumulate);
-          });
-    }
-    for (int64_t item = begin; item < end; ++item) {
-      // Segment-major, as segmented_weight_gradient's items.
-      const int64_t run = item % runs, segment = item / runs;
-      int64_t p0, p1;
-      segment_pixels(pixels, segments, segment, &p0, &p1);
-      compute(run, segment, p0, p1, false);
-    }
-    detail::barrier();
-    even_share(active, t, nt, &begin, &end);
-    add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values);
-  });
+  PaddedImages padded = PaddedImages::shape_of(g);
+  const int64_t chunk_images =
+      std::clamp<int64_t>(kPaddedInputFloats / padded.size(1), 1, std::max<int64_t>(g.batch, 1));
+  padded.data = detail::thread_workspace(padded.size(chunk_images), detail::kPaddedInputSlot);
+  int64_t image0 = 0;
+  do {  // at least once: an empty batch still writes zeros
+    ConvGeometry part = g;
+    part.batch = std::min(chunk_images, g.batch - image0);
+    const bool accumulate = image0 > 0;
+    const int64_t pixels = part.batch * g.out_h * g.out_w;
+    const float* part_dy = dy + image0 * g.out_h * g.out_w * L.rows();
+    const float* part_x = x + image0 * g.in_h * g.in_w * g.channels;
+    const int64_t segments = weight_gradient_segments(pixels, runs);
+    // Segment s of kept block a lands in partials[(a * segments + s) * block_elems]; with one
+    // segment that is the block's own gradient.
+    float* partials = segments == 1 ? nullptr
+                                    : detail::thread_workspace(active * segments * block_elems,
+                                                               detail::kScratchSlot);
+    run_parallel(threads, [&](int t, int nt) {
+      zero_masked_share(grad_block_mask, L.nnz, block_elems, grad_values, t, nt);
+      int64_t begin, end;
+      even_share(part.batch * padded.rows, t, nt, &begin, &end);
+      padded.fill(part_x, part, begin, end);
+      detail::barrier();
+      const auto compute = [&](int64_t run, int64_t segment, int64_t p0, int64_t p1,
+                               bool add) {
+        const int32_t first = run_start[run];
+        const int blocks = run_start[run + 1] - first;
+        float* out[detail::kMaxRunBlocks];
+        for (int q = 0; q < blocks; ++q)
+          out[q] = partials ? partials + ((first + q) * segments + segment) * block_elems
+                            : grad_values + static_cast<int64_t>(ids[first + q]) * block_elems;
+        grad_weight_run_simd<W>(part_dy, padded, out, ids + first, blocks, p0, p1, L, part,
+                                taps, add);
+      };
+      even_share(runs * segments, t, nt, &begin, &end);
+      if (!partials) {
+        return walk_pixel_slices(
+            pixels, weight_gradient_slice(g, L.rows()), end - begin,
+            [&](int64_t i, int64_t p0, int64_t p1, bool add) {
+              compute(begin + i, 0, p0, p1, add || accumulate);
+            });
+      }
+      for (int64_t item = begin; item < end; ++item) {
+        // Segment-major, as segmented_weight_gradient's items.
+        const int64_t run = item % runs, segment = item / runs;
+        int64_t p0, p1;
+        segment_pixels(pixels, segments, segment, &p0, &p1);
+        compute(run, segment, p0, p1, false);
+      }
+      detail::barrier();
+      even_share(active, t, nt, &begin, &end);
+      add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values,
+                           accumulate);
+    });
+    image0 += part.batch;
+  } while (image0 < g.batch);
 }
 
 // The end of a segmented weight-gradient pass, on the threads of its parallel region after

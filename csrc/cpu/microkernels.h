@@ -98,7 +98,8 @@ enum WorkspaceSlot : int {
   kPanelInSlot = 2,     // the operand panel of a batch-major pass (panels.h)
   kPanelOutSlot = 3,    // its output panel
   kAccumulatorSlot = 4,  // a panel weight gradient's vector accumulators (conv_kernels.h)
-  kWorkspaceSlots = 5,
+  kPaddedInputSlot = 5,  // the weight-gradient runs' zero-padded input (conv_kernels.h)
+  kWorkspaceSlots = 6,
 };
 
 // A buffer owned by the calling thread, grown on demand and reused by later calls, so that
@@ -504,13 +505,14 @@ struct StridedRunRows {
   const float* x_row(int q, int64_t r) const { return x + r * ldx + x_offset[q]; }
 };
 
-// Row pairs of a run of blocks as pointer lists (gathered rows of a convolution).
-template <int Rows>
-struct GatheredRunRows {
+// Row pairs of a run of blocks as pointer lists (gathered rows of a convolution): block q's
+// input row at a fixed shift from the pixel's row x[r].
+struct ShiftedRunRows {
   const float* const* dy;
-  const float* const (*x)[Rows];
+  const float* const* x;
+  const int64_t* shift;
   const float* dy_row(int64_t r) const { return dy[r]; }
-  const float* x_row(int q, int64_t r) const { return x[q][r]; }
+  const float* x_row(int q, int64_t r) const { return x[r] + shift[q]; }
 };
 
 #if SPARCL_WIDE_GROUP_TILES
