@@ -563,51 +563,120 @@ struct PaddedImages {
   }
 };
 
+// Multiply-adds of a weight-gradient pass per element of its padded input below which the
+// copy costs more than the pointer tests it saves (Zen 5, 16x16 blocks at 0.9: 50 per
+// element, stride 2 from 32x32 images, ran 1.7x slower padded; 99, 32x32 images, 0.88-1.04x;
+// 184, 16x16 images, 1.18-1.26x faster; 8x8 blocks: 295, 8x8 images, 1.35x; 410, 4x4, 1.94x).
+constexpr int64_t kPaddedInputMinFlops = 150;
+
+// Whether the runs of `kept_elems` weights (the kept blocks' elements) read the padded input.
+inline bool use_padded_input(const ConvGeometry& g, const PaddedImages& padded,
+                             int64_t kept_elems) {
+  const int64_t flops = 2 * kept_elems * g.batch * g.out_h * g.out_w;
+  return flops >= kPaddedInputMinFlops * padded.size(g.batch);
+}
+
+// The input rows of a weight-gradient run's pixels from the padded images: one row per
+// pixel, each block's at a fixed shift from it.
+struct PaddedRunInput {
+  const PaddedImages* images;
+  int64_t step;  // elements from one output column's input pixel to the next
+  const float* row = nullptr;
+  PaddedRunInput(const PaddedImages* images_, int64_t step_) : images(images_), step(step_) {}
+  const float* x_rows[kSliceRows];
+  int64_t shift[detail::kMaxRunBlocks];
+
+  void add_block(int q, const BlockTaps& taps, int64_t j, int64_t, int64_t) {
+    shift[q] = images->shift(taps, j);
+  }
+  void begin_row(const ConvGeometry& g, int, int64_t image, int64_t oh, const bool*) {
+    row = images->row_of(g, image, oh);
+  }
+  void put(int64_t slot, int64_t ow) { x_rows[slot] = row + ow * step; }
+  detail::ShiftedRunRows rows(const float* const* dy) const { return {dy, x_rows, shift}; }
+};
+
+// The same from the images themselves: a row per block and pixel, chosen by a test per block
+// and pixel (zeros where its tap lands in the padding). No copy: for the runs that do few
+// products per input element (see use_padded_input).
+struct DirectRunInput {
+  const float* x;
+  const float* zeros;
+  int64_t step, channels;
+  const float* base[detail::kMaxRunBlocks];  // block q's input row in this output row
+  // Block q: its tap row, its first element in an input row, and the output columns where
+  // its tap lands inside the input ([lo, hi) in this output row, [lo, col_hi) in any).
+  int64_t tap_row[detail::kMaxRunBlocks], offset[detail::kMaxRunBlocks];
+  int64_t lo[detail::kMaxRunBlocks], hi[detail::kMaxRunBlocks], col_hi[detail::kMaxRunBlocks];
+  int blocks = 0;
+  const float* x_rows[detail::kMaxRunBlocks][kSliceRows];
+  DirectRunInput(const float* x_, const float* zeros_, int64_t step_, int64_t channels_)
+      : x(x_), zeros(zeros_), step(step_), channels(channels_) {}
+
+  void add_block(int q, const BlockTaps& taps, int64_t j, int64_t first, int64_t end) {
+    tap_row[q] = taps.row[j];
+    offset[q] = taps.col[j] * channels + taps.channel[j];
+    lo[q] = first, col_hi[q] = end;
+    blocks = q + 1;
+  }
+  void begin_row(const ConvGeometry& g, int n, int64_t image, int64_t oh, const bool* inside) {
+    for (int q = 0; q < n; ++q) {
+      const int64_t ih = oh * g.stride_h + tap_row[q];
+      base[q] = x + (image * g.in_h + ih) * g.in_w * g.channels + offset[q];
+      hi[q] = inside[q] ? col_hi[q] : 0;
+    }
+  }
+  void put(int64_t slot, int64_t ow) {
+    for (int q = 0; q < blocks; ++q)
+      x_rows[q][slot] = ow >= lo[q] && ow < hi[q] ? base[q] + ow * step : zeros;
+  }
+  detail::GatheredRunRows<kSliceRows> rows(const float* const* dy) const { return {dy, x_rows}; }
+};
+
 // Weight gradient of a run of `blocks` one-vector-wide blocks of one block row (ids[0 ..
 // blocks), bk == W) over output pixels [begin, end), into out[q] (added to it if
-// `accumulate`), from the padded input images: the run shares its grad_out rows, a block
-// whose tap lands in the padding at a pixel reads the padding's zeros, and pixels where
-// every block's tap does are skipped.
-template <int W>
-void grad_weight_run_simd(const float* dy, const PaddedImages& x, float* const* out,
-                          const int32_t* ids, int blocks, int64_t begin, int64_t end,
-                          const BlockLayoutView& L, const ConvGeometry& g, const BlockTaps& taps,
-                          bool accumulate) {
+// `accumulate`), reading the input rows through `input` (PaddedRunInput or DirectRunInput):
+// the run shares its grad_out rows, a block whose tap lands in the padding at a pixel reads
+// zeros there, and pixels where every block's tap does are skipped.
+template <int W, typename Input>
+void grad_weight_run_simd(const float* dy, Input& input, float* const* out, const int32_t* ids,
+                          int blocks, int64_t begin, int64_t end, const BlockLayoutView& L,
+                          const ConvGeometry& g, const BlockTaps& taps, bool accumulate) {
   const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[ids[0]]) * L.bm;
   const float* dy_rows[kSliceRows];
-  const float* x_rows[kSliceRows];
-  int64_t shift[detail::kMaxRunBlocks];
   bool written = accumulate;
   int64_t count = 0;
   const auto flush = [&] {
-    const detail::ShiftedRunRows rows{dy_rows, x_rows, shift};
-    detail::outer_product_blocks<W>(rows, blocks, count, L.bm, written, out);
+    detail::outer_product_blocks<W>(input.rows(dy_rows), blocks, count, L.bm, written, out);
     written = true;
     count = 0;
   };
-  // Each block's output columns whose tap lands inside the input, the same in every row.
+  // Each block's output columns whose tap lands inside the input, the same in every row
+  // (worked out once: per row, their divisions cost more than the products on small images).
   int64_t col_lo[detail::kMaxRunBlocks], col_hi[detail::kMaxRunBlocks];
   for (int q = 0; q < blocks; ++q) {
     const int64_t col = taps.col[ids[q]];
-    shift[q] = x.shift(taps, ids[q]);
     col_lo[q] = col >= 0 ? 0 : (g.stride_w - 1 - col) / g.stride_w;
     col_hi[q] = col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
+    input.add_block(q, taps, ids[q], col_lo[q], col_hi[q]);
   }
-  const int64_t step = g.stride_w * g.channels, first_row = begin / g.out_w;
+  const int64_t first_row = begin / g.out_w;
   int64_t image = first_row / g.out_h, oh = first_row % g.out_h;
+  bool inside[detail::kMaxRunBlocks];  // the block's tap row lies in the input
   for (int64_t r = first_row; r * g.out_w < end; ++r) {
     int64_t row_lo = g.out_w, row_hi = 0;  // columns where some block's tap is inside
     for (int q = 0; q < blocks; ++q) {
       const int64_t ih = oh * g.stride_h + taps.row[ids[q]];
-      if (ih >= 0 && ih < g.in_h && col_lo[q] < col_hi[q])
+      inside[q] = ih >= 0 && ih < g.in_h;
+      if (inside[q] && col_lo[q] < col_hi[q])
         row_lo = std::min(row_lo, col_lo[q]), row_hi = std::max(row_hi, col_hi[q]);
     }
-    const float* x_row = x.row_of(g, image, oh);
+    input.begin_row(g, blocks, image, oh, inside);
     if (++oh == g.out_h) oh = 0, ++image;
     const int64_t last = std::min(row_hi, end - r * g.out_w);
     for (int64_t ow = std::max(row_lo, begin - r * g.out_w); ow < last; ++ow) {
-      x_rows[count] = x_row + ow * step;
+      input.put(count, ow);
       dy_rows[count] = dyb + (r * g.out_w + ow) * cout;
       if (++count == kSliceRows) flush();
     }
@@ -706,9 +775,13 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
   }
   run_start[runs] = static_cast<int32_t>(active);
   PaddedImages padded = PaddedImages::shape_of(g);
+  const bool pad = use_padded_input(g, padded, active * block_elems);
   const int64_t chunk_images =
-      std::clamp<int64_t>(kPaddedInputFloats / padded.size(1), 1, std::max<int64_t>(g.batch, 1));
-  padded.data = detail::thread_workspace(padded.size(chunk_images), detail::kPaddedInputSlot);
+      pad ? std::clamp<int64_t>(kPaddedInputFloats / padded.size(1), 1,
+                                std::max<int64_t>(g.batch, 1))
+          : std::max<int64_t>(g.batch, 1);
+  if (pad)
+    padded.data = detail::thread_workspace(padded.size(chunk_images), detail::kPaddedInputSlot);
   int64_t image0 = 0;
   do {  // at least once: an empty batch still writes zeros
     ConvGeometry part = g;
@@ -724,11 +797,15 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
                                     : detail::thread_workspace(active * segments * block_elems,
                                                                detail::kScratchSlot);
     run_parallel(threads, [&](int t, int nt) {
+      const float* zeros = detail::thread_workspace(L.bk, detail::kZerosSlot);
       zero_masked_share(grad_block_mask, L.nnz, block_elems, grad_values, t, nt);
       int64_t begin, end;
-      even_share(part.batch * padded.rows, t, nt, &begin, &end);
-      padded.fill(part_x, part, begin, end);
-      detail::barrier();
+      if (pad) {
+        even_share(part.batch * padded.rows, t, nt, &begin, &end);
+        padded.fill(part_x, part, begin, end);
+        detail::barrier();
+      }
+      const int64_t step = g.stride_w * g.channels;
       const auto compute = [&](int64_t run, int64_t segment, int64_t p0, int64_t p1,
                                bool add) {
         const int32_t first = run_start[run];
@@ -737,10 +814,16 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
         for (int q = 0; q < blocks; ++q)
           out[q] = partials ? partials + ((first + q) * segments + segment) * block_elems
                             : grad_values + static_cast<int64_t>(ids[first + q]) * block_elems;
-        grad_weight_run_simd<W>(part_dy, padded, out, ids + first, blocks, p0, p1, L, part,
-                                taps, add);
+        if (pad) {
+          PaddedRunInput input(&padded, step);
+          return grad_weight_run_simd<W>(part_dy, input, out, ids + first, blocks, p0, p1, L,
+                                         part, taps, add);
+        }
+        DirectRunInput input(part_x, zeros, step, g.channels);
+        grad_weight_run_simd<W>(part_dy, input, out, ids + first, blocks, p0, p1, L, part, taps,
+                                add);
       };
-      even_share(runs * segments, t, nt, &begin, &end);
+    even_share(runs * segments, t, nt, &begin, &end);
       if (!partials) {
         return walk_pixel_slices(
             pixels, weight_gradient_slice(g, L.rows()), end - begin,

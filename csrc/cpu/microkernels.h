@@ -505,8 +505,17 @@ struct StridedRunRows {
   const float* x_row(int q, int64_t r) const { return x + r * ldx + x_offset[q]; }
 };
 
-// Row pairs of a run of blocks as pointer lists (gathered rows of a convolution): block q's
-// input row at a fixed shift from the pixel's row x[r].
+// Row pairs of a run of blocks as pointer lists (gathered rows of a convolution).
+template <int Rows>
+struct GatheredRunRows {
+  const float* const* dy;
+  const float* const (*x)[Rows];
+  const float* dy_row(int64_t r) const { return dy[r]; }
+  const float* x_row(int q, int64_t r) const { return x[q][r]; }
+};
+
+// The same with block q's input row at a fixed shift from the pixel's row x[r] (zero-padded
+// input images).
 struct ShiftedRunRows {
   const float* const* dy;
   const float* const* x;
