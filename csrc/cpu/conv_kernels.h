@@ -573,7 +573,7 @@ constexpr int64_t kPaddedInputMinFlops = 150;
 inline bool use_padded_input(const ConvGeometry& g, const PaddedImages& padded,
                              int64_t kept_elems) {
   const int64_t flops = 2 * kept_elems * g.batch * g.out_h * g.out_w;
-  return flops >= kPaddedInputMinFlops * padded.size(g.batch);
+  return flops > 0 && flops >= kPaddedInputMinFlops * padded.size(g.batch);
 }
 
 // The input rows of a weight-gradient run's pixels from the padded images: one row per
@@ -581,10 +581,11 @@ inline bool use_padded_input(const ConvGeometry& g, const PaddedImages& padded,
 struct PaddedRunInput {
   const PaddedImages* images;
   int64_t step;  // elements from one output column's input pixel to the next
-  const float* row = nullptr;
-  PaddedRunInput(const PaddedImages* images_, int64_t step_) : images(images_), step(step_) {}
+  const float* row = nullptr;  // the current output row's
   const float* x_rows[kSliceRows];
   int64_t shift[detail::kMaxRunBlocks];
+
+  PaddedRunInput(const PaddedImages* images_, int64_t step_) : images(images_), step(step_) {}
 
   void add_block(int q, const BlockTaps& taps, int64_t j, int64_t, int64_t) {
     shift[q] = images->shift(taps, j);
@@ -610,6 +611,7 @@ struct DirectRunInput {
   int64_t lo[detail::kMaxRunBlocks], hi[detail::kMaxRunBlocks], col_hi[detail::kMaxRunBlocks];
   int blocks = 0;
   const float* x_rows[detail::kMaxRunBlocks][kSliceRows];
+
   DirectRunInput(const float* x_, const float* zeros_, int64_t step_, int64_t channels_)
       : x(x_), zeros(zeros_), step(step_), channels(channels_) {}
 
