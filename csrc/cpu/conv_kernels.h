@@ -590,7 +590,7 @@ struct PaddedRunInput {
   void add_block(int q, const BlockTaps& taps, int64_t j, int64_t, int64_t) {
     shift[q] = images->shift(taps, j);
   }
-  void begin_row(const ConvGeometry& g, int, int64_t image, int64_t oh, const bool*) {
+  void begin_row(const ConvGeometry& g, int64_t image, int64_t oh, const bool*) {
     row = images->row_of(g, image, oh);
   }
   void put(int64_t slot, int64_t ow) { x_rows[slot] = row + ow * step; }
@@ -621,8 +621,8 @@ struct DirectRunInput {
     lo[q] = first, col_hi[q] = end;
     blocks = q + 1;
   }
-  void begin_row(const ConvGeometry& g, int n, int64_t image, int64_t oh, const bool* inside) {
-    for (int q = 0; q < n; ++q) {
+  void begin_row(const ConvGeometry& g, int64_t image, int64_t oh, const bool* inside) {
+    for (int q = 0; q < blocks; ++q) {
       const int64_t ih = oh * g.stride_h + tap_row[q];
       base[q] = x + (image * g.in_h + ih) * g.in_w * g.channels + offset[q];
       hi[q] = inside[q] ? col_hi[q] : 0;
@@ -674,7 +674,7 @@ void grad_weight_run_simd(const float* dy, Input& input, float* const* out, cons
       if (inside[q] && col_lo[q] < col_hi[q])
         row_lo = std::min(row_lo, col_lo[q]), row_hi = std::max(row_hi, col_hi[q]);
     }
-    input.begin_row(g, blocks, image, oh, inside);
+    input.begin_row(g, image, oh, inside);
     if (++oh == g.out_h) oh = 0, ++image;
     const int64_t last = std::min(row_hi, end - r * g.out_w);
     for (int64_t ow = std::max(row_lo, begin - r * g.out_w); ow < last; ++ow) {
