@@ -383,11 +383,25 @@ struct PairPanels {
   uint32_t* data;
   int64_t count;
   int64_t side;
-  const int32_t* slot;  // UsedPanels::slot
-  // Pair row p of the panel of block row or column `group`.
+  const int32_t* slot;  // per block row or column: its panel (UsedPanels::slot)
+  int64_t stride;       // elements per pair row of a panel: `side`, or more where a panel
+                        // holds several groups side by side
+  const int32_t* inner = nullptr;  // per group: its first element in a pair row (else 0)
+  // Pair row p of block row or column `group`.
   uint32_t* at(int64_t p, int64_t group) const {
-    return data + (static_cast<int64_t>(slot[group]) * count + p) * side;
+    return data + (static_cast<int64_t>(slot[group]) * count + p) * stride +
+           (inner ? inner[group] : 0);
   }
+};
+
+// How a weight-gradient pass lays out the x pairs of a chunk: `panels` panels of `stride`
+// elements per pair row, block column c at panel slot[c], from element inner[c] (nullptr: 0)
+// of its pair rows.
+struct PairLayout {
+  const int32_t* slot;
+  const int32_t* inner;
+  int64_t panels;
+  int64_t stride;
 };
 
 // Pair packing that the compiler vectorises (widen, shift, or): one pair at a time cost
@@ -479,7 +493,7 @@ void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, boo
       detail::with_constant<kTile>(tm, [&](auto TM) {
         detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
           pair_outer_tile<W, decltype(TM)::value, decltype(KV)::value>(
-              dy + m, bm, x + k, bk, count, accumulate, out + m * bk + k, bk);
+              dy + m, bm, x + k, x_pairs.stride, count, accumulate, out + m * bk + k, bk);
         });
       });
     }
@@ -489,10 +503,11 @@ void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, boo
 // The narrow-block form of pair_outer_tile, for blocks one vector wide (bk == W) that share
 // a block row: each broadcast grad_out pair feeds one vector of each of KB blocks, not one
 // vector of one block (which stalled on the broadcasts at 18 % of the dot-product peak for
-// 16x16 blocks). Block b's pairs are x[b] (row stride W); its result goes to out[b].
+// 16x16 blocks). Block b's pairs are x[b] (row stride ldx); its result goes to out[b].
 template <int W, int TM, int KB>
 void pair_outer_run_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const* x,
-                         int64_t count, int64_t m0, bool accumulate, float* const* out) {
+                         int64_t ldx, int64_t count, int64_t m0, bool accumulate,
+                         float* const* out) {
   using D = pairdot::Dot<W>;
   typename D::Acc acc[TM][KB];
   SPARCL_UNROLL
@@ -504,7 +519,7 @@ void pair_outer_run_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const
   for (int64_t p = 0; p < count; ++p) {
     typename D::Operand xv[KB];
     SPARCL_UNROLL
-    for (int b = 0; b < KB; ++b) xv[b] = D::load_pairs(x[b] + p * W);
+    for (int b = 0; b < KB; ++b) xv[b] = D::load_pairs(x[b] + p * ldx);
     SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
       const auto d = D::broadcast(dy[p * lddy + m0 + i]);
@@ -533,8 +548,8 @@ constexpr int kMaxPairRunBlocks = kPairedNarrowRuns ? 2 * detail::kRunBlocks
 // missing block 2q + 1 (odd `blocks`) repeats block 2q's pairs and is not stored.
 template <int W, int TM, int KP>
 void pair_outer_run_pairs_tile(const uint32_t* dy, int64_t lddy, const uint32_t* const* x,
-                               int blocks, int64_t count, int64_t m0, bool accumulate,
-                               float* const* out) {
+                               int64_t ldx, int blocks, int64_t count, int64_t m0,
+                               bool accumulate, float* const* out) {
   using D = pairdot::Dot<2 * W>;
   int second[KP];
   SPARCL_UNROLL
@@ -551,7 +566,8 @@ void pair_outer_run_pairs_tile(const uint32_t* dy, int64_t lddy, const uint32_t*
   for (int64_t p = 0; p < count; ++p) {
     typename D::Operand xv[KP];
     SPARCL_UNROLL
-    for (int q = 0; q < KP; ++q) xv[q] = D::join_pairs(x[2 * q] + p * W, x[second[q]] + p * W);
+    for (int q = 0; q < KP; ++q)
+      xv[q] = D::join_pairs(x[2 * q] + p * ldx, x[second[q]] + p * ldx);
     SPARCL_UNROLL
     for (int i = 0; i < TM; ++i) {
       const auto d = D::broadcast(dy[p * lddy + m0 + i]);
@@ -570,25 +586,26 @@ void pair_outer_run_pairs_tile(const uint32_t* dy, int64_t lddy, const uint32_t*
 }
 
 // Up to kPairRunBlocks<W> blocks one vector wide of one block row over the chunk's pairs
-// (pair_outer_run_tile); `dy` is the block row's packed pairs.
+// (pair_outer_run_tile); `dy` is the block row's packed pairs, x[b] block b's (row stride
+// ldx).
 template <int W>
-void pair_outer_run(const uint32_t* dy, const uint32_t* const* x, int blocks, int64_t count,
-                    int64_t bm, bool accumulate, float* const* out) {
+void pair_outer_run(const uint32_t* dy, const uint32_t* const* x, int64_t ldx, int blocks,
+                    int64_t count, int64_t bm, bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += detail::kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(detail::kRunRows, bm - m));
     if constexpr (kPairedNarrowRuns && W == 8) {
       detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
         detail::with_constant<detail::kRunBlocks>((blocks + 1) / 2, [&](auto KP) {
           pair_outer_run_pairs_tile<W, decltype(TM)::value, decltype(KP)::value>(
-              dy, bm, x, blocks, count, m, accumulate, out);
+              dy, bm, x, ldx, blocks, count, m, accumulate, out);
         });
       });
       continue;
     }
     detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
       detail::with_constant<detail::kRunBlocks>(blocks, [&](auto KB) {
-        pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(dy, bm, x, count, m,
-                                                                         accumulate, out);
+        pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(dy, bm, x, ldx, count,
+                                                                         m, accumulate, out);
       });
     });
   }
@@ -605,12 +622,15 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
                              std::max<int64_t>(pairs, 1));
 }
 
+// Ints per block column a weight-gradient pass lends its pack (UsedOperands::scratch).
+constexpr int64_t kColumnScratch = 6;
+
 // What a thread packs per chunk: the block rows of grad_out and block columns of x that its
 // blocks read (UsedPanels).
 struct UsedOperands {
   UsedPanels rows;
   UsedPanels cols;
-  int32_t* scratch;  // 4 ints per block column, for the pack's own table of its columns
+  int32_t* scratch;  // kColumnScratch ints per block column, for the pack's tables
 };
 
 // Each thread takes batch pairs from this many per thread on its own share of the pairs (all
@@ -623,12 +643,13 @@ constexpr int64_t kMinPairsPerThread = 64;
 // that are added to dw at the end (in thread order: deterministic for a thread count);
 // otherwise each thread sums its share of the kept blocks over all pairs. Per chunk of its
 // pairs a thread calls pack(first, count, used, dy_pairs, x_pairs, zeros): pairs [first,
-// first + count) into PairPanels of its used block rows and columns, `zeros` a zero row as
-// long as a block side or `zero_elems`, whichever is longer (all a pack reads of it).
-template <typename Pack>
+// first + count) into PairPanels of its used block rows and columns, the columns' laid out
+// as describe_x(used) says (a PairLayout, once per thread), `zeros` a zero row as long as a
+// block side or `zero_elems`, whichever is longer (all a pack reads of it).
+template <typename DescribeX, typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
                           const BlockLayoutView& L, int threads, int64_t zero_elems,
-                          const Pack& pack) {
+                          const DescribeX& describe_x, const Pack& pack) {
   const int64_t block_elems = L.bm * L.bk, active = count_active(grad_block_mask, L.nnz);
   int32_t* ids = detail::index_workspace(active + 1, 0);  // kept blocks, in storage order
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
@@ -646,13 +667,14 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       even_share(pairs, ps, pair_splits, &q0, &q1);
       even_share(active, bs, block_splits, &a0, &a1);
       const int64_t groups = L.block_rows + L.block_cols;
-      int32_t* storage = detail::index_workspace(2 * groups + 4 * L.block_cols, 1);
+      int32_t* storage = detail::index_workspace(2 * groups + kColumnScratch * L.block_cols, 1);
       const UsedOperands used{
           used_panels(ids + a0, a1 - a0, L.row_indices, L.block_rows, storage),
           used_panels(ids + a0, a1 - a0, L.col_indices, L.block_cols,
                       storage + 2 * L.block_rows),
           storage + 2 * groups};
-      const int64_t dy_width = used.rows.count * L.bm, x_width = used.cols.count * L.bk;
+      const PairLayout x_layout = describe_x(used);
+      const int64_t dy_width = used.rows.count * L.bm, x_width = x_layout.panels * x_layout.stride;
       const int64_t chunk = pair_chunk(q1 - q0, dy_width + x_width);
       uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
           detail::thread_workspace(chunk * (dy_width + x_width), detail::kPanelInSlot));
@@ -665,8 +687,9 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       // An empty share of pairs still gives each of its blocks one (zero) pass.
       for (int64_t c0 = q0; c0 == q0 || c0 < q1; c0 += chunk) {
         const int64_t count = std::min(q1, c0 + chunk) - c0;
-        const PairPanels dy_panels{dy_pairs, count, L.bm, used.rows.slot};
-        const PairPanels x_panels{x_pairs, count, L.bk, used.cols.slot};
+        const PairPanels dy_panels{dy_pairs, count, L.bm, used.rows.slot, L.bm};
+        const PairPanels x_panels{x_pairs,      count,          L.bk,
+                                  x_layout.slot, x_layout.stride, x_layout.inner};
         pack(c0, count, used, dy_panels, x_panels, zeros);
         const auto out_of = [&](int64_t a) {
           return partial ? partial + (a - a0) * block_elems : dw + ids[a] * block_elems;
@@ -686,7 +709,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
             x[blocks] = x_panels.at(0, L.col_indices[ids[a]]);
             out[blocks++] = out_of(a);
           }
-          pair_outer_run<W>(dy_panels.at(0, row), x, blocks, count, L.bm, c0 > q0, out);
+          pair_outer_run<W>(dy_panels.at(0, row), x, x_panels.stride, blocks, count, L.bm,
+                            c0 > q0, out);
         }
       }
       if (pair_splits == 1) return;
@@ -708,6 +732,9 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  int64_t n, const BlockLayoutView& L, int threads) {
   pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads, 0,
+                       [&](const UsedOperands& used) {
+                         return PairLayout{used.cols.slot, nullptr, used.cols.count, L.bk};
+                       },
                        [&](int64_t first, int64_t count, const UsedOperands& used,
                            const PairPanels& dy_pairs, const PairPanels& x_pairs,
                            const uint16_t* zeros) {
@@ -936,6 +963,17 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
                    : second ? input_row(x, g, b.image, bh + r, bw + c, zeros) : zeros;
     }
   }
+  if (patches.inner) {  // tap panels: each used tap's pairs of whole input rows
+    for (int64_t s = 0; s < cols.taps; ++s) {
+      const uint16_t* const* tap_rows = rows + 2 * s * count;
+      uint32_t* out = patches.data + s * count * patches.stride;
+      bf16_linear::with_interleave_run(patches.stride, [&](auto run) {
+        pack_column_pairs<decltype(run)::value>(tap_rows, tap_rows + count, 0, count,
+                                                patches.stride, out);
+      });
+    }
+    return;
+  }
   const int64_t side = patches.side;
   for (int64_t u = 0; u < cols.count; ++u) {
     const uint16_t* const* tap_rows = rows + 2 * cols.tap_slot[u] * count;
@@ -947,11 +985,43 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
   }
 }
 
+// When the weight gradient packs x as tap panels (every channel of each used tap: one long
+// interleave per pixel pair and tap) rather than column panels (an interleave of bk channels
+// per pixel pair and used column, whose set-up costs as much as the products with 8-wide
+// blocks): blocks at most kTapPanelMaxSide wide, at most kTapPanelMaxChannels input channels,
+// and used columns covering more than half of the used taps' channels. (Zen 5, AVX512_BF16,
+// batch 32 at 0.9, alternated native runs: 8x8 blocks 1.21x at 64 channels, 1.40x at 128;
+// 16x16 blocks 1.09x at 128, 1.14x at 256, 1.0x at 64 where they cover less; 32x32 blocks
+// 0.89-0.94x and 512 channels on 4x4 images 0.96-1.01x, where the column panels stay.)
+constexpr int64_t kTapPanelMaxSide = 16, kTapPanelMaxChannels = 256;
+
+inline bool packs_tap_panels(const PatchColumns& cols, const ConvGeometry& g, int64_t bk) {
+  return cols.count > 0 && bk <= kTapPanelMaxSide && g.channels <= kTapPanelMaxChannels &&
+         2 * cols.count * bk > cols.taps * g.channels;
+}
+
+// How the weight gradient packs the chunk's patch pairs of the `used` columns: tap panels
+// where packs_tap_panels says, else a panel per column (the tap panels' tables in
+// scratch + 4 * block_cols, after patch_columns's).
+inline bf16_linear::PairLayout patch_layout(const bf16_linear::UsedOperands& used,
+                                            const ConvGeometry& g, const BlockLayoutView& L) {
+  const PatchColumns cols = patch_columns(used.cols, g, L.bk, used.scratch);
+  if (!packs_tap_panels(cols, g, L.bk)) return {used.cols.slot, nullptr, used.cols.count, L.bk};
+  int32_t* slot = used.scratch + 4 * L.block_cols;
+  int32_t* inner = slot + L.block_cols;
+  for (int64_t u = 0; u < cols.count; ++u) {
+    slot[cols.list[u]] = cols.tap_slot[u];
+    inner[cols.list[u]] = cols.channel[u];
+  }
+  return {slot, inner, cols.taps, g.channels};
+}
+
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w;
   bf16_linear::pair_weight_gradient(
       grad_block_mask, dw, (pixels + 1) / 2, L, threads, g.channels,
+      [&](const bf16_linear::UsedOperands& used) { return patch_layout(used, g, L); },
       [&](int64_t first, int64_t count, const bf16_linear::UsedOperands& used,
           const bf16_linear::PairPanels& dy_pairs, const bf16_linear::PairPanels& patch_pairs,
           const uint16_t* zeros) {
