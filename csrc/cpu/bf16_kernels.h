@@ -442,6 +442,10 @@ inline void pack_row_pair(const uint16_t* a, int64_t n, int64_t width, const Use
   const int64_t r = 2 * row_pair;
   const uint16_t* first = a + r * width;
   const uint16_t* second = r + 1 < n ? first + width : nullptr;
+  if (out.inner) {  // one panel of whole rows (row_panel_layout)
+    interleave_pairs(first, second ? second : zeros, width, out.data + p * out.stride);
+    return;
+  }
   for (int64_t u = 0; u < used.count; ++u) {
     const int64_t group = used.list[u], c = group * out.side;
     interleave_pairs(first + c, second ? second + c : zeros, out.side, out.at(p, group));
@@ -493,7 +497,8 @@ void pair_outer_block(const PairPanels& dy_pairs, const PairPanels& x_pairs, boo
       detail::with_constant<kTile>(tm, [&](auto TM) {
         detail::with_constant<kMaxVectors>(kv, [&](auto KV) {
           pair_outer_tile<W, decltype(TM)::value, decltype(KV)::value>(
-              dy + m, bm, x + k, x_pairs.stride, count, accumulate, out + m * bk + k, bk);
+              dy + m, dy_pairs.stride, x + k, x_pairs.stride, count, accumulate,
+              out + m * bk + k, bk);
         });
       });
     }
@@ -586,26 +591,26 @@ void pair_outer_run_pairs_tile(const uint32_t* dy, int64_t lddy, const uint32_t*
 }
 
 // Up to kPairRunBlocks<W> blocks one vector wide of one block row over the chunk's pairs
-// (pair_outer_run_tile); `dy` is the block row's packed pairs, x[b] block b's (row stride
-// ldx).
+// (pair_outer_run_tile); `dy` is the block row's packed pairs (row stride lddy), x[b] block
+// b's (row stride ldx).
 template <int W>
-void pair_outer_run(const uint32_t* dy, const uint32_t* const* x, int64_t ldx, int blocks,
-                    int64_t count, int64_t bm, bool accumulate, float* const* out) {
+void pair_outer_run(const uint32_t* dy, int64_t lddy, const uint32_t* const* x, int64_t ldx,
+                    int blocks, int64_t count, int64_t bm, bool accumulate, float* const* out) {
   for (int64_t m = 0; m < bm; m += detail::kRunRows) {
     const int tm = static_cast<int>(std::min<int64_t>(detail::kRunRows, bm - m));
     if constexpr (kPairedNarrowRuns && W == 8) {
       detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
         detail::with_constant<detail::kRunBlocks>((blocks + 1) / 2, [&](auto KP) {
           pair_outer_run_pairs_tile<W, decltype(TM)::value, decltype(KP)::value>(
-              dy, bm, x, ldx, blocks, count, m, accumulate, out);
+              dy, lddy, x, ldx, blocks, count, m, accumulate, out);
         });
       });
       continue;
     }
     detail::with_constant<detail::kRunRows>(tm, [&](auto TM) {
       detail::with_constant<detail::kRunBlocks>(blocks, [&](auto KB) {
-        pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(dy, bm, x, ldx, count,
-                                                                         m, accumulate, out);
+        pair_outer_run_tile<W, decltype(TM)::value, decltype(KB)::value>(
+            dy, lddy, x, ldx, count, m, accumulate, out);
       });
     });
   }
@@ -624,6 +629,38 @@ inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs) {
 
 // Ints per block column a weight-gradient pass lends its pack (UsedOperands::scratch).
 constexpr int64_t kColumnScratch = 6;
+
+// Whether groups of `side` elements of a weight-gradient operand (block rows of grad_out,
+// block columns of x) pack as whole rows of `width` rather than group by group: one
+// interleave per pair and group cost as much as the products with 8-wide blocks. Whole rows
+// where the groups are at most kWholeRowMaxSide wide, the rows at most kWholeRowMaxWidth
+// long and the used groups hold more than half of what whole rows pack (`used_elems` of
+// `whole_elems`). (Zen 5, AVX512_BF16, conv weight gradient at batch 32 and 0.9, x as tap
+// panels alone, alternated native runs: 8x8 blocks 1.21-1.27x at 64 channels, 1.34-1.40x at
+// 128; 16x16 blocks 1.07-1.09x at 128, 1.0x at 64 where they cover less; 32x32 blocks
+// 0.89-0.94x and 512 channels on 4x4 images 0.96-1.01x, where groups stay.)
+constexpr int64_t kWholeRowMaxSide = 16, kWholeRowMaxWidth = 256;
+
+inline bool packs_whole_rows(int64_t used_elems, int64_t whole_elems, int64_t side,
+                             int64_t width) {
+  return used_elems > 0 && side <= kWholeRowMaxSide && width <= kWholeRowMaxWidth &&
+         2 * used_elems > whole_elems;
+}
+
+// The pairs of a matrix's `used` groups of `side` elements (block rows of grad_out, or block
+// columns of a linear's x) in rows of `width`: whole rows (one panel, group c from element
+// c * side; its tables in `tables`, 2 ints per group) where packs_whole_rows says, else a
+// panel per used group.
+inline PairLayout group_layout(const UsedPanels& used, int64_t side, int64_t width,
+                               int32_t* tables) {
+  const int64_t groups = width / side;
+  if (!packs_whole_rows(used.count * side, width, side, width))
+    return {used.slot, nullptr, used.count, side};
+  int32_t* slot = tables;
+  int32_t* inner = tables + groups;
+  for (int64_t c = 0; c < groups; ++c) slot[c] = 0, inner[c] = static_cast<int32_t>(c * side);
+  return {slot, inner, 1, width};
+}
 
 // What a thread packs per chunk: the block rows of grad_out and block columns of x that its
 // blocks read (UsedPanels).
@@ -655,7 +692,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
   for (int64_t j = 0, a = 0; j < L.nnz; ++j)
     if (!grad_block_mask || grad_block_mask[j]) ids[a++] = static_cast<int32_t>(j);
   std::vector<float*> partials(std::max(threads, 1), nullptr);
-  const int64_t side = std::max({L.bm, L.bk, zero_elems});  // what a pack reads of a zero row
+  // What a pack reads of a zero row: a block side, a whole grad_out row, or zero_elems.
+  const int64_t side = std::max({L.bm, L.bk, L.rows(), zero_elems});
   with_pair_width(width_for(L.bk), [&](auto width) {
     constexpr int W = decltype(width)::value;
     run_parallel(threads, [&](int t, int nt) {
@@ -667,14 +705,18 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       even_share(pairs, ps, pair_splits, &q0, &q1);
       even_share(active, bs, block_splits, &a0, &a1);
       const int64_t groups = L.block_rows + L.block_cols;
-      int32_t* storage = detail::index_workspace(2 * groups + kColumnScratch * L.block_cols, 1);
+      int32_t* storage = detail::index_workspace(
+          4 * L.block_rows + (2 + kColumnScratch) * L.block_cols, 1);
       const UsedOperands used{
           used_panels(ids + a0, a1 - a0, L.row_indices, L.block_rows, storage),
           used_panels(ids + a0, a1 - a0, L.col_indices, L.block_cols,
                       storage + 2 * L.block_rows),
           storage + 2 * groups};
       const PairLayout x_layout = describe_x(used);
-      const int64_t dy_width = used.rows.count * L.bm, x_width = x_layout.panels * x_layout.stride;
+      const PairLayout dy_layout = group_layout(
+          used.rows, L.bm, L.rows(), storage + 2 * groups + kColumnScratch * L.block_cols);
+      const int64_t dy_width = dy_layout.panels * dy_layout.stride;
+      const int64_t x_width = x_layout.panels * x_layout.stride;
       const int64_t chunk = pair_chunk(q1 - q0, dy_width + x_width);
       uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
           detail::thread_workspace(chunk * (dy_width + x_width), detail::kPanelInSlot));
@@ -687,7 +729,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
       // An empty share of pairs still gives each of its blocks one (zero) pass.
       for (int64_t c0 = q0; c0 == q0 || c0 < q1; c0 += chunk) {
         const int64_t count = std::min(q1, c0 + chunk) - c0;
-        const PairPanels dy_panels{dy_pairs, count, L.bm, used.rows.slot, L.bm};
+        const PairPanels dy_panels{dy_pairs,       count,          L.bm,
+                                   dy_layout.slot, dy_layout.stride, dy_layout.inner};
         const PairPanels x_panels{x_pairs,      count,          L.bk,
                                   x_layout.slot, x_layout.stride, x_layout.inner};
         pack(c0, count, used, dy_panels, x_panels, zeros);
@@ -709,8 +752,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
             x[blocks] = x_panels.at(0, L.col_indices[ids[a]]);
             out[blocks++] = out_of(a);
           }
-          pair_outer_run<W>(dy_panels.at(0, row), x, x_panels.stride, blocks, count, L.bm,
-                            c0 > q0, out);
+          pair_outer_run<W>(dy_panels.at(0, row), dy_panels.stride, x, x_panels.stride, blocks,
+                            count, L.bm, c0 > q0, out);
         }
       }
       if (pair_splits == 1) return;
@@ -731,9 +774,9 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
 
 void grad_weight(const uint16_t* dy, const uint16_t* x, const bool* grad_block_mask, float* dw,
                  int64_t n, const BlockLayoutView& L, int threads) {
-  pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads, 0,
+  pair_weight_gradient(grad_block_mask, dw, (n + 1) / 2, L, threads, L.cols(),
                        [&](const UsedOperands& used) {
-                         return PairLayout{used.cols.slot, nullptr, used.cols.count, L.bk};
+                         return group_layout(used.cols, L.bk, L.cols(), used.scratch);
                        },
                        [&](int64_t first, int64_t count, const UsedOperands& used,
                            const PairPanels& dy_pairs, const PairPanels& x_pairs,
@@ -985,28 +1028,16 @@ inline void pack_patch_pairs(const uint16_t* x, const ConvGeometry& g, int64_t p
   }
 }
 
-// When the weight gradient packs x as tap panels (every channel of each used tap: one long
-// interleave per pixel pair and tap) rather than column panels (an interleave of bk channels
-// per pixel pair and used column, whose set-up costs as much as the products with 8-wide
-// blocks): blocks at most kTapPanelMaxSide wide, at most kTapPanelMaxChannels input channels,
-// and used columns covering more than half of the used taps' channels. (Zen 5, AVX512_BF16,
-// batch 32 at 0.9, alternated native runs: 8x8 blocks 1.21x at 64 channels, 1.40x at 128;
-// 16x16 blocks 1.09x at 128, 1.14x at 256, 1.0x at 64 where they cover less; 32x32 blocks
-// 0.89-0.94x and 512 channels on 4x4 images 0.96-1.01x, where the column panels stay.)
-constexpr int64_t kTapPanelMaxSide = 16, kTapPanelMaxChannels = 256;
-
-inline bool packs_tap_panels(const PatchColumns& cols, const ConvGeometry& g, int64_t bk) {
-  return cols.count > 0 && bk <= kTapPanelMaxSide && g.channels <= kTapPanelMaxChannels &&
-         2 * cols.count * bk > cols.taps * g.channels;
-}
-
 // How the weight gradient packs the chunk's patch pairs of the `used` columns: tap panels
-// where packs_tap_panels says, else a panel per column (the tap panels' tables in
-// scratch + 4 * block_cols, after patch_columns's).
+// (every channel of each used tap, one interleave per pixel pair and tap) where
+// packs_whole_rows says so of the used taps' input rows, else a panel per column (the tap
+// panels' tables in scratch + 4 * block_cols, after patch_columns's).
 inline bf16_linear::PairLayout patch_layout(const bf16_linear::UsedOperands& used,
                                             const ConvGeometry& g, const BlockLayoutView& L) {
   const PatchColumns cols = patch_columns(used.cols, g, L.bk, used.scratch);
-  if (!packs_tap_panels(cols, g, L.bk)) return {used.cols.slot, nullptr, used.cols.count, L.bk};
+  if (!bf16_linear::packs_whole_rows(cols.count * L.bk, cols.taps * g.channels, L.bk,
+                                     g.channels))
+    return {used.cols.slot, nullptr, used.cols.count, L.bk};
   int32_t* slot = used.scratch + 4 * L.block_cols;
   int32_t* inner = slot + L.block_cols;
   for (int64_t u = 0; u < cols.count; ++u) {
