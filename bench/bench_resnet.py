@@ -10,7 +10,8 @@ same batch, timed interleaved in one process (medians):
 - sparsify: ``sk.sparsify`` swapping the same convs, which also makes the model channels-last
   (its documented default); the input stays NCHW.
 
-``--profile`` adds a torch.profiler table of the element-wise and BatchNorm ops per call.
+``--profile`` adds a torch.profiler table of the element-wise and BatchNorm ops per call (fp32)
+and where the dense and sparsify steps spend their time in each of ``--precisions``.
 
     python bench/bench_resnet.py                              # 32x32 and 16x16 blocks
     python bench/bench_resnet.py --configs 32:0.9 --repeats 5 --profile
@@ -165,36 +166,50 @@ def minor_page_faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
-def profile_table(block: int, sparsity: float, batch: int, steps: int = 3) -> list[str]:
-    """Microseconds per call of the ops around the convolutions in each variant, the minor
-    page faults per step, and where the step's time goes in the sparse and dense models."""
+def profile_table(
+    block: int, sparsity: float, batch: int, precisions: list[str], steps: int = 3
+) -> list[str]:
+    """Microseconds per call of the ops around the convolutions in each fp32 variant, the
+    minor page faults per step, and where the step's time goes in the sparse and dense models
+    in each precision (under bf16 autocast the dense ops run in bf16 too)."""
     per_call: dict[str, dict[str, float]] = {}
     faults: dict[str, float] = {}
     profiles = {}
-    for (name, _), step in variants(sparsity, block, batch, ["fp32"]).items():
+    for (name, precision), step in variants(sparsity, block, batch, precisions).items():
         step()
-        before = minor_page_faults()
-        for _ in range(steps):
-            step()
-        faults[name] = (minor_page_faults() - before) / steps
-        profiles[name] = events, _ = profiled_ops(step, steps)
-        per_call[name] = {
-            op: events[op].cpu_time_total / events[op].count if op in events else 0.0
-            for op in PROFILED_OPS
-        }
-    names = list(per_call)
-    lines = [
-        f"\nMicroseconds per call (torch.profiler, {steps} steps, {block}x{block} blocks, "
-        f"sparsity {sparsity:g}):\n",
-        "| op | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
-    for op in PROFILED_OPS:
-        lines.append(f"| `{op}` | " + " | ".join(f"{per_call[n][op]:.0f}" for n in names) + " |")
-    cells = " | ".join(f"{faults[n]:.0f}" for n in names)
-    lines.append(f"| minor page faults per step | {cells} |")
+        if precision == "fp32":
+            before = minor_page_faults()
+            for _ in range(steps):
+                step()
+            faults[name] = (minor_page_faults() - before) / steps
+        profiles[name, precision] = events, _ = profiled_ops(step, steps)
+        if precision == "fp32":
+            per_call[name] = {
+                op: events[op].cpu_time_total / events[op].count if op in events else 0.0
+                for op in PROFILED_OPS
+            }
+    lines = []
+    if per_call:
+        names = list(per_call)
+        lines += [
+            f"\nMicroseconds per call (torch.profiler, {steps} steps, {block}x{block} blocks, "
+            f"sparsity {sparsity:g}, fp32):\n",
+            "| op | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        for op in PROFILED_OPS:
+            cells = " | ".join(f"{per_call[n][op]:.0f}" for n in names)
+            lines.append(f"| `{op}` | {cells} |")
+        cells = " | ".join(f"{faults[n]:.0f}" for n in names)
+        lines.append(f"| minor page faults per step | {cells} |")
     lines += ["\nWhere the step's time goes (self CPU time by op category, same profile):\n"]
-    lines += breakdown_table({n: profiles[n] for n in ("dense channels_last", "sparsify")})
+    lines += breakdown_table(
+        {
+            f"{name} {precision}": profiles[name, precision]
+            for precision in precisions
+            for name in ("dense channels_last", "sparsify")
+        }
+    )
     return lines
 
 
@@ -233,7 +248,7 @@ def main() -> None:
         *speed_table(configs, args.batch, args.repeats, args.precisions),
     ]
     if args.profile:
-        lines += profile_table(*configs[0], args.batch)
+        lines += profile_table(*configs[0], args.batch, args.precisions)
     emit("\n".join(lines), args.markdown)
 
 

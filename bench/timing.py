@@ -107,6 +107,8 @@ STEP_CATEGORIES = {
     # In-place adds (aten::add_) are the optimizer's and gradient accumulation's too: a model
     # whose residual adds work in place (sparcl's ResNet-18) has them under everything else.
     "residual adds (out of place)": ("aten::add",),
+    # Autocast's casts to bf16 and back, and memory-format conversions.
+    "copies (dtype and format)": ("aten::copy_",),
 }
 REST = "everything else (optimizer, loss, autograd engine, Python)"
 
