@@ -4,7 +4,8 @@
 // peak probe. Used for A/Bs of kernel changes between commits, like conv_passes.cpp.
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/bf16_conv_passes.cpp \
-//       csrc/cpu/kernels_bf16.cpp -o build/bf16_conv_passes && \
+//       csrc/cpu/kernels_bf16.cpp csrc/cpu/kernels_bf16_emulated.cpp \
+//       csrc/cpu/kernels_bf16_bfdot.cpp -o build/bf16_conv_passes && \
 //       build/bf16_conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 //
 // With STRIDE 2 the input has 2 x SIZE pixels a side and half the channels (a ResNet stage's
