@@ -394,9 +394,9 @@ struct PairPanels {
   }
 };
 
-// How a weight-gradient pass lays out the x pairs of a chunk: `panels` panels of `stride`
-// elements per pair row, block column c at panel slot[c], from element inner[c] (nullptr: 0)
-// of its pair rows.
+// How a weight-gradient pass lays out one operand's pairs in a chunk: `panels` panels of
+// `stride` elements per pair row, group g (a block row of grad_out, a block column of x) at
+// panel slot[g], from element inner[g] (nullptr: 0) of its pair rows.
 struct PairLayout {
   const int32_t* slot;
   const int32_t* inner;
@@ -442,7 +442,7 @@ inline void pack_row_pair(const uint16_t* a, int64_t n, int64_t width, const Use
   const int64_t r = 2 * row_pair;
   const uint16_t* first = a + r * width;
   const uint16_t* second = r + 1 < n ? first + width : nullptr;
-  if (out.inner) {  // one panel of whole rows (row_panel_layout)
+  if (out.inner) {  // one panel of whole rows (group_layout)
     interleave_pairs(first, second ? second : zeros, width, out.data + p * out.stride);
     return;
   }
@@ -680,9 +680,10 @@ constexpr int64_t kMinPairsPerThread = 64;
 // that are added to dw at the end (in thread order: deterministic for a thread count);
 // otherwise each thread sums its share of the kept blocks over all pairs. Per chunk of its
 // pairs a thread calls pack(first, count, used, dy_pairs, x_pairs, zeros): pairs [first,
-// first + count) into PairPanels of its used block rows and columns, the columns' laid out
-// as describe_x(used) says (a PairLayout, once per thread), `zeros` a zero row as long as a
-// block side or `zero_elems`, whichever is longer (all a pack reads of it).
+// first + count) into PairPanels of its used block rows and columns (grad_out's laid out by
+// group_layout, x's as describe_x(used) says: PairLayouts, once per thread), `zeros` a zero
+// row as long as a block side, a grad_out row or `zero_elems`, whichever is longest (all a
+// pack reads of it).
 template <typename DescribeX, typename Pack>
 void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
                           const BlockLayoutView& L, int threads, int64_t zero_elems,
