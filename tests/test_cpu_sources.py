@@ -51,6 +51,9 @@ NATIVE_DIR = CPU_DIR.parent.parent / "bench" / "native"
         ("linear_passes.cpp", ["-DHARNESS_AVX2"]),
         ("bf16_conv_passes.cpp", []),
         ("broadcast_rate.cpp", []),
+        ("ab_variant.cpp", ["-DVARIANT_NS=avx512_old", "-DVARIANT_RUN=run_old"]),
+        ("ab_variant.cpp", ["-DAB_BF16", "-DVARIANT_NS=avx512bf16_old", "-DVARIANT_RUN=run_old"]),
+        ("ab_main.cpp", []),
     ],
 )
 def test_native_benchmark_harnesses_still_compile(harness, extra):

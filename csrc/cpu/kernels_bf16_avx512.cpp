@@ -7,7 +7,9 @@
 #if SPARCL_X86_DISPATCH
 #include <immintrin.h>
 
+#ifndef SPARCL_ISA_NS  // bench/native/ab_kernels.sh builds two copies side by side
 #define SPARCL_ISA_NS avx512bf16
+#endif
 #define SPARCL_BF16_NAME "avx512bf16"
 #define SPARCL_ISA_WIDTH 16
 #define SPARCL_TILE_ROWS 12  // 32 zmm registers: 12 x 2 accumulators, as the fp32 AVX-512 tile
