@@ -852,10 +852,16 @@ struct PhasePairRows : conv_pixels::PhaseRows<uint16_t, kTile> {
 // over pairs: blocks narrower than the widest pair dot product, whose pixel-major tiles
 // broadcast one pair per dot product, from 8x8 output images (on AVX-512; the fp32 rule of
 // conv::narrow_panels for the input gradient). Zen 4, 8x8 blocks, batch 32, native: forward
-// 1.6x faster at 32x32 and 16x16 images, 1.16x at 8x8 (the fp32 forward keeps its tiles
-// there), 1.2x slower at 4x4; input gradient 1.5-1.7x, strided 1.7-2x.
+// 1.6x faster at 32x32 and 16x16 images, 1.16x at 8x8, 1.2x slower at 4x4; input gradient
+// 1.5-1.7x, strided 1.7-2x. A forward of blocks half as wide as the dot product has the
+// octet tiles (OctetGroups) and takes the fp32 forward's threshold: on a Zen 5, in an
+// in-process A/B on shared buffers (bench/native/ab_kernels.sh; the Zen 4 figures come from
+// separate processes, whose buffer placement alone moved passes by up to 15 %), the tiles
+// ran 1.03-1.06x faster than the panels on 8x8 images at 256 channels and 1.3x at 128, and
+// 1.3x slower on 16x16 images; 4x4 blocks, without octets, 3x slower on 8x8 images.
 inline bool pair_panels(int64_t side, const ConvGeometry& g, bool forward) {
-  return side < pairdot::kMaxWidth && conv::narrow_panels(g, false) &&
+  const bool octet_tiles = forward && 2 * side == pairdot::kMaxWidth;
+  return side < pairdot::kMaxWidth && conv::narrow_panels(g, octet_tiles) &&
          (!forward || conv::padded_panels_fit(g));
 }
 
