@@ -133,12 +133,29 @@ inline bool one_vector_panels(const ConvGeometry& g, bool forward) {
 }
 
 // Whether blocks narrower than a vector take the panels: everywhere but on AVX-512's small
-// images, where the padded grid wastes most (36 positions for a 4x4 image's 16 pixels) and
-// its 12-row tiles of half vectors won (Zen 4, 8x8 blocks, native: forward 1.35x faster at
-// 4x4 images, 1.2-1.3x at 8x8, within 10 % either way from 16x16; input gradient 1.14x at
-// 4x4, the panels 1.03-1.09x faster at 8x8).
-inline bool narrow_panels(const ConvGeometry& g, bool forward) {
-  return kTile < 12 || g.out_h * g.out_w >= (forward ? 256 : 64);
+// images, where the padded grid wastes most and its 12-row tiles of half vectors won (Zen 4,
+// 8x8 blocks, native, padding not yet shared: forward 1.35x faster at 4x4 images, 1.2-1.3x
+// at 8x8, within 10 % either way from 16x16; input gradient 1.14x at 4x4, the panels
+// 1.03-1.09x faster at 8x8). Since the grids share their padding (25 positions for a 4x4
+// image's 16 pixels, not 36), a group of many blocks (`group_blocks`, the layout's mean per
+// block row of the forward or block column of the input gradient) repays the panels' packing
+// one image size further down: Zen 5, 8x8 blocks at density 0.1, in-process A/B, panels
+// against tiles: forward on 8x8 images 0.69x (64 channels, 7 blocks a group), 0.95-1.02x
+// (128, 14), 1.13-1.15x (256, 29), 1.22-1.24x (512, 58); input gradient on 4x4 images 0.42x
+// (64), 0.86-0.89x (128), 1.06x (256), 1.42x (512), 1.07x (1024); the forward on 4x4 images
+// lost up to 512 channels (0.78-0.86x, 1.06x at 512) and keeps the tiles. The bf16 rule
+// (pair_panels) passes no group and keeps the pixel thresholds.
+constexpr double kPanelGroupBlocks = 20;
+
+inline bool narrow_panels(const ConvGeometry& g, bool forward, double group_blocks = 0) {
+  const int64_t pixels = g.out_h * g.out_w;
+  if (kTile < 12 || pixels >= (forward ? 256 : 64)) return true;
+  return group_blocks >= kPanelGroupBlocks && pixels >= (forward ? 64 : 16);
+}
+
+// Stored blocks per group (block row or column) of a layout, on average.
+inline double mean_group_blocks(int64_t nnz, int64_t groups) {
+  return groups > 0 ? static_cast<double>(nnz) / static_cast<double>(groups) : 0.0;
 }
 
 // Whether a forward (bm; one that padded_panels_fit) or input gradient (bk, any geometry)
@@ -149,8 +166,9 @@ inline bool narrow_panels(const ConvGeometry& g, bool forward) {
 // 128 and 256 channels 1.2-1.7x over whole-batch panels, which lost below 64 channels).
 // Blocks one vector wide as one_vector_panels says. (NEON's 4x4 blocks follow AVX2's rule
 // untimed: emulated timings mean nothing.)
-inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward) {
-  const bool narrow = (side < width && narrow_panels(g, forward)) ||
+inline bool use_panels(int64_t side, const ConvGeometry& g, int width, bool forward,
+                       double group_blocks) {
+  const bool narrow = (side < width && narrow_panels(g, forward, group_blocks)) ||
                       (side == width && one_vector_panels(g, forward));
   return narrow && (!forward || padded_panels_fit(g));
 }
@@ -1217,7 +1235,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
              const BlockLayoutView& L, const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.out_h * g.out_w == 0 || L.block_rows == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, g, exec.max_width, true)) {
+    if (use_panels(L.bm, g, exec.max_width, true, mean_group_blocks(L.nnz, L.block_rows))) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -1242,7 +1260,8 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, const BlockLayout
                 const ConvGeometry& g, const Execution& exec) {
   if (g.batch * g.in_h * g.in_w == 0 || g.channels == 0) return;
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, g, exec.max_width, false)) {
+    if (use_panels(L.bk, g, exec.max_width, false,
+                   mean_group_blocks(L.nnz, g.channels / L.bk))) {
       return detail::with_width(exec.max_width, [&](auto W) {
         grad_input_panels<decltype(W)::value>(grad_out, values, grad_x, L, g, exec.threads);
       });

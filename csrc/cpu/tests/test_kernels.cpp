@@ -488,7 +488,10 @@ void run_all(std::mt19937& rng, const std::string& tag) {
                             {16, 16, 3, 3, 2, 1, 1, 32, 33, 1}, {16, 16, 3, 3, 2, 0, 1, 35, 36, 1},
                             // even sizes at stride 2 (phases of one size, walked chunk by
                             // chunk across the phases), two chunks per phase
-                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2}};
+                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2},
+                            // 8x8 and 4x4 images with groups of many blocks (36 at density
+                            // 1): AVX-512's panels below its pixel thresholds
+                            {32, 32, 3, 3, 1, 1, 1, 8, 8, 2}, {32, 32, 3, 3, 1, 1, 1, 4, 4, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}, {8, 16}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
