@@ -850,18 +850,19 @@ struct PhasePairRows : conv_pixels::PhaseRows<uint16_t, kTile> {
 // Whether a forward (bm) or input gradient (bk) with blocks of that side along its output
 // runs on the fp32 kernels' padded panels (conv::forward_panels, conv::grad_input_panels),
 // over pairs: blocks narrower than the widest pair dot product, whose pixel-major tiles
-// broadcast one pair per dot product, from 8x8 output images (on AVX-512; the fp32 rule of
-// conv::narrow_panels for the input gradient). Zen 4, 8x8 blocks, batch 32, native: forward
-// 1.6x faster at 32x32 and 16x16 images, 1.16x at 8x8, 1.2x slower at 4x4; input gradient
-// 1.5-1.7x, strided 1.7-2x. A forward of blocks half as wide as the dot product has the
-// octet tiles (OctetGroups) and takes the fp32 forward's threshold: on a Zen 5, in an
-// in-process A/B on shared buffers (bench/native/ab_kernels.sh; the Zen 4 figures come from
-// separate processes, whose buffer placement alone moved passes by up to 15 %), the tiles
-// ran 1.03-1.06x faster than the panels on 8x8 images at 256 channels and 1.3x at 128, and
-// 1.3x slower on 16x16 images; 4x4 blocks, without octets, 3x slower on 8x8 images.
-inline bool pair_panels(int64_t side, const ConvGeometry& g, bool forward) {
+// broadcast one pair per dot product, by the fp32 rule (conv::narrow_panels) with the
+// forward's threshold for blocks half as wide as the dot product, which have the octet tiles
+// (OctetGroups), and the input gradient's otherwise. Zen 4, 8x8 blocks, batch 32, native,
+// padding not yet shared: forward 1.6x faster at 32x32 and 16x16 images, 1.2x slower at 4x4;
+// input gradient 1.5-1.7x, strided 1.7-2x. Zen 5, padding shared, in-process A/B (bench/
+// native/ab_kernels.sh), panels against octet tiles for the forward on 8x8 images: 0.81x at
+// 64 channels, 1.03x at 128, 1.07-1.09x at 256, 1.29x at 512; the input gradient on 4x4
+// images: 0.90x at 256 channels (29 blocks a group), 1.32x at 512, so it counts its blocks
+// at half against the fp32 bar.
+inline bool pair_panels(int64_t side, const ConvGeometry& g, bool forward, double group_blocks) {
   const bool octet_tiles = forward && 2 * side == pairdot::kMaxWidth;
-  return side < pairdot::kMaxWidth && conv::narrow_panels(g, octet_tiles) &&
+  return side < pairdot::kMaxWidth &&
+         conv::narrow_panels(g, octet_tiles, forward ? group_blocks : group_blocks / 2) &&
          (!forward || conv::padded_panels_fit(g));
 }
 
@@ -869,7 +870,7 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
              const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t pixels = g.batch * g.out_h * g.out_w, cout = L.rows();
   if (pixels == 0 || L.block_rows == 0) return;
-  if (pair_panels(L.bm, g, true)) {
+  if (pair_panels(L.bm, g, true, conv::mean_group_blocks(L.nnz, L.block_rows))) {
     conv::forward_panels<pairdot::kMaxWidth>(x, packed, bias, y, L, g, threads);
     return;
   }
@@ -913,7 +914,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx,
                 const BlockLayoutView& L, const ConvGeometry& g, int threads) {
   const int64_t channel_blocks = g.channels / L.bk, cout = L.rows();
   if (g.batch * g.in_h * g.in_w == 0 || channel_blocks == 0) return;
-  if (pair_panels(L.bk, g, false)) {
+  if (pair_panels(L.bk, g, false, conv::mean_group_blocks(L.nnz, channel_blocks))) {
     conv::grad_input_panels<pairdot::kMaxWidth>(dy, packed, dx, L, g, threads);
     return;
   }
