@@ -291,7 +291,10 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
                             {16, 16, 3, 3, 2, 1, 1, 17, 18, 1}, {16, 32, 3, 3, 1, 0, 1, 10, 12, 1},
                             {16, 16, 3, 1, 1, 2, 2, 9, 8, 2},
                             // even sizes at stride 2: phases of one size, two chunks each
-                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2}};
+                            {16, 16, 3, 3, 2, 1, 1, 16, 18, 2},
+                            // groups of many blocks (36 and 72 at density 1): the pair panels
+                            // of the forward on 8x8 images and the input gradient on 4x4
+                            {32, 32, 3, 3, 1, 1, 1, 8, 8, 2}, {32, 64, 3, 3, 1, 1, 1, 4, 4, 2}};
   const int64_t conv_blocks[][2] = {{8, 8}, {16, 16}, {4, 4}, {16, 8}};
   for (const auto& c : convs)
     for (const auto& block : conv_blocks)
