@@ -52,6 +52,7 @@ NATIVE_DIR = CPU_DIR.parent.parent / "bench" / "native"
         ("bf16_conv_passes.cpp", []),
         ("broadcast_rate.cpp", []),
         ("ab_variant.cpp", ["-DVARIANT_NS=avx512_old", "-DVARIANT_RUN=run_old"]),
+        ("ab_variant.cpp", ["-DAB_AVX2", "-DVARIANT_NS=avx2_old", "-DVARIANT_RUN=run_old"]),
         ("ab_variant.cpp", ["-DAB_BF16", "-DVARIANT_NS=avx512bf16_old", "-DVARIANT_RUN=run_old"]),
         ("ab_main.cpp", []),
     ],

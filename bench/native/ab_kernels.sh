@@ -5,10 +5,11 @@
 # 0.9-1.15x from buffer placement alone; this read unchanged passes at 0.94-1.01x (mostly
 # 0.98-1.01x) on a noisy Zen 5 host. Judge by both ratios and by repeated runs.
 #
-#   bench/native/ab_kernels.sh COMMIT fp32|bf16 ROUNDS BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
+#   bench/native/ab_kernels.sh COMMIT fp32|avx2|bf16 ROUNDS BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 #   AB_LINEAR=1 bench/native/ab_kernels.sh ...   # a CHANNELS x CHANNELS linear, SIZE batch rows
 #
-# Needs AVX-512 (and AVX512_BF16 for bf16). Builds under build/ab_kernels/.
+# fp32: the AVX-512 kernels (avx2: the AVX2 ones). Needs AVX-512 (AVX2 for avx2, AVX512_BF16
+# for bf16). Builds under build/ab_kernels/.
 set -euo pipefail
 [ $# -ge 8 ] || { sed -n '2,10p' "$0"; exit 2; }
 commit=$1 mode=$2
@@ -20,6 +21,7 @@ git -C "$root" archive "$commit" csrc/cpu | tar -x -C "$work/old" --strip-compon
 cp -r "$root/csrc/cpu/." "$work/new/"
 defines=() prefix=avx512
 [ "$mode" = bf16 ] && defines=(-DAB_BF16) prefix=avx512bf16
+[ "$mode" = avx2 ] && defines=(-DAB_AVX2) prefix=avx2
 pids=()
 for variant in old new; do
   # Commits before the AVX512_BF16 file's namespace could be set from outside: let it be.

@@ -4,17 +4,24 @@
 // that only the code differs: timed in separate processes, the buffers' placement alone moved
 // the same kernels by up to 15 %.
 //
-// -DAB_BF16 builds the AVX512_BF16 kernels (the variant's kernels_bf16_avx512.cpp), otherwise
-// the fp32 AVX-512 kernels.
+// -DAB_BF16 builds the AVX512_BF16 kernels (the variant's kernels_bf16_avx512.cpp), -DAB_AVX2
+// the fp32 AVX2 kernels, neither the fp32 AVX-512 kernels.
 #include "isa_prelude.h"
 #define SPARCL_ISA_NS VARIANT_NS
 #ifdef AB_BF16
 #include "kernels_bf16_avx512.cpp"
+#elif defined(AB_AVX2)
+#define SPARCL_ISA_WIDTH 8
+#define SPARCL_TILE_ROWS 6
+#define SPARCL_MAX_VECTORS 2
+#pragma GCC target("avx2,fma")
 #else
 #define SPARCL_ISA_WIDTH 16
 #define SPARCL_TILE_ROWS 12
 #define SPARCL_MAX_VECTORS 2
 #pragma GCC target("avx512f,avx512vl,avx2,fma")
+#endif
+#ifndef AB_BF16
 #include "conv_kernels.h"
 #include "linear_kernels.h"
 #endif
@@ -52,7 +59,7 @@ double VARIANT_RUN(const ab::Buffers& b, int pass, int reps) {
 #else
     namespace conv = sparcl::VARIANT_NS::conv;
     namespace linear = sparcl::VARIANT_NS::linear;
-    const sparcl::Execution ex{c.threads, 16};
+    const sparcl::Execution ex{c.threads, SPARCL_ISA_WIDTH};
     const float *x = b.x.data(), *w = b.w.data(), *wt = b.wt.data();
     auto* y = const_cast<float*>(b.y.data());
     auto* dx = const_cast<float*>(b.dx.data());
