@@ -143,14 +143,16 @@ inline bool one_vector_panels(const ConvGeometry& g, bool forward) {
 // against tiles: forward on 8x8 images 0.69x (64 channels, 7 blocks a group), 0.95-1.02x
 // (128, 14), 1.13-1.15x (256, 29), 1.22-1.24x (512, 58); input gradient on 4x4 images 0.42x
 // (64), 0.86-0.89x (128), 1.06x (256), 1.42x (512), 1.07x (1024); the forward on 4x4 images
-// lost up to 512 channels (0.78-0.86x, 1.06x at 512) and keeps the tiles. The bf16 rule
-// (pair_panels) passes no group and keeps the pixel thresholds.
+// lost up to 512 channels (0.78-0.86x, 1.06x at 512) and keeps the tiles, and so did the
+// strided input gradient on 4x4 output images (0.75-0.82x at 256 channels, about even at
+// 512; bf16 0.86x at 512).
 constexpr double kPanelGroupBlocks = 20;
 
 inline bool narrow_panels(const ConvGeometry& g, bool forward, double group_blocks = 0) {
   const int64_t pixels = g.out_h * g.out_w;
   if (kTile < 12 || pixels >= (forward ? 256 : 64)) return true;
-  return group_blocks >= kPanelGroupBlocks && pixels >= (forward ? 64 : 16);
+  const bool strided = g.stride_h * g.stride_w > 1;
+  return !strided && group_blocks >= kPanelGroupBlocks && pixels >= (forward ? 64 : 16);
 }
 
 // Stored blocks per group (block row or column) of a layout, on average.
