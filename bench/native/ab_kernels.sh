@@ -3,7 +3,9 @@
 # commit's, compiled into one binary (each in its own namespace) that times the same buffers
 # with both, pass by pass, alternating (ab_main.cpp). Separate processes gave the same code
 # 0.9-1.15x from buffer placement alone; this read unchanged passes at 0.94-1.01x (mostly
-# 0.98-1.01x) on a noisy Zen 5 host. Judge by both ratios and by repeated runs.
+# 0.98-1.01x) on a noisy Zen 5 host. Each variant still has its own thread workspaces (panel
+# passes: the AVX2 copy's read 0.83-1.34x from process to process): judge by both ratios and
+# by repeated runs.
 #
 #   bench/native/ab_kernels.sh COMMIT fp32|avx2|bf16 ROUNDS BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 #   AB_LINEAR=1 bench/native/ab_kernels.sh ...   # a CHANNELS x CHANNELS linear, SIZE batch rows
