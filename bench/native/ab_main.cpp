@@ -9,8 +9,8 @@
 
 #include "ab_buffers.h"
 
-double run_old(const ab::Buffers&, int pass, int reps);
-double run_new(const ab::Buffers&, int pass, int reps);
+double run_old(ab::Buffers&, int pass, int reps);
+double run_new(ab::Buffers&, int pass, int reps);
 
 namespace {
 double median(std::vector<double> v) {
@@ -27,10 +27,11 @@ int main(int argc, char** argv) {
   }
   const int rounds = std::max(1, std::atoi(argv[1]));
 #ifdef AB_BF16
-  const ab::Buffers buffers(argc - 1, argv + 1, true);
+  constexpr bool bf16 = true;
 #else
-  const ab::Buffers buffers(argc - 1, argv + 1, false);
+  constexpr bool bf16 = false;
 #endif
+  ab::Buffers buffers(argc - 1, argv + 1, bf16);
   const char* names[3] = {"fwd", "dx", "dw"};
   std::vector<double> times[2][3];
   for (int r = 0; r < rounds; ++r)

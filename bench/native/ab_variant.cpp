@@ -33,7 +33,7 @@
 
 // The fastest of `reps` calls of pass `pass` (0 forward, 1 input gradient, 2 weight
 // gradient) on `b`, in milliseconds.
-double VARIANT_RUN(const ab::Buffers& b, int pass, int reps) {
+double VARIANT_RUN(ab::Buffers& b, int pass, int reps) {
   const harness::ConvCase& c = b.c;
   double best = 1e9;
   for (int r = 0; r < reps; ++r) {
@@ -44,9 +44,9 @@ double VARIANT_RUN(const ab::Buffers& b, int pass, int reps) {
     namespace linear = sparcl::VARIANT_NS::bf16_linear;
     const auto* packed = reinterpret_cast<const uint32_t*>(b.w.data());
     const auto* x = reinterpret_cast<const uint16_t*>(b.x.data());
-    auto* y = const_cast<uint16_t*>(reinterpret_cast<const uint16_t*>(b.y.data()));
-    auto* dx = const_cast<uint16_t*>(reinterpret_cast<const uint16_t*>(b.dx.data()));
-    auto* dw = const_cast<float*>(b.dw.data());
+    auto* y = reinterpret_cast<uint16_t*>(b.y.data());
+    auto* dx = reinterpret_cast<uint16_t*>(b.dx.data());
+    float* dw = b.dw.data();
     if (b.linear) {
       if (pass == 0) linear::forward(x, packed, nullptr, y, b.n, b.L, c.threads);
       if (pass == 1) linear::grad_input(y, packed, dx, b.n, b.L, c.threads);
@@ -61,9 +61,9 @@ double VARIANT_RUN(const ab::Buffers& b, int pass, int reps) {
     namespace linear = sparcl::VARIANT_NS::linear;
     const sparcl::Execution ex{c.threads, SPARCL_ISA_WIDTH};
     const float *x = b.x.data(), *w = b.w.data(), *wt = b.wt.data();
-    auto* y = const_cast<float*>(b.y.data());
-    auto* dx = const_cast<float*>(b.dx.data());
-    auto* dw = const_cast<float*>(b.dw.data());
+    float* y = b.y.data();
+    float* dx = b.dx.data();
+    float* dw = b.dw.data();
     if (b.linear) {
       if (pass == 0) linear::forward<float>(x, w, wt, nullptr, y, b.n, b.L, ex);
       if (pass == 1) linear::grad_input<float>(y, w, dx, b.n, b.L, ex);

@@ -148,7 +148,7 @@ inline bool one_vector_panels(const ConvGeometry& g, bool forward) {
 // 512; bf16 0.86x at 512).
 constexpr double kPanelGroupBlocks = 20;
 
-inline bool narrow_panels(const ConvGeometry& g, bool forward, double group_blocks = 0) {
+inline bool narrow_panels(const ConvGeometry& g, bool forward, double group_blocks) {
   const int64_t pixels = g.out_h * g.out_w;
   if (kTile < 12 || pixels >= (forward ? 256 : 64)) return true;
   const bool strided = g.stride_h * g.stride_w > 1;
