@@ -9,6 +9,7 @@
 #
 #   bench/native/ab_kernels.sh COMMIT fp32|avx2|bf16 ROUNDS BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
 #   AB_LINEAR=1 bench/native/ab_kernels.sh ...   # a CHANNELS x CHANNELS linear, SIZE batch rows
+#   AB_LINEAR=3072 bench/native/ab_kernels.sh ... # CHANNELS in, 3072 out features
 #
 # fp32: the AVX-512 kernels (avx2: the AVX2 ones). Needs AVX-512 (AVX2 for avx2, AVX512_BF16
 # for bf16). Builds under build/ab_kernels/.

@@ -42,6 +42,7 @@ int main(int argc, char** argv) {
                                                : run_old(buffers, pass, 3));
       }
   std::printf("%s", buffers.linear ? "linear" : "conv");
+  if (buffers.linear) std::printf(" -> %lld", static_cast<long long>(buffers.outputs));
   for (int i = 2; i < argc; ++i) std::printf(" %s", argv[i]);
   std::printf(" (ms old/new, median ratio, fastest ratio):");
   for (int pass = 0; pass < 3; ++pass) {

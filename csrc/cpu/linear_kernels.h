@@ -245,12 +245,24 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
     }
 }
 
-// Whether a forward (side = bm) or input gradient (side = bk) runs over batch-major panels:
-// the row-major tile of a side under two vectors is bound by its broadcasts, a batch of less
-// than one panel tile would be mostly padding, and a sparse enough layer would spend more on
-// the transposes than the tiles save.
-inline bool use_panels(int64_t side, int64_t n, int width, const BlockLayoutView& L) {
-  return side < 2 * width && n >= detail::kPanelVectors * width &&
+// Pair tiles (see use_panels) take reducing passes from this batch on.
+constexpr int64_t kPairTileMinReducingBatch = 1024;
+
+// Whether a forward (side = bm, depth = bk: `features` in, `outputs` out) or input gradient
+// (side = bk, depth = bm, the other way round) runs over batch-major panels: the row-major
+// tile of a side under two vectors is bound by its broadcasts, a batch of less than one
+// panel tile would be mostly padding, and a sparse enough layer would spend more on the
+// transposes than the tiles save. Pair tiles (16x16 blocks on AVX-512) keep up with the
+// panels where the pass writes more than it reads (the unpack is the dearer transpose) or
+// the batch is large. (Zen 5, 2 threads, both in one binary, 768-4096 features, 0.9: passes
+// writing more 1.04-1.5x faster than panels at 128-2048 rows; passes writing less or as
+// much 0.74-0.95x up to 512 rows, 0.96-1.11x at 1024, 0.99-1.30x at 2048.)
+inline bool use_panels(int64_t side, int64_t depth, int64_t features, int64_t outputs,
+                       int64_t n, int width, const BlockLayoutView& L) {
+  const bool pair_tiles_keep_up =
+      detail::pair_tiles_take(side, depth, width) &&
+      (outputs > features || n >= kPairTileMinReducingBatch);
+  return side < 2 * width && !pair_tiles_keep_up && n >= detail::kPanelVectors * width &&
          detail::panels_pay(L.nnz, L.bm * L.bk, L.rows(), L.cols());
 }
 
@@ -293,7 +305,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk,
                                   linear_band_floats(n * L.cols()));
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, n, exec.max_width, L)) {
+    if (use_panels(L.bm, L.bk, L.cols(), L.rows(), n, exec.max_width, L)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -339,7 +351,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk,
                                   linear_band_floats(n * L.rows()));
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, n, exec.max_width, L)) {
+    if (use_panels(L.bk, L.bm, L.rows(), L.cols(), n, exec.max_width, L)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         panel_pass<decltype(W)::value>(
             grad_out, L.rows(), grad_x, L.cols(), n, L.bk, L.transpose_offsets, L.block_cols,
