@@ -382,6 +382,15 @@ inline void zero_padding(float* p, int64_t n) {
   if (n > 2) p[2] = 0.0f;
 }
 
+// The widest register transpose (16, 8 or 4 floats, at most W) whose tiles an image row of
+// `width` pixels holds whole; 0 for narrower rows. Rows under one W-wide tile (8x8 and 4x4
+// images on AVX-512) had gone element by element.
+inline int transpose_width(int64_t width, int W) {
+  for (int tw = W; tw >= 4; tw /= 2)
+    if (width >= tw) return tw;
+  return 0;
+}
+
 // Panel rows [0, features) (row stride ld) of the padded grid rows [r0, r1) of `grid` (rows
 // past the grid are zeros): column (r - r0) * grid.cols + c holds padded pixel c of row r;
 // the columns past the rows, up to ld, are zeroed. The images are channels-last with
@@ -390,7 +399,8 @@ template <int W>
 void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
                       const ImagePlacement& place, int64_t r0, int64_t r1, float* panel,
                       int64_t ld) {
-  const int64_t full = grid.width / W * W, vector_end = features / W * W;
+  const int tw = transpose_width(grid.width, W);
+  const int64_t full = tw ? grid.width / tw * tw : 0, vector_end = tw ? features / tw * tw : 0;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t image = r / grid.rows, row = r % grid.rows - grid.top;
     float* dst = panel + (r - r0) * grid.cols;
@@ -413,9 +423,13 @@ void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
         for (int64_t e = 0; e < features; e += 64 / sizeof(float))
           __builtin_prefetch(src + place.row_ld + c * step + e, 0, 2);
     float* pixels = dst + grid.left;
-    for (int64_t d = 0; d < vector_end; d += W)
-      for (int64_t c = 0; c < full; c += W)
-        transpose_tile<W>(src + c * step + d, step, pixels + d * ld + c, ld);
+    if (tw)
+      with_width(tw, [&](auto width) {
+        constexpr int T = decltype(width)::value;
+        for (int64_t d = 0; d < vector_end; d += T)
+          for (int64_t c = 0; c < full; c += T)
+            transpose_tile<T>(src + c * step + d, step, pixels + d * ld + c, ld);
+      });
     for (int64_t e = 0; e < features; ++e)
       for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c)
         pixels[e * ld + c] = src[c * step + e];
@@ -431,25 +445,30 @@ void pack_padded_rows(const float* a, int64_t features, const PaddedGrid& grid,
 template <int W, typename Out>
 void unpack_padded_rows(const float* panel, int64_t ld, const PaddedGrid& grid, int64_t r0,
                         int64_t r1, Out* out, int64_t outputs, const ImagePlacement& place) {
-  const int64_t full = grid.width / W * W, vector_end = outputs / W * W;
+  const int tw = transpose_width(grid.width, W);
+  const int64_t full = tw ? grid.width / tw * tw : 0, vector_end = tw ? outputs / tw * tw : 0;
   for (int64_t r = r0; r < r1; ++r) {
     const int64_t image = r / grid.rows, row = r % grid.rows;
     if (row >= grid.height) continue;  // the padding rows of the operand grid
     const float* src = panel + (r - r0) * grid.cols;
     Out* dst = out + image * place.image_ld + row * place.row_ld;
     const int64_t step = place.pixel_ld;
-    for (int64_t d = 0; d < vector_end; d += W)
-      for (int64_t c = 0; c < full; c += W) {
-        if constexpr (std::is_same_v<Out, float>) {
-          transpose_tile<W>(src + d * ld + c, ld, dst + c * step + d, step);
-        } else {
-          alignas(64) float pixels[W * W];
-          transpose_tile<W>(src + d * ld + c, ld, pixels, W);
-          SPARCL_UNROLL
-          for (int i = 0; i < W; ++i)
-            simd::round_to_bf16<W>(pixels + i * W, dst + (c + i) * step + d);
-        }
-      }
+    if (tw)
+      with_width(tw, [&](auto width) {
+        constexpr int T = decltype(width)::value;
+        for (int64_t d = 0; d < vector_end; d += T)
+          for (int64_t c = 0; c < full; c += T) {
+            if constexpr (std::is_same_v<Out, float>) {
+              transpose_tile<T>(src + d * ld + c, ld, dst + c * step + d, step);
+            } else {
+              alignas(64) float pixels[T * T];
+              transpose_tile<T>(src + d * ld + c, ld, pixels, T);
+              SPARCL_UNROLL
+              for (int i = 0; i < T; ++i)
+                simd::round_to_bf16<T>(pixels + i * T, dst + (c + i) * step + d);
+            }
+          }
+      });
     for (int64_t e = 0; e < outputs; ++e)
       for (int64_t c = e < vector_end ? full : 0; c < grid.width; ++c) {
         if constexpr (std::is_same_v<Out, float>) dst[c * step + e] = src[e * ld + c];
