@@ -245,24 +245,20 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
     }
 }
 
-// Pair tiles (see use_panels) take reducing passes from this batch on.
-constexpr int64_t kPairTileMinReducingBatch = 1024;
-
 // Whether a forward (side = bm, depth = bk: `features` in, `outputs` out) or input gradient
 // (side = bk, depth = bm, the other way round) runs over batch-major panels: the row-major
 // tile of a side under two vectors is bound by its broadcasts, a batch of less than one
 // panel tile would be mostly padding, and a sparse enough layer would spend more on the
-// transposes than the tiles save. Pair tiles (16x16 blocks on AVX-512) keep up with the
-// panels where the pass writes more than it reads (the unpack is the dearer transpose) or
-// the batch is large. (Zen 5, 2 threads, both in one binary, 768-4096 features, 0.9: passes
-// writing more 1.04-1.5x faster than panels at 128-2048 rows; passes writing less or as
-// much 0.74-0.95x up to 512 rows, 0.96-1.11x at 1024, 0.99-1.30x at 2048.)
+// transposes than the tiles save. Pair tiles (16x16 blocks on AVX-512) do without panels
+// where the pass writes more than it reads, the unpack being the dearer transpose. (Zen 5,
+// 2 threads, 768-4096 features at 0.9: such passes 1.04-1.5x faster than panels called back
+// to back at 128-2048 rows, 0.97-1.05x with every operand from memory; passes writing less
+// or as much 0.74-0.95x back to back up to 512 rows and, at 2048 rows, 1.0-1.3x back to
+// back but 0.80-0.83x from memory.)
 inline bool use_panels(int64_t side, int64_t depth, int64_t features, int64_t outputs,
                        int64_t n, int width, const BlockLayoutView& L) {
-  const bool pair_tiles_keep_up =
-      detail::pair_tiles_take(side, depth, width) &&
-      (outputs > features || n >= kPairTileMinReducingBatch);
-  return side < 2 * width && !pair_tiles_keep_up && n >= detail::kPanelVectors * width &&
+  const bool pair_tiles = detail::pair_tiles_take(side, depth, width) && outputs > features;
+  return side < 2 * width && !pair_tiles && n >= detail::kPanelVectors * width &&
          detail::panels_pay(L.nnz, L.bm * L.bk, L.rows(), L.cols());
 }
 
