@@ -251,10 +251,10 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
 // panel tile would be mostly padding, and a sparse enough layer would spend more on the
 // transposes than the tiles save. Pair tiles (16x16 blocks on AVX-512) do without panels
 // where the pass writes more than it reads, the unpack being the dearer transpose. (Zen 5,
-// 2 threads, 768-4096 features at 0.9: such passes 1.04-1.5x faster than panels called back
-// to back at 128-2048 rows, 0.97-1.05x with every operand from memory; passes writing less
-// or as much 0.74-0.95x back to back up to 512 rows and, at 2048 rows, 1.0-1.3x back to
-// back but 0.80-0.83x from memory.)
+// 2 threads, 768-4096 features at 0.9, against the staged panels: such passes 1.10-1.34x
+// faster back to back at 256 and 2048 rows, from memory 1.05-1.07x at 2048 rows and
+// 0.79-0.98x at 256; passes writing less or as much lost: 0.74-0.95x back to back up to 512
+// rows against the unstaged panels, 0.81-0.90x from memory at 2048 against the staged.)
 inline bool use_panels(int64_t side, int64_t depth, int64_t features, int64_t outputs,
                        int64_t n, int width, const BlockLayoutView& L) {
   const bool pair_tiles = detail::pair_tiles_take(side, depth, width) && outputs > features;
