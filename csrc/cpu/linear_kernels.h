@@ -297,8 +297,8 @@ void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, i
   detail::run_panel_pass<W>(
       threads, features, outputs, in_shape.tiles(), side, offsets, groups, block_elems,
       linear_band_floats(n * features),
-      [&](int64_t d0, int64_t d1) {
-        detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel);
+      [&](int64_t d0, int64_t d1, int64_t t0, int64_t t1) {
+        detail::pack_panel<W>(a, features, in_shape, d0, d1, in_panel, t0, t1);
       },
       group,
       [&](int64_t g, int64_t tile) {
@@ -308,8 +308,8 @@ void panel_pass(const float* a, int64_t features, float* out, int64_t outputs, i
                                  static_cast<int>(width / W)};
       },
       init,
-      [&](int64_t d0, int64_t d1) {
-        detail::unpack_panel<W>(out_panel, out_shape, d0, d1, out, outputs);
+      [&](int64_t d0, int64_t d1, int64_t t0, int64_t t1) {
+        detail::unpack_panel<W>(out_panel, out_shape, d0, d1, out, outputs, t0, t1);
       });
 }
 

@@ -462,6 +462,12 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   // Panels of rows 2 KiB apart (512 and 1536 features) go through the staging tile
   // (panels.h, rows_share_sets): runs of 256 features and uneven thread shares.
   check_linear<T>(64, 192, 8, 8, 0.2, 60, 3, rng, tag);
+  // From kBatchSplitTiles batch tiles a thread, each thread packs, computes and unpacks its
+  // own tiles (run_panel_pass): uneven shares and a partial last tile, staged and not.
+  for (const int threads : {2, 3}) {
+    check_linear<T>(20, 20, 8, 8, 0.7, 301, threads, rng, tag);
+    check_linear<T>(64, 64, 8, 8, 0.3, 301, threads, rng, tag);
+  }
   // One full block row among empty ones: uneven work split across threads.
   check_linear<T>(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
   // A batch longer than one weight-gradient chunk (512 KiB of a thread's packed operand
