@@ -267,20 +267,15 @@ void grad_weight_loops(const T* dy, const T* x, T* dw, int64_t n, int64_t j,
     }
 }
 
-// Whether a forward (side = bm, depth = bk: `features` in, `outputs` out) or input gradient
-// (side = bk, depth = bm, the other way round) runs over batch-major panels: the row-major
-// tile of a side under two vectors is bound by its broadcasts, a batch of less than one
-// panel tile would be mostly padding, and a sparse enough layer would spend more on the
-// transposes than the tiles save. Pair tiles (16x16 blocks on AVX-512) do without panels
-// where the pass writes more than it reads, the unpack being the dearer transpose. (Zen 5,
-// 2 threads, 768-4096 features at 0.9, against the staged panels: such passes 1.10-1.34x
-// faster back to back at 256 and 2048 rows, from memory 1.05-1.07x at 2048 rows and
-// 0.79-0.98x at 256; passes writing less or as much lost: 0.74-0.95x back to back up to 512
-// rows against the unstaged panels, 0.81-0.90x from memory at 2048 against the staged.)
-inline bool use_panels(int64_t side, int64_t depth, int64_t features, int64_t outputs,
-                       int64_t n, int width, const BlockLayoutView& L) {
-  const bool pair_tiles = detail::pair_tiles_take(side, depth, width) && outputs > features;
-  return side < 2 * width && !pair_tiles && n >= detail::kPanelVectors * width &&
+// Whether a forward (side = bm) or input gradient (side = bk) runs over batch-major panels:
+// the row-major tile of a side under two vectors is bound by its broadcasts, a batch of less
+// than one panel tile would be mostly padding, and a sparse enough layer would spend more on
+// the transposes than the tiles save. (16x16 blocks on AVX-512 have pair tiles, two
+// multiply-adds per broadcast, that skip the transposes; against the panels split by batch
+// tiles they ran 0.91-1.06x, mean 0.97x, over 768-4096 features at 256 and 2048 rows, back to
+// back and from memory, Zen 5: not worth a second rule.)
+inline bool use_panels(int64_t side, int64_t n, int width, const BlockLayoutView& L) {
+  return side < 2 * width && n >= detail::kPanelVectors * width &&
          detail::panels_pay(L.nnz, L.bm * L.bk, L.rows(), L.cols());
 }
 
@@ -323,7 +318,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk,
                                   linear_band_floats(n * L.cols()));
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bm, L.bk, L.cols(), L.rows(), n, exec.max_width, L)) {
+    if (use_panels(L.bm, n, exec.max_width, L)) {
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
       return detail::with_width(exec.max_width, [&](auto W) {
@@ -369,7 +364,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk,
                                   linear_band_floats(n * L.rows()));
   if constexpr (std::is_same_v<T, float>) {
-    if (use_panels(L.bk, L.bm, L.rows(), L.cols(), n, exec.max_width, L)) {
+    if (use_panels(L.bk, n, exec.max_width, L)) {
       return detail::with_width(exec.max_width, [&](auto W) {
         panel_pass<decltype(W)::value>(
             grad_out, L.rows(), grad_x, L.cols(), n, L.bk, L.transpose_offsets, L.block_cols,

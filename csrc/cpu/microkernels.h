@@ -323,13 +323,6 @@ void grouped_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const 
     simd::store<R>(out(i) + o0, start + Group::fold(acc[i][0], acc[i][1]));
 }
 
-// Whether accumulate_tile runs blocks `side` floats wide (one vector of `width`) over
-// `depth` products per output as pair tiles, two multiply-adds per broadcast: the
-// one-vector-wide tiles that can do without batch-major panels (see linear::use_panels).
-constexpr bool pair_tiles_take(int64_t side, int64_t depth, int width) {
-  return SPARCL_PAIR_TILES && width == 16 && side == 16 && depth % 2 == 0;
-}
-
 // One register tile of the "stream the blocks of a group" passes:
 //   out(i)[o0 + W q ...] = init[o0 + W q ...]
 //       + sum over s in [sb, se), p < P of a_i(j)[p] * b_j[p, o0 + W q ...]

@@ -476,8 +476,7 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   // The same with one-vector blocks, whose weight gradient takes runs of a block row's blocks
   // per tile across the chunks.
   check_linear<T>(16, 16, 16, 16, 0.5, 900, 2, rng, tag);
-  // 16x16 blocks on AVX-512 (linear::use_panels): the pass that writes more runs pair tiles,
-  // the one that writes less panels, over one panel chunk or several.
+  // 16x16 blocks on non-square layers over panels, one chunk of batch tiles or several.
   for (const int64_t n : {100, 1030}) {
     check_linear<T>(16, 8, 16, 16, 1.0, n, 2, rng, tag);
     check_linear<T>(8, 16, 16, 16, 1.0, n, 1, rng, tag);
