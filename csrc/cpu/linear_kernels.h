@@ -145,18 +145,18 @@ struct ChunkPanels {
 
 // Rows [r0, r0 + out.rows) of the used panels of a row-major [n, width] matrix into `out`,
 // row by row (reading the matrix in order; panel by panel, its rows' strided reads made
-// the pass 1.1-1.25x slower at N = 2048).
-// (Blocks 8, 16 or 32 wide copy a fixed count, which the compiler inlines: a library call
-// per 8-float run had taken 30 % of the 8x8 weight gradient at N = 2048.)
+// the pass 1.1-1.25x slower at N = 2048). Side: the panels' width when it is 8, 16 or 32,
+// whose fixed-size copies the compiler inlines (a library call per 8-float run had taken
+// 30 % of the 8x8 weight gradient at N = 2048); 0 for out.side at run time.
 template <int Side>
 void pack_chunk_rows(const float* a, int64_t width, int64_t r0, const UsedPanels& used,
                      const ChunkPanels& out) {
-  const int64_t stride = out.stride();
+  const int64_t side = Side ? Side : out.side, stride = out.stride();
   for (int64_t r = 0; r < out.rows; ++r) {
     const float* row = a + (r0 + r) * width;
-    float* dst = out.data + r * Side;
+    float* dst = out.data + r * side;
     for (int64_t u = 0; u < used.count; ++u)
-      std::memcpy(dst + u * stride, row + used.list[u] * Side, Side * sizeof(float));
+      std::memcpy(dst + u * stride, row + used.list[u] * side, side * sizeof(float));
   }
 }
 
@@ -166,13 +166,7 @@ inline void pack_chunk(const float* a, int64_t width, int64_t r0, const UsedPane
     case 8: return pack_chunk_rows<8>(a, width, r0, used, out);
     case 16: return pack_chunk_rows<16>(a, width, r0, used, out);
     case 32: return pack_chunk_rows<32>(a, width, r0, used, out);
-    default: break;
-  }
-  for (int64_t r = 0; r < out.rows; ++r) {
-    const float* row = a + (r0 + r) * width;
-    for (int64_t u = 0; u < used.count; ++u)
-      std::copy_n(row + used.list[u] * out.side, out.side,
-                  out.data + u * out.stride() + r * out.side);
+    default: return pack_chunk_rows<0>(a, width, r0, used, out);
   }
 }
 
