@@ -108,15 +108,16 @@ def test_linear_forward_and_input_gradient_over_several_bands(threads):
 
 @per_isa
 @pytest.mark.parametrize("masked", [False, True])
-def test_linear_weight_gradient_over_batch_chunks(threads, masked):
+@pytest.mark.parametrize("features, rows", [(256, 900), (1024, 500)])
+def test_linear_weight_gradient_over_batch_chunks(threads, masked, features, rows):
     """A batch longer than one chunk of the weight gradient (each thread packs the operand
-    panels its blocks read in chunks of 2 MiB: 1024 to 2048 rows of 256 + 256 floats or
-    fewer, two chunks or three wherever its blocks read half of them): every chunk is added
-    in order, bitwise across thread counts, and equals the fp64 dense gradient."""
+    panels its blocks read in chunks of 512 KiB, up to 2 MiB where its blocks' gradients
+    are larger: 1024 x 1024 at 0.7, unmasked): every chunk is added in order, bitwise across
+    thread counts, and equals the fp64 dense gradient."""
     generator = torch.Generator().manual_seed(5)
-    layout = BlockLayout.from_dense(torch.randn(256, 256), (32, 32), 0.7)
-    x = torch.randn(2100, 256, generator=generator)
-    grad_out = torch.randn(2100, 256, generator=generator)
+    layout = BlockLayout.from_dense(torch.randn(features, features), (32, 32), 0.7)
+    x = torch.randn(rows, features, generator=generator)
+    grad_out = torch.randn(rows, features, generator=generator)
     mask = torch.rand(layout.nnz, generator=generator) < 0.5 if masked else None
     backend = get_backend("cpu")
     ours = backend.grad_weight(grad_out, x, layout, mask)

@@ -170,20 +170,13 @@ inline void pack_chunk(const float* a, int64_t width, int64_t r0, const UsedPane
   }
 }
 
-// Batch rows per chunk of one thread's packed operands (`row_floats` per batch row): within
-// 2 MiB, and at least 16 rows. A chunk passes L2 and streams from L3 while each kept block's
-// accumulators are loaded and stored once per chunk: with every block row and column used
-// (0.9 on 2048 features and more), L2-sized chunks held 16-32 rows, and the accumulators'
-// trips (the thread's share of the gradient, about as large as L2 itself) cost more than the
-// chunk's reads from L3. (Zen 5, 2 threads, 2048x2048 against 512 KiB chunks: 8x8 blocks
-// 1.1x at N = 2048 and from memory, 16x16 1.14x at N = 256; 4096x4096 at N = 256 1.25-1.33x;
-// 768 and 1024 features within noise; one thread and the AVX2 copy 1.04-1.29x. On a Zen 4
-// of an earlier session 2 MiB chunks had run 2x slower in some processes; six processes here
-// did not.)
-inline int64_t packed_chunk_rows(int64_t n, int64_t row_floats) {
-  constexpr int64_t kChunkFloats = 2 * 1024 * 1024 / sizeof(float);
-  return std::clamp<int64_t>(kChunkFloats / std::max<int64_t>(row_floats, 1), 16,
-                             std::max<int64_t>(n, 1));
+// Batch rows per chunk of one thread's packed operands (`row_floats` per batch row) while its
+// blocks hold `accumulator_floats` (weight_gradient_chunk_elems), and at least 16 rows, so that
+// the tiles' accumulator loads and stores stay small beside their products.
+inline int64_t packed_chunk_rows(int64_t n, int64_t row_floats, int64_t accumulator_floats) {
+  return std::clamp<int64_t>(
+      weight_gradient_chunk_elems(accumulator_floats) / std::max<int64_t>(row_floats, 1), 16,
+      std::max<int64_t>(n, 1));
 }
 
 // The weight gradient of the kept blocks ids[0 .. count) (storage order) over the packed
@@ -234,7 +227,8 @@ void grad_weight_packed(const float* dy, const float* x, const bool* grad_block_
     const UsedPanels rows = used_panels(ids, share, L.row_indices, L.block_rows, storage);
     const UsedPanels cols =
         used_panels(ids, share, L.col_indices, L.block_cols, storage + 2 * L.block_rows);
-    const int64_t chunk = packed_chunk_rows(n, rows.count * L.bm + cols.count * L.bk);
+    const int64_t chunk =
+        packed_chunk_rows(n, rows.count * L.bm + cols.count * L.bk, share * block_elems);
     const int64_t dy_floats = ChunkPanels::floats(rows.count, chunk, L.bm);
     float* panels = detail::thread_workspace(
         dy_floats + ChunkPanels::floats(cols.count, chunk, L.bk), detail::kPanelInSlot);

@@ -22,6 +22,22 @@ namespace sparcl::SPARCL_ISA_NS {
 // Floats of L2 a band's blocks, and a chunk's operand rows, may each take (512 KB).
 constexpr int64_t kCacheSliceFloats = 512 * 1024 / sizeof(float);
 
+// 4-byte elements of one thread's weight-gradient chunk (its packed operand rows of a slice
+// of the batch) while its blocks carry `accumulator_floats` of sums from chunk to chunk: an
+// L2 slice, or twice the accumulators up to four slices. Each chunk loads and stores every
+// accumulator once; where they are about as large as L2 (0.9 of 2048 features and more, or
+// of 512 channels), L2-sized chunks held 16-32 batch rows, and those trips cost more than
+// reading larger chunks from L3. (Zen 5, 2 threads, 2 MiB against 512 KiB chunks: fp32
+// linear 2048x2048 8x8 blocks 1.1x at N = 2048 and from memory, 16x16 1.14x at N = 256,
+// 4096x4096 1.25-1.33x, 768 and 1024 features within noise, one thread and the AVX2 copy
+// 1.04-1.29x; bf16 linear 1.05-1.42x, bf16 conv at 512 channels 1.04-1.23x, but at 64 and
+// 128 channels, whose accumulators are small, 0.83-0.98x: those keep L2 chunks. Larger
+// chunks, 4 MiB shared by both cores, had run the bf16 products from L3 at a third of their
+// in-cache speed whenever other machines' work on the host claimed the L3.)
+inline int64_t weight_gradient_chunk_elems(int64_t accumulator_floats) {
+  return std::clamp<int64_t>(2 * accumulator_floats, kCacheSliceFloats, 4 * kCacheSliceFloats);
+}
+
 // Floats of stored blocks per band of a linear pass whose operand (the batch's input rows)
 // is `operand_floats`. Bands keep their blocks in L2 while the chunks of the batch pass, at
 // the price of reading the operand once per band; once it is larger than four slices it comes

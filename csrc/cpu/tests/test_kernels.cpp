@@ -470,13 +470,12 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   }
   // One full block row among empty ones: uneven work split across threads.
   check_linear<T>(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
-  // A batch longer than one weight-gradient chunk (2 MiB of a thread's packed operand
-  // panels: at most 512 floats a row here, so two or three chunks where a thread's blocks
-  // read half of them).
-  for (const int threads : {1, 2}) check_linear<T>(8, 8, 32, 32, 0.3, 2100, threads, rng, tag);
+  // A batch longer than one weight-gradient chunk (512 KiB of a thread's packed operand
+  // panels: at most 512 floats a row here, so 256 rows or more per chunk).
+  for (const int threads : {1, 2}) check_linear<T>(8, 8, 32, 32, 0.3, 900, threads, rng, tag);
   // The same with one-vector blocks, whose weight gradient takes runs of a block row's blocks
   // per tile across the chunks.
-  check_linear<T>(16, 16, 16, 16, 0.5, 2100, 2, rng, tag);
+  check_linear<T>(16, 16, 16, 16, 0.5, 900, 2, rng, tag);
   // 16x16 blocks on non-square layers over panels, one chunk of batch tiles or several.
   for (const int64_t n : {100, 1030}) {
     check_linear<T>(16, 8, 16, 16, 1.0, n, 2, rng, tag);
