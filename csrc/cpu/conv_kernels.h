@@ -692,21 +692,38 @@ void grad_weight_run_simd(const float* dy, Input& input, float* const* out, cons
     col_hi[q] = col >= g.in_w ? 0 : std::min(g.out_w, (g.in_w - 1 - col) / g.stride_w + 1);
     input.add_block(q, taps, ids[q], col_lo[q], col_hi[q]);
   }
-  const int64_t first_row = begin / g.out_w;
-  int64_t image = first_row / g.out_h, oh = first_row % g.out_h;
-  bool inside[detail::kMaxRunBlocks];  // the block's tap row lies in the input
-  for (int64_t r = first_row; r * g.out_w < end; ++r) {
-    int64_t row_lo = g.out_w, row_hi = 0;  // columns where some block's tap is inside
+  // Per output row oh: which blocks' tap rows lie in the input, and the columns where some
+  // block's tap is inside. The same in every image: where the pixels span more than an
+  // image (of at most kMemoRows rows), worked out once per oh (per row and block, that work
+  // had cost as much as the products of 8x8 blocks on 4x4 images).
+  constexpr int64_t kMemoRows = 64;
+  struct RowHull {
+    int64_t lo, hi;
+    bool inside[detail::kMaxRunBlocks];
+  };
+  const auto hull_of = [&](int64_t oh, RowHull& hull) {
+    hull.lo = g.out_w, hull.hi = 0;
     for (int q = 0; q < blocks; ++q) {
       const int64_t ih = oh * g.stride_h + taps.row[ids[q]];
-      inside[q] = ih >= 0 && ih < g.in_h;
-      if (inside[q] && col_lo[q] < col_hi[q])
-        row_lo = std::min(row_lo, col_lo[q]), row_hi = std::max(row_hi, col_hi[q]);
+      hull.inside[q] = ih >= 0 && ih < g.in_h;
+      if (hull.inside[q] && col_lo[q] < col_hi[q])
+        hull.lo = std::min(hull.lo, col_lo[q]), hull.hi = std::max(hull.hi, col_hi[q]);
     }
-    input.begin_row(g, image, oh, inside);
+  };
+  const int64_t first_row = begin / g.out_w;
+  const bool memoized = g.out_h <= kMemoRows && end - begin > g.out_h * g.out_w;
+  RowHull memo[kMemoRows];
+  if (memoized)
+    for (int64_t oh = 0; oh < g.out_h; ++oh) hull_of(oh, memo[oh]);
+  int64_t image = first_row / g.out_h, oh = first_row % g.out_h;
+  RowHull scratch;
+  for (int64_t r = first_row; r * g.out_w < end; ++r) {
+    const RowHull* hull = &memo[oh];
+    if (!memoized) hull_of(oh, scratch), hull = &scratch;
+    input.begin_row(g, image, oh, hull->inside);
     if (++oh == g.out_h) oh = 0, ++image;
-    const int64_t last = std::min(row_hi, end - r * g.out_w);
-    for (int64_t ow = std::max(row_lo, begin - r * g.out_w); ow < last; ++ow) {
+    const int64_t last = std::min(hull->hi, end - r * g.out_w);
+    for (int64_t ow = std::max(hull->lo, begin - r * g.out_w); ow < last; ++ow) {
       input.put(count, ow);
       dy_rows[count] = dyb + (r * g.out_w + ow) * cout;
       if (++count == kSliceRows) flush();
