@@ -722,10 +722,12 @@ void grad_weight_run_simd(const float* dy, Input& input, float* const* out, cons
     if (!memoized) hull_of(oh, scratch), hull = &scratch;
     input.begin_row(g, image, oh, hull->inside);
     if (++oh == g.out_h) oh = 0, ++image;
+    const int64_t first = std::max(hull->lo, begin - r * g.out_w);
     const int64_t last = std::min(hull->hi, end - r * g.out_w);
-    for (int64_t ow = std::max(hull->lo, begin - r * g.out_w); ow < last; ++ow) {
+    const float* dy_row = dyb + (r * g.out_w + first) * cout;
+    for (int64_t ow = first; ow < last; ++ow, dy_row += cout) {
       input.put(count, ow);
-      dy_rows[count] = dyb + (r * g.out_w + ow) * cout;
+      dy_rows[count] = dy_row;
       if (++count == kSliceRows) flush();
     }
   }
