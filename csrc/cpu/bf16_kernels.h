@@ -875,20 +875,18 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   int32_t* storage = detail::index_workspace(conv_pixels::block_taps_ints(L.nnz), 0);
   const conv_pixels::BlockTaps taps = conv_pixels::block_taps(L, g, storage);
   const uint16_t* zeros = zero_row(g.channels);
-  const int64_t chunks = (pixels + conv::kPixelChunk - 1) / conv::kPixelChunk;
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       // As the fp32 forward: each thread takes a contiguous range of output pixels, and each
       // tile, located (and tabulated at the border) once, runs every block row. Items of one
       // block row had each located their tiles again: with 16x16 blocks on 16x16 images that
       // took a third of the pass.
-      int64_t begin, end;
-      even_share(chunks, t, nt, &begin, &end);
-      const int64_t stop = std::min(pixels, end * conv::kPixelChunk);
-      PixelWalk walk(begin * conv::kPixelChunk, g.out_h, g.out_w);
+      int64_t begin, stop;
+      conv::pixel_share(pixels, t, nt, &begin, &stop);
+      PixelWalk walk(begin, g.out_h, g.out_w);
       ForwardTile tile;
       tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps;
-      for (int64_t p0 = begin * conv::kPixelChunk; p0 < stop; p0 += kTile) {
+      for (int64_t p0 = begin; p0 < stop; p0 += kTile) {
         const int tn = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
         tile.interior = true;
         for (int i = 0; i < tn; ++i) tile.interior &= tile.locate(i, walk.next());
