@@ -32,6 +32,7 @@ inline void pixel_share(int64_t pixels, int t, int nt, int64_t* begin, int64_t* 
   *begin = std::min(pixels, first * kTile);
   *end = std::min(pixels, last * kTile);
 }
+
 constexpr int64_t kSliceRows = 64;   // pixels per weight-gradient slice
 // The same for a block wider than a vector, whose accumulators are stored and reloaded for
 // every tile of its rows at each slice: twice the pixels (Zen 5, 64-512 channels, with
