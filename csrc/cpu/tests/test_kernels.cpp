@@ -476,6 +476,9 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   // The same with one-vector blocks, whose weight gradient takes runs of a block row's blocks
   // per tile across the chunks.
   check_linear<T>(16, 16, 16, 16, 0.5, 900, 2, rng, tag);
+  // Chunks past L2 (weight_gradient_chunk_elems): one thread's 144 full blocks carry 147,456
+  // floats of sums, so a chunk takes twice that, 384 rows of 768 floats: two chunks.
+  check_linear<T>(12, 12, 32, 32, 1.0, 400, 1, rng, tag);
   // 16x16 blocks on non-square layers over panels, one chunk of batch tiles or several.
   for (const int64_t n : {100, 1030}) {
     check_linear<T>(16, 8, 16, 16, 1.0, n, 2, rng, tag);
