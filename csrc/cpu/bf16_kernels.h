@@ -635,15 +635,6 @@ void pair_outer_run(const uint32_t* dy, int64_t lddy, const uint32_t* const* x, 
   }
 }
 
-// Batch pairs per chunk of one thread: both operands' packed rows (`row_pairs` pairs each)
-// while its blocks hold `accumulator_floats` (weight_gradient_chunk_elems), and at least 16
-// pairs, so that the tiles' accumulator loads and stores stay small beside their products.
-inline int64_t pair_chunk(int64_t pairs, int64_t row_pairs, int64_t accumulator_floats) {
-  return std::clamp<int64_t>(
-      weight_gradient_chunk_elems(accumulator_floats) / std::max<int64_t>(row_pairs, 1), 16,
-      std::max<int64_t>(pairs, 1));
-}
-
 // Ints per block column a weight-gradient pass lends its pack (UsedOperands::scratch).
 constexpr int64_t kColumnScratch = 6;
 
@@ -735,7 +726,8 @@ void pair_weight_gradient(const bool* grad_block_mask, float* dw, int64_t pairs,
           used.rows, L.bm, L.rows(), storage + 2 * groups + kColumnScratch * L.block_cols);
       const int64_t dy_width = dy_layout.panels * dy_layout.stride;
       const int64_t x_width = x_layout.panels * x_layout.stride;
-      const int64_t chunk = pair_chunk(q1 - q0, dy_width + x_width, (a1 - a0) * block_elems);
+      const int64_t chunk =
+          weight_gradient_chunk_rows(q1 - q0, dy_width + x_width, (a1 - a0) * block_elems);
       uint32_t* dy_pairs = reinterpret_cast<uint32_t*>(
           detail::thread_workspace(chunk * (dy_width + x_width), detail::kPanelInSlot));
       uint32_t* x_pairs = dy_pairs + chunk * dy_width;

@@ -170,15 +170,6 @@ inline void pack_chunk(const float* a, int64_t width, int64_t r0, const UsedPane
   }
 }
 
-// Batch rows per chunk of one thread's packed operands (`row_floats` per batch row) while its
-// blocks hold `accumulator_floats` (weight_gradient_chunk_elems), and at least 16 rows, so that
-// the tiles' accumulator loads and stores stay small beside their products.
-inline int64_t packed_chunk_rows(int64_t n, int64_t row_floats, int64_t accumulator_floats) {
-  return std::clamp<int64_t>(
-      weight_gradient_chunk_elems(accumulator_floats) / std::max<int64_t>(row_floats, 1), 16,
-      std::max<int64_t>(n, 1));
-}
-
 // The weight gradient of the kept blocks ids[0 .. count) (storage order) over the packed
 // chunk: blocks one vector wide in runs of one block row sharing its grad_out rows (measured
 // 1.2-1.6x on 8- and 16-wide blocks over one block per tile), others block by block; the
@@ -228,7 +219,7 @@ void grad_weight_packed(const float* dy, const float* x, const bool* grad_block_
     const UsedPanels cols =
         used_panels(ids, share, L.col_indices, L.block_cols, storage + 2 * L.block_rows);
     const int64_t chunk =
-        packed_chunk_rows(n, rows.count * L.bm + cols.count * L.bk, share * block_elems);
+        weight_gradient_chunk_rows(n, rows.count * L.bm + cols.count * L.bk, share * block_elems);
     const int64_t dy_floats = ChunkPanels::floats(rows.count, chunk, L.bm);
     float* panels = detail::thread_workspace(
         dy_floats + ChunkPanels::floats(cols.count, chunk, L.bk), detail::kPanelInSlot);

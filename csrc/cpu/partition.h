@@ -38,6 +38,17 @@ inline int64_t weight_gradient_chunk_elems(int64_t accumulator_floats) {
   return std::clamp<int64_t>(2 * accumulator_floats, kCacheSliceFloats, 4 * kCacheSliceFloats);
 }
 
+// Batch rows (bf16: row pairs) per weight-gradient chunk of `rows` in all, `row_elems` packed
+// 4-byte elements each, for blocks that carry `accumulator_floats`: within
+// weight_gradient_chunk_elems, and at least 16, so that the tiles' accumulator loads and
+// stores stay small beside their products.
+inline int64_t weight_gradient_chunk_rows(int64_t rows, int64_t row_elems,
+                                          int64_t accumulator_floats) {
+  return std::clamp<int64_t>(
+      weight_gradient_chunk_elems(accumulator_floats) / std::max<int64_t>(row_elems, 1), 16,
+      std::max<int64_t>(rows, 1));
+}
+
 // Floats of stored blocks per band of a linear pass whose operand (the batch's input rows)
 // is `operand_floats`. Bands keep their blocks in L2 while the chunks of the batch pass, at
 // the price of reading the operand once per band; once it is larger than four slices it comes
