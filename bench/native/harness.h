@@ -18,10 +18,12 @@ namespace harness {
 
 // With HARNESS_COLD set, 64 MiB are written before each timed run, so that the operands come
 // from memory as in a training step (where other layers ran in between), not from L2/L3.
+// HARNESS_COLD=N (N > 1) writes N MiB instead: 4 leaves the operands in L3 but not in L2.
 inline void evict_caches() {
-  static const bool cold = std::getenv("HARNESS_COLD") != nullptr;
+  static const char* cold = std::getenv("HARNESS_COLD");
   if (!cold) return;
-  static std::vector<char> sweep(64 << 20);
+  static const size_t mib = std::atoi(cold) > 1 ? static_cast<size_t>(std::atoi(cold)) : 64;
+  static std::vector<char> sweep(mib << 20);
   for (size_t i = 0; i < sweep.size(); i += 64) sweep[i] = static_cast<char>(sweep[i] + 1);
 }
 

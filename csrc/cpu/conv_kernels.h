@@ -528,14 +528,24 @@ void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t
   const int64_t cout = L.rows();
   const float* dyb = dy + static_cast<int64_t>(L.row_indices[j]) * L.bm;
   const float* xb = x + taps.channel[j];
-  const float* dy_rows[kBlockSliceRows];
-  const float* x_rows[kBlockSliceRows];
-  bool written = accumulate;
+  // Two slices of row pointers: the full one is multiplied while the next one's rows are
+  // prefetched (PrefetchingGatheredRows).
+  const float* dy_rows[2][kBlockSliceRows];
+  const float* x_rows[2][kBlockSliceRows];
+  bool written = accumulate, pending = false;
   int64_t count = 0;
-  const auto flush = [&] {
-    detail::outer_product_block<W>(detail::GatheredRows{dy_rows, x_rows}, count, L.bm, L.bk,
-                                   written, out);
+  int fill = 0;
+  const auto multiply = [&](int slice, int64_t rows, int64_t next_count) {
+    const detail::PrefetchingGatheredRows pairs{
+        {dy_rows[slice], x_rows[slice]}, dy_rows[1 - slice], x_rows[1 - slice], next_count,
+        L.bm * static_cast<int64_t>(sizeof(float)), L.bk * static_cast<int64_t>(sizeof(float))};
+    detail::outer_product_block<W>(pairs, rows, L.bm, L.bk, written, out);
     written = true;
+  };
+  const auto flush = [&] {  // slice `fill` is full: multiply the other one, if it waits
+    if (pending) multiply(1 - fill, kBlockSliceRows, count);
+    pending = true;
+    fill = 1 - fill;
     count = 0;
   };
   // Output columns whose tap lands inside the input (iw = ow * stride_w + col in [0, in_w)):
@@ -556,14 +566,15 @@ void grad_weight_block_simd(const float* dy, const float* x, float* out, int64_t
       const float* dy_row = dyb + (r * g.out_w + lo) * cout;
       const float* x_row = xb + (x_pixel + lo * g.stride_w) * g.channels;
       for (int64_t ow = lo; ow < hi; ++ow, dy_row += cout, x_row += x_step) {
-        dy_rows[count] = dy_row;
-        x_rows[count] = x_row;
+        dy_rows[fill][count] = dy_row;
+        x_rows[fill][count] = x_row;
         if (++count == kBlockSliceRows) flush();
       }
     }
     if (++oh == g.out_h) oh = 0, ++image;
   }
-  if (count || !written) flush();
+  if (pending) multiply(1 - fill, kBlockSliceRows, count);
+  if (count || !written) multiply(fill, count, 0);
 }
 
 // The input images zero-padded so that every tap of every output pixel lands in them
@@ -891,7 +902,7 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
         grad_weight_run_simd<W>(part_dy, input, out, ids + first, blocks, p0, p1, L, part, taps,
                                 add);
       };
-    even_share(runs * segments, t, nt, &begin, &end);
+      even_share(runs * segments, t, nt, &begin, &end);
       if (!partials) {
         return walk_pixel_slices(
             pixels, weight_gradient_slice(g, L.rows()), end - begin,
@@ -899,12 +910,17 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
               compute(begin + i, 0, p0, p1, add || accumulate);
             });
       }
-      for (int64_t item = begin; item < end; ++item) {
-        // Segment-major, as segmented_weight_gradient's items.
-        const int64_t run = item % runs, segment = item / runs;
-        int64_t p0, p1;
-        segment_pixels(pixels, segments, segment, &p0, &p1);
-        compute(run, segment, p0, p1, false);
+      // Segment-major, and slice by slice within a segment, as segmented_weight_gradient's
+      // items.
+      for (int64_t item = begin; item < end;) {
+        const int64_t segment = item / runs, group_end = std::min(end, (segment + 1) * runs);
+        int64_t first, last;
+        segment_pixels(pixels, segments, segment, &first, &last);
+        walk_pixel_slices(last - first, 2 * weight_gradient_slice(g, L.rows()), group_end - item,
+                          [&](int64_t i, int64_t p0, int64_t p1, bool add) {
+                            compute((item + i) % runs, segment, first + p0, first + p1, add);
+                          });
+        item = group_end;
       }
       detail::barrier();
       even_share(active, t, nt, &begin, &end);
@@ -966,12 +982,19 @@ void segmented_weight_gradient(const bool* grad_block_mask, float* grad_values,
     even_share(active * segments, t, nt, &begin, &end);
     // Segment-major items: a thread's share is every block over its segments' pixels, whose
     // rows then come from memory once per thread, not once per block (block-major, the
-    // 64-channel layers' pass ran 1.5-1.8x slower with the activations in memory).
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t a = item % active, s = item / active;
+    // 64-channel layers' pass ran 1.5-1.8x slower with the activations in memory). Within a
+    // segment, the blocks take its pixels slice by slice, as with one segment.
+    for (int64_t item = begin; item < end;) {
+      const int64_t s = item / active, group_end = std::min(end, (s + 1) * active);
       int64_t first, last;
       segment_pixels(extent, segments, s, &first, &last);
-      block(partials + (a * segments + s) * block_elems, ids[a], first, last, false);
+      walk_pixel_slices(last - first, 2 * slice, group_end - item,
+                        [&](int64_t i, int64_t p0, int64_t p1, bool accumulate) {
+                          const int64_t a = (item + i) % active;
+                          block(partials + (a * segments + s) * block_elems, ids[a],
+                                first + p0, first + p1, accumulate);
+                        });
+      item = group_end;
     }
     detail::barrier();
     finish_segments(grad_block_mask, ids, partials, active, segments, L, grad_values, t, nt);

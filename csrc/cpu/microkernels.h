@@ -412,6 +412,23 @@ struct GatheredRows {
   const float* x_row(int64_t r) const { return x[r]; }
 };
 
+// GatheredRows that also prefetch the rows of the slice to come (next_dy, next_x: next_count
+// pointers, dy_bytes and x_bytes from each), row r's while the first tile passes row r: the
+// gathered rows of a convolution's weight gradient come from memory in a training step
+// (the input saved in the forward), and the hardware prefetchers fell behind them.
+struct PrefetchingGatheredRows : GatheredRows {
+  const float* const* next_dy;
+  const float* const* next_x;
+  int64_t next_count, dy_bytes, x_bytes;
+  SPARCL_INLINE void prefetch(int64_t r) const {
+    if (r >= next_count) return;
+    const char* d = reinterpret_cast<const char*>(next_dy[r]);
+    const char* x_row = reinterpret_cast<const char*>(next_x[r]);
+    for (int64_t b = 0; b < dy_bytes; b += 64) __builtin_prefetch(d + b, 0, 3);
+    for (int64_t b = 0; b < x_bytes; b += 64) __builtin_prefetch(x_row + b, 0, 3);
+  }
+};
+
 // out[i, W q ...] (+)= sum over r < count of dy_row(r)[m0 + i] * x_row(r)[k0 + W q ...] for
 // one TM x KV-vector tile of a weight-gradient block.
 template <int W, int TM, int KV, typename Rows>
@@ -425,7 +442,11 @@ void outer_product_tile(const Rows& rows, int64_t count, int64_t m0, int64_t k0,
     for (int q = 0; q < KV; ++q)
       acc[i][q] = accumulate ? simd::load<W>(out + i * ldo + W * q) : simd::zero<W>();
   }
+  constexpr bool prefetching = requires { rows.prefetch(int64_t{0}); };
+  const bool first_tile = m0 == 0 && k0 == 0;
   for (int64_t r = 0; r < count; ++r) {
+    if constexpr (prefetching)
+      if (first_tile) rows.prefetch(r);
     const float* x_row = rows.x_row(r) + k0;
     const float* dy_row = rows.dy_row(r) + m0;
     V xv[KV];
