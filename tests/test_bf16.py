@@ -149,6 +149,30 @@ def test_non_contiguous_inputs_and_leading_dims(bf16_kernels):
     torch.testing.assert_close(y.double(), expected, atol=1e-2, rtol=2**-8)
 
 
+def test_packed_blocks_round_as_torch_and_pair_both_ways():
+    """Both packings hold torch's bf16 rounding of every value (ties to even, infinities,
+    NaNs, subnormals) in the pair order the kernels multiply."""
+    torch.manual_seed(0)
+    values = torch.randn(3, 8, 12)
+    ties = torch.tensor([1.0 + 2**-8, 1.0 + 3 * 2**-8, -(1.0 + 2**-8)])  # halfway cases
+    specials = torch.tensor([float("inf"), float("-inf"), float("nan"), 1e-40, -3e-39, 0.0])
+    flat = values.view(-1)
+    flat[:3], flat[3:9] = ties, specials
+    rounded = values.to(torch.bfloat16)
+    forward = cpu.packed_bf16_blocks(values, False)
+    grad_input = cpu.packed_bf16_blocks(values, True)
+    # forward [nnz, bk / 2, bm, 2]: pair (b[i, 2p], b[i, 2p + 1]) at [p, i].
+    expected_forward = rounded.view(3, 8, 6, 2).permute(0, 2, 1, 3)
+    # input gradient [nnz, bm / 2, bk, 2]: pair (b[2p, i], b[2p + 1, i]) at [p, i].
+    expected_grad_input = rounded.view(3, 4, 2, 12).permute(0, 1, 3, 2)
+    for packed, expected in ((forward, expected_forward), (grad_input, expected_grad_input)):
+        assert packed.dtype == torch.bfloat16
+        bits, expected_bits = packed.view(torch.int16), expected.contiguous().view(torch.int16)
+        nan = expected.isnan()
+        assert torch.equal(bits[~nan], expected_bits[~nan])
+        assert packed[nan].isnan().all()
+
+
 def test_packed_blocks_follow_in_place_steps():
     """The bf16 copy is made once per change of the fp32 master values, never reused stale."""
     cpu.select_bf16_kernels("emulated")
@@ -257,7 +281,7 @@ def test_bf16_selection_and_binding_checks():
     with pytest.raises(RuntimeError, match="16 columns"):
         _cpu.forward_bf16(torch.randn(3, 8).bfloat16(), packed, *layout.tensors(), None)
     with pytest.raises(RuntimeError, match="multiples of 4"):
-        _cpu.bf16_pack_blocks(torch.randn(2, 6, 8), False)
+        _cpu.bf16_pack_blocks(torch.randn(2, 6, 8))
 
 
 def test_compiled_layer_runs_the_same_bf16_kernels():

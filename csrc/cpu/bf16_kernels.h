@@ -16,7 +16,7 @@
 // A pair holds two consecutive elements of the dimension a pass sums over, so each pass reads
 // one operand as pairs broadcast from memory and the other as vectors of packed pairs:
 //   forward      kTile batch rows x outputs: x pairs along K broadcast, blocks packed
-//                [bk / 2][bm] (bf16_pack_forward_blocks);
+//                [bk / 2][bm] (bf16_pack_blocks);
 //   input grad   kTile batch rows x inputs: grad_out pairs along M broadcast, blocks packed
 //                [bm / 2][bk];
 //   weight grad  kTile block rows x block columns, summed over batch pairs: the block rows of

@@ -240,25 +240,21 @@ void check_bias_fp32(const std::optional<Tensor>& bias, int64_t rows) {
               "bias must be a contiguous float32 CPU tensor of ", rows, " entries");
 }
 
-// values [nnz, bm, bk] (fp32) as bf16 pairs: [nnz, bk / 2, bm, 2] for the forward
-// (along_rows false) or [nnz, bm / 2, bk, 2] for the input gradient.
-Tensor bf16_pack_blocks(const Tensor& values, bool along_rows) {
+// values [nnz, bm, bk] (fp32) as bf16 pairs both ways, from one read of the values:
+// ([nnz, bk / 2, bm, 2] for the forward, [nnz, bm / 2, bk, 2] for the input gradient).
+std::tuple<Tensor, Tensor> bf16_pack_blocks(const Tensor& values) {
   TORCH_CHECK(values.device().is_cpu() && values.scalar_type() == torch::kFloat32 &&
                   values.is_contiguous() && values.dim() == 3,
               "values must be a contiguous [nnz, bm, bk] float32 CPU tensor");
   const int64_t nnz = values.size(0), bm = values.size(1), bk = values.size(2);
   TORCH_CHECK(sparcl::bf16_blocks_fit(bm, bk), "bf16 kernels need block sides that are "
               "multiples of 4, got ", bm, "x", bk);
-  Tensor packed = along_rows ? torch::empty({nnz, bm / 2, bk, 2}, values.options().dtype(torch::kBFloat16))
-                             : torch::empty({nnz, bk / 2, bm, 2}, values.options().dtype(torch::kBFloat16));
-  auto* out = bf16_data(packed);
-  if (along_rows)
-    sparcl::bf16_pack_grad_input_blocks(values.data_ptr<float>(), out, nnz, bm, bk,
-                                        at::get_num_threads());
-  else
-    sparcl::bf16_pack_forward_blocks(values.data_ptr<float>(), out, nnz, bm, bk,
-                                     at::get_num_threads());
-  return packed;
+  const auto options = values.options().dtype(torch::kBFloat16);
+  Tensor forward = torch::empty({nnz, bk / 2, bm, 2}, options);
+  Tensor grad_input = torch::empty({nnz, bm / 2, bk, 2}, options);
+  sparcl::bf16_pack_blocks(values.data_ptr<float>(), bf16_data(forward), bf16_data(grad_input),
+                           nnz, bm, bk, at::get_num_threads());
+  return {forward, grad_input};
 }
 
 // The layout of packed blocks [nnz, pairs, width, 2], whose pairs run along bm (along_rows)
@@ -416,8 +412,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("select_bf16_kernels", &sparcl::select_bf16_kernels, "use 'native', 'emulated' or '' "
         "(the best) bf16 kernels; returns '' or why it cannot", pybind11::arg("name"));
   m.def("bf16_blocks_fit", &sparcl::bf16_blocks_fit, "whether bf16 kernels take bm x bk blocks");
-  m.def("bf16_pack_blocks", &bf16_pack_blocks, "fp32 blocks as bf16 pairs along bk (forward) or "
-        "bm (along_rows: input gradient)", pybind11::arg("values"), pybind11::arg("along_rows"));
+  m.def("bf16_pack_blocks", &bf16_pack_blocks, "fp32 blocks as bf16 pairs along bk (forward) "
+        "and along bm (input gradient), from one read", pybind11::arg("values"));
   m.def("forward_bf16", &forward_bf16, "y = x @ W.T + bias with bf16 operands");
   m.def("grad_input_bf16", &grad_input_bf16, "grad_x = grad_out @ W with bf16 operands");
   m.def("grad_weight_bf16", &grad_weight_bf16, "fp32 stored-block gradient of bf16 operands");

@@ -107,12 +107,12 @@ std::string bf16_kernels();
 // not (nothing changes then).
 std::string select_bf16_kernels(const std::string& name);
 
-// values [nnz, bm, bk] (fp32) -> packed [nnz, bk / 2, bm] pairs (forward: pairs along bk) or
-// [nnz, bm / 2, bk] pairs (input gradient: pairs along bm); 2 * bm * bk uint16_t per block.
-void bf16_pack_forward_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
-                              int64_t bk, int threads);
-void bf16_pack_grad_input_blocks(const float* values, uint16_t* packed, int64_t nnz, int64_t bm,
-                                 int64_t bk, int threads);
+// values [nnz, bm, bk] (fp32), rounded to bf16 once, packed both ways from one read:
+// packed_forward [nnz, bk / 2, bm] pairs (pairs along bk) and packed_grad_input
+// [nnz, bm / 2, bk] pairs (pairs along bm); bm * bk uint16_t per block each.
+void bf16_pack_blocks(const float* values, uint16_t* packed_forward,
+                      uint16_t* packed_grad_input, int64_t nnz, int64_t bm, int64_t bk,
+                      int threads);
 
 // y[n, M] (bf16) = x[n, K] (bf16) @ W.T (+ bias[M], fp32, when not null), rounded once.
 void block_sparse_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,

@@ -39,7 +39,7 @@ void block_sparse_conv_grad_weight(const T* grad_out, const T* x, const bool* gr
                                    const ConvGeometry& geometry, int threads);
 
 // bf16 operands (see block_sparse.h's bf16 section): x / grad_out / grad_x as bf16 bit
-// patterns, blocks packed by bf16_pack_forward_blocks / bf16_pack_grad_input_blocks, bias and
+// patterns, blocks packed by bf16_pack_blocks (its forward and input-gradient pairs), bias and
 // the weight gradient fp32.
 void block_sparse_conv_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,
                                     const float* bias, uint16_t* y, const BlockLayoutView& layout,

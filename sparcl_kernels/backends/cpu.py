@@ -230,13 +230,13 @@ def transposed_blocks(values: torch.Tensor) -> torch.Tensor | None:
 def packed_bf16_blocks(values: torch.Tensor, along_rows: bool) -> torch.Tensor:
     """The fp32 master ``values`` rounded to bf16 and packed in the pairs the bf16 kernels
     multiply: along ``bk`` for the forward, along ``bm`` (``along_rows``) for the input
-    gradient; made once per change of ``values`` (see :func:`_derived_copy`), not per call."""
-    kind = "bf16 pairs along bm" if along_rows else "bf16 pairs along bk"
-    return _derived_copy(
-        values,
-        kind,
-        lambda v: _cpu.bf16_pack_blocks(v.float().contiguous(), along_rows),
+    gradient; made once per change of ``values`` (see :func:`_derived_copy`), not per call.
+    Both packings are made together, from one read of ``values`` (a training step needs both;
+    a forward-only user keeps the second, half the size of ``values``, unused)."""
+    both = _derived_copy(
+        values, "bf16 pairs", lambda v: _cpu.bf16_pack_blocks(v.float().contiguous())
     )
+    return both[1] if along_rows else both[0]
 
 
 def conv_grad_input(

@@ -247,9 +247,8 @@ void check_linear_bf16(int64_t rows, int64_t cols, int64_t bm, int64_t bk, doubl
       linear_reference(L, w, widened(x), widened(dy), bias, mask.get(), n);
 
   std::vector<uint16_t> packed_forward(nnz * bm * bk * 2), packed_grad_input(nnz * bm * bk * 2);
-  sparcl::bf16_pack_forward_blocks(values.data(), packed_forward.data(), nnz, bm, bk, threads);
-  sparcl::bf16_pack_grad_input_blocks(values.data(), packed_grad_input.data(), nnz, bm, bk,
-                                      threads);
+  sparcl::bf16_pack_blocks(values.data(), packed_forward.data(), packed_grad_input.data(), nnz,
+                           bm, bk, threads);
   std::vector<uint16_t> y(n * M, 0x7fc0), dx(n * K, 0x7fc0);  // NaN until written
   std::vector<float> dw(nnz * bm * bk, 7.0f);
   sparcl::block_sparse_forward_bf16(x.data(), packed_forward.data(), bias.data(), y.data(), n,
@@ -425,9 +424,8 @@ void check_conv_bf16(int64_t cin, int64_t cout, int64_t kh, int64_t kw, int64_t 
                            " threads=" + std::to_string(threads);
 
   std::vector<uint16_t> packed_forward(nnz * bm * bk), packed_grad_input(nnz * bm * bk);
-  sparcl::bf16_pack_forward_blocks(values.data(), packed_forward.data(), nnz, bm, bk, threads);
-  sparcl::bf16_pack_grad_input_blocks(values.data(), packed_grad_input.data(), nnz, bm, bk,
-                                      threads);
+  sparcl::bf16_pack_blocks(values.data(), packed_forward.data(), packed_grad_input.data(), nnz,
+                           bm, bk, threads);
   std::vector<uint16_t> y(out_pixels * cout, 0x7fc0), dx(in_pixels * cin, 0x7fc0);
   std::vector<float> dw(nnz * bm * bk, 7.0f);
   sparcl::block_sparse_conv_forward_bf16(x.data(), packed_forward.data(), bias.data(), y.data(),
