@@ -60,6 +60,8 @@ struct Bf16KernelTable {
                           const ConvGeometry&, int);
   void (*conv_grad_weight)(const uint16_t*, const uint16_t*, const bool*, float*,
                            const BlockLayoutView&, const ConvGeometry&, int);
+  // fp32 blocks [nnz, bm, bk] -> both packings (bf16_pack_blocks in block_sparse.h).
+  void (*pack_blocks)(const float*, uint16_t*, uint16_t*, int64_t, int64_t, int64_t, int);
 };
 
 // The table of each instruction set compiled into this build (null where not compiled).

@@ -10,10 +10,8 @@
 // attribute, so the rest of the build still runs on cores without them.
 #include <chrono>
 #include <cstdint>
-#include <cstring>
 #include <mutex>
 #include <string>
-#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -155,38 +153,6 @@ const Bf16KernelTable* table() {
   return kernels ? kernels : bf16emulated::bf16_kernel_table();
 }
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define PACK_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define PACK_CLONES
-#endif
-
-// `count` floats rounded to bf16 as bf16::from_float does, in a form the compiler vectorises
-// (no branch: the pack had cost as much as a layer's forward on 4x4 images).
-inline void round_to_bf16(const float* values, int64_t count, uint16_t* out) {
-  for (int64_t e = 0; e < count; ++e) {
-    uint32_t word;
-    std::memcpy(&word, values + e, sizeof word);
-    const uint32_t rounded = (word + 0x7fffu + ((word >> 16) & 1u)) >> 16;
-    const uint32_t quiet_nan = (word >> 16) | 0x40u;
-    out[e] = static_cast<uint16_t>((word & 0x7fffffffu) > 0x7f800000u ? quiet_nan : rounded);
-  }
-}
-
-// Block j of `values` [bm, bk] rounded once into `scratch`, then written as pairs both ways:
-// forward[j][p][i] = (b(i, 2p), b(i, 2p + 1)) and grad_input[j][p][i] = (b(2p, i),
-// b(2p + 1, i)), b the rounded block; the fp32 values are read once for both.
-PACK_CLONES void pack_block_both(const float* block, uint16_t* scratch, int64_t bm, int64_t bk,
-                     uint32_t* forward, uint32_t* grad_input) {
-  round_to_bf16(block, bm * bk, scratch);
-  for (int64_t p = 0; p < bk / 2; ++p)
-    for (int64_t i = 0; i < bm; ++i) forward[p * bm + i] = bf16::load_pair(scratch + i * bk + 2 * p);
-  for (int64_t p = 0; p < bm / 2; ++p) {
-    const uint16_t* first = scratch + 2 * p * bk;
-    for (int64_t i = 0; i < bk; ++i) grad_input[p * bk + i] = bf16::pair(first[i], first[bk + i]);
-  }
-}
-
 const uint32_t* as_pairs(const uint16_t* packed) {
   return reinterpret_cast<const uint32_t*>(packed);
 }
@@ -225,21 +191,7 @@ std::string select_bf16_kernels(const std::string& name) {
 void bf16_pack_blocks(const float* values, uint16_t* packed_forward,
                       uint16_t* packed_grad_input, int64_t nnz, int64_t bm, int64_t bk,
                       int threads) {
-  const int64_t block_elems = bm * bk;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(threads)
-#endif
-  {
-    std::vector<uint16_t> scratch(block_elems);
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-    for (int64_t j = 0; j < nnz; ++j)
-      pack_block_both(values + j * block_elems, scratch.data(), bm, bk,
-                      reinterpret_cast<uint32_t*>(packed_forward + j * block_elems),
-                      reinterpret_cast<uint32_t*>(packed_grad_input + j * block_elems));
-  }
-  (void)threads;
+  table()->pack_blocks(values, packed_forward, packed_grad_input, nnz, bm, bk, threads);
 }
 
 void block_sparse_forward_bf16(const uint16_t* x, const uint16_t* packed_forward,
