@@ -534,9 +534,9 @@ void run_all(std::mt19937& rng, const std::string& tag) {
     for (const int threads : {1, 2})
       check_conv<T>(256, 256, 1, 1, 1, 0, 1, 4, 4, 20, block[0], block[1], 0.3, threads, rng,
                     tag);
-  // Segments over L2-sized slices: 5040 output pixels in two segments of 2520, each walked
-  // in slices of 256 pixels (the last one short), the slices of a segment adding up; the
-  // wide blocks' row pointers double-buffered across the slices.
+  // Segments over slices: 5040 output pixels in two segments of 2520, each walked in slices
+  // of 512 pixels (segment_slice; the last one short), the slices of a segment adding up;
+  // the wide blocks' row pointers double-buffered across the slices.
   for (const auto& block : slice_blocks)
     for (const int threads : {1, 2})
       check_conv<T>(256, 256, 1, 1, 1, 0, 1, 7, 9, 80, block[0], block[1], 0.05, threads, rng,
