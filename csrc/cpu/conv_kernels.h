@@ -830,6 +830,27 @@ inline void segment_pixels(int64_t pixels, int64_t segments, int64_t s, int64_t*
   *end = pixels * (s + 1) / segments;
 }
 
+// A thread's segment-major items [begin, end) of `per_segment` items a segment (item i:
+// item i % per_segment of segment i / per_segment), segment by segment, each segment's pixels
+// (from segment_pixels over `pixels` in `segments`) in slices of `slice`, every item of the
+// segment over a slice before the next: compute(i, segment, p0, p1, accumulate).
+template <typename Compute>
+void walk_segment_items(int64_t begin, int64_t end, int64_t per_segment, int64_t pixels,
+                        int64_t segments, int64_t slice, const Compute& compute) {
+  for (int64_t item = begin; item < end;) {
+    const int64_t segment = item / per_segment;
+    const int64_t group_end = std::min(end, (segment + 1) * per_segment);
+    int64_t first, last;
+    segment_pixels(pixels, segments, segment, &first, &last);
+    walk_pixel_slices(last - first, slice, group_end - item,
+                      [&](int64_t i, int64_t p0, int64_t p1, bool accumulate) {
+                        compute((item + i) % per_segment, segment, first + p0, first + p1,
+                                accumulate);
+                      });
+    item = group_end;
+  }
+}
+
 // The weight-gradient pass. One block per work item leaves threads idle when a layer has few
 // active blocks over many pixels (the wide early layers at high sparsity, and after a
 // gradient mask): then each block's pixels are cut into fixed segments whose partial sums
@@ -922,16 +943,8 @@ void grad_weight_runs_simd(const float* dy, const float* x, const bool* grad_blo
       }
       // Segment-major, and slice by slice within a segment, as segmented_weight_gradient's
       // items.
-      for (int64_t item = begin; item < end;) {
-        const int64_t segment = item / runs, group_end = std::min(end, (segment + 1) * runs);
-        int64_t first, last;
-        segment_pixels(pixels, segments, segment, &first, &last);
-        walk_pixel_slices(last - first, segment_slice(g, L.rows()), group_end - item,
-                          [&](int64_t i, int64_t p0, int64_t p1, bool add) {
-                            compute((item + i) % runs, segment, first + p0, first + p1, add);
-                          });
-        item = group_end;
-      }
+      walk_segment_items(begin, end, runs, pixels, segments, segment_slice(g, L.rows()),
+                         compute);
       detail::barrier();
       even_share(active, t, nt, &begin, &end);
       add_segment_partials(partials, ids, begin, end, segments, block_elems, grad_values,
@@ -996,18 +1009,11 @@ void segmented_weight_gradient(const bool* grad_block_mask, float* grad_values,
     // rows then come from memory once per thread, not once per block (block-major, the
     // 64-channel layers' pass ran 1.5-1.8x slower with the activations in memory). Within a
     // segment, the blocks take its pixels slice by slice, as with one segment.
-    for (int64_t item = begin; item < end;) {
-      const int64_t s = item / active, group_end = std::min(end, (s + 1) * active);
-      int64_t first, last;
-      segment_pixels(extent, segments, s, &first, &last);
-      walk_pixel_slices(last - first, within_segment, group_end - item,
-                        [&](int64_t i, int64_t p0, int64_t p1, bool accumulate) {
-                          const int64_t a = (item + i) % active;
-                          block(partials + (a * segments + s) * block_elems, ids[a],
-                                first + p0, first + p1, accumulate);
-                        });
-      item = group_end;
-    }
+    walk_segment_items(begin, end, active, extent, segments, within_segment,
+                       [&](int64_t a, int64_t s, int64_t p0, int64_t p1, bool accumulate) {
+                         block(partials + (a * segments + s) * block_elems, ids[a], p0, p1,
+                               accumulate);
+                       });
     detail::barrier();
     finish_segments(grad_block_mask, ids, partials, active, segments, L, grad_values, t, nt);
   });
