@@ -113,6 +113,19 @@ struct PairRows {
   }
 };
 
+// PairRows that also ask the cache for the rows of a later block (detail::Lookahead).
+struct LookaheadPairRows : PairRows {
+  detail::Lookahead lookahead;
+  SPARCL_INLINE void ahead(int32_t s) const {
+    int64_t j;
+    int first_row, rows;
+    if (!lookahead.target(s, &j, &first_row, &rows)) return;
+    detail::prefetch_rows(a + first_row * lda + static_cast<int64_t>(group[j]) * side, rows,
+                          lda * static_cast<int64_t>(sizeof(uint16_t)),
+                          side * static_cast<int64_t>(sizeof(uint16_t)));
+  }
+};
+
 // acc[i][q] += sum over pairs p < P2 of pair(rows(j, i), p) . b[p * O + W q ...], rows
 // I0 <= i < I1 of a tile. The rows' pointers are located here, per half of a tall tile: with
 // all twelve live through the first half, GCC kept pointers in vector registers and spilled
@@ -216,6 +229,8 @@ void grouped_pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t 
   SPARCL_UNROLL
   for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = D::zero();
   for (int32_t s = sb; s < se; ++s) {
+    if constexpr (detail::LooksAhead<Rows>)
+      if (o0 == 0) rows.ahead(s);
     const int64_t j = ids ? ids[s] : s;
     const uint32_t* bb = b + j * P2 * O + o0;
     if constexpr (TN > detail::kHalfTileRows) {
@@ -257,6 +272,8 @@ void pair_tile(const Rows& rows, const uint32_t* b, int64_t P2, int64_t O,
     for (int i = 0; i < TN; ++i) acc[i][q] = start;
   }
   for (int32_t s = sb; s < se; ++s) {
+    if constexpr (detail::LooksAhead<Rows>)
+      if (o0 == 0) rows.ahead(s);
     const int64_t j = ids ? ids[s] : s;
     const uint32_t* bb = b + j * P2 * O + o0;
     if constexpr (W >= 16 && TN > detail::kHalfTileRows) {  // as accumulate_tile
@@ -314,6 +331,29 @@ inline auto dense_tiles(const uint16_t* a, int64_t lda, const int32_t* group, in
   };
 }
 
+// dense_tiles whose rows also ask for a later block's (LookaheadPairRows): for the group's
+// positions [begin, end) (position s holds block ids[s], or s) over rows [0, count).
+inline auto lookahead_tiles(const uint16_t* a, int64_t lda, const int32_t* group, int64_t side,
+                            uint16_t* y, int64_t ldy, const int32_t* ids, int32_t begin,
+                            int32_t end, int64_t count) {
+  return [=](int64_t n, int tn, uint16_t** out) {
+    for (int i = 0; i < tn; ++i) out[i] = y + (n + i) * ldy;
+    const int next = static_cast<int>(std::clamp<int64_t>(count - n - kTile, 0, kTile));
+    return LookaheadPairRows{{a + n * lda, lda, group, side}, {ids, begin, end, tn, next}};
+  };
+}
+
+// The rows of a group's tiles, plain or looking ahead (where the operand is larger than
+// kPairLookaheadBytes), passed to slab(make_tile).
+template <typename Slab>
+void with_pair_tiles(bool look_ahead, const uint16_t* a, int64_t lda, const int32_t* group,
+                     int64_t side, uint16_t* y, int64_t ldy, const int32_t* ids, int32_t begin,
+                     int32_t end, int64_t count, const Slab& slab) {
+  if (look_ahead)
+    return slab(lookahead_tiles(a, lda, group, side, y, ldy, ids, begin, end, count));
+  slab(dense_tiles(a, lda, group, side, y, ldy));
+}
+
 // Widest vector of this pair dot product that divides `side` (block sides are multiples of 4).
 inline int width_for(int64_t side) { return detail::pick_width(side, pairdot::kMaxWidth); }
 
@@ -339,13 +379,17 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   if (n == 0 || L.block_rows == 0) return;
   const int64_t K = L.cols(), M = L.rows(), rows = batch_chunk(K);
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
+  const bool look_ahead = n * K * int64_t{sizeof(uint16_t)} > kPairLookaheadBytes;
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(
-            n1 - n0, dense_tiles(x + n0 * K, K, L.col_indices, L.bk, y + n0 * M + r * L.bm, M),
-            packed, L.bk / 2, L.bm, nullptr, L.row_offsets[r], L.row_offsets[r + 1],
-            bias ? bias + r * L.bm : nullptr);
+        const int32_t sb = L.row_offsets[r], se = L.row_offsets[r + 1];
+        with_pair_tiles(look_ahead, x + n0 * K, K, L.col_indices, L.bk, y + n0 * M + r * L.bm,
+                        M, nullptr, sb, se, n1 - n0, [&](const auto& make_tile) {
+                          pair_slab<decltype(W)::value>(n1 - n0, make_tile, packed, L.bk / 2,
+                                                        L.bm, nullptr, sb, se,
+                                                        bias ? bias + r * L.bm : nullptr);
+                        });
       });
     });
   });
@@ -356,13 +400,18 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
   if (n == 0 || L.block_cols == 0) return;
   const int64_t K = L.cols(), M = L.rows(), rows = batch_chunk(M);
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
+  const bool look_ahead = n * M * int64_t{sizeof(uint16_t)} > kPairLookaheadBytes;
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
-        pair_slab<decltype(W)::value>(
-            n1 - n0, dense_tiles(dy + n0 * M, M, L.row_indices, L.bm, dx + n0 * K + c * L.bk, K),
-            packed, L.bm / 2, L.bk, L.transpose_block_ids, L.transpose_offsets[c],
-            L.transpose_offsets[c + 1], nullptr);
+        const int32_t sb = L.transpose_offsets[c], se = L.transpose_offsets[c + 1];
+        with_pair_tiles(look_ahead, dy + n0 * M, M, L.row_indices, L.bm,
+                        dx + n0 * K + c * L.bk, K, L.transpose_block_ids, sb, se, n1 - n0,
+                        [&](const auto& make_tile) {
+                          pair_slab<decltype(W)::value>(n1 - n0, make_tile, packed, L.bm / 2,
+                                                        L.bk, L.transpose_block_ids, sb, se,
+                                                        nullptr);
+                        });
       });
     });
   });

@@ -51,6 +51,36 @@ struct DenseRows {
   }
 };
 
+// DenseRows that also ask the cache for the rows of a later block (Lookahead).
+struct LookaheadRows : DenseRows {
+  detail::Lookahead lookahead;
+  SPARCL_INLINE void ahead(int32_t s) const {
+    int64_t j;
+    int first_row, rows;
+    if (!lookahead.target(s, &j, &first_row, &rows)) return;
+    detail::prefetch_rows(a + first_row * lda + static_cast<int64_t>(group[j]) * P, rows,
+                          lda * static_cast<int64_t>(sizeof(float)),
+                          P * static_cast<int64_t>(sizeof(float)));
+  }
+};
+
+// The operand rows of the tiles of a group's batch rows [0, count): plain, or looking ahead
+// (LookaheadRows) where the operand is larger than kLookaheadBytes.
+template <typename Slab>
+void with_operand_rows(bool look_ahead, const float* a, int64_t lda, const int32_t* group,
+                       int64_t P, const int32_t* ids, int32_t begin, int32_t end, int64_t count,
+                       const Slab& slab) {
+  if (!look_ahead)
+    return slab([&](int64_t n) { return DenseRows{a + n * lda, lda, group, P}; });
+  slab([&](int64_t n) {
+    const auto rows_from = [&](int64_t first) {
+      return static_cast<int>(std::clamp<int64_t>(count - first, 0, kTile));
+    };
+    return LookaheadRows{{a + n * lda, lda, group, P},
+                         {ids, begin, end, rows_from(n), rows_from(n + kTile)}};
+  });
+}
+
 // Vector width for the fp32 micro-kernels (0: portable loops). fp64 always runs the loops.
 inline int simd_width(const float*, int64_t contiguous, int max_width) {
   return detail::pick_width(contiguous, max_width);
@@ -62,14 +92,16 @@ inline int simd_width(const double*, int64_t, int) { return 0; }
 // Forward for block row r and batch rows [n0, n1), from transposed blocks [nnz, bk, bm].
 template <int W>
 void forward_item(const float* x, const float* values_t, const float* bias, float* y, int64_t n0,
-                  int64_t n1, int64_t r, const BlockLayoutView& L) {
+                  int64_t n1, int64_t r, const BlockLayoutView& L, bool look_ahead) {
   const int64_t K = L.cols(), M = L.rows();
-  const float* xs = x + n0 * K;
-  const auto tile_rows = [&](int64_t n) { return DenseRows{xs + n * K, K, L.col_indices, L.bk}; };
+  const int32_t sb = L.row_offsets[r], se = L.row_offsets[r + 1];
   const auto tile_out = [&](int64_t n) { return detail::StridedOut{y + (n0 + n) * M + r * L.bm, M}; };
-  detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values_t, L.bk, L.bm, nullptr,
-                             L.row_offsets[r], L.row_offsets[r + 1],
-                             bias ? bias + r * L.bm : nullptr);
+  with_operand_rows(look_ahead, x + n0 * K, K, L.col_indices, L.bk, nullptr, sb, se, n1 - n0,
+                    [&](const auto& tile_rows) {
+                      detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values_t, L.bk,
+                                                 L.bm, nullptr, sb, se,
+                                                 bias ? bias + r * L.bm : nullptr);
+                    });
 }
 
 template <typename T>
@@ -91,14 +123,15 @@ void forward_loops(const T* x, const T* values, const T* bias, T* y, int64_t n0,
 // Input gradient for block column c and batch rows [n0, n1).
 template <int W>
 void grad_input_item(const float* dy, const float* values, float* dx, int64_t n0, int64_t n1,
-                     int64_t c, const BlockLayoutView& L) {
+                     int64_t c, const BlockLayoutView& L, bool look_ahead) {
   const int64_t K = L.cols(), M = L.rows();
-  const float* dys = dy + n0 * M;
-  const auto tile_rows = [&](int64_t n) { return DenseRows{dys + n * M, M, L.row_indices, L.bm}; };
+  const int32_t sb = L.transpose_offsets[c], se = L.transpose_offsets[c + 1];
   const auto tile_out = [&](int64_t n) { return detail::StridedOut{dx + (n0 + n) * K + c * L.bk, K}; };
-  detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values, L.bm, L.bk,
-                             L.transpose_block_ids, L.transpose_offsets[c],
-                             L.transpose_offsets[c + 1], nullptr);
+  with_operand_rows(look_ahead, dy + n0 * M, M, L.row_indices, L.bm, L.transpose_block_ids, sb,
+                    se, n1 - n0, [&](const auto& tile_rows) {
+                      detail::accumulate_slab<W>(n1 - n0, tile_rows, tile_out, values, L.bm,
+                                                 L.bk, L.transpose_block_ids, sb, se, nullptr);
+                    });
 }
 
 template <typename T>
@@ -322,10 +355,11 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
       // N=256).
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
+      const bool look_ahead = n * L.cols() * int64_t{sizeof(float)} > kLookaheadBytes;
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {
           for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
-            forward_item<decltype(W)::value>(x, blocks_t, bias, y, n0, n1, r, L);
+            forward_item<decltype(W)::value>(x, blocks_t, bias, y, n0, n1, r, L, look_ahead);
           });
         });
       });
@@ -367,10 +401,12 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
       });
     }
     if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
+      const bool look_ahead = n * L.rows() * int64_t{sizeof(float)} > kLookaheadBytes;
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {
           for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {
-            grad_input_item<decltype(W)::value>(grad_out, values, grad_x, n0, n1, c, L);
+            grad_input_item<decltype(W)::value>(grad_out, values, grad_x, n0, n1, c, L,
+                                                look_ahead);
           });
         });
       });

@@ -294,6 +294,44 @@ struct Quads {
 };
 #endif
 
+// Row functors that also ask the cache for the operand rows of a later block of the group
+// define ahead(s), which the group tiles below call with each block's position s before its
+// products (once per tile: with its first output vectors).
+template <typename Rows>
+concept LooksAhead = requires(const Rows& rows) { rows.ahead(int32_t{0}); };
+
+// Which block's rows a looking-ahead tile asks for: the block kLookahead positions after s in
+// the group's positions [begin, end), or past the end, one of the group's first blocks in the
+// next tile. Position s holds block ids[s] (the input gradients' column order), or s.
+struct Lookahead {
+  static constexpr int32_t kLookahead = 2;
+  const int32_t* ids;
+  int32_t begin, end;
+  int tile_rows, next_rows;  // rows of this tile and of the next (0: none)
+  // The block `j` and the tile rows [first_row, first_row + rows) to ask for after position
+  // s; false where there are none. (Values, not a callback: GCC deletes calls to a function
+  // that only prefetches unless it inlines them, compiler.h.)
+  SPARCL_INLINE bool target(int32_t s, int64_t* j, int* first_row, int* rows) const {
+    int32_t t = s + kLookahead;
+    *first_row = 0, *rows = tile_rows;
+    if (t >= end) {
+      t = begin + (t - end);
+      if (t >= end || next_rows == 0) return false;
+      *first_row = tile_rows, *rows = next_rows;
+    }
+    *j = ids ? ids[t] : t;
+    return true;
+  }
+};
+
+// Asks the cache (all levels) for `bytes` from `first` in each of `rows` rows row_bytes apart.
+SPARCL_INLINE void prefetch_rows(const void* first, int rows, int64_t row_bytes,
+                                 int64_t bytes) {
+  const char* row = static_cast<const char*>(first);
+  for (int i = 0; i < rows; ++i, row += row_bytes)
+    for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
+}
+
 // The tile of Pairs and Quads (Group): two accumulators per row, each block's rows
 // accumulated by Group::accumulate_rows (in two half-loops on tall tiles, as accumulate_tile),
 // the lane groups folded into the row's output vector at the store.
@@ -306,6 +344,8 @@ void grouped_tile(const Rows& rows, const float* b, int64_t P, int64_t O, const 
   for (int i = 0; i < TN; ++i) acc[i][0] = acc[i][1] = simd::zero<16>();
   const float* a[TN];
   for (int32_t s = sb; s < se; ++s) {
+    if constexpr (LooksAhead<Rows>)
+      if (o0 == 0) rows.ahead(s);
     const int64_t j = ids ? ids[s] : s;
     rows(j, a);
     const float* bb = b + j * P * O + o0;
@@ -353,6 +393,8 @@ void accumulate_tile(const Rows& rows, const float* b, int64_t P, int64_t O, con
   }
   const float* a[TN];
   for (int32_t s = sb; s < se; ++s) {
+    if constexpr (LooksAhead<Rows>)
+      if (o0 == 0) rows.ahead(s);
     const int64_t j = ids ? ids[s] : s;
     rows(j, a);
     const float* bb = b + j * P * O + o0;

@@ -178,6 +178,18 @@ inline const float* transposed_blocks(const float* values, int64_t nnz, int64_t 
   return values_t;
 }
 
+// Bytes of a linear pass's operand (the batch rows its tiles read by blocks) above which its
+// tiles ask for the rows of the block two positions ahead (detail::Lookahead). Past the
+// caches each block's lines came from memory a block at a time: a block's loop is too long
+// for the core to reach the next block's loads early. Zen 5, 2 threads, 32x32 blocks at 0.9
+// (same binary, alternated): fp32 3072 -> 768 forward at N=4096 1.4x, 768 -> 3072 input
+// gradient at N=2048 1.3x, 2048x2048 at N=2048 1.1-1.2x, AVX2 1.05-1.3x (16x16 blocks
+// 1.3-1.9x); fp32 operands of 3-8 MiB gained nothing and lost up to 5 %, so fp32 looks ahead
+// from 8 MiB (a quarter of that L3). bf16 tiles gained from 3 MiB (3072 -> 768 forward at
+// N=1024 1.1-1.8x, at N=4096 2.9-3.0x; 2048x2048 at N=2048 1.5-1.9x) and look ahead from 2 MiB.
+constexpr int64_t kLookaheadBytes = int64_t{8} << 20;
+constexpr int64_t kPairLookaheadBytes = int64_t{2} << 20;
+
 // Number of blocks the weight gradient computes: all nnz without a mask.
 inline int64_t count_active(const bool* grad_block_mask, int64_t nnz) {
   return grad_block_mask ? std::count(grad_block_mask, grad_block_mask + nnz, true) : nnz;

@@ -308,6 +308,10 @@ void run_bf16(std::mt19937& rng, const std::string& tag) {
   for (const int threads : {1, 2}) check_linear_bf16(16, 16, 32, 32, 1.0, 301, threads, rng, tag);
   // One full block row among empty ones: uneven work across threads.
   check_linear_bf16(6, 3, 16, 8, 0.15, 130, 2, rng, tag);
+  // Operands over 2 MiB (kPairLookaheadBytes): the forward and the input gradient read their
+  // tiles' rows through LookaheadPairRows, as in the fp32 cases of run_all.
+  check_linear_bf16(1, 64, 32, 32, 0.15, 1029, 2, rng, tag);
+  check_linear_bf16(64, 1, 32, 32, 0.04, 1029, 2, rng, tag);
 }
 
 // ------------------------------------------------------------------ convolution
@@ -484,6 +488,11 @@ void run_all(std::mt19937& rng, const std::string& tag) {
   }
   // Stored blocks over one band (512 KB): the forward and input gradient run band by band.
   check_linear<T>(12, 12, 32, 32, 1.0, 50, 2, rng, tag);
+  // Operands over 8 MiB (kLookaheadBytes): the forward (2048 features) and the input
+  // gradient (2048 outputs) read their tiles' rows through LookaheadRows, across block rows of
+  // many blocks and of fewer than its lookahead, chunks of 60 rows and a last partial tile.
+  check_linear<T>(1, 64, 32, 32, 0.15, 1029, 2, rng, tag);
+  check_linear<T>(64, 1, 32, 32, 0.04, 1029, 2, rng, tag);
 
   struct ConvCase {
     int64_t cin, cout, kh, kw, stride, pad, dilation, h, w, batch;
