@@ -117,12 +117,7 @@ struct PairRows {
 struct LookaheadPairRows : PairRows {
   detail::Lookahead lookahead;
   SPARCL_INLINE void ahead(int32_t s) const {
-    int64_t j;
-    int first_row, rows;
-    if (!lookahead.target(s, &j, &first_row, &rows)) return;
-    detail::prefetch_rows(a + first_row * lda + static_cast<int64_t>(group[j]) * side, rows,
-                          lda * static_cast<int64_t>(sizeof(uint16_t)),
-                          side * static_cast<int64_t>(sizeof(uint16_t)));
+    detail::prefetch_ahead(lookahead, s, a, lda, group, side);
   }
 };
 

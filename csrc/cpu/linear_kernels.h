@@ -55,12 +55,7 @@ struct DenseRows {
 struct LookaheadRows : DenseRows {
   detail::Lookahead lookahead;
   SPARCL_INLINE void ahead(int32_t s) const {
-    int64_t j;
-    int first_row, rows;
-    if (!lookahead.target(s, &j, &first_row, &rows)) return;
-    detail::prefetch_rows(a + first_row * lda + static_cast<int64_t>(group[j]) * P, rows,
-                          lda * static_cast<int64_t>(sizeof(float)),
-                          P * static_cast<int64_t>(sizeof(float)));
+    detail::prefetch_ahead(lookahead, s, a, lda, group, P);
   }
 };
 

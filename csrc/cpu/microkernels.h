@@ -332,6 +332,18 @@ SPARCL_INLINE void prefetch_rows(const void* first, int rows, int64_t row_bytes,
     for (int64_t b = 0; b < bytes; b += 64) __builtin_prefetch(row + b, 0, 3);
 }
 
+// The ahead(s) of a row-major operand's tile rows (row i of block j at
+// a + i * lda + group[j] * width): asks for the rows lookahead.target names.
+template <typename T>
+SPARCL_INLINE void prefetch_ahead(const Lookahead& lookahead, int32_t s, const T* a,
+                                  int64_t lda, const int32_t* group, int64_t width) {
+  int64_t j;
+  int first_row, rows;
+  if (!lookahead.target(s, &j, &first_row, &rows)) return;
+  prefetch_rows(a + first_row * lda + static_cast<int64_t>(group[j]) * width, rows,
+                lda * static_cast<int64_t>(sizeof(T)), width * static_cast<int64_t>(sizeof(T)));
+}
+
 // The tile of Pairs and Quads (Group): two accumulators per row, each block's rows
 // accumulated by Group::accumulate_rows (in two half-loops on tall tiles, as accumulate_tile),
 // the lane groups folded into the row's output vector at the store.
