@@ -374,7 +374,7 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
   if (n == 0 || L.block_rows == 0) return;
   const int64_t K = L.cols(), M = L.rows(), rows = batch_chunk(K);
   const ItemGrid grid = item_grid(L.row_offsets, L.block_rows, n, rows, L.bm * L.bk);
-  const bool look_ahead = n * K * int64_t{sizeof(uint16_t)} > kPairLookaheadBytes;
+  const bool look_ahead = past_lookahead_size<uint16_t>(n * K);
   with_pair_width(width_for(L.bm), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
@@ -395,7 +395,7 @@ void grad_input(const uint16_t* dy, const uint32_t* packed, uint16_t* dx, int64_
   if (n == 0 || L.block_cols == 0) return;
   const int64_t K = L.cols(), M = L.rows(), rows = batch_chunk(M);
   const ItemGrid grid = item_grid(L.transpose_offsets, L.block_cols, n, rows, L.bm * L.bk);
-  const bool look_ahead = n * M * int64_t{sizeof(uint16_t)} > kPairLookaheadBytes;
+  const bool look_ahead = past_lookahead_size<uint16_t>(n * M);
   with_pair_width(width_for(L.bk), [&](auto W) {
     run_parallel(threads, [&](int t, int nt) {
       for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {

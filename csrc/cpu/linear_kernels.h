@@ -241,9 +241,8 @@ template <int W>
 void grad_weight_packed(const float* dy, const float* x, const bool* grad_block_mask,
                         float* dw, int64_t n, const BlockLayoutView& L, int threads) {
   const int64_t block_elems = L.bm * L.bk, active = count_active(grad_block_mask, L.nnz);
-  constexpr int64_t kFloatBytes = sizeof(float);
-  const bool dy_from_memory = n * L.rows() * kFloatBytes > kLookaheadBytes;
-  const bool x_from_memory = n * L.cols() * kFloatBytes > kLookaheadBytes;
+  const bool dy_from_memory = past_lookahead_size<float>(n * L.rows());
+  const bool x_from_memory = past_lookahead_size<float>(n * L.cols());
   run_parallel(threads, [&](int t, int nt) {
     zero_masked_share(grad_block_mask, L.nnz, block_elems, dw, t, nt);
     int64_t first, last;
@@ -360,7 +359,7 @@ void forward(const T* x, const T* values, const T* values_t, const T* bias, T* y
       // N=256).
       const float* blocks_t =
           values_t ? values_t : transposed_blocks(values, L.nnz, L.bm, L.bk, exec.threads);
-      const bool look_ahead = n * L.cols() * int64_t{sizeof(float)} > kLookaheadBytes;
+      const bool look_ahead = past_lookahead_size<float>(n * L.cols());
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {
           for_each_item(grid, n, rows, t, nt, [&](int64_t r, int64_t n0, int64_t n1) {
@@ -406,7 +405,7 @@ void grad_input(const T* grad_out, const T* values, T* grad_x, int64_t n,
       });
     }
     if (const int width = simd_width(grad_out, L.bk, exec.max_width)) {
-      const bool look_ahead = n * L.rows() * int64_t{sizeof(float)} > kLookaheadBytes;
+      const bool look_ahead = past_lookahead_size<float>(n * L.rows());
       detail::with_width(width, [&](auto W) {
         run_parallel(exec.threads, [&](int t, int nt) {
           for_each_item(grid, n, rows, t, nt, [&](int64_t c, int64_t n0, int64_t n1) {

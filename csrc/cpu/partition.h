@@ -190,6 +190,15 @@ inline const float* transposed_blocks(const float* values, int64_t nnz, int64_t 
 constexpr int64_t kLookaheadBytes = int64_t{8} << 20;
 constexpr int64_t kPairLookaheadBytes = int64_t{2} << 20;
 
+// Whether an operand of `elems` elements of T (float, or uint16_t for bf16) is past the size
+// from which the passes look ahead.
+template <typename T>
+inline bool past_lookahead_size(int64_t elems) {
+  static_assert(sizeof(T) == 4 || sizeof(T) == 2, "fp32 or bf16 operands");
+  const int64_t bytes = elems * static_cast<int64_t>(sizeof(T));
+  return bytes > (sizeof(T) == 4 ? kLookaheadBytes : kPairLookaheadBytes);
+}
+
 // Number of blocks the weight gradient computes: all nnz without a mask.
 inline int64_t count_active(const bool* grad_block_mask, int64_t nnz) {
   return grad_block_mask ? std::count(grad_block_mask, grad_block_mask + nnz, true) : nnz;
