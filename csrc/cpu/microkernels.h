@@ -476,10 +476,8 @@ struct PrefetchingGatheredRows : GatheredRows {
   int64_t next_count, dy_bytes, x_bytes;
   SPARCL_INLINE void prefetch(int64_t r) const {
     if (r >= next_count) return;
-    const char* d = reinterpret_cast<const char*>(next_dy[r]);
-    const char* x_row = reinterpret_cast<const char*>(next_x[r]);
-    for (int64_t b = 0; b < dy_bytes; b += 64) __builtin_prefetch(d + b, 0, 3);
-    for (int64_t b = 0; b < x_bytes; b += 64) __builtin_prefetch(x_row + b, 0, 3);
+    prefetch_rows(next_dy[r], 1, 0, dy_bytes);
+    prefetch_rows(next_x[r], 1, 0, x_bytes);
   }
 };
 
