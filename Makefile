@@ -14,7 +14,7 @@ SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
 $(VENV)/.deps: requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r requirements-dev.txt
 	touch $@
 
 $(VENV)/.built: $(VENV)/.deps setup.py pyproject.toml $(NATIVE_SOURCES)
@@ -57,11 +57,19 @@ VENV_NEXT := .venv-torch214
 TREE_NEXT := build/torch-2.14
 PY_NEXT := $(abspath $(VENV_NEXT))/bin/python
 
+# The machines' free disk varies (seen from under 1 GB to 80 GB): pip's own "No space left on
+# device" comes minutes into the install and names neither the venv nor its size, so say both
+# before starting. No pip cache: its copy of the wheels would double the footprint.
+NEXT_VENV_GB := 7
 $(VENV_NEXT)/.deps: requirements-dev.txt
+	@free_gb=$$(df -Pk . | awk 'NR == 2 {print int($$4 / 1048576)}'); \
+	test "$$free_gb" -ge $(NEXT_VENV_GB) || { echo "test-torch-2.14: $(VENV_NEXT) (torch \
+	$(TORCH_NEXT), CUDA build) needs about $(NEXT_VENV_GB) GB free in $(CURDIR); $$free_gb GB free" >&2; \
+	exit 1; }
 	test -x $(PY_NEXT) || $(PYTHON) -m venv $(VENV_NEXT)
 	grep -v -E '^(torch|triton)==' requirements-dev.txt > $(VENV_NEXT)/requirements.txt
-	$(PY_NEXT) -m pip install --quiet --disable-pip-version-check torch==$(TORCH_NEXT) \
-		-r $(VENV_NEXT)/requirements.txt
+	$(PY_NEXT) -m pip install --quiet --disable-pip-version-check --no-cache-dir \
+		torch==$(TORCH_NEXT) -r $(VENV_NEXT)/requirements.txt
 	touch $@
 
 test-torch-2.14: $(VENV_NEXT)/.deps tcmalloc
