@@ -1,7 +1,10 @@
 // The convolution kernels alone, without torch: forward, input gradient and weight gradient of
 // one 3x3 stride-1 pad-1 block-sparse convolution at density 0.1 (random layout) on the AVX-512
-// copy of the kernels, against the FMA peak probe. Used for A/Bs of kernel changes between
-// commits (build the file against each commit's csrc/cpu and run them alternately).
+// copy of the kernels, against the FMA peak probe: each pass's efficiency at a glance. Not for
+// deciding kernel changes: GCC compiles a tile differently here than in the extension (the
+// 16x16 blocks' pair tile ran at 0.69-0.73 ms here and 0.60 ms in the extension and in
+// ab_kernels.sh, so a change that only matched the extension read 1.1x faster here); compare
+// builds with bench/native/ab_kernels.sh or the extension itself.
 //
 //   g++ -O3 -std=c++20 -ffp-contract=fast -fopenmp -Icsrc/cpu bench/native/conv_passes.cpp \
 //       -o build/conv_passes && build/conv_passes BLOCK CHANNELS SIZE BATCH THREADS [STRIDE [DENSITY]]
