@@ -54,7 +54,9 @@ def layer_passes(
     return {name: s * 1e3 for name, s in seconds.items()}, 2.0 * pixels * values.numel()
 
 
-def table(block: int, sparsity: float, precisions: list[str], repeats: int) -> list[str]:
+def table(
+    block: int, sparsity: float, precisions: list[str], repeats: int, nf: int, image: int
+) -> list[str]:
     torch.manual_seed(0)
     peaks = {"fp32": cpu.fma_peak(), "bf16": None}
     if "bf16" in precisions:
@@ -64,7 +66,7 @@ def table(block: int, sparsity: float, precisions: list[str], repeats: int) -> l
         header += "".join(f" {precision} {name} ms (of peak) |" for name in PASSES)
     lines = [header, "|---|---|---|---|" + "---|" * 3 * len(precisions)]
     totals = {(p, name): 0.0 for p in precisions for name in PASSES}
-    for name, conv, shape in block_convs(resnet18(10), 32):
+    for name, conv, shape in block_convs(resnet18(10, nf), image):
         cells = ""
         for precision in precisions:
             times, flops = layer_passes(conv, shape, block, sparsity, precision, repeats)
@@ -85,6 +87,8 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.9)
     parser.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"])
     parser.add_argument("--repeats", type=int, default=11)
+    parser.add_argument("--nf", type=int, default=64, help="the ResNet-18's first width")
+    parser.add_argument("--image", type=int, default=32, help="input side (28: make run's)")
     parser.add_argument("--markdown", help="also write the table to this file")
     args = parser.parse_args()
     threads = torch.get_num_threads()
@@ -92,11 +96,11 @@ def main() -> None:
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {threads} threads · "
         f"cpu isa {describe['isa']} · bf16 kernels: {describe['bf16_kernels']} · batch 32, "
-        f"32x32 input, {args.block}x{args.block} blocks at {args.sparsity:g} · medians of "
+        f"nf={args.nf}, {args.image}x{args.image} input, {args.block}x{args.block} blocks at {args.sparsity:g} · medians of "
         f"{args.repeats} interleaved repeats",
         machine_line({describe["isa"]: cpu.fma_peak(threads)}, threads),
         "",
-        *table(args.block, args.sparsity, args.precisions, args.repeats),
+        *table(args.block, args.sparsity, args.precisions, args.repeats, args.nf, args.image),
     ]
     emit("\n".join(lines), args.markdown)
 

@@ -919,13 +919,12 @@ void forward(const uint16_t* x, const uint32_t* packed, const float* bias, uint1
       // took a third of the pass.
       int64_t begin, stop;
       conv::pixel_share(pixels, t, nt, &begin, &stop);
-      PixelWalk walk(begin, g.out_h, g.out_w);
       ForwardTile tile;
       tile.x = x, tile.zeros = zeros, tile.g = &g, tile.taps = &taps;
+      ForwardTile::Walk walk = ForwardTile::walk_from(begin, g);
       for (int64_t p0 = begin; p0 < stop; p0 += kTile) {
         const int tn = static_cast<int>(std::min<int64_t>(kTile, stop - p0));
-        tile.interior = true;
-        for (int i = 0; i < tn; ++i) tile.interior &= tile.locate(i, walk.next());
+        tile.locate_tile(walk, tn);
         tile.tabulate(tn, taps.used);
         tile.prefetch_ahead(tn, kTile);
         conv_pixels::prefetch_bytes(reinterpret_cast<uintptr_t>(y + (p0 + kTile) * cout),
