@@ -500,7 +500,7 @@ void outer_product_tile(const Rows& rows, int64_t count, int64_t m0, int64_t k0,
     if constexpr (prefetching)
       if (first_tile) rows.prefetch(r);
     const float* x_row = rows.x_row(r) + k0;
-    const float* dy_row = rows.dy_row(r) + m0;
+    const float* dy_row = opaque_pointer(rows.dy_row(r) + m0);
     V xv[KV];
     SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) xv[q] = simd::load<W>(x_row + W * q);
@@ -536,7 +536,7 @@ void outer_product_tile_blocks(const Rows& rows, int64_t count, int64_t m0, bool
       acc[i][q] = accumulate ? simd::load<W>(out[q] + (m0 + i) * W) : simd::zero<W>();
   }
   for (int64_t r = 0; r < count; ++r) {
-    const float* dy_row = rows.dy_row(r) + m0;
+    const float* dy_row = opaque_pointer(rows.dy_row(r) + m0);
     V xv[KV];
     SPARCL_UNROLL
     for (int q = 0; q < KV; ++q) xv[q] = simd::load<W>(rows.x_row(q, r));
@@ -624,7 +624,7 @@ void outer_product_tile_block_pairs(const Rows& rows, int blocks, int64_t count,
                              : simd::zero<16>();
   }
   for (int64_t r = 0; r < count; ++r) {
-    const float* dy_row = rows.dy_row(r) + m0;
+    const float* dy_row = opaque_pointer(rows.dy_row(r) + m0);
     V xv[KP];
     SPARCL_UNROLL
     for (int q = 0; q < KP; ++q)
