@@ -2,12 +2,14 @@
 
 Where bench_conv.py times the 16 convolutions together through autograd, this times the CPU
 backend's forward, input gradient and weight gradient of every layer on its own (batch 32,
-32x32 input, channels-last), the passes of one layer interleaved (medians), so that the weak
-shapes show: few blocks per row in the 64-channel layers, stride-2 input gradients, narrow
-blocks. Efficiency is GFLOP/s on the stored blocks over the measured peak of the arithmetic in
-use (fp32 FMA; for bf16 the dot-product instruction, where the CPU has one).
+32x32 input, or another width and size with --nf and --image; channels-last), the passes of
+one layer interleaved (medians), so that the weak shapes show: few blocks per row in the
+64-channel layers, stride-2 input gradients, narrow blocks. Efficiency is GFLOP/s on the
+stored blocks over the measured peak of the arithmetic in use (fp32 FMA; for bf16 the
+dot-product instruction, where the CPU has one).
 
     python bench/bench_conv_layers.py --block 32 --precisions fp32 bf16 --markdown out.md
+    python bench/bench_conv_layers.py --nf 32 --image 28   # make run's network
 """
 
 from __future__ import annotations
@@ -96,8 +98,8 @@ def main() -> None:
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {threads} threads · "
         f"cpu isa {describe['isa']} · bf16 kernels: {describe['bf16_kernels']} · batch 32, "
-        f"nf={args.nf}, {args.image}x{args.image} input, {args.block}x{args.block} blocks at {args.sparsity:g} · medians of "
-        f"{args.repeats} interleaved repeats",
+        f"nf={args.nf}, {args.image}x{args.image} input, {args.block}x{args.block} blocks "
+        f"at {args.sparsity:g} · medians of {args.repeats} interleaved repeats",
         machine_line({describe["isa"]: cpu.fma_peak(threads)}, threads),
         "",
         *table(args.block, args.sparsity, args.precisions, args.repeats, args.nf, args.image),
