@@ -150,6 +150,9 @@ struct BlockTaps {
   int taps;
   uint32_t used;  // bit t: some block reads tap t
   int32_t tap_row[kTableTaps], tap_col[kTableTaps];
+  // The extreme row and column shifts over the stored blocks (0 without blocks): a tile is
+  // interior when the taps its blocks use land inside the input, not every tap of the kernel.
+  int32_t min_row = 0, max_row = 0, min_col = 0, max_col = 0;
 
   // The taps blocks [begin, end) read (for TapRows::tabulate).
   uint32_t used_by(int64_t begin, int64_t end) const {
@@ -183,6 +186,10 @@ inline BlockTaps block_taps(const BlockLayoutView& L, const ConvGeometry& g, int
     tap_of[j] = static_cast<int32_t>(tap);
     offset[j] = (row[j] * g.in_w + col[j]) * g.channels + channel[j];
     if (result.tabled) result.used |= 1u << tap;
+    if (j == 0 || row[j] < result.min_row) result.min_row = row[j];
+    if (j == 0 || row[j] > result.max_row) result.max_row = row[j];
+    if (j == 0 || col[j] < result.min_col) result.min_col = col[j];
+    if (j == 0 || col[j] > result.max_col) result.max_col = col[j];
   }
   return result;
 }
@@ -198,7 +205,7 @@ struct TapRows {
   const T* zeros;
   const ConvGeometry* g;
   const BlockTaps* taps;
-  bool interior;        // every tap of every pixel of the tile lands inside the input
+  bool interior;        // every stored block's tap of every pixel lands inside the input
   int64_t image[N];
   int64_t row[N];        // oh * stride_h
   int64_t col[N];        // ow * stride_w
@@ -223,23 +230,25 @@ struct TapRows {
   }
 
   // Sets the tile's rows to the next `count` output pixels of `walk`, and `interior` to
-  // whether all their taps land inside the input.
+  // whether the taps of the stored blocks land inside the input for all of them.
   void locate_tile(Walk& walk, int count) {
     // In locals: the stores to the rows would otherwise make the compiler reload g's fields
-    // for every pixel. Inside: pad <= scaled position < pad + span, as one unsigned test (span
-    // clamped at 0: a kernel wider than the image leaves no pixel inside).
+    // for every pixel. Inside: 0 <= position + min shift < span, as one unsigned test (span
+    // clamped at 0: blocks' taps wider apart than the image leave no pixel inside).
     const T* const input = x;
-    const int64_t pad_h = g->pad_h, pad_w = g->pad_w;
-    const uint64_t span_h = static_cast<uint64_t>(std::max<int64_t>(0, g->in_h - (g->kernel_h - 1) * g->dilation_h));
-    const uint64_t span_w = static_cast<uint64_t>(std::max<int64_t>(0, g->in_w - (g->kernel_w - 1) * g->dilation_w));
+    const int64_t low_h = taps->min_row, low_w = taps->min_col;
+    const uint64_t span_h =
+        static_cast<uint64_t>(std::max<int64_t>(0, g->in_h - (taps->max_row - low_h)));
+    const uint64_t span_w =
+        static_cast<uint64_t>(std::max<int64_t>(0, g->in_w - (taps->max_col - low_w)));
     bool inside = true;
     for (int i = 0; i < count; ++i) {
       const int64_t r = walk.at(1), c = walk.at(2);
       base[i] = input + walk.at(0);
       row[i] = r, col[i] = c;
       image[i] = walk.next().image;
-      inside &= (static_cast<uint64_t>(r - pad_h) < span_h) &
-                (static_cast<uint64_t>(c - pad_w) < span_w);
+      inside &= (static_cast<uint64_t>(r + low_h) < span_h) &
+                (static_cast<uint64_t>(c + low_w) < span_w);
     }
     interior = inside;
   }
@@ -447,8 +456,10 @@ struct PhaseRows {
     // In locals, and one unsigned test per dimension, as TapRows::locate_tile.
     const T* const out = dy;
     const int64_t min_h = plan->min_h, min_w = plan->min_w;
-    const uint64_t span_h = static_cast<uint64_t>(std::max<int64_t>(0, g->out_h - plan->max_h + min_h));
-    const uint64_t span_w = static_cast<uint64_t>(std::max<int64_t>(0, g->out_w - plan->max_w + min_w));
+    const uint64_t span_h =
+        static_cast<uint64_t>(std::max<int64_t>(0, g->out_h - (plan->max_h - min_h)));
+    const uint64_t span_w =
+        static_cast<uint64_t>(std::max<int64_t>(0, g->out_w - (plan->max_w - min_w)));
     bool inside = true;
     for (int i = 0; i < count; ++i) {
       base[i] = out + walk.at(0);
