@@ -134,6 +134,13 @@ SPARCL_INLINE void prefetch_output(T* const* out, int count, int64_t shift, int6
                    bytes);
 }
 
+// Positions p of a grid dimension of `extent` for which p + min_shift .. p + max_shift all lie
+// inside it are those with 0 <= p + min_shift < the returned span: one unsigned compare per
+// pixel. Clamped at 0: shifts wider apart than the grid leave no position inside.
+inline uint64_t inside_span(int64_t extent, int64_t min_shift, int64_t max_shift) {
+  return static_cast<uint64_t>(std::max<int64_t>(0, extent - (max_shift - min_shift)));
+}
+
 // Where each stored block reads the input, relative to an output pixel (oh, ow): row
 // oh * stride_h + row[j], column ow * stride_w + col[j], channels channel[j] ... + bk, which
 // is `offset[j]` elements from the input row of (oh * stride_h, ow * stride_w) when both lie
@@ -233,14 +240,11 @@ struct TapRows {
   // whether the taps of the stored blocks land inside the input for all of them.
   void locate_tile(Walk& walk, int count) {
     // In locals: the stores to the rows would otherwise make the compiler reload g's fields
-    // for every pixel. Inside: 0 <= position + min shift < span, as one unsigned test (span
-    // clamped at 0: blocks' taps wider apart than the image leave no pixel inside).
+    // for every pixel.
     const T* const input = x;
     const int64_t low_h = taps->min_row, low_w = taps->min_col;
-    const uint64_t span_h =
-        static_cast<uint64_t>(std::max<int64_t>(0, g->in_h - (taps->max_row - low_h)));
-    const uint64_t span_w =
-        static_cast<uint64_t>(std::max<int64_t>(0, g->in_w - (taps->max_col - low_w)));
+    const uint64_t span_h = inside_span(g->in_h, low_h, taps->max_row);
+    const uint64_t span_w = inside_span(g->in_w, low_w, taps->max_col);
     bool inside = true;
     for (int i = 0; i < count; ++i) {
       const int64_t r = walk.at(1), c = walk.at(2);
@@ -456,10 +460,8 @@ struct PhaseRows {
     // In locals, and one unsigned test per dimension, as TapRows::locate_tile.
     const T* const out = dy;
     const int64_t min_h = plan->min_h, min_w = plan->min_w;
-    const uint64_t span_h =
-        static_cast<uint64_t>(std::max<int64_t>(0, g->out_h - (plan->max_h - min_h)));
-    const uint64_t span_w =
-        static_cast<uint64_t>(std::max<int64_t>(0, g->out_w - (plan->max_w - min_w)));
+    const uint64_t span_h = inside_span(g->out_h, min_h, plan->max_h);
+    const uint64_t span_w = inside_span(g->out_w, min_w, plan->max_w);
     bool inside = true;
     for (int i = 0; i < count; ++i) {
       base[i] = out + walk.at(0);
