@@ -15,6 +15,7 @@
 #include "bf16_convert.h"
 #include "conv_pixels.h"
 #include "kernel_table.h"
+#include "probe_rate.h"
 
 #define SPARCL_STRINGIFY_(x) #x
 #define SPARCL_STRINGIFY(x) SPARCL_STRINGIFY_(x)

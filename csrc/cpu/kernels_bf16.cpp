@@ -21,6 +21,7 @@
 #include "block_sparse.h"
 #include "block_sparse_conv.h"
 #include "kernel_table.h"
+#include "probe_rate.h"
 
 #if (defined(__x86_64__) || defined(_M_X64)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
@@ -238,14 +239,9 @@ double bf16_dot_peak_gflops(int threads, double seconds) {
 #ifndef _OPENMP
   threads = 1;
 #endif
-  time_chains(threads, 1 << 12);  // warm-up: the cores reach their vector clock
-  int64_t iterations = 1 << 16;
-  while (time_chains(threads, iterations) < seconds / 4 && iterations < (int64_t{1} << 40))
-    iterations *= 2;
-  const double elapsed = time_chains(threads, iterations);
+  const double steps = best_steps_per_second(&time_chains, threads, seconds);
   // Two multiply-adds (four flops) per fp32 lane per instruction.
-  const double flops = 4.0 * kLanes * kChains * static_cast<double>(iterations) * threads;
-  return flops / elapsed * 1e-9;
+  return 4.0 * kLanes * kChains * threads * steps * 1e-9;
 }
 
 }  // namespace sparcl

@@ -41,24 +41,22 @@ float chains(int64_t iterations, float seed) {
   return sum;
 }
 
-// GFLOP/s of the chains on `threads` threads together (2 flops per lane per multiply-add),
-// timed over about `seconds` after a warm-up that lets the cores reach their vector clock.
+// Seconds for every one of `threads` threads to run `iterations` steps of its chains.
+inline double time_chains(int threads, int64_t iterations) {
+  volatile float sink = 0.0f;
+  const auto start = std::chrono::steady_clock::now();
+  detail::run_parallel(threads, [&](int t, int) {
+    const float value = chains<SPARCL_ISA_WIDTH>(iterations, 1.0f + static_cast<float>(t));
+    if (value == 12345.0f) sink = value;  // never true; keeps the result alive
+  });
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+// GFLOP/s of the chains on `threads` threads together (2 flops per lane per multiply-add), at
+// their best over about `seconds` (probe_rate.h).
 inline double fma_gflops(int threads, double seconds) {
-  constexpr int W = SPARCL_ISA_WIDTH;
-  const auto run = [&](int64_t iterations) {
-    volatile float sink = 0.0f;
-    const auto start = std::chrono::steady_clock::now();
-    detail::run_parallel(threads, [&](int t, int) {
-      const float value = chains<W>(iterations, 1.0f + static_cast<float>(t));
-      if (value == 12345.0f) sink = value;  // never true; keeps the result alive
-    });
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-  };
-  int64_t iterations = 1 << 16;
-  while (run(iterations) < seconds / 4 && iterations < (int64_t{1} << 40)) iterations *= 2;
-  const double elapsed = run(iterations);
-  const double flops = 2.0 * W * kChains * static_cast<double>(iterations) * threads;
-  return flops / elapsed * 1e-9;
+  const double steps = best_steps_per_second(&time_chains, threads, seconds);
+  return 2.0 * SPARCL_ISA_WIDTH * kChains * threads * steps * 1e-9;
 }
 
 }  // namespace peak

@@ -103,8 +103,10 @@ def fma_peak(threads: int | None = None, seconds: float = 0.3) -> float:
     """The measured fp32 multiply-add peak (GFLOP/s) of the instruction set in use, at its
     native vector width, on ``threads`` threads together (default: the kernels' thread count).
 
-    Independent multiply-add chains in registers, after a warm-up: the limit a kernel's
-    GFLOP/s on stored blocks is compared with. It takes about ``seconds`` (at least 0.01).
+    Independent multiply-add chains in registers, after a warm-up, at their best of ten
+    short timed runs (a shared host's other tenants slow a single long run, while kernel
+    passes are timed as medians of short calls): the limit a kernel's GFLOP/s on stored
+    blocks is compared with. It takes about ``seconds`` (at least 0.01).
     """
     return float(_cpu.fma_peak(_probe_threads(threads), max(float(seconds), 0.01)))
 
