@@ -8,10 +8,10 @@
 // fp32 lane adds two bf16 products per instruction, so the peak is twice the fp32 FMA rate
 // where the instruction issues at the FMA's rate. The functions using them carry a target
 // attribute, so the rest of the build still runs on cores without them.
-#include <chrono>
 #include <cstdint>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -103,19 +103,29 @@ bool has_dot_instruction() { return false; }
 constexpr const char* kInstruction = "";
 #endif
 
-// Seconds for every one of `threads` threads to run `iterations` steps of its chains.
+// Seconds (ProbeClock::of_run) for each of `threads` threads to run
+// `iterations` steps of its chains.
 double time_chains(int threads, int64_t iterations) {
+  const ProbeClock clock(threads);
+  std::vector<double> seconds(threads, 0.0);
+  int ran = 1;
   volatile float sink = 0.0f;
-  const auto start = std::chrono::steady_clock::now();
 #ifdef _OPENMP
 #pragma omp parallel num_threads(threads)
 #endif
   {
+#ifdef _OPENMP
+    const int t = omp_get_thread_num();
+    if (t == 0) ran = omp_get_num_threads();
+#else
+    const int t = 0;
+#endif
+    const double start = clock.now();
     const float value = dot_chains(iterations);
+    seconds[t] = clock.now() - start;
     if (value == 12345.0f) sink = value;  // never true; keeps the result alive
   }
-  const double elapsed =
-      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double elapsed = clock.of_run(seconds, ran);
   return sink == 12345.0f ? elapsed + 1.0 : elapsed;
 }
 

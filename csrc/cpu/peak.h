@@ -8,7 +8,6 @@
 // chains in registers.
 #pragma once
 
-#include <chrono>
 
 #include "microkernels.h"
 
@@ -41,15 +40,21 @@ float chains(int64_t iterations, float seed) {
   return sum;
 }
 
-// Seconds for every one of `threads` threads to run `iterations` steps of its chains.
+// Seconds (ProbeClock::of_run) for each of `threads` threads to run
+// `iterations` steps of its chains.
 inline double time_chains(int threads, int64_t iterations) {
+  const ProbeClock clock(threads);
+  std::vector<double> seconds(threads, 0.0);
+  int ran = 1;
   volatile float sink = 0.0f;
-  const auto start = std::chrono::steady_clock::now();
-  detail::run_parallel(threads, [&](int t, int) {
+  detail::run_parallel(threads, [&](int t, int nt) {
+    const double start = clock.now();
     const float value = chains<SPARCL_ISA_WIDTH>(iterations, 1.0f + static_cast<float>(t));
+    seconds[t] = clock.now() - start;
+    if (t == 0) ran = nt;
     if (value == 12345.0f) sink = value;  // never true; keeps the result alive
   });
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return clock.of_run(seconds, ran);
 }
 
 // GFLOP/s of the chains on `threads` threads together (2 flops per lane per multiply-add), at

@@ -104,9 +104,10 @@ def fma_peak(threads: int | None = None, seconds: float = 0.3) -> float:
     native vector width, on ``threads`` threads together (default: the kernels' thread count).
 
     Independent multiply-add chains in registers, after a warm-up, at their best of ten
-    short timed runs (a shared host's other tenants slow a single long run, while kernel
-    passes are timed as medians of short calls): the limit a kernel's GFLOP/s on stored
-    blocks is compared with. It takes about ``seconds`` (at least 0.01).
+    short timed runs, each thread timed by its own CPU time where the threads have a CPU each
+    (so that time the OS gives to other work on a shared host does not lower the peak; wall
+    time where they outnumber the CPUs): the limit a kernel's GFLOP/s on stored blocks is
+    compared with. It takes about ``seconds`` (at least 0.01).
     """
     return float(_cpu.fma_peak(_probe_threads(threads), max(float(seconds), 0.01)))
 
