@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import sys
 
 import torch
 from bench_conv import block_convs
-from timing import emit, interleaved_medians, machine_line
+from timing import bf16_peak, emit, interleaved_medians, machine_line, sampled_peak
 
 from sparcl.models.resnet import resnet18
 from sparcl_kernels.backends import cpu
@@ -57,12 +58,15 @@ def layer_passes(
 
 
 def table(
-    block: int, sparsity: float, precisions: list[str], repeats: int, nf: int, image: int
+    block: int,
+    sparsity: float,
+    precisions: list[str],
+    repeats: int,
+    nf: int,
+    image: int,
+    peaks: dict[str, float | None],
 ) -> list[str]:
     torch.manual_seed(0)
-    peaks = {"fp32": cpu.fma_peak(), "bf16": None}
-    if "bf16" in precisions:
-        peaks["bf16"] = cpu.bf16_dot_peak()  # RuntimeError without the instruction
     header = "| layer | input | stride | stored blocks |"
     for precision in precisions:
         header += "".join(f" {precision} {name} ms (of peak) |" for name in PASSES)
@@ -95,14 +99,22 @@ def main() -> None:
     args = parser.parse_args()
     threads = torch.get_num_threads()
     describe = cpu.describe()
+    # One measurement of each peak, for the fractions and the header alike.
+    peaks = {"fp32": sampled_peak(lambda: cpu.fma_peak(threads)), "bf16": None}
+    if "bf16" in args.precisions:
+        peaks["bf16"] = bf16_peak(threads)
+        if peaks["bf16"] is None:
+            sys.exit("bench_conv_layers.py: this CPU has no bf16 dot-product instruction")
     lines = [
         f"{datetime.date.today()} · torch {torch.__version__} · {threads} threads · "
         f"cpu isa {describe['isa']} · bf16 kernels: {describe['bf16_kernels']} · batch 32, "
         f"nf={args.nf}, {args.image}x{args.image} input, {args.block}x{args.block} blocks "
         f"at {args.sparsity:g} · medians of {args.repeats} interleaved repeats",
-        machine_line({describe["isa"]: cpu.fma_peak(threads)}, threads),
+        machine_line({describe["isa"]: peaks["fp32"]}, threads, peaks["bf16"]),
         "",
-        *table(args.block, args.sparsity, args.precisions, args.repeats, args.nf, args.image),
+        *table(
+            args.block, args.sparsity, args.precisions, args.repeats, args.nf, args.image, peaks
+        ),
     ]
     emit("\n".join(lines), args.markdown)
 
