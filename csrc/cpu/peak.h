@@ -8,7 +8,6 @@
 // chains in registers.
 #pragma once
 
-
 #include "microkernels.h"
 
 namespace sparcl::SPARCL_ISA_NS {
